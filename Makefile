@@ -1,0 +1,35 @@
+# Two commands for a newcomer: `make dev` (start the gateway) and `make test` (run every test).
+# Both create .venv from the pinned requirements first, if it is missing or out of date.
+
+PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null) python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# The venv's bin first: `sam build` looks for python3.13 on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONPATH := $(CURDIR)/layers/gateway
+
+.PHONY: dev test bench lint venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt layers/gateway/requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+dev: venv
+	$(BIN)/python -m anthropic_gateway serve
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: venv
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""The FastAPI app both doors serve: uvicorn behind the Lambda Web Adapter, and Mangum behind API Gateway.
+
+A pass-through request reads top to bottom: authenticate -> read and check the body -> forward -> stream ->
+account (after the last byte).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from . import accounting, forwarding, key_routes, secrets
+from .auth import authenticate
+from .errors import GatewayError, error_response, render
+from .exchange import Exchange
+
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    yield
+    await forwarding.drain()
+    await forwarding.close_client()
+
+
+app = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+app.include_router(key_routes.router)
+
+
+@app.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@app.api_route("/anthropic/{path:path}", methods=_METHODS, include_in_schema=False)
+async def anthropic_passthrough(request: Request) -> Response:
+    exchange = Exchange(method=request.method, path="")
+    try:
+        exchange.principal = await authenticate(request.headers)
+        exchange.path = forwarding.upstream_path(request.scope)
+        body = await forwarding.read_body(request)
+        body, _litellm_metadata = forwarding.strip_litellm_metadata(body)
+        return await forwarding.forward(request, body, exchange, await secrets.upstream_key(), accounting.settle)
+    except GatewayError as exc:
+        exchange.status, exchange.error_source = exc.status, "gateway"
+        response = render(exc)
+        response.headers["x-gateway-request-id"] = exchange.request_id
+        return response
+
+
+@app.exception_handler(GatewayError)
+async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+    return render(exc)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in error['loc'] if p != 'body') or 'body'}: {error['msg']}" for error in exc.errors()
+    )
+    return error_response(400, f"Invalid request: {problems}")
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    message = "Not found." if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+@app.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return error_response(500, "Internal gateway error.")

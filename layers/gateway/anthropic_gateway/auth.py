@@ -1,0 +1,82 @@
+"""Who is calling: the master key, a virtual key, or nobody. Every route authenticates here."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+import anyio.to_thread
+from starlette.datastructures import Headers
+
+from . import keys, secrets
+from .errors import GatewayError
+from .keys import KeyRecord
+
+
+@dataclass(frozen=True)
+class Principal:
+    record: KeyRecord | None  # None for the master key
+
+    @property
+    def is_master(self) -> bool:
+        return self.record is None
+
+    @property
+    def token(self) -> str | None:
+        return self.record.token if self.record else None
+
+
+MASTER = Principal(record=None)
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The credential a client sent, the ways Anthropic and LiteLLM clients send it."""
+    for name in ("x-litellm-api-key", "x-api-key"):
+        if value := headers.get(name, "").strip():
+            return value
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+def _is_master(key: str, master: str) -> bool:
+    return hmac.compare_digest(key.encode(), master.encode())
+
+
+async def _lookup(key: str) -> KeyRecord | None:
+    if not keys.is_well_formed(key):
+        return None
+    token = keys.hash_key(key)
+    hit, record = keys.key_cache.get(token)
+    if hit:
+        return record
+    return await anyio.to_thread.run_sync(keys.cached_load, token)
+
+
+async def authenticate(headers: Headers) -> Principal:
+    """The master key or a usable virtual key, or a 401 that never says more than needed."""
+    key = presented_key(headers)
+    if key is None:
+        raise GatewayError(401, "Missing API key: send your gateway key in x-api-key or Authorization: Bearer.")
+    if _is_master(key, await secrets.master_key()):
+        return MASTER
+    record = await _lookup(key)
+    if record is None:
+        raise GatewayError(401, "Invalid API key.")
+    if record.blocked:
+        raise GatewayError(401, "This key is blocked.")
+    if record.expired():
+        raise GatewayError(401, f"This key expired at {record.expires}.")
+    return Principal(record=record)
+
+
+async def require_master(headers: Headers) -> None:
+    key = presented_key(headers)
+    if key is None:
+        raise GatewayError(401, "Missing master key: send it as Authorization: Bearer <master key>.")
+    if _is_master(key, await secrets.master_key()):
+        return
+    if await _lookup(key) is not None:
+        raise GatewayError(403, "This route needs the master key; virtual keys cannot manage keys.")
+    raise GatewayError(401, "Invalid master key.")

@@ -1,0 +1,47 @@
+"""One pass-through request from arrival to its last byte: what accounting, metrics and logs are built from."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from .auth import Principal
+from .usage import Usage, UsageTap
+
+
+def new_request_id() -> str:
+    return "gwreq_" + secrets.token_hex(12)
+
+
+@dataclass
+class Exchange:
+    method: str
+    path: str  # the upstream path, e.g. /v1/messages
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.perf_counter)
+    principal: Principal | None = None
+    model: str | None = None  # from the request body when it names one
+    tags: list[str] = field(default_factory=list)
+    status: int | None = None
+    error_source: str | None = None  # "gateway" or "upstream" when the request failed
+    first_byte_at: float | None = None
+    finished_at: float | None = None
+    tap: UsageTap | None = None
+    completed: bool = False  # the upstream body ended normally (not cut off)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.tap.usage if self.tap and self.tap.seen_usage else None
+
+    @property
+    def response_model(self) -> str | None:
+        return (self.tap.model if self.tap else None) or self.model
+
+    @property
+    def latency_ms(self) -> float:
+        return ((self.finished_at or time.perf_counter()) - self.started) * 1000
+
+    @property
+    def time_to_first_byte_ms(self) -> float | None:
+        return (self.first_byte_at - self.started) * 1000 if self.first_byte_at else None

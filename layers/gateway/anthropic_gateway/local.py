@@ -1,0 +1,102 @@
+"""`python -m anthropic_gateway serve`: the gateway on this machine, with moto standing in for AWS.
+
+Moto's server plays DynamoDB and Secrets Manager; the table and the two secrets are created exactly as
+template.yaml declares them, so the same code runs here and on Lambda. `USE_REAL_AWS=1` skips moto and uses
+the default boto3 credentials, with table and secret names from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as random
+import socket
+
+# The key schema of template.yaml's GatewayTable (tests/test_deploy_* check they match).
+TABLE_SCHEMA = {
+    "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    "AttributeDefinitions": [
+        {"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "gsi1pk", "gsi1sk")
+    ],
+    "GlobalSecondaryIndexes": [
+        {
+            "IndexName": "gsi1",
+            "KeySchema": [
+                {"AttributeName": "gsi1pk", "KeyType": "HASH"},
+                {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+            ],
+            "Projection": {"ProjectionType": "ALL"},
+        }
+    ],
+    "BillingMode": "PAY_PER_REQUEST",
+}
+TTL_ATTRIBUTE = "ttl"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_moto() -> object:
+    """Start moto's server on a free loopback port and point boto3 at it (through AWS_ENDPOINT_URL)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-call access log drowns our output
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+    os.environ.pop("AWS_PROFILE", None)
+    return server
+
+
+def create_resources(upstream_key: str, master_key: str) -> None:
+    """The table and secrets template.yaml declares, created in whatever AWS boto3 points at (moto here)."""
+    import boto3
+
+    from .settings import get_settings
+
+    settings = get_settings()
+    dynamodb = boto3.client("dynamodb")
+    dynamodb.create_table(TableName=settings.table_name, **TABLE_SCHEMA)
+    dynamodb.update_time_to_live(
+        TableName=settings.table_name, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+    )
+    secretsmanager = boto3.client("secretsmanager")
+    for name, value in ((settings.upstream_key_secret, upstream_key), (settings.master_key_secret, master_key)):
+        secretsmanager.create_secret(Name=name, SecretString=value)
+
+
+def serve() -> None:
+    import uvicorn
+
+    host = os.environ.get("HOST", "0.0.0.0")
+    port = int(os.environ.get("PORT", "4000"))
+    real_aws = os.environ.get("USE_REAL_AWS", "") not in ("", "0", "false")
+    generated_master = None
+    if not real_aws:
+        start_moto()
+        upstream_key = os.environ.get("ANTHROPIC_API_KEY", "")
+        master_key = os.environ.get("MASTER_KEY") or ""
+        if not master_key:
+            master_key = generated_master = "sk-master-" + random.token_urlsafe(24)
+        if not upstream_key:
+            print("! ANTHROPIC_API_KEY is not set: the upstream will answer 401 until you restart with it.")
+        create_resources(upstream_key or "not-configured", master_key)
+    print(f"Anthropic gateway on http://{host}:{port}  (SDK base URL: http://localhost:{port}/anthropic)")
+    print(f"  upstream: {os.environ.get('ANTHROPIC_API_BASE', 'https://api.anthropic.com')}")
+    print(f"  AWS: {'real AWS (default credentials)' if real_aws else 'embedded moto (DynamoDB, Secrets Manager)'}")
+    if generated_master:
+        print(f"  master key (generated, shown once): {generated_master}")
+    uvicorn.run(
+        "anthropic_gateway.app:app", host=host, port=port, log_level="warning", server_header=False,
+        proxy_headers=True,
+    )

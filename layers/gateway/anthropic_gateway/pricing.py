@@ -1,0 +1,120 @@
+"""What a response cost, from Anthropic's list prices in pricing.json (USD per million tokens).
+
+Money math is exact `Decimal`: `cost_usd_decimal` keeps it (DynamoDB takes Decimal), `cost_usd` returns the nearest
+float. Models resolve by exact id, then without a trailing `-YYYYMMDD`/`-latest`, then by the longest known id they
+start with (`<id>-...`); anything else pays UNKNOWN_MODEL_RATE: "max" (highest known rate of each kind), a known
+model id, or "input/output" like "15/75" (cache rates then use Anthropic's 1.25x / 2x / 0.1x of input).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from pathlib import Path
+
+from aws_lambda_powertools import Logger
+
+from .settings import get_settings
+from .usage import Usage
+
+logger = Logger(child=True)
+
+_PRICES_FILE = Path(__file__).with_name("pricing.json")  # shipped next to this module in the layer
+_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+_SUFFIX = re.compile(r"-(?:\d{8}|latest)$")
+_MAX_WARNED = 256  # distinct unknown models logged per process; bounds memory if clients send junk names
+_warned: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Rates:
+    """USD per million tokens of each kind."""
+
+    input: Decimal
+    output: Decimal
+    cache_write_5m: Decimal
+    cache_write_1h: Decimal
+    cache_read: Decimal
+    long_prompt: tuple[int, Rates] | None = None  # (threshold_tokens, rates for prompts above it)
+
+    def for_prompt(self, prompt_tokens: int) -> Rates:
+        return self.long_prompt[1] if self.long_prompt and prompt_tokens > self.long_prompt[0] else self
+
+
+def _rates(entry: dict) -> Rates:
+    tier = entry.get("long_prompt")
+    long_prompt = (int(tier["threshold_tokens"]), _rates(tier)) if tier else None
+    return Rates(*(Decimal(entry[name]) for name in _FIELDS), long_prompt=long_prompt)
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[dict[str, Rates], dict[str, str]]:
+    data = json.loads(_PRICES_FILE.read_text(encoding="utf-8"), parse_float=Decimal, parse_int=Decimal)
+    models = {name.lower(): _rates(entry) for name, entry in data["models"].items()}
+    aliases = {alias.lower(): target.lower() for alias, target in data.get("aliases", {}).items()}
+    if missing := sorted(target for target in aliases.values() if target not in models):
+        raise ValueError(f"pricing.json aliases point at unknown models: {missing}")
+    return models, aliases
+
+
+@lru_cache(maxsize=1024)
+def resolve_model(model: str) -> str | None:
+    """The pricing.json id `model` is billed as, or None when it is unknown."""
+    models, aliases = _table()
+    name = model.strip().lower()
+    for candidate in (name, _SUFFIX.sub("", name)):
+        candidate = aliases.get(candidate, candidate)
+        if candidate in models:
+            return candidate
+    for known in sorted((*models, *aliases), key=len, reverse=True):
+        if name.startswith(known + "-"):
+            return aliases.get(known, known)
+    return None
+
+
+@lru_cache(maxsize=8)
+def _fallback(spec: str) -> Rates:
+    models = _table()[0]
+    text = spec.strip().lower()
+    if "/" in text:
+        try:
+            price_in, price_out = (Decimal(part.strip()) for part in text.split("/"))
+            if all(p.is_finite() and p >= 0 for p in (price_in, price_out)):
+                return Rates(price_in, price_out, price_in * Decimal("1.25"), price_in * 2, price_in / 10)
+        except (ValueError, InvalidOperation):
+            pass
+    elif text not in ("", "max") and (known := resolve_model(text)):
+        return models[known]
+    if text not in ("", "max"):
+        logger.warning("UNKNOWN_MODEL_RATE not understood; using 'max'", extra={"unknown_model_rate": spec[:100]})
+    return Rates(*(max(getattr(rates, name) for rates in models.values()) for name in _FIELDS))
+
+
+def rates_for(model: str | None) -> Rates:
+    known = resolve_model(model) if model else None
+    if known is not None:
+        return _table()[0][known]
+    spec = get_settings().unknown_model_rate
+    name = (model or "")[:100]
+    if name not in _warned and len(_warned) < _MAX_WARNED:
+        _warned.add(name)
+        logger.warning("Unknown model, billed at the fallback rate", extra={"model": name, "fallback": spec})
+    return _fallback(spec)
+
+
+def cost_usd_decimal(model: str | None, usage: Usage) -> Decimal:
+    five, hour = usage.cache_creation_5m_input_tokens, usage.cache_creation_1h_input_tokens
+    written = max(usage.cache_creation_input_tokens, five + hour)
+    rates = rates_for(model).for_prompt(usage.input_tokens + written + usage.cache_read_input_tokens)
+    # 1-hour writes at their rate; 5-minute writes, and any write the TTL split (if reported) leaves out, at 5m.
+    writes = (written - hour) * rates.cache_write_5m + hour * rates.cache_write_1h
+    total = usage.input_tokens * rates.input + usage.output_tokens * rates.output
+    return (total + writes + usage.cache_read_input_tokens * rates.cache_read) / 1_000_000
+
+
+def cost_usd(model: str | None, usage: Usage) -> float:
+    """USD cost of one response; the exact Decimal is `cost_usd_decimal`."""
+    return float(cost_usd_decimal(model, usage))

@@ -1,0 +1,47 @@
+"""The upstream Anthropic key and the master key, from Secrets Manager through Powertools Parameters.
+
+Values are cached per process for `SECRETS_MAX_AGE` seconds, so a rotated secret is picked up without a
+redeploy. Only a cache miss does network I/O, and that runs in a worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio.to_thread
+from aws_lambda_powertools.utilities import parameters
+
+from .errors import GatewayError
+from .settings import get_settings
+
+_fetched_at: dict[str, float] = {}
+
+
+def _get(name: str) -> str:
+    value = parameters.get_secret(name, max_age=get_settings().secrets_max_age)
+    _fetched_at[name] = time.monotonic()
+    return value if isinstance(value, str) else value.decode()
+
+
+async def _secret(name: str) -> str:
+    fetched = _fetched_at.get(name)
+    if fetched is not None and time.monotonic() - fetched < get_settings().secrets_max_age - 1:
+        return _get(name)  # served from Powertools' in-memory cache: no I/O
+    try:
+        return await anyio.to_thread.run_sync(_get, name)
+    except Exception as exc:  # the reason may name the secret; never its value
+        raise GatewayError(503, f"The gateway cannot read its configuration secret ({type(exc).__name__}).") from None
+
+
+async def upstream_key() -> str:
+    return await _secret(get_settings().upstream_key_secret)
+
+
+async def master_key() -> str:
+    return await _secret(get_settings().master_key_secret)
+
+
+def clear_cache() -> None:
+    """Forget cached values (tests, and after this process rotated a secret itself)."""
+    _fetched_at.clear()
+    parameters.clear_caches()

@@ -1,0 +1,86 @@
+"""Shared fixtures: moto as AWS, our fake Anthropic upstream, and the gateway itself, all on loopback."""
+
+from __future__ import annotations
+
+import os
+
+import anthropic
+import httpx
+import pytest
+
+from tests.fake_anthropic import FakeAnthropic
+from tests.servers import ThreadedUvicorn
+
+MASTER_KEY = "sk-master-test-0123456789abcdef"
+UPSTREAM_KEY = "sk-ant-upstream-test-key"
+
+
+@pytest.fixture(scope="session")
+def fake_upstream():
+    with FakeAnthropic(api_key=UPSTREAM_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def aws(fake_upstream):
+    """moto's server as DynamoDB + Secrets Manager, with the table and secrets the template declares."""
+    from anthropic_gateway import local
+    from anthropic_gateway.settings import get_settings
+
+    os.environ["ANTHROPIC_API_BASE"] = fake_upstream.url
+    os.environ["KEY_CACHE_TTL"] = "0.5"
+    get_settings.cache_clear()
+    server = local.start_moto()
+    local.create_resources(UPSTREAM_KEY, MASTER_KEY)
+    yield
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(aws):
+    """The gateway app served by uvicorn, as `make dev` and the Lambda Web Adapter run it."""
+    from anthropic_gateway.app import app
+
+    with ThreadedUvicorn(app, proxy_headers=True) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream(request):
+    if "fake_upstream" in request.fixturenames:
+        request.getfixturevalue("fake_upstream").reset()
+
+
+@pytest.fixture
+def admin(gateway):
+    """Raw HTTP to the gateway with the master key."""
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def make_key(admin):
+    def make(**settings) -> str:
+        response = admin.post("/key/generate", json=settings)
+        assert response.status_code == 200, response.text
+        return response.json()["key"]
+
+    return make
+
+
+@pytest.fixture
+def virtual_key(make_key) -> str:
+    return make_key()
+
+
+@pytest.fixture
+def http(gateway, virtual_key):
+    """Raw HTTP to the gateway's pass-through with a virtual key."""
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": virtual_key}, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def client(gateway, virtual_key):
+    """The real Anthropic SDK, pointed at the gateway with a virtual key."""
+    return anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=virtual_key, max_retries=0)
