@@ -16,7 +16,9 @@ class ThreadedUvicorn:
         self.url = ""
 
     def __enter__(self) -> ThreadedUvicorn:
-        sock = socket.socket()
+        sock = socket.socket(
+            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+        )  # asyncio sets TCP_NODELAY only then
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.server = uvicorn.Server(uvicorn.Config(self._app, **self._config))

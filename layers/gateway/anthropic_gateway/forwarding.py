@@ -246,7 +246,7 @@ async def forward(
             await upstream.aclose()
         exchange.first_byte_at = exchange.finished_at = time.perf_counter()
         exchange.completed = True
-        _spawn(on_complete(exchange))
+        spawn(on_complete(exchange))
         response = Response(content, status_code=upstream.status_code)
         response.raw_headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
         response.raw_headers.append((b"content-length", str(len(content)).encode()))
@@ -294,7 +294,7 @@ class RelayResponse(Response):
                 await upstream.aclose()
             exchange.tap.close()
             # Accounting must not hold back the end of the response, and must survive a cancelled stream.
-            _spawn(self._on_complete(exchange))
+            spawn(self._on_complete(exchange))
 
 
 async def _cancel_on_disconnect(receive, scope: anyio.CancelScope) -> None:
@@ -328,7 +328,7 @@ def _rewrite_results_url(content: bytes, gateway_base: str) -> bytes:
 _pending: set[asyncio.Task] = set()
 
 
-def _spawn(work: Awaitable[None]) -> None:
+def spawn(work: Awaitable[None]) -> None:
     task = asyncio.ensure_future(work)
     _pending.add(task)
     task.add_done_callback(_pending.discard)

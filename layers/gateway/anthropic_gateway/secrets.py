@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import anyio.to_thread
-from aws_lambda_powertools.utilities import parameters
 
 from .errors import GatewayError
 from .settings import get_settings
@@ -18,6 +17,8 @@ _fetched_at: dict[str, float] = {}
 
 
 def _get(name: str) -> str:
+    from aws_lambda_powertools.utilities import parameters  # deferred: pulls in boto3, not needed for /health
+
     value = parameters.get_secret(name, max_age=get_settings().secrets_max_age)
     _fetched_at[name] = time.monotonic()
     return value if isinstance(value, str) else value.decode()
@@ -43,5 +44,7 @@ async def master_key() -> str:
 
 def clear_cache() -> None:
     """Forget cached values (tests, and after this process rotated a secret itself)."""
+    from aws_lambda_powertools.utilities import parameters
+
     _fetched_at.clear()
     parameters.clear_caches()

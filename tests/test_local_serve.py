@@ -1,0 +1,75 @@
+"""`make dev`'s contract: `python -m anthropic_gateway serve` comes up with embedded moto and serves the SDK."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anthropic
+import httpx
+import pytest
+
+from tests.conftest import UPSTREAM_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def serve(fake_upstream):
+    processes = []
+
+    def start(**env) -> tuple[str, subprocess.Popen]:
+        port = _free_port()
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MASTER_KEY"))}
+        environment.update(PORT=str(port), HOST="127.0.0.1", ANTHROPIC_API_BASE=fake_upstream.url,
+                           PYTHONPATH=str(ROOT / "layers" / "gateway"), PYTHONUNBUFFERED="1", **env)
+        process = subprocess.Popen([sys.executable, "-m", "anthropic_gateway", "serve"], env=environment,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return url, process
+            except httpx.TransportError:
+                time.sleep(0.1)
+            assert process.poll() is None, process.stdout.read()
+        raise AssertionError("gateway did not start")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+def test_serve_generates_a_master_key_and_the_sdk_example_works(serve, fake_upstream):
+    url, process = serve(ANTHROPIC_API_KEY=UPSTREAM_KEY)
+    health = httpx.get(url + "/health")
+    process.terminate()
+    output, _ = process.communicate(timeout=10)  # stops the server; start it again for the real check below
+
+    master = re.search(r"master key \(generated, shown once\): (\S+)", output).group(1)
+    assert health.json() == {"status": "ok"}
+    assert master not in health.text
+
+    url, _ = serve(ANTHROPIC_API_KEY=UPSTREAM_KEY, MASTER_KEY="sk-master-local-test-key-123")
+    key = httpx.post(url + "/key/generate", headers={"Authorization": "Bearer sk-master-local-test-key-123"},
+                     content=b"{}").json()["key"]
+    client = anthropic.Anthropic(base_url=url + "/anthropic", api_key=key, max_retries=0)
+    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=1024,
+                                     messages=[{"role": "user", "content": "Hello, world"}])
+
+    assert message.content[0].text.startswith("Echo: Hello, world")
+    assert fake_upstream.requests[-1].header("x-api-key") == UPSTREAM_KEY
