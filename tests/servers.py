@@ -11,7 +11,9 @@ import uvicorn
 
 class ThreadedUvicorn:
     def __init__(self, app, **config):
-        self._config = dict(log_level="warning", access_log=False, server_header=False, lifespan="on") | config
+        self._config = (
+            dict(log_level="warning", access_log=False, server_header=False, date_header=False, lifespan="on") | config
+        )
         self._app = app
         self.url = ""
 

@@ -98,5 +98,6 @@ def serve() -> None:
         print(f"  master key (generated, shown once): {generated_master}")
     uvicorn.run(
         "anthropic_gateway.app:app", host=host, port=port, log_level="warning", server_header=False,
+        date_header=False,  # the upstream's Date is forwarded; a second one would be wrong
         proxy_headers=True,
     )

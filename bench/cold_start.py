@@ -1,0 +1,144 @@
+"""Cold start and deployment size of the Lambda build: `python -m bench.cold_start [--runs N]`.
+
+Cold start: from spawning the built ProxyFunction's run.sh (what the Lambda Web Adapter's wrapper execs) to the
+first 200 from GET /health (the adapter's readiness check), in a fresh process each time: Python start, imports of
+uvicorn and the app, binding the port, answering. Median of N runs. Beside it: the import of the app alone
+(inside a fresh process), and the cold start once more with the layer's bytecode removed, which is what a build
+shipping only .py files (SAM's python3.13 build method) runs, since /opt is read-only on Lambda. Lambda's own init
+(microVM, runtime, the adapter extension) comes on top and is not measurable here.
+
+Size: the built layer plus both functions, unzipped (Lambda's 250 MB limit counts this) and zipped, for the
+x86_64 build that runs here and the arm64 build that is deployed by default.
+
+Targets: cold start <= 1 s on the development machines, total unzipped size <= 30 MB. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: python bench/cold_start.py
+    sys.path.insert(0, str(ROOT))
+
+from tests import sam_artifact  # noqa: E402
+
+COLD_START_TARGET_S = 1.0
+SIZE_TARGET_MB = 30.0
+MB = 1024 * 1024
+
+
+def _zipped_bytes(path: Path) -> int:
+    with tempfile.TemporaryFile() as handle:
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(path.rglob("*")):
+                if file.is_file():
+                    archive.write(file, file.relative_to(path))
+        return handle.tell()
+
+
+def cold_start(build_dir: Path, support_dir: Path) -> float:
+    """Seconds from spawning run.sh to the first 200 from /health, in a fresh process."""
+    port = sam_artifact.free_port()
+    env = sam_artifact.proxy_env(build_dir, support_dir, port)
+    started = time.perf_counter()
+    process = sam_artifact.start_proxy(build_dir, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = sam_artifact.wait_healthy(f"http://127.0.0.1:{port}", process)
+    finally:
+        sam_artifact.stop(process)
+    return ready - started
+
+
+def import_time(build_dir: Path, support_dir: Path) -> float:
+    """Seconds `import anthropic_gateway.app` takes inside a fresh python3 (interpreter start excluded)."""
+    env = sam_artifact.proxy_env(build_dir, support_dir, 0)
+    probe = "import time; t = time.perf_counter(); import anthropic_gateway.app; print(time.perf_counter() - t)"
+    out = subprocess.run(["python3", "-c", probe], env=env, check=True, capture_output=True, text=True).stdout
+    return float(out)
+
+
+def without_bytecode(build_dir: Path, work: Path) -> Path:
+    """A copy of the build whose layer has no __pycache__: what a build that ships only .py files would run."""
+    copy = work / "no-bytecode"
+    shutil.copytree(build_dir, copy, symlinks=True)
+    for cache in (copy / sam_artifact.LAYER_ID).rglob("__pycache__"):
+        shutil.rmtree(cache)
+    return copy
+
+
+def sizes(build_dir: Path) -> tuple[int, int]:
+    parts = [build_dir / sam_artifact.LAYER_ID, build_dir / sam_artifact.PROXY_ID, build_dir / sam_artifact.API_ID]
+    return sum(sam_artifact.tree_bytes(p) for p in parts), sum(_zipped_bytes(p) for p in parts)
+
+
+def _build(work: Path, architecture: str) -> Path | None:
+    build_dir = work / f"build-{architecture}"
+    result = sam_artifact.build(build_dir, work / f"cache-{architecture}", architecture)
+    if result.returncode != 0:
+        print(f"sam build ({architecture}) failed:\n{result.stdout}\n{result.stderr}", file=sys.stderr)
+        return None
+    return build_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Cold start and deployment size of the SAM build.")
+    parser.add_argument("--runs", type=int, default=10, help="fresh processes to time (default 10)")
+    parser.add_argument("--build-dir", type=Path, help="reuse an x86_64 `sam build` output instead of building")
+    parser.add_argument("--skip-arm64", action="store_true", help="do not build arm64 for its size")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench-cold-start-") as tmp:
+        work = Path(tmp)
+        x86 = args.build_dir or _build(work, "x86_64")
+        if x86 is None:
+            return 1
+        arm = None if args.skip_arm64 else _build(work, "arm64")
+        support = work / "support"
+        bare = without_bytecode(x86, work)
+
+        # Interleaved, so a busy moment on the machine weighs on every column alike.
+        cold, imports, cold_bare = [], [], []
+        for _ in range(args.runs):
+            cold.append(cold_start(x86, support))
+            imports.append(import_time(x86, support))
+            cold_bare.append(cold_start(bare, support))
+        x86_size, x86_zip = sizes(x86)
+        arm_size, arm_zip = sizes(arm) if arm else (None, None)
+
+    cold_median = statistics.median(cold)
+    deployed = arm_size if arm_size is not None else x86_size
+    rows = [
+        ("Cold start: spawn run.sh to first /health 200 (median)", f"{cold_median * 1000:.0f} ms",
+         f"<= {COLD_START_TARGET_S * 1000:.0f} ms", cold_median <= COLD_START_TARGET_S),
+        ("  min / max", f"{min(cold) * 1000:.0f} / {max(cold) * 1000:.0f} ms", "", None),
+        ("  of which: import anthropic_gateway.app, in process (median)",
+         f"{statistics.median(imports) * 1000:.0f} ms", "", None),
+        ("Cold start, layer without shipped bytecode (median)",
+         f"{statistics.median(cold_bare) * 1000:.0f} ms", "", None),
+        ("Size unzipped, layer + functions (arm64, deployed)",
+         f"{arm_size / MB:.1f} MB" if arm_size is not None else "n/a", f"<= {SIZE_TARGET_MB:.0f} MB",
+         deployed / MB <= SIZE_TARGET_MB if arm_size is not None else None),
+        ("Size zipped (arm64)", f"{arm_zip / MB:.1f} MB" if arm_zip is not None else "n/a", "", None),
+        ("Size unzipped, layer + functions (x86_64)", f"{x86_size / MB:.1f} MB", f"<= {SIZE_TARGET_MB:.0f} MB",
+         x86_size / MB <= SIZE_TARGET_MB),
+        ("Size zipped (x86_64)", f"{x86_zip / MB:.1f} MB", "", None),
+    ]  # fmt: skip
+    print(f"\nCold start of the streaming door ({args.runs} fresh processes) and deployment size\n")
+    print("| Measure | Value | Target | Met |")
+    print("| --- | --- | --- | --- |")
+    for name, value, target, met in rows:
+        print(f"| {name} | {value} | {target} | {'' if met is None else ('yes' if met else 'NO')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The buffered door: API Gateway (HTTP API, payload v2) events into the same FastAPI app, through Mangum.
+
+The app and every route live in the gateway layer (`anthropic_gateway`); this module only adapts the event.
+`lifespan="off"`: an invocation has no server lifecycle, and the app creates what it needs on first use.
+
+The app accounts for a request (spend, counters, metrics) in a task it starts once the response is complete.
+Lambda freezes the process as soon as the handler returns, so the handler lets that work finish first; it
+costs the caller the few milliseconds of a DynamoDB write, and no request goes unaccounted.
+"""
+
+import asyncio
+
+from anthropic_gateway import forwarding
+from anthropic_gateway.app import app
+from mangum import Mangum
+
+_adapter = Mangum(app, lifespan="off")
+
+
+def handler(event: dict, context: object) -> dict:
+    try:
+        return _adapter(event, context)
+    finally:
+        # Mangum runs every invocation on this thread's event loop; the pending work lives there too.
+        asyncio.get_event_loop().run_until_complete(forwarding.drain())

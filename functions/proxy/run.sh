@@ -1,0 +1,29 @@
+#!/bin/bash
+# Start command of the streaming door (the function's Handler).
+#
+# The Lambda Web Adapter layer's wrapper (/opt/bootstrap, set by AWS_LAMBDA_EXEC_WRAPPER) execs this script
+# instead of the Python runtime; the adapter extension then waits for GET /health to answer and forwards each
+# Function URL request to uvicorn over 127.0.0.1, streaming the response body back as it is written.
+#
+# - /opt/python is where the gateway layer's package and dependencies land; a plain `python` process does not
+#   get the runtime's layer paths, so they are added here.
+# - 127.0.0.1 only: the adapter is the sole client, nothing else should reach the app.
+# - The port comes from the adapter's own setting so the two cannot disagree (AWS_LWA_PORT, else PORT).
+# - --no-server-header, --no-date-header: pass-through responses carry Anthropic's own Server and Date headers
+#   (the app forwards them), and uvicorn would add a second of each.
+# - --no-access-log: the app logs each request itself (Powertools, JSON, with key and usage); uvicorn's line
+#   would only duplicate it in CloudWatch.
+# - --timeout-keep-alive: the adapter is the only client and reuses its pooled connection across invocations;
+#   uvicorn's 5 s default would close it between two requests and race the adapter's next write on it.
+set -euo pipefail
+
+export PYTHONPATH="/opt/python${PYTHONPATH:+:$PYTHONPATH}"
+
+exec python3 -m uvicorn \
+    --host 127.0.0.1 \
+    --port "${AWS_LWA_PORT:-${PORT:-8080}}" \
+    --no-server-header \
+    --no-date-header \
+    --no-access-log \
+    --timeout-keep-alive 900 \
+    anthropic_gateway.app:app

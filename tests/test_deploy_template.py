@@ -1,0 +1,498 @@
+"""template.yaml, samconfig.toml and events/ against each other and against the code they deploy.
+
+Nothing here builds or calls AWS: `sam validate --lint` is cfn-lint, and the SAM transform runs in process.
+Each test names what drifted, so a change on one side says what to change on the other.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from samcli.yamlhelper import yaml_parse
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+
+from tests import sam_artifact
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "layers" / "gateway" / "anthropic_gateway"
+EVENTS = ROOT / "events"
+MASTER_KEY = "sk-master-test-0123456789abcdef"  # tests/conftest.py stores it in moto; events/ use it
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    return yaml_parse((ROOT / "template.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def resources(template) -> dict:
+    return template["Resources"]
+
+
+@pytest.fixture(scope="module")
+def transformed(template) -> dict:
+    """The CloudFormation template SAM deploys (local CodeUri/ContentUri stand in as S3 URIs)."""
+    sam = copy.deepcopy(template)
+    for resource in sam["Resources"].values():
+        for uri in ("CodeUri", "ContentUri"):
+            if uri in resource.get("Properties", {}):
+                resource["Properties"][uri] = "s3://bucket/key"
+    translator = Translator(None, Parser(), boto_session=boto3.Session(region_name="us-east-1"))
+    return translator.translate(sam, {}, get_managed_policy_map=lambda: {})
+
+
+@pytest.fixture(scope="module")
+def global_env(template) -> dict:
+    return template["Globals"]["Function"]["Environment"]["Variables"]
+
+
+def _env_reads() -> dict[str, object]:
+    """Every environment variable settings.py reads, with its default (the single place the code reads env)."""
+    tree = ast.parse((PACKAGE / "settings.py").read_text())
+    reads: dict[str, object] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            name = node.args[0].value
+            callee = ast.unparse(node.func)
+            if isinstance(name, str) and name.isupper() and callee in ("env", "_float", "os.environ.get", "getenv"):
+                default = node.args[1] if len(node.args) > 1 else None
+                reads[name] = default.value if isinstance(default, ast.Constant) else None
+    assert reads, "found no environment reads in settings.py"
+    return reads
+
+
+# -- lint ----------------------------------------------------------------------------------------------------------
+
+
+def test_sam_validate_lint_is_clean():
+    result = sam_artifact.sam("validate", "--lint", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+def test_sections_are_in_the_documented_order(template):
+    order = [key for key in template if key in ("Parameters", "Conditions", "Globals", "Resources", "Outputs")]
+    assert order == ["Parameters", "Conditions", "Globals", "Resources", "Outputs"]
+    names = list(template["Resources"])
+    assert names.index("GatewayTable") < names.index("GatewayLayer") < names.index("ProxyFunction")
+    assert names.index("ApiFunction") < names.index("GatewayDashboard")
+
+
+# -- data: the table and the secrets -------------------------------------------------------------------------------
+
+
+def test_table_is_the_schema_the_code_uses(resources):
+    from anthropic_gateway import local
+
+    table = resources["GatewayTable"]["Properties"]
+    for part in ("KeySchema", "GlobalSecondaryIndexes", "BillingMode"):
+        assert table[part] == local.TABLE_SCHEMA[part], f"GatewayTable.{part} differs from local.TABLE_SCHEMA"
+    assert sorted(table["AttributeDefinitions"], key=str) == sorted(local.TABLE_SCHEMA["AttributeDefinitions"], key=str)
+    assert table["TimeToLiveSpecification"] == {"AttributeName": local.TTL_ATTRIBUTE, "Enabled": True}
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["DeletionProtectionEnabled"] == {"Ref": "TableDeletionProtection"}
+    assert resources["GatewayTable"]["UpdateReplacePolicy"] == "Retain"
+
+
+def test_code_uses_the_declared_index_and_ttl_attribute(resources):
+    source = "\n".join(p.read_text() for p in PACKAGE.glob("*.py"))
+    for name in re.findall(r'"IndexName"\s*:\s*"([^"]+)"|IndexName\s*=\s*"([^"]+)"', source):
+        index = "".join(name)
+        assert index == "gsi1", f"the code queries index {index!r}, which template.yaml does not declare"
+    ttl = resources["GatewayTable"]["Properties"]["TimeToLiveSpecification"]["AttributeName"]
+    for name in re.findall(r'"#ttl"\s*:\s*"(\w+)"', source):
+        assert name == ttl, f"the code expires items through {name!r}; the table's TTL attribute is {ttl!r}"
+
+
+def test_secrets_are_what_the_code_expects(resources):
+    upstream = resources["UpstreamKeySecret"]["Properties"]
+    assert "SecretString" not in upstream and "GenerateSecretString" not in upstream  # set by the operator
+    generated = resources["MasterKeySecret"]["Properties"]["GenerateSecretString"]
+    # A plain string used verbatim as the master key: no JSON template, no key name.
+    assert "SecretStringTemplate" not in generated and "GenerateStringKey" not in generated
+    assert generated["PasswordLength"] >= 32 and generated["ExcludePunctuation"] is True
+
+
+# -- environment ---------------------------------------------------------------------------------------------------
+
+
+def test_globals_set_what_settings_reads(global_env):
+    reads = _env_reads()
+    must_set = {
+        "ANTHROPIC_API_BASE", "GATEWAY_TABLE_NAME", "UPSTREAM_KEY_SECRET_NAME", "MASTER_KEY_SECRET_NAME",
+        "SECRETS_MAX_AGE", "KEY_CACHE_TTL", "GATEWAY_PUBLIC_URL", "POWERTOOLS_METRICS_NAMESPACE",
+    }  # fmt: skip
+    assert must_set <= set(reads), f"settings.py no longer reads {sorted(must_set - set(reads))}"
+    assert must_set <= set(global_env), f"template Globals miss {sorted(must_set - set(global_env))}"
+    # Nothing set that nobody reads: Powertools' own settings and the sam-local-only endpoint aside.
+    extra = {name for name in global_env if name not in reads and not name.startswith("POWERTOOLS_")}
+    assert extra == {"AWS_ENDPOINT_URL"}, f"template sets variables nothing reads: {sorted(extra)}"
+    assert {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_LOG_LEVEL"} <= set(global_env)
+
+
+def test_environment_points_at_the_stack_resources(global_env, template):
+    assert global_env["GATEWAY_TABLE_NAME"] == {"Ref": "GatewayTable"}
+    assert global_env["UPSTREAM_KEY_SECRET_NAME"] == {"Ref": "UpstreamKeySecret"}
+    assert global_env["MASTER_KEY_SECRET_NAME"] == {"Ref": "MasterKeySecret"}
+    assert global_env["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
+    reads = _env_reads()
+    assert template["Parameters"]["MetricsNamespace"]["Default"] == reads["POWERTOOLS_METRICS_NAMESPACE"]
+    assert template["Parameters"]["AnthropicApiBase"]["Default"] == reads["ANTHROPIC_API_BASE"]
+    # Deployed functions never get AWS_ENDPOINT_URL: only `sam local` runs set LocalAwsEndpointUrl.
+    assert global_env["AWS_ENDPOINT_URL"] == {
+        "Fn::If": ["UseLocalAwsEndpoint", {"Ref": "LocalAwsEndpointUrl"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert template["Parameters"]["LocalAwsEndpointUrl"]["Default"] == ""
+
+
+def test_upstream_read_timeout_covers_the_function_timeout(resources):
+    reads = _env_reads()
+    assert float(reads["UPSTREAM_READ_TIMEOUT"]) >= resources["ProxyFunction"]["Properties"]["Timeout"]
+
+
+# -- IAM -----------------------------------------------------------------------------------------------------------
+
+_DYNAMODB_CALLS = {
+    "get_item": "GetItem", "put_item": "PutItem", "update_item": "UpdateItem", "delete_item": "DeleteItem",
+    "query": "Query", "scan": "Scan", "batch_get_item": "BatchGetItem", "batch_write_item": "BatchWriteItem",
+    "batch_writer": "BatchWriteItem", "transact_get_items": "GetItem",
+}  # fmt: skip
+# TransactWriteItems has no IAM action of its own: each part is authorized as the operation it performs.
+_TRANSACT_PARTS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
+
+
+def _dynamodb_actions_in_code() -> set[str]:
+    source = "\n".join(p.read_text() for p in PACKAGE.glob("*.py"))
+    actions = {_DYNAMODB_CALLS[call] for call in re.findall(r"\.(\w+)\(", source) if call in _DYNAMODB_CALLS}
+    if ".transact_write_items(" in source:
+        actions |= {action for part, action in _TRANSACT_PARTS.items() if re.search(rf'"{part}"\s*:', source)}
+    return {f"dynamodb:{action}" for action in actions}
+
+
+def _statements(transformed: dict) -> list[dict]:
+    statements = []
+    for resource in transformed["Resources"].values():
+        properties = resource.get("Properties", {})
+        if resource["Type"] == "AWS::IAM::Role":
+            statements += [s for p in properties.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+        elif resource["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
+            statements += properties["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_iam_grants_exactly_the_dynamodb_actions_the_code_uses(transformed):
+    granted = {a for s in _statements(transformed) for a in _as_list(s["Action"]) if a.startswith("dynamodb:")}
+    used = _dynamodb_actions_in_code()
+    assert used, "found no DynamoDB calls in the package"
+    assert used <= granted, f"the code calls DynamoDB actions the roles lack: {sorted(used - granted)}"
+    assert granted <= used, f"the roles grant DynamoDB actions the code never uses: {sorted(granted - used)}"
+
+
+def test_iam_has_no_wildcards_and_no_broad_managed_policies(transformed):
+    for statement in _statements(transformed):
+        for field in ("Action", "Resource"):
+            for value in _as_list(statement[field]):
+                assert "*" not in json.dumps(value), f"wildcard in {field}: {statement}"
+    for name, resource in transformed["Resources"].items():
+        if resource["Type"] == "AWS::IAM::Role":
+            for arn in resource["Properties"].get("ManagedPolicyArns", []):
+                assert arn == {"Ref": "GatewayDataAccessPolicy"}, f"{name} attaches {arn}"
+
+
+def test_iam_scopes_data_access_to_the_table_and_the_two_secrets(resources):
+    statements = resources["GatewayDataAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    by_sid = {s["Sid"]: s for s in statements}
+    assert by_sid["KeysAndCounters"]["Resource"] == [
+        {"Fn::GetAtt": ["GatewayTable", "Arn"]},
+        {"Fn::Sub": "${GatewayTable.Arn}/index/gsi1"},
+    ]
+    assert by_sid["ReadOwnSecrets"]["Action"] == "secretsmanager:GetSecretValue"
+    assert by_sid["ReadOwnSecrets"]["Resource"] == [{"Ref": "UpstreamKeySecret"}, {"Ref": "MasterKeySecret"}]
+    for function, log_group in (("ProxyFunction", "ProxyLogGroup"), ("ApiFunction", "ApiLogGroup")):
+        props = resources[function]["Properties"]
+        role = resources[props["Role"]["Fn::GetAtt"][0]]["Properties"]
+        assert role["Policies"][0]["PolicyDocument"]["Statement"][0]["Resource"] == {"Fn::GetAtt": [log_group, "Arn"]}
+        assert props["LoggingConfig"]["LogGroup"] == {"Ref": log_group}
+        assert resources[log_group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+# -- the two doors -------------------------------------------------------------------------------------------------
+
+
+def test_streaming_door_is_wired_for_the_web_adapter(resources, transformed):
+    props = resources["ProxyFunction"]["Properties"]
+    env = props["Environment"]["Variables"]
+    assert props["Handler"] == "run.sh" and props["Timeout"] == 900
+    assert env["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
+    assert env["AWS_LWA_INVOKE_MODE"] == "response_stream"
+    assert props["FunctionUrlConfig"] == {"AuthType": "NONE", "InvokeMode": "RESPONSE_STREAM"}
+    # The public Function URL needs both permissions (Lambda's authorization model since October 2025).
+    actions = {
+        r["Properties"]["Action"] for r in transformed["Resources"].values()
+        if r["Type"] == "AWS::Lambda::Permission" and r["Properties"]["FunctionName"] == {"Ref": "ProxyFunction"}
+    }  # fmt: skip
+    assert actions == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}
+    adapter = props["Layers"][1]["Fn::Sub"]
+    assert adapter[0] == "arn:aws:lambda:${AWS::Region}:753240598075:layer:${AdapterLayer}:${LambdaWebAdapterVersion}"
+    assert adapter[1]["AdapterLayer"] == {"Fn::If": ["IsArm64", "LambdaAdapterLayerArm64", "LambdaAdapterLayerX86"]}
+
+
+def test_readiness_check_path_answers_without_auth(resources):
+    from anthropic_gateway.app import app
+    from fastapi.testclient import TestClient
+
+    path = resources["ProxyFunction"]["Properties"]["Environment"]["Variables"]["AWS_LWA_READINESS_CHECK_PATH"]
+    with TestClient(app) as client:
+        response = client.get(path)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+
+
+def test_run_sh_starts_the_app_on_the_adapters_port():
+    run_sh = ROOT / "functions" / "proxy" / "run.sh"
+    assert run_sh.stat().st_mode & stat.S_IXUSR, "run.sh must be executable (git keeps the mode)"
+    text = run_sh.read_text()
+    assert text.startswith("#!/bin/bash\n")
+    assert "\r" not in text, "run.sh needs LF line endings"
+    assert "exec python3 -m uvicorn" in text and "anthropic_gateway.app:app" in text
+    assert '--port "${AWS_LWA_PORT:-${PORT:-8080}}"' in text and "/opt/python" in text
+
+
+def _route_paths(routes, prefix: str = ""):
+    """Every path the app serves, through included routers (FastAPI keeps those as their own route objects)."""
+    for route in routes:
+        if hasattr(route, "original_router"):
+            yield from _route_paths(route.original_router.routes, prefix + route.include_context.prefix)
+        elif hasattr(route, "path"):
+            yield prefix + route.path
+
+
+def test_every_app_route_is_reachable_through_the_http_api(resources):
+    from anthropic_gateway.app import app
+
+    api_paths = [
+        event["Properties"]["Path"]
+        for event in resources["ApiFunction"]["Properties"]["Events"].values()
+        if event["Type"] == "HttpApi"
+    ]
+
+    def reachable(path: str) -> bool:
+        for api_path in api_paths:
+            if api_path.endswith("/{proxy+}"):
+                prefix = api_path.removesuffix("{proxy+}")
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    return True
+            elif api_path == path:
+                return True
+        return False
+
+    app_paths = list(_route_paths(app.routes))
+    assert "/health" in app_paths and "/anthropic/{path:path}" in app_paths
+    missing = [path for path in app_paths if not reachable(path)]
+    assert not missing, f"app routes without an HttpApi route in template.yaml: {missing}"
+    for api_path in api_paths:
+        prefix = api_path.removesuffix("{proxy+}")
+        assert any(path.startswith(prefix) for path in app_paths), f"HttpApi route {api_path} serves no app route"
+
+
+def test_api_handler_is_mangum_over_the_shared_app():
+    source = (ROOT / "functions" / "api" / "handler.py").read_text()
+    assert "from anthropic_gateway.app import app" in source
+    assert 'Mangum(app, lifespan="off")' in source
+    assert "forwarding.drain()" in source  # accounting finishes before Lambda freezes the process
+
+
+# -- observability -------------------------------------------------------------------------------------------------
+
+
+def _dashboard(resources) -> dict:
+    body = resources["GatewayDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: f"<{m.group(1)}>", body))
+
+
+def _searches(dashboard: dict) -> list[tuple[tuple[str, ...], str, str]]:
+    """(dimension set, metric name, statistic) of every SEARCH over the app's namespace."""
+    found = []
+    for widget in dashboard["widgets"]:
+        for row in widget.get("properties", {}).get("metrics", []):
+            for item in row:
+                if isinstance(item, dict) and "expression" in item:
+                    match = re.fullmatch(
+                        r"SEARCH\('\{<MetricsNamespace>,([^}]+)\} MetricName=\"(\w+)\"', '(\w+)', \d+\)",
+                        item["expression"],
+                    )
+                    assert match, f"unexpected dashboard expression {item['expression']}"
+                    dimensions = tuple(sorted(match.group(1).split(",")))
+                    found.append((dimensions, match.group(2), match.group(3)))
+    return found
+
+
+def test_dashboard_shows_every_metric_the_code_emits(resources):
+    from anthropic_gateway import metrics
+
+    searches = _searches(_dashboard(resources))
+    shown = {name for _, name, _ in searches}
+    assert shown == set(metrics.METRIC_NAMES), (
+        f"dashboard lacks {sorted(set(metrics.METRIC_NAMES) - shown)}; "
+        f"shows metrics the code does not emit: {sorted(shown - set(metrics.METRIC_NAMES))}"
+    )
+    emitted_sets = {tuple(sorted(s)) for s in metrics.DIMENSION_SETS}
+    for dimensions, name, _ in searches:
+        assert dimensions in emitted_sets, f"{name}: the code emits no dimension set {dimensions}"
+        if dimensions == ("StatusClass", "service"):
+            assert name in metrics.STATUS_METRICS
+    used_sets = {dimensions for dimensions, _, _ in searches}
+    assert {("Tag", "service"), ("Model", "service"), ("service",)} <= used_sets
+    percentiles = {(name, stat) for _, name, stat in searches if stat.startswith("p")}
+    assert {
+        ("Latency", "p50"),
+        ("Latency", "p99"),
+        ("TimeToFirstByte", "p50"),
+        ("TimeToFirstByte", "p99"),
+    } <= percentiles
+
+
+def test_dashboard_and_alarms_watch_both_doors(template, resources):
+    body = resources["GatewayDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    for needle in (
+        '"Url5xxCount", "FunctionName", "${ProxyFunction}"',
+        '"Throttles", "FunctionName", "${ApiFunction}"',
+        '"Duration", "FunctionName", "${ProxyFunction}"',
+        '"5xx", "ApiId", "${HttpApi}"',
+    ):
+        assert needle in body
+    alarms = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    watched = set()
+    for props in alarms.values():
+        stats = [m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m]
+        stats += (
+            [{"MetricName": props["MetricName"], "Dimensions": props["Dimensions"]}] if "MetricName" in props else []
+        )
+        watched |= {(s["MetricName"], json.dumps(s["Dimensions"][0]["Value"])) for s in stats}
+    for function in ("ProxyFunction", "ApiFunction"):
+        ref = json.dumps({"Ref": function})
+        assert {("Errors", ref), ("Throttles", ref), ("Duration", ref)} <= watched, function
+    assert ("Url5xxCount", json.dumps({"Ref": "ProxyFunction"})) in watched
+    assert ("5xx", json.dumps({"Ref": "HttpApi"})) in watched
+    for function, alarm in (
+        ("ProxyFunction", "ProxyDurationNearTimeoutAlarm"),
+        ("ApiFunction", "ApiDurationNearTimeoutAlarm"),
+    ):
+        timeout = resources[function]["Properties"].get("Timeout", template["Globals"]["Function"]["Timeout"])
+        assert alarms[alarm]["Threshold"] == 0.9 * timeout * 1000, f"{alarm}: not 90% of {function}'s timeout"
+
+
+def test_outputs_give_both_urls_the_secrets_and_the_table(template):
+    outputs = template["Outputs"]
+    assert outputs["StreamingUrl"]["Value"] == {"Fn::GetAtt": ["ProxyFunctionUrl", "FunctionUrl"]}
+    assert outputs["AnthropicBaseUrl"]["Value"] == {"Fn::Sub": "${ProxyFunctionUrl.FunctionUrl}anthropic"}
+    assert outputs["UpstreamKeySecretArn"]["Value"] == {"Ref": "UpstreamKeySecret"}
+    assert outputs["MasterKeySecretArn"]["Value"] == {"Ref": "MasterKeySecret"}
+    assert outputs["TableName"]["Value"] == {"Ref": "GatewayTable"}
+    assert "HttpApi" in outputs["ApiUrl"]["Value"]["Fn::Sub"]
+
+
+# -- samconfig.toml and events/ ------------------------------------------------------------------------------------
+
+
+def test_samconfig_deploys_the_template_parameters(template):
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())["default"]
+    deploy = config["deploy"]["parameters"]
+    assert config["global"]["parameters"]["stack_name"] and config["global"]["parameters"]["region"]
+    assert deploy["capabilities"] == "CAPABILITY_IAM" and deploy["resolve_s3"] is True
+    assert deploy["confirm_changeset"] is True
+    overrides = dict(pair.split("=", 1) for pair in deploy["parameter_overrides"].split())
+    assert set(overrides) <= set(template["Parameters"]), "samconfig overrides unknown template parameters"
+    assert config["local_start_api"]["parameters"]["env_vars"] == "events/env.json"
+
+
+def test_env_json_only_sets_variables_the_template_declares(template, resources):
+    """`sam local` ignores env.json entries for variables the template does not declare."""
+    env = json.loads((EVENTS / "env.json").read_text())
+    declared = set(template["Globals"]["Function"]["Environment"]["Variables"])
+    for scope, variables in env.items():
+        own = resources.get(scope, {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
+        assert set(variables) <= declared | set(own), f"{scope}: not declared {sorted(set(variables) - declared)}"
+    local = env["Parameters"]
+    assert local["AWS_ENDPOINT_URL"].startswith("http://")
+    reads = _env_reads()
+    for name in ("GATEWAY_TABLE_NAME", "UPSTREAM_KEY_SECRET_NAME", "MASTER_KEY_SECRET_NAME"):
+        assert local[name] == reads[name], f"env.json {name} differs from what `make dev` and seed_moto.py create"
+
+
+def test_events_are_http_api_v2_payloads_for_declared_routes(resources):
+    routes = {
+        f"{e['Properties']['Method'].upper()} {e['Properties']['Path']}"
+        for e in resources["ApiFunction"]["Properties"]["Events"].values()
+    }
+    names = sorted(p.name for p in EVENTS.glob("*.json") if p.name != "env.json")
+    assert {"health.json", "key-generate.json", "messages-create.json", "messages-stream.json"} <= set(names)
+    for name in names:
+        event = json.loads((EVENTS / name).read_text())
+        assert event["version"] == "2.0" and event["routeKey"] == event["requestContext"]["routeKey"]
+        assert event["routeKey"] in routes, f"{name}: {event['routeKey']} is not a route of HttpApi"
+        assert event["rawPath"] == event["requestContext"]["http"]["path"]
+        if "body" in event:
+            json.loads(event["body"])
+            assert event["headers"]["content-length"] == str(len(event["body"]))
+        credentials = [v for k, v in event["headers"].items() if k in ("authorization", "x-api-key")]
+        assert all(v.removeprefix("Bearer ") == MASTER_KEY for v in credentials), name
+
+
+def test_seed_script_prepares_moto_for_sam_local(tmp_path):
+    """events/seed_moto.py against a moto server of its own: the table, and the secrets env.json names."""
+    port = sam_artifact.free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(endpoint + "/moto-api/", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GATEWAY_", "UPSTREAM_", "MASTER_"))}
+        env |= {"ANTHROPIC_API_KEY": "sk-ant-seeded", "AWS_DEFAULT_REGION": "us-east-1"}
+        seeded = subprocess.run(
+            [sys.executable, str(EVENTS / "seed_moto.py"), "--endpoint", endpoint],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert seeded.returncode == 0, seeded.stderr
+        names = json.loads((EVENTS / "env.json").read_text())["Parameters"]
+        session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+        dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+        table = dynamodb.describe_table(TableName=names["GATEWAY_TABLE_NAME"])["Table"]
+        assert [index["IndexName"] for index in table["GlobalSecondaryIndexes"]] == ["gsi1"]
+        secrets = session.client("secretsmanager", endpoint_url=endpoint)
+        master = secrets.get_secret_value(SecretId=names["MASTER_KEY_SECRET_NAME"])["SecretString"]
+        upstream = secrets.get_secret_value(SecretId=names["UPSTREAM_KEY_SECRET_NAME"])["SecretString"]
+        assert (master, upstream) == (MASTER_KEY, "sk-ant-seeded")
+    finally:
+        server.terminate()
+        server.wait(10)
