@@ -11,7 +11,11 @@ def main(argv: list[str]) -> int:
 
         serve()
         return 0
-    print("usage: python -m anthropic_gateway serve", file=sys.stderr)
+    if argv[:1] == ["keys"]:
+        from .cli import main as keys_main
+
+        return keys_main(argv[1:])
+    print("usage: python -m anthropic_gateway serve | keys <command> (keys --help for the commands)", file=sys.stderr)
     return 2
 
 

@@ -1,14 +1,30 @@
-"""The key management API (master key only), in LiteLLM proxy's request and response shapes."""
+"""The key management API (master key only), in LiteLLM proxy's request and response shapes.
+
+Responses carry the key's hash (`token`, LiteLLM's name for it) and never a plain key, except the one response
+that creates it (/key/generate, /key/regenerate). Every change invalidates this process's key cache, so it
+applies here at once; other instances see it within KEY_CACHE_TTL seconds (docs/KEYS.md).
+"""
 
 from __future__ import annotations
 
-import anyio.to_thread
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import json
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
 
-from . import keys
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from . import governance, keys, secrets, tags
 from .auth import require_master
 from .errors import GatewayError
+from .keys import KeyRecord
+
+MAX_LIST_SIZE = 100
+MAX_METADATA_BYTES = 16 * 1024
+MAX_MODELS = 100
 
 
 async def _master_only(request: Request) -> None:
@@ -18,11 +34,89 @@ async def _master_only(request: Request) -> None:
 router = APIRouter(prefix="/key", dependencies=[Depends(_master_only)])
 
 
-class GenerateKeyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# -- request shapes ---------------------------------------------------------------------------------------------
 
-    key_alias: str | None = Field(default=None, min_length=1, max_length=256)
-    metadata: dict = Field(default_factory=dict)
+
+def _duration(value: str) -> str:
+    keys.parse_duration(value)  # ValueError names the accepted forms
+    return value
+
+
+def _alias(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be printable characters")
+    return value
+
+
+def _tags(value: list[str]) -> list[str]:
+    for tag in value:
+        try:
+            tags.validate(tag)
+        except GatewayError as exc:
+            raise ValueError(exc.message) from None
+    if len(set(value)) > tags.MAX_TAGS:
+        raise ValueError(f"at most {tags.MAX_TAGS} tags")
+    return list(dict.fromkeys(value))
+
+
+def _metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if len(json.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON")
+    try:  # DynamoDB's number range is narrower than JSON's (and floats must become exact decimals)
+        keys.check_storable(value)
+    except Exception:
+        raise ValueError("cannot be stored: numbers need at most 38 digits, within 1e-130..1e125") from None
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+Alias = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_alias)]
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
+Limit = Annotated[int, Field(ge=0, le=10**12)]
+
+
+class KeySettings(BaseModel):
+    """What /key/generate and /key/update accept. Unknown fields and wrong types are a 400 naming the field."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    key_alias: Alias | None = None
+    models: Annotated[list[ModelName], Field(max_length=MAX_MODELS)] | None = None
+    max_budget: Annotated[float, Field(ge=0, allow_inf_nan=False, le=1e12)] | None = None
+    budget_duration: Duration | None = None
+    duration: Duration | None = None
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
+    metadata: Annotated[dict[str, Any], AfterValidator(_metadata)] | None = None
+    tags: Annotated[list[str], AfterValidator(_tags)] | None = None
+    blocked: bool | None = None
+
+
+class GenerateRequest(KeySettings):
+    key: str | None = None  # a caller-chosen key instead of a generated one
+
+
+class UpdateRequest(KeySettings):
+    key: str | None = None  # which key (plain or hash); without it, key_alias names the key
+
+
+class KeyRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    key: str | None = None
+    key_alias: str | None = None
+
+
+class RegenerateRequest(KeyRef):
+    new_key: str | None = None  # a caller-chosen new key instead of a generated one
+
+
+class DeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    keys: Annotated[list[str], Field(max_length=1000)] | None = None
+    key_aliases: Annotated[list[str], Field(max_length=1000)] | None = None
 
 
 async def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
@@ -31,36 +125,302 @@ async def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:10])
         raise GatewayError(400, f"Invalid request: {problems}") from None
+
+
+# -- responses --------------------------------------------------------------------------------------------------
+
+
+def public(record: KeyRecord) -> dict:
+    """A key as the API shows it: settings, spend and counters, identified by its hash."""
+    return {
+        "token": record.token,
+        "key_name": record.key_name,
+        "key_alias": record.key_alias,
+        "spend": float(record.spend),
+        "total_spend": float(record.total_spend),
+        "reserved_spend": float(record.reserved),
+        "max_budget": record.max_budget,
+        "budget_duration": record.budget_duration,
+        "budget_reset_at": record.budget_reset_at,
+        "expires": record.expires,
+        "models": record.models,
+        "tags": record.tags,
+        "metadata": record.metadata,
+        "rpm_limit": record.rpm_limit,
+        "tpm_limit": record.tpm_limit,
+        "max_parallel_requests": record.max_parallel_requests,
+        "blocked": record.blocked,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        **{name: getattr(record, name) for name in keys.TOKEN_COUNTERS},
+        "requests": record.requests,
+    }
+
+
+# -- finding keys -----------------------------------------------------------------------------------------------
+
+
+def _token(key: str, field: str = "key") -> str:
+    token = keys.token_of(key)
+    if token is None:
+        raise GatewayError(400, f"{field}: expected a virtual key (sk-...) or its 64-character hash.")
+    return token
+
+
+def _shown(key: str) -> str:
+    """How an error may name a key: its hash stays, a plain key becomes its display name."""
+    return key if keys.is_hash(key) else keys.key_name(key)
+
+
+def _find(key: str | None, key_alias: str | None) -> KeyRecord:
+    """The record named by key (plain or hash) or, without one, by key_alias; 404 if there is none (blocking)."""
+    if key is not None:
+        record = keys.load(_token(key))
+        if record is None:
+            raise GatewayError(404, f"Key not found: {_shown(key)}.")
+        return record
+    if key_alias is not None:
+        record = keys.load_by_alias(key_alias)
+        if record is None:
+            raise GatewayError(404, f"No key has key_alias {key_alias!r}.")
+        return record
+    raise GatewayError(400, "Name the key: send `key` (the key or its hash) or `key_alias`.")
+
+
+def _retrying(find: Callable[[], KeyRecord], change: Callable[[KeyRecord], Any]) -> KeyRecord:
+    """Read, change, and read again; a concurrent admin change (Conflict) means another read and another try."""
+    for _ in range(3):
+        record = find()
+        try:
+            change(record)
+        except keys.Conflict:
+            continue
+        keys.key_cache.invalidate(record.token)
+        return keys.load(record.token) or record
+    raise GatewayError(
+        409, "The key was changed by another request at the same time; retry.", error_type="invalid_request_error"
+    )
+
+
+async def _check_new_key(key: str, field: str) -> str:
+    if not keys.is_well_formed(key):
+        raise GatewayError(400, f"{field}: must be 'sk-' followed by 22 to 200 letters, digits, '-' or '_'.")
+    if key == await secrets.master_key():
+        raise GatewayError(400, f"{field}: the master key cannot be a virtual key.")
+    return key
+
+
+# -- routes -----------------------------------------------------------------------------------------------------
 
 
 @router.post("/generate")
 async def generate_key(http_request: Request) -> dict:
-    request = await parse_body(http_request, GenerateKeyRequest)
-    plain = keys.new_key()
-    now = keys.iso(keys.utcnow())
-    record = keys.KeyRecord(
+    request = await parse_body(http_request, GenerateRequest)
+    plain = await _check_new_key(request.key, "key") if request.key is not None else keys.new_key()
+    now = keys.utcnow()
+    record = KeyRecord(
         token=keys.hash_key(plain),
         key_name=keys.key_name(plain),
         key_alias=request.key_alias,
-        created_at=now,
-        updated_at=now,
-        metadata=request.metadata,
+        created_at=keys.iso(now),
+        updated_at=keys.iso(now),
+        expires=_expiry(request.duration, now),
+        blocked=bool(request.blocked),
+        models=request.models or [],
+        tags=request.tags or [],
+        metadata=request.metadata or {},
+        max_budget=request.max_budget,
+        budget_duration=request.budget_duration,
+        budget_reset_at=_next_reset(request.budget_duration, now),
+        rpm_limit=request.rpm_limit,
+        tpm_limit=request.tpm_limit,
+        max_parallel_requests=request.max_parallel_requests,
     )
     try:
         await anyio.to_thread.run_sync(keys.put_new, record)
+    except keys.KeyExists:
+        raise GatewayError(400, "key: this key is already in use, or was used before; choose another.") from None
     except keys.AliasTaken:
         raise GatewayError(400, f"key_alias {request.key_alias!r} is already in use.") from None
-    return {"key": plain, **_public(record)}
+    except keys.Conflict:
+        raise GatewayError(
+            409,
+            "Another request wrote the same key or alias at the same time; retry.",
+            error_type="invalid_request_error",
+        ) from None
+    keys.key_cache.invalidate(record.token)  # it may be cached as unknown from an earlier attempt
+    return {"key": plain, **public(record)}
 
 
-def _public(record: keys.KeyRecord) -> dict:
+def _expiry(duration: str | None, now: datetime) -> str | None:
+    return keys.iso(now + keys.parse_duration(duration)) if duration else None
+
+
+def _next_reset(budget_duration: str | None, now: datetime) -> str | None:
+    return keys.iso_seconds(now + keys.parse_duration(budget_duration)) if budget_duration else None
+
+
+@router.get("/info")
+async def key_info(key: str | None = None) -> dict:
+    if not key:
+        raise GatewayError(400, "key: required (the key or, better, its hash: /key/info?key=<hash>).")
+    record = await anyio.to_thread.run_sync(_info, key)
+    return {"key": record.token, "info": public(record)}
+
+
+def _info(key: str) -> KeyRecord:
+    record = _find(key, None)
+    # A budget period that ended while the key was idle: start the new one, so spend shows what counts now.
+    if governance.reset_budget_if_due(
+        {"key_id": record.key_id, "budget_duration": record.budget_duration, "budget_reset_at": record.budget_reset_at},
+        keys.utcnow(),
+    ):
+        record = keys.load(record.token) or record
+    return record
+
+
+@router.post("/update")
+async def update_key(http_request: Request) -> dict:
+    request = await parse_body(http_request, UpdateRequest)
+    given = request.model_fields_set - {"key"}
+    if request.key is None:
+        given.discard("key_alias")  # it names the key, it is not a change
+    now = keys.utcnow()
+    changes: dict[str, Any] = {}
+    for name in given:
+        value = getattr(request, name)
+        if name == "duration":
+            changes["expires"] = _expiry(value, now)
+        elif name == "budget_duration":
+            changes["budget_duration"] = value
+            changes["budget_reset_at"] = _next_reset(value, now)
+        elif name in ("models", "tags"):
+            changes[name] = value or []
+        elif name == "metadata":
+            changes[name] = value or {}
+        elif name == "blocked":
+            changes[name] = bool(value)
+        else:
+            changes[name] = value
+    alias_change = "key_alias" in changes
+
+    def change(record: KeyRecord) -> None:
+        if changes:
+            keys.update(record, changes, new_alias=changes.get("key_alias"), alias_change=alias_change)
+
+    try:
+        record = await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
+    except keys.AliasTaken:
+        raise GatewayError(400, f"key_alias {changes.get('key_alias')!r} is already in use.") from None
+    return {"key": record.token, **public(record)}
+
+
+@router.post("/block")
+async def block_key(http_request: Request) -> dict:
+    return await _set_blocked(http_request, True)
+
+
+@router.post("/unblock")
+async def unblock_key(http_request: Request) -> dict:
+    return await _set_blocked(http_request, False)
+
+
+async def _set_blocked(http_request: Request, blocked: bool) -> dict:
+    request = await parse_body(http_request, KeyRef)
+    record = await anyio.to_thread.run_sync(
+        _retrying,
+        lambda: _find(request.key, request.key_alias),
+        lambda record: keys.update(record, {"blocked": blocked}),
+    )
+    return public(record)
+
+
+@router.post("/delete")
+async def delete_keys(http_request: Request) -> dict:
+    request = await parse_body(http_request, DeleteRequest)
+    if not request.keys and not request.key_aliases:
+        raise GatewayError(400, "Name the keys to delete: `keys` (keys or hashes) or `key_aliases`.")
+    deleted = await anyio.to_thread.run_sync(_delete, request.keys or [], request.key_aliases or [])
+    return {"deleted_keys": deleted}
+
+
+def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
+    """All named keys must exist (else 404 and nothing is deleted); returns the deleted keys' hashes."""
+    tokens = [_token(key, "keys") for key in named_keys]
+    records: dict[str, KeyRecord] = {}
+    missing = []
+    for key, token in zip(named_keys, tokens, strict=True):
+        record = keys.load(token)
+        if record is None:
+            missing.append(_shown(key))
+        else:
+            records[record.key_id] = record
+    for alias in aliases:
+        record = keys.load_by_alias(alias)
+        if record is None:
+            missing.append(f"key_alias {alias!r}")
+        else:
+            records[record.key_id] = record
+    if missing:
+        raise GatewayError(404, f"Nothing deleted; not found: {', '.join(missing[:20])}.")
+    deleted = []
+    for key_id, record in records.items():
+        current: KeyRecord | None = record
+        for _ in range(3):
+            try:
+                keys.delete(current)
+            except keys.Conflict:  # regenerated or deleted meanwhile: read it again
+                current = keys.load_by_key_id(key_id)
+                if current is not None:
+                    continue
+            break
+        keys.key_cache.invalidate(record.token, *([current.token] if current else []))
+        deleted.append((current or record).token)
+    return deleted
+
+
+@router.get("/list")
+async def list_keys(
+    page: Annotated[int, Query(ge=1)] = 1,
+    size: Annotated[int, Query(ge=1, le=MAX_LIST_SIZE)] = 10,
+    key_alias: str | None = None,
+    return_full_object: bool = False,
+) -> dict:
+    if key_alias is not None:
+        found = await anyio.to_thread.run_sync(keys.load_by_alias, key_alias)
+        records = [found] if found else []
+    else:
+        records = await anyio.to_thread.run_sync(keys.list_records)
+    shown = records[(page - 1) * size : page * size]
     return {
-        "key_name": record.key_name,
-        "key_alias": record.key_alias,
-        "token": record.token,
-        "expires": record.expires,
-        "metadata": record.metadata,
-        "created_at": record.created_at,
+        "keys": [public(r) for r in shown] if return_full_object else [r.token for r in shown],
+        "total_count": len(records),
+        "current_page": page,
+        "total_pages": math.ceil(len(records) / size),
     }
+
+
+@router.post("/regenerate")
+async def regenerate_key(http_request: Request) -> dict:
+    request = await parse_body(http_request, RegenerateRequest)
+    plain = await _check_new_key(request.new_key, "new_key") if request.new_key is not None else keys.new_key()
+    old: list[str] = []
+
+    def change(record: KeyRecord) -> None:
+        old.append(record.token)
+        keys.regenerate(record, plain)
+
+    try:
+        await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
+    except keys.KeyExists:
+        raise GatewayError(400, "new_key: this key is already in use, or was used before; choose another.") from None
+    new_token = keys.hash_key(plain)
+    keys.key_cache.invalidate(new_token, *old)  # the old key stops working here at once
+    record = await anyio.to_thread.run_sync(keys.load, new_token)
+    if record is None:
+        raise GatewayError(
+            409, "The key was deleted while it was being regenerated.", error_type="invalid_request_error"
+        )
+    return {"key": plain, **public(record)}

@@ -1,12 +1,21 @@
 """Virtual keys: how they look, how they are hashed, and how they are stored in DynamoDB.
 
 A key is `sk-` + 32 url-safe random bytes. Only its SHA-256 hash (the LiteLLM "token") is stored; the plain
-key exists in the response to `/key/generate` and nowhere else.
+key exists in the response to `/key/generate` (or `/key/regenerate`) and nowhere else.
 
 Table layout (single table, declared in template.yaml and created by `serve` locally):
-  pk=KEY#<hash>   sk=KEY    the key record
-  pk=ALIAS#<alias> sk=ALIAS  makes key_alias unique (written in the same transaction as the record)
-  gsi1pk=KEY, gsi1sk=<created_at>#<hash> on key records: lists keys in creation order
+  pk=KEY#<key_id>  sk=KEY        the key record: settings, spend, token counts. key_id is the hash the key was
+                                 created with and never changes, so spend and counters survive /key/regenerate.
+  pk=KEY#<hash>    sk=KEY        after a regenerate: a pointer {points_to: key_id} for the current hash
+  pk=KEY#<key_id>  sk=RATE#<t>   per-minute request/token counters, sk=PARALLEL in-flight slots (governance.py)
+  pk=ALIAS#<alias> sk=ALIAS      makes key_alias unique (written in the same transaction as the record)
+  gsi1pk=KEY, gsi1sk=<created_at>#<key_id> on key records: lists keys in creation order
+
+A presented key is valid when the record found through its hash still has that hash as `token`: a regenerated
+key's old hash leads to a record whose token has moved on, so the old key stops working at once.
+
+Budget bookkeeping on the record keeps `budget_headroom = (max_budget or 0) - spend - reserved` true after every
+write (see governance.py); every function here that changes max_budget or spend keeps it true too.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -29,6 +38,10 @@ KEY_PREFIX = "sk-"
 # sk- + at least 128 bits of url-safe base64 (22 chars); generated keys carry 256 bits.
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_-]{22,200}")
 _HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
+# LiteLLM's duration strings: 30s, 10m, 1h, 1d, 2w, 1mo (a month counts as 30 days).
+_DURATION = re.compile(r"(\d{1,6})(s|m|h|d|w|mo)")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
+TOKEN_COUNTERS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def new_key() -> str:
@@ -52,7 +65,15 @@ def key_name(key: str) -> str:
     return f"sk-...{key[-4:]}"
 
 
+def token_of(key_or_hash: str) -> str | None:
+    """The hash that identifies a key given as plain key or as hash; None when it is neither."""
+    if is_hash(key_or_hash):
+        return key_or_hash
+    return hash_key(key_or_hash) if is_well_formed(key_or_hash) else None
+
+
 def utcnow() -> datetime:
+    """The gateway's clock (tests replace it to move time: expiry, budget periods, rate windows)."""
     return datetime.now(UTC)
 
 
@@ -60,10 +81,24 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
+def iso_seconds(moment: datetime) -> str:
+    """Fixed-width UTC time: strings DynamoDB conditions can compare (budget_reset_at > :now)."""
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat()
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30s`, `1h`, `30d`, `1mo`... as a timedelta; ValueError for anything else (and for zero)."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"expected a duration like 30s, 10m, 1h, 1d, 2w or 1mo, got {text[:40]!r}")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
 @dataclass
 class KeyRecord:
-    token: str
+    token: str  # the current hash (changes on regenerate)
     key_name: str
+    key_id: str = ""  # the hash the key was created with: the record's permanent identity
     key_alias: str | None = None
     created_at: str = ""
     updated_at: str = ""
@@ -78,12 +113,17 @@ class KeyRecord:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
-    spend: float = 0.0
+    spend: float = 0.0  # in the current budget period (all time without budget_duration)
+    total_spend: float = 0.0  # all time
+    reserved: float = 0.0  # estimates held by admitted requests that have not settled yet
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     requests: int = 0
+
+    def __post_init__(self) -> None:
+        self.key_id = self.key_id or self.token
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> KeyRecord:
@@ -92,11 +132,23 @@ class KeyRecord:
 
     def to_item(self) -> dict[str, Any]:
         item = {name: _dynamo(value) for name, value in asdict(self).items() if value is not None}
-        item.update(pk=f"KEY#{self.token}", sk="KEY", gsi1pk="KEY", gsi1sk=f"{self.created_at}#{self.token}")
+        item["budget_headroom"] = _dynamo(self.max_budget or 0) - item["spend"] - item["reserved"]
+        item.update(pk=record_pk(self.key_id), sk="KEY", gsi1pk="KEY", gsi1sk=f"{self.created_at}#{self.key_id}")
         return item
 
     def expired(self, now: datetime | None = None) -> bool:
         return self.expires is not None and datetime.fromisoformat(self.expires) <= (now or utcnow())
+
+    @property
+    def governed(self) -> bool:
+        """Whether requests with this key need DynamoDB work before they go upstream."""
+        return self.max_budget is not None or any(
+            limit is not None for limit in (self.rpm_limit, self.tpm_limit, self.max_parallel_requests)
+        )
+
+
+def record_pk(key_id: str) -> str:
+    return f"KEY#{key_id}"
 
 
 def _plain(value: Any) -> Any:
@@ -112,12 +164,17 @@ def _plain(value: Any) -> Any:
 
 def _dynamo(value: Any) -> Any:
     if isinstance(value, float):
-        return Decimal(str(value))
+        return Decimal(repr(value))
     if isinstance(value, list):
         return [_dynamo(v) for v in value]
     if isinstance(value, dict):
         return {k: _dynamo(v) for k, v in value.items()}
     return value
+
+
+def check_storable(value: Any) -> None:
+    """Raise (TypeError, ValueError or decimal errors) unless DynamoDB can store `value` as an attribute."""
+    _serialize({"value": _dynamo(value)})
 
 
 @lru_cache(maxsize=1)
@@ -127,31 +184,6 @@ def table():
     return boto3.resource("dynamodb").Table(get_settings().table_name)
 
 
-class AliasTaken(Exception):
-    pass
-
-
-def put_new(record: KeyRecord) -> None:
-    """Store a new key record; its alias, if any, must not be in use (checked atomically)."""
-    item = record.to_item()
-    if record.key_alias is None:
-        table().put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
-        return
-    client = table().meta.client
-    try:
-        client.transact_write_items(
-            TransactItems=[
-                {"Put": {"TableName": table().name, "Item": _serialize(item),
-                         "ConditionExpression": "attribute_not_exists(pk)"}},
-                {"Put": {"TableName": table().name,
-                         "Item": _serialize({"pk": f"ALIAS#{record.key_alias}", "sk": "ALIAS", "token": record.token}),
-                         "ConditionExpression": "attribute_not_exists(pk)"}},
-            ]
-        )
-    except client.exceptions.TransactionCanceledException as exc:
-        raise AliasTaken(record.key_alias) from exc
-
-
 def _serialize(item: dict[str, Any]) -> dict[str, Any]:
     from boto3.dynamodb.types import TypeSerializer
 
@@ -159,17 +191,267 @@ def _serialize(item: dict[str, Any]) -> dict[str, Any]:
     return {name: serializer.serialize(value) for name, value in item.items()}
 
 
+def deserialize(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A low-level item (as in a ConditionalCheckFailed's `Item`) in boto3 resource form."""
+    if item is None:
+        return None
+    from boto3.dynamodb.types import TypeDeserializer
+
+    deserializer = TypeDeserializer()
+    return {name: deserializer.deserialize(value) for name, value in item.items()}
+
+
+def is_condition_failure(exc: Exception) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+class AliasTaken(Exception):
+    pass
+
+
+class KeyExists(Exception):
+    """The key (or a key with the same hash, possibly a retired one) is already stored."""
+
+
+class Conflict(Exception):
+    """The record changed between read and write (another admin call); read it again and retry."""
+
+
+def _transact(actions: list[dict]) -> None:
+    """TransactWriteItems with resource-style values (the resource's client serializes them itself);
+    a cancelled transaction raises _Cancelled with the indexes of the actions whose condition failed."""
+    from botocore.exceptions import ClientError
+
+    name = table().name
+    items = [{kind: dict(spec, TableName=name) for kind, spec in action.items()} for action in actions]
+    try:
+        table().meta.client.transact_write_items(TransactItems=items)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+            raise
+        reasons = exc.response.get("CancellationReasons") or []
+        failed = [i for i, reason in enumerate(reasons) if reason.get("Code") == "ConditionalCheckFailed"]
+        if failed:
+            raise _Cancelled(failed) from exc
+        if any(reason.get("Code") == "TransactionConflict" for reason in reasons):
+            raise Conflict() from exc  # another write to one of the items at the same moment: read and retry
+        raise
+
+
+class _Cancelled(Exception):
+    def __init__(self, failed: list[int]):
+        super().__init__(failed)
+        self.failed = failed
+
+
+def _alias_item(alias: str, key_id: str) -> dict[str, Any]:
+    return {"pk": f"ALIAS#{alias}", "sk": "ALIAS", "key_id": key_id}
+
+
+def put_new(record: KeyRecord) -> None:
+    """Store a new key record; its hash must be unused and its alias, if any, free (checked atomically)."""
+    actions = [{"Put": {"Item": record.to_item(), "ConditionExpression": "attribute_not_exists(pk)"}}]
+    if record.key_alias is not None:
+        actions.append(
+            {
+                "Put": {
+                    "Item": _alias_item(record.key_alias, record.key_id),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+        )
+    try:
+        _transact(actions)
+    except _Cancelled as exc:
+        if 0 in exc.failed:
+            raise KeyExists() from None
+        raise AliasTaken(record.key_alias) from None
+
+
+def _get(pk: str) -> dict[str, Any] | None:
+    return table().get_item(Key={"pk": pk, "sk": "KEY"}, ConsistentRead=True).get("Item")
+
+
 def load(token: str) -> KeyRecord | None:
-    item = table().get_item(Key={"pk": f"KEY#{token}", "sk": "KEY"}, ConsistentRead=True).get("Item")
-    return KeyRecord.from_item(item) if item else None
+    """The record a key hash opens, or None: unknown, deleted, or replaced by /key/regenerate."""
+    item = _get(record_pk(token))
+    if item is not None and "points_to" in item:
+        item = _get(record_pk(item["points_to"]))
+    if item is None or item.get("token") != token:
+        return None
+    return KeyRecord.from_item(item)
+
+
+def load_by_key_id(key_id: str) -> KeyRecord | None:
+    item = _get(record_pk(key_id))
+    return KeyRecord.from_item(item) if item is not None and "points_to" not in item else None
+
+
+def load_by_alias(alias: str) -> KeyRecord | None:
+    pointer = table().get_item(Key={"pk": f"ALIAS#{alias}", "sk": "ALIAS"}, ConsistentRead=True).get("Item")
+    if pointer is None:
+        return None
+    item = _get(record_pk(pointer["key_id"]))
+    return KeyRecord.from_item(item) if item is not None else None
+
+
+def list_records() -> list[KeyRecord]:
+    """Every key record, newest first. Reads the whole index: fine for the thousands of keys an admin manages."""
+    from boto3.dynamodb.conditions import Key
+
+    query: dict[str, Any] = {
+        "IndexName": "gsi1",
+        "KeyConditionExpression": Key("gsi1pk").eq("KEY"),
+        "ScanIndexForward": False,
+    }
+    records = []
+    while True:
+        page = table().query(**query)
+        records += [KeyRecord.from_item(item) for item in page.get("Items", [])]
+        if "LastEvaluatedKey" not in page:
+            return records
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def update(record: KeyRecord, changes: dict[str, Any], *, new_alias: str | None = None, alias_change=False) -> None:
+    """Apply admin `changes` (name -> value, None removes) to the record as read; Conflict if it changed since.
+
+    A change of max_budget moves budget_headroom by the same amount in the same write, so the headroom stays
+    equal to max_budget - spend - reserved whatever requests are settling meanwhile.
+    """
+    now = iso(utcnow())
+    names: dict[str, str] = {"#updated_at": "updated_at", "#token": "token"}
+    values: dict[str, Any] = {":now": now, ":seen": record.updated_at, ":token": record.token}
+    sets, removes, adds = ["#updated_at = :now"], [], []
+    for index, (name, value) in enumerate(changes.items()):
+        names[f"#f{index}"] = name
+        if value is None:
+            removes.append(f"#f{index}")
+        else:
+            values[f":f{index}"] = _dynamo(value)
+            sets.append(f"#f{index} = :f{index}")
+    if "max_budget" in changes:
+        delta = _dynamo(float(changes["max_budget"] or 0)) - _dynamo(float(record.max_budget or 0))
+        names["#headroom"] = "budget_headroom"
+        values[":delta"] = delta
+        adds.append("#headroom :delta")
+    expression = "SET " + ", ".join(sets)
+    if removes:
+        expression += " REMOVE " + ", ".join(removes)
+    if adds:
+        expression += " ADD " + ", ".join(adds)
+    spec = {
+        "Key": {"pk": record_pk(record.key_id), "sk": "KEY"},
+        "UpdateExpression": expression,
+        "ConditionExpression": "#updated_at = :seen AND #token = :token",
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+    if not alias_change or new_alias == record.key_alias:
+        try:
+            table().update_item(**spec)
+        except Exception as exc:
+            if is_condition_failure(exc):
+                raise Conflict() from None
+            raise
+        return
+    actions: list[dict] = [{"Update": spec}]
+    if new_alias is not None:
+        actions.append(
+            {"Put": {"Item": _alias_item(new_alias, record.key_id), "ConditionExpression": "attribute_not_exists(pk)"}}
+        )
+    if record.key_alias is not None:
+        actions.append({"Delete": {"Key": {"pk": f"ALIAS#{record.key_alias}", "sk": "ALIAS"}}})
+    try:
+        _transact(actions)
+    except _Cancelled as exc:
+        if new_alias is not None and 1 in exc.failed:
+            raise AliasTaken(new_alias) from None
+        raise Conflict() from None
+
+
+def regenerate(record: KeyRecord, new_plain: str) -> KeyRecord:
+    """Give the record a new key; the old one stops opening it in the same transaction. Settings, spend and
+    counters stay where they are (on KEY#<key_id>), so requests still in flight settle normally.
+
+    The old key's pointer item stays (it leads to a record whose token moved on, so it opens nothing): no key
+    that was ever used can be chosen again. The record lists those pointers in `retired`, for delete.
+    """
+    new_token = hash_key(new_plain)
+    if new_token in (record.key_id, record.token):  # its own current or original key: never reused
+        raise KeyExists()
+    now = iso(utcnow())
+    names = {"#token": "token", "#updated_at": "updated_at", "#retired": "retired"}
+    values: dict[str, Any] = {":new": new_token, ":name": key_name(new_plain), ":now": now, ":old": record.token}
+    expression = "SET #token = :new, key_name = :name, #updated_at = :now"
+    if record.token != record.key_id:  # the previous hash was itself a pointer
+        expression += " ADD #retired :retired"
+        values[":retired"] = {record.token}
+    else:
+        del names["#retired"]
+    actions: list[dict] = [
+        {
+            "Put": {
+                "Item": {"pk": record_pk(new_token), "sk": "KEY", "points_to": record.key_id, "token": new_token},
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        },
+        {
+            "Update": {
+                "Key": {"pk": record_pk(record.key_id), "sk": "KEY"},
+                "UpdateExpression": expression,
+                "ConditionExpression": "#token = :old",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        },
+    ]
+    try:
+        _transact(actions)
+    except _Cancelled as exc:
+        if 0 in exc.failed:
+            raise KeyExists() from None
+        raise Conflict() from None
+    record.token, record.key_name, record.updated_at = new_token, key_name(new_plain), now
+    return record
+
+
+def delete(record: KeyRecord) -> None:
+    """Remove the record, its pointers and its alias. Counters expire on their own (TTL)."""
+    actions: list[dict] = [
+        {
+            "Delete": {
+                "Key": {"pk": record_pk(record.key_id), "sk": "KEY"},
+                "ConditionExpression": "#token = :token",
+                "ExpressionAttributeNames": {"#token": "token"},
+                "ExpressionAttributeValues": {":token": record.token},
+            }
+        }
+    ]
+    if record.token != record.key_id:
+        actions.append({"Delete": {"Key": {"pk": record_pk(record.token), "sk": "KEY"}}})
+    if record.key_alias is not None:
+        actions.append({"Delete": {"Key": {"pk": f"ALIAS#{record.key_alias}", "sk": "ALIAS"}}})
+    # Read before the delete: its condition (same token) guarantees no regenerate added to the list meanwhile.
+    retired = (_get(record_pk(record.key_id)) or {}).get("retired") or set()
+    try:
+        _transact(actions)
+    except _Cancelled:
+        raise Conflict() from None
+    # Pointers of earlier keys open nothing once the record is gone; removing them is housekeeping.
+    with table().batch_writer() as batch:
+        for token in retired:
+            batch.delete_item(Key={"pk": record_pk(token), "sk": "KEY"})
 
 
 class KeyCache:
     """Per-process cache of key records, so the hot path skips DynamoDB for keys seen in the last few seconds.
 
-    Changes made through this process (block, delete, regenerate) call `invalidate` and apply at once; changes
-    made on another Lambda instance reach this one within `KEY_CACHE_TTL` seconds. Unknown keys are cached too,
-    so a client retrying a bad key does not hammer the table; the size bound keeps random keys from filling memory.
+    Changes made through this process (update, block, delete, regenerate) call `invalidate` and apply at once;
+    changes made on another Lambda instance reach this one within `KEY_CACHE_TTL` seconds. Unknown keys are
+    cached too, so a client retrying a bad key does not hammer the table; the size bound keeps random keys from
+    filling memory.
     """
 
     def __init__(self, max_entries: int = 10_000):
@@ -191,11 +473,12 @@ class KeyCache:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
-    def invalidate(self, token: str | None = None) -> None:
+    def invalidate(self, *tokens: str) -> None:
+        """Forget the given hashes, or everything when called without arguments."""
         with self._lock:
-            if token is None:
+            if not tokens:
                 self._entries.clear()
-            else:
+            for token in tokens:
                 self._entries.pop(token, None)
 
 
@@ -208,19 +491,3 @@ def cached_load(token: str) -> KeyRecord | None:
         record = load(token)
         key_cache.put(token, record)
     return record
-
-
-def add_usage(token: str, cost: float, usage) -> None:
-    """Add one request's cost and tokens to the key, atomically (concurrent requests all count)."""
-    values = {":cost": Decimal(str(cost)), ":one": 1}
-    expression = "ADD spend :cost, requests :one"
-    if usage is not None:
-        for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-            values[f":{name}"] = getattr(usage, name)
-            expression += f", {name} :{name}"
-    table().update_item(
-        Key={"pk": f"KEY#{token}", "sk": "KEY"},
-        UpdateExpression=expression,
-        ConditionExpression="attribute_exists(pk)",  # a key deleted mid-request is not recreated
-        ExpressionAttributeValues=values,
-    )

@@ -1,0 +1,182 @@
+"""`python -m anthropic_gateway keys ...`: the key API from a terminal, against a local or deployed gateway.
+
+A client, not part of the gateway: it reads its own environment (MASTER_KEY, GATEWAY_URL) and talks HTTP to
+the gateway like curl would. Responses are printed as JSON (errors on stderr, exit status 1).
+
+    export MASTER_KEY=sk-master-...
+    python -m anthropic_gateway keys generate --key-alias search-team --max-budget 50 --budget-duration 30d
+    python -m anthropic_gateway keys --url https://gw.example.com list --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://localhost:4000"
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    """The key settings, as flags named after the JSON fields they set."""
+    parser.add_argument("--key-alias", help="unique human-readable name")
+    parser.add_argument("--models", type=_names, help="allowed models, comma-separated ('' = all models)")
+    parser.add_argument("--max-budget", type=float, help="USD per budget period (or in total)")
+    parser.add_argument("--budget-duration", help="budget period: 30s, 1h, 1d, 30d...")
+    parser.add_argument("--duration", help="expires after: 1h, 30d... (never, if not given)")
+    parser.add_argument("--rpm-limit", type=int, help="requests per minute")
+    parser.add_argument("--tpm-limit", type=int, help="tokens per minute")
+    parser.add_argument("--max-parallel-requests", type=int, help="requests in flight at once")
+    parser.add_argument("--metadata", type=_json_object, help="JSON object")
+    parser.add_argument("--tags", type=_names, help="default request tags, comma-separated")
+    parser.add_argument("--blocked", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="set FIELD to null (e.g. --unset max_budget); repeatable",
+    )
+    parser.add_argument(
+        "--json", dest="extra", type=_json_object, default={}, help="more fields as a JSON object, sent as given"
+    )
+
+
+_SETTINGS = (
+    "key_alias",
+    "models",
+    "max_budget",
+    "budget_duration",
+    "duration",
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+    "metadata",
+    "tags",
+    "blocked",
+)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    body = {name: getattr(args, name) for name in _SETTINGS if getattr(args, name) is not None}
+    body.update(dict.fromkeys(args.unset))
+    body.update(args.extra)
+    return body
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=argparse.SUPPRESS, help=f"gateway base URL (default: $GATEWAY_URL or {DEFAULT_URL})"
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m anthropic_gateway keys",
+        parents=[common],
+        description="Manage the gateway's virtual keys. The master key is read from $MASTER_KEY.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    generate = commands.add_parser("generate", parents=[common], help="create a key (printed once)")
+    _settings_options(generate)
+    generate.add_argument("--key", help="use this key (sk-...) instead of a generated one")
+
+    info = commands.add_parser("info", parents=[common], help="settings, spend and counters of a key")
+    info.add_argument("key", help="the key or its hash")
+
+    listing = commands.add_parser("list", parents=[common], help="list keys (hashes), newest first")
+    listing.add_argument("--page", type=int, default=1)
+    listing.add_argument("--size", type=int, default=10, help="keys per page, at most 100")
+    listing.add_argument("--key-alias", help="only the key with this alias")
+    listing.add_argument("--full", action="store_true", help="whole key objects instead of hashes")
+
+    update = commands.add_parser("update", parents=[common], help="change a key's settings")
+    update.add_argument("key", nargs="?", help="the key or its hash (or name it with --key-alias)")
+    _settings_options(update)
+
+    for name, text in (("block", "refuse every request with the key"), ("unblock", "accept the key again")):
+        command = commands.add_parser(name, parents=[common], help=text)
+        command.add_argument("key", nargs="?", help="the key or its hash")
+        command.add_argument("--key-alias")
+
+    delete = commands.add_parser("delete", parents=[common], help="delete keys")
+    delete.add_argument("keys", nargs="*", help="keys or hashes")
+    delete.add_argument("--key-alias", action="append", default=[], dest="aliases", help="repeatable")
+
+    regenerate = commands.add_parser("regenerate", parents=[common], help="replace a key; the old one stops working")
+    regenerate.add_argument("key", nargs="?", help="the key or its hash (or name it with --key-alias)")
+    regenerate.add_argument("--key-alias")
+    regenerate.add_argument("--new-key", help="use this key (sk-...) instead of a generated one")
+    return parser
+
+
+def request_for(args: argparse.Namespace) -> tuple[str, str, dict | None, dict | None]:
+    """(method, path, query, JSON body) of the key API call a parsed command line stands for."""
+    command = args.command
+    if command == "generate":
+        return "POST", "/key/generate", None, {**_settings(args), **({"key": args.key} if args.key else {})}
+    if command == "info":
+        return "GET", "/key/info", {"key": _hash_if_plain(args.key)}, None
+    if command == "list":
+        query = {"page": args.page, "size": args.size, "return_full_object": str(args.full).lower()}
+        return "GET", "/key/list", {**query, **({"key_alias": args.key_alias} if args.key_alias else {})}, None
+    if command == "update":
+        return "POST", "/key/update", None, {**_settings(args), **({"key": args.key} if args.key else {})}
+    if command in ("block", "unblock"):
+        return "POST", f"/key/{command}", None, _ref(args)
+    if command == "delete":
+        body = {"keys": args.keys} if args.keys else {}
+        return "POST", "/key/delete", None, body | ({"key_aliases": args.aliases} if args.aliases else {})
+    if command == "regenerate":
+        return "POST", "/key/regenerate", None, _ref(args) | ({"new_key": args.new_key} if args.new_key else {})
+    raise ValueError(command)
+
+
+def _hash_if_plain(key: str) -> str:
+    """A plain key becomes its hash here, so it never travels in a URL (query strings end up in access logs)."""
+    return hashlib.sha256(key.encode()).hexdigest() if key.startswith("sk-") else key
+
+
+def _ref(args: argparse.Namespace) -> dict:
+    return {"key": args.key} if args.key else {"key_alias": args.key_alias} if args.key_alias else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    master_key = os.environ.get("MASTER_KEY", "").strip()
+    if not master_key:
+        print("Set MASTER_KEY to the gateway's master key.", file=sys.stderr)
+        return 2
+    url = (getattr(args, "url", None) or os.environ.get("GATEWAY_URL") or DEFAULT_URL).rstrip("/")
+    method, path, query, body = request_for(args)
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {master_key}"}, timeout=60) as http:
+            response = http.request(method, path, params=query, json=body)
+    except httpx.HTTPError as exc:
+        print(f"Cannot reach the gateway at {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        output = json.dumps(response.json(), indent=2)
+    except ValueError:
+        output = response.text
+    print(output, file=sys.stdout if response.is_success else sys.stderr)
+    return 0 if response.is_success else 1

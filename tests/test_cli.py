@@ -1,0 +1,154 @@
+"""`python -m anthropic_gateway keys ...` against the running gateway, as an operator provisions keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from anthropic_gateway import cli, keys
+from tests.conftest import MASTER_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture
+def run(gateway, monkeypatch, capsys):
+    """Run the CLI in-process against the test gateway; returns (exit status, parsed stdout or stderr)."""
+    monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
+    monkeypatch.setenv("GATEWAY_URL", gateway.url)
+
+    def invoke(*argv: str) -> tuple[int, object]:
+        status = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        assert MASTER_KEY not in out + err
+        text = out if status == 0 else err
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    return invoke
+
+
+def works(gateway, key: str) -> bool:
+    client = anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=key, max_retries=0)
+    try:
+        return client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=HELLO).type == "message"
+    except anthropic.AuthenticationError:
+        return False
+
+
+def test_key_lifecycle(run, gateway):
+    alias = "cli-" + keys.new_key()[-8:]
+    status, created = run(
+        "generate",
+        "--key-alias",
+        alias,
+        "--models",
+        "claude-haiku-4-5,claude-sonnet-4-5",
+        "--max-budget",
+        "25",
+        "--budget-duration",
+        "30d",
+        "--rpm-limit",
+        "100",
+        "--metadata",
+        '{"team": "search"}',
+        "--tags",
+        "team:search,env:prod",
+    )
+    assert status == 0
+    key, token = created["key"], created["token"]
+    assert (created["key_alias"], created["max_budget"], created["rpm_limit"]) == (alias, 25.0, 100)
+    assert created["models"] == ["claude-haiku-4-5", "claude-sonnet-4-5"]
+    assert created["tags"] == ["team:search", "env:prod"] and created["metadata"] == {"team": "search"}
+    assert works(gateway, key)
+
+    status, info = run("info", token)
+    assert status == 0 and info["key"] == token and info["info"]["requests"] >= 0
+    assert run("info", key) == (0, info)  # a plain key is hashed by the CLI before it goes in the URL
+    assert cli.request_for(cli.build_parser().parse_args(["info", key]))[2] == {"key": token}
+
+    status, updated = run(
+        "update",
+        "--key-alias",
+        alias,
+        "--tpm-limit",
+        "5000",
+        "--unset",
+        "rpm_limit",
+        "--json",
+        '{"max_parallel_requests": 3}',
+    )
+    assert status == 0
+    assert (updated["tpm_limit"], updated["rpm_limit"], updated["max_parallel_requests"]) == (5000, None, 3)
+
+    assert run("block", token)[1]["blocked"] is True
+    assert not works(gateway, key)
+    assert run("unblock", "--key-alias", alias)[1]["blocked"] is False
+    assert works(gateway, key)
+
+    status, listed = run("list", "--key-alias", alias, "--full")
+    assert status == 0 and [k["token"] for k in listed["keys"]] == [token]
+
+    status, regenerated = run("regenerate", token)
+    assert status == 0 and regenerated["key"] != key
+    assert not works(gateway, key) and works(gateway, regenerated["key"])
+
+    status, deleted = run("delete", "--key-alias", alias)
+    assert status == 0 and deleted == {"deleted_keys": [keys.hash_key(regenerated["key"])]}
+    assert not works(gateway, regenerated["key"])
+
+
+def test_errors_go_to_stderr_with_exit_status_1(run):
+    status, error = run("info", "sk-" + "q" * 40)
+    assert status == 1 and error["error"]["type"] == "not_found_error"
+    status, error = run("generate", "--json", '{"team_id": "x"}')
+    assert status == 1 and "team_id" in error["error"]["message"]
+
+
+def test_bad_arguments_are_refused_before_any_request(run, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["generate", "--metadata", "[1, 2]"])
+    assert exited.value.code == 2
+    assert "JSON object" in capsys.readouterr().err
+
+
+def test_master_key_and_url_come_from_the_environment_or_flags(gateway, monkeypatch, capsys):
+    monkeypatch.delenv("MASTER_KEY", raising=False)
+    assert cli.main(["list"]) == 2
+    assert "MASTER_KEY" in capsys.readouterr().err
+
+    monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
+    monkeypatch.setenv("GATEWAY_URL", "http://127.0.0.1:9")  # nothing listens there
+    assert cli.main(["list"]) == 1
+    assert "Cannot reach" in capsys.readouterr().err
+    assert cli.main(["list", "--url", gateway.url]) == 0
+    assert "total_count" in json.loads(capsys.readouterr().out)
+
+
+def test_python_dash_m_entry_point(gateway):
+    env = {
+        **os.environ,
+        "MASTER_KEY": MASTER_KEY,
+        "GATEWAY_URL": gateway.url,
+        "PYTHONPATH": str(ROOT / "layers" / "gateway"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "anthropic_gateway", "keys", "generate", "--rpm-limit", "7"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    assert created["rpm_limit"] == 7 and keys.is_well_formed(created["key"])
