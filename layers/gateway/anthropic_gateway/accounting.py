@@ -1,4 +1,4 @@
-"""What happens once a request is over: its cost, the key's spend and token counters.
+"""What happens once a request is over: its cost, the key's spend and token counters, metrics, spend per tag.
 
 Runs after the last byte has gone to the client (see forwarding._spawn), never in front of it.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import keys, pricing
+from . import governance, metrics, pricing, tag_spend
 from .exchange import Exchange
 
 logger = Logger(child=True)
@@ -21,9 +21,18 @@ def cost_of(exchange: Exchange) -> float:
 
 async def settle(exchange: Exchange) -> None:
     """Record a finished pass-through request. Failures are logged, never raised: the client is already served."""
+    cost = 0.0
     try:
         cost = cost_of(exchange)
-        if exchange.principal and exchange.principal.record:
-            await anyio.to_thread.run_sync(keys.add_usage, exchange.principal.record.token, cost, exchange.usage)
+        await governance.settle(exchange, cost)  # spend and tokens on the key; releases what admit reserved
     except Exception:
         logger.exception("accounting failed", extra={"request_id": exchange.request_id})
+    try:
+        metrics.publish(exchange, cost)  # EMF blobs + the access log line, on stdout
+    except Exception:
+        logger.exception("metrics failed", extra={"request_id": exchange.request_id})
+    try:
+        if exchange.tags:
+            await anyio.to_thread.run_sync(tag_spend.record, exchange.tags, cost, exchange.usage)
+    except Exception:
+        logger.exception("tag spend failed", extra={"request_id": exchange.request_id})

@@ -6,18 +6,21 @@ account (after the last byte).
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 
+from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from . import accounting, forwarding, key_routes, secrets
+from . import accounting, forwarding, governance, key_routes, secrets, tag_spend, tags
 from .auth import authenticate
 from .errors import GatewayError, error_response, render
 from .exchange import Exchange
 
+logger = Logger()
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -30,6 +33,7 @@ async def lifespan(app: FastAPI):
 
 app = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 app.include_router(key_routes.router)
+app.include_router(tag_spend.router)
 
 
 @app.get("/health")
@@ -44,10 +48,14 @@ async def anthropic_passthrough(request: Request) -> Response:
         exchange.principal = await authenticate(request.headers)
         exchange.path = forwarding.upstream_path(request.scope)
         body = await forwarding.read_body(request)
-        body, _litellm_metadata = forwarding.strip_litellm_metadata(body)
+        body, litellm_metadata = forwarding.strip_litellm_metadata(body)
+        exchange.tags = tags.resolve(litellm_metadata, request.headers, exchange.principal)
+        exchange.admission = await governance.admit(exchange, body)  # models, budget, rate limits
         return await forwarding.forward(request, body, exchange, await secrets.upstream_key(), accounting.settle)
     except GatewayError as exc:
         exchange.status, exchange.error_source = exc.status, "gateway"
+        exchange.finished_at = time.perf_counter()  # the error response is all there is: latency ends here
+        forwarding.spawn(accounting.settle(exchange))  # every pass-through request is accounted exactly once
         response = render(exc)
         response.headers["x-gateway-request-id"] = exchange.request_id
         return response
@@ -74,4 +82,5 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 @app.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", extra={"route": request.url.path})
     return error_response(500, "Internal gateway error.")

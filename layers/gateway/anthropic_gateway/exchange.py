@@ -29,6 +29,7 @@ class Exchange:
     finished_at: float | None = None
     tap: UsageTap | None = None
     completed: bool = False  # the upstream body ended normally (not cut off)
+    admission: object | None = None  # what governance.admit reserved for this request, released at settle
 
     @property
     def usage(self) -> Usage | None:

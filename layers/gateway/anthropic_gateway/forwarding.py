@@ -27,12 +27,27 @@ from .usage import UsageTap
 PREFIX = "/anthropic"
 
 _HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
-     "transfer-encoding", "upgrade"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 # Never sent upstream: the client's credentials, what the HTTP client sets itself, and the gateway's own headers.
 _DROP_REQUEST = _HOP_BY_HOP | {
-    "host", "content-length", "x-api-key", "authorization", "x-litellm-api-key", "x-litellm-tags", "accept-encoding",
+    "host",
+    "content-length",
+    "x-api-key",
+    "authorization",
+    "x-litellm-api-key",
+    "x-litellm-tags",
+    "accept-encoding",
 }
 _DROP_RESPONSE = _HOP_BY_HOP
 # Only unreserved characters or percent-escapes: Anthropic's paths need nothing more.
@@ -218,8 +233,13 @@ async def forward(
     """Send the request upstream and stream its response back; `on_complete` runs once the body has ended."""
     scope = request.scope
     base = httpx.URL(get_settings().anthropic_api_base)
-    target = base.copy_with(raw_path=(base.raw_path.rstrip(b"/") + exchange.path.encode("latin-1")
-                                      + (b"?" + scope["query_string"] if scope["query_string"] else b"")))
+    target = base.copy_with(
+        raw_path=(
+            base.raw_path.rstrip(b"/")
+            + exchange.path.encode("latin-1")
+            + (b"?" + scope["query_string"] if scope["query_string"] else b"")
+        )
+    )
     upstream_request = client().build_request(
         request.method, target, headers=upstream_headers(scope, upstream_key), content=body or None
     )
@@ -271,24 +291,28 @@ class RelayResponse(Response):
 
     async def __call__(self, scope, receive, send) -> None:
         upstream, exchange = self._upstream, self._exchange
+        relay = asyncio.current_task()
+        watcher = asyncio.create_task(_cancel_on_disconnect(receive, relay))
         try:
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                async for chunk in upstream.aiter_raw():
-                    if exchange.first_byte_at is None:
-                        exchange.first_byte_at = time.perf_counter()
-                    exchange.tap.feed(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                exchange.completed = True
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                tasks.cancel_scope.cancel()
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in upstream.aiter_raw():
+                if exchange.first_byte_at is None:
+                    exchange.first_byte_at = time.perf_counter()
+                exchange.tap.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            exchange.completed = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise  # cancelled by someone else (server shutdown): not ours to swallow
+            relay.uncancel()  # the client went away; the relay ends here
         except httpx.TransportError:
             # The upstream broke off mid-body; the client sees its response end there.
             exchange.error_source = exchange.error_source or "upstream"
         except OSError:
             pass  # the client went away while we were sending
         finally:
+            watcher.cancel()
             exchange.finished_at = time.perf_counter()
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
@@ -297,10 +321,11 @@ class RelayResponse(Response):
             spawn(self._on_complete(exchange))
 
 
-async def _cancel_on_disconnect(receive, scope: anyio.CancelScope) -> None:
+async def _cancel_on_disconnect(receive, relay: asyncio.Task) -> None:
+    """A plain asyncio task rather than an anyio task group: this runs for every request, and is far cheaper."""
     while (await receive())["type"] != "http.disconnect":
         pass
-    scope.cancel()
+    relay.cancel()
 
 
 def _gateway_base(request: Request) -> str:

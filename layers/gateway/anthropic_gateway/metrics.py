@@ -1,0 +1,187 @@
+"""Per-request CloudWatch metrics (EMF on stdout) and the access log line, written once a request is over.
+
+Lambda ships stdout to CloudWatch Logs, which turns every EMF blob into metrics: no agent, no API call, and
+nothing in front of the response (accounting.settle calls `publish` after the last byte).
+
+The blobs of one request share a timestamp and carry its request id and key alias as metadata (searchable in
+Logs Insights, never dimensions):
+  - one with dimension sets [service] and [service, Model]: the totals, and the per-model view;
+  - one per tag with [service, Tag]. An EMF blob gives each dimension one value (Powertools merges every
+    dimension set into one flat object), so tags cannot share a blob;
+  - one with [service, StatusClass] carrying only Requests and the two error counts: errors by 2xx/4xx/5xx
+    without multiplying every token metric by the status classes.
+Each blob is built by its own Powertools provider (`EphemeralMetrics`), so requests running concurrently
+never mix; `Metrics` keeps one class-level pool for the whole process and would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+from . import pricing
+from .exchange import Exchange
+from .settings import get_settings
+from .usage import Usage
+
+# Everything the gateway emits; template.yaml's dashboard is checked against these (tests/test_deploy_*).
+METRIC_NAMES = (
+    "Requests",
+    "InputTokens",
+    "OutputTokens",
+    "CacheCreationInputTokens",
+    "CacheReadInputTokens",
+    "CostUSD",
+    "Latency",
+    "TimeToFirstByte",
+    "UpstreamErrors",
+    "GatewayErrors",
+)
+DIMENSION_NAMES = ("service", "Model", "Tag", "StatusClass")
+DIMENSION_SETS = (("service",), ("service", "Model"), ("service", "Tag"), ("service", "StatusClass"))
+STATUS_METRICS = ("Requests", "UpstreamErrors", "GatewayErrors")  # the only ones emitted per StatusClass
+UNKNOWN_MODEL = "unknown"
+
+_TOKENS = (
+    ("InputTokens", "input_tokens"),
+    ("OutputTokens", "output_tokens"),
+    ("CacheCreationInputTokens", "cache_creation_input_tokens"),
+    ("CacheReadInputTokens", "cache_read_input_tokens"),
+)
+# A model id as Anthropic spells them; anything else is not used as a dimension value.
+_MODEL_ID = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
+
+
+class _Stdout:
+    """The stream EMF blobs and log lines go to: stdout as it was at import (like Powertools' Logger), written one
+    whole line per call so concurrent writers cannot interleave; `target` lets tests read exactly what ships."""
+
+    def __init__(self) -> None:
+        self.default = sys.stdout
+        self.target = None
+
+    def write(self, text: str) -> None:
+        (self.target or self.default).write(text)
+
+    def flush(self) -> None:
+        (self.target or self.default).flush()
+
+
+output = _Stdout()
+# The gateway's Powertools logger (JSON, service from POWERTOOLS_SERVICE_NAME). Every Logger() of the service shares
+# one handler, set up by whichever is created first; point it at `output` either way, so all log lines and the EMF
+# blobs go through the same stream.
+logger = Logger(stream=output)
+if isinstance(logger.logger_handler, logging.StreamHandler) and logger.logger_handler.stream is not output:
+    logger.logger_handler.setStream(output)
+SERVICE = logger.service
+
+
+def publish(exchange: Exchange, cost: float) -> None:
+    """Write the request's EMF blobs, then its access log line; a failure of the first still logs the second."""
+    try:
+        if not is_metrics_disabled():
+            lines = "".join(json.dumps(blob, separators=(",", ":")) + "\n" for blob in emf_blobs(exchange, cost))
+            output.write(lines)
+    except Exception:
+        logger.exception("metrics failed", extra={"request_id": exchange.request_id})
+    logger.info("gateway request", extra=access_fields(exchange, cost))
+
+
+def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[dict]:
+    timestamp = timestamp_ms or int(time.time() * 1000)
+    values = _values(exchange, cost)
+    metadata = {"request_id": exchange.request_id}
+    if (record := _record(exchange)) and record.key_alias:
+        metadata["key_alias"] = record.key_alias
+    blobs = [_blob({}, {"Model": model_dimension(exchange)}, values, metadata, timestamp)]
+    blobs += [_blob({"Tag": tag}, None, values, metadata, timestamp) for tag in exchange.tags]
+    by_status = [value for value in values if value[0] in STATUS_METRICS]
+    blobs.append(_blob({"StatusClass": status_class(exchange.status)}, None, by_status, metadata, timestamp))
+    return blobs
+
+
+def _blob(dimensions: dict, extra_set: dict | None, values: list, metadata: dict, timestamp: int) -> dict:
+    provider = EphemeralMetrics(namespace=get_settings().metrics_namespace, service=SERVICE)
+    provider.add_dimension(name="service", value=SERVICE)
+    for name, value in dimensions.items():
+        provider.add_dimension(name=name, value=value)
+    if extra_set:
+        provider.add_dimensions(service=SERVICE, **extra_set)
+    for name, unit, value in values:
+        provider.add_metric(name=name, unit=unit, value=value)
+    for key, value in metadata.items():
+        provider.add_metadata(key=key, value=value)
+    provider.set_timestamp(timestamp)
+    return provider.serialize_metric_set()
+
+
+def _values(exchange: Exchange, cost: float) -> list[tuple[str, MetricUnit, float]]:
+    usage = exchange.usage or Usage()
+    values = [("Requests", MetricUnit.Count, 1)]
+    values += [(metric, MetricUnit.Count, getattr(usage, field)) for metric, field in _TOKENS]
+    values += [("CostUSD", MetricUnit.NoUnit, cost), ("Latency", MetricUnit.Milliseconds, exchange.latency_ms)]
+    # Only streams: for a JSON body the first byte comes with the last, and would blur the streaming percentiles.
+    if is_stream(exchange) and exchange.time_to_first_byte_ms is not None:
+        values.append(("TimeToFirstByte", MetricUnit.Milliseconds, exchange.time_to_first_byte_ms))
+    values.append(("UpstreamErrors", MetricUnit.Count, int(exchange.error_source == "upstream")))
+    values.append(("GatewayErrors", MetricUnit.Count, int(exchange.error_source == "gateway")))
+    return values
+
+
+def model_dimension(exchange: Exchange) -> str:
+    """The model as a dimension value: the one the upstream answered with, else the requested one if we price it.
+
+    Never arbitrary client input: every distinct value is a billed custom metric.
+    """
+    answered = exchange.tap.model if exchange.tap else None
+    if answered and _MODEL_ID.fullmatch(answered):
+        return answered
+    known = pricing.resolve_model(exchange.model) if exchange.model else None
+    return known or UNKNOWN_MODEL
+
+
+def status_class(status: int | None) -> str:
+    return f"{status // 100}xx" if status else "unknown"
+
+
+def is_stream(exchange: Exchange) -> bool:
+    content_type = exchange.tap.content_type if exchange.tap else ""
+    return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+def _record(exchange: Exchange):
+    return exchange.principal.record if exchange.principal else None
+
+
+def access_fields(exchange: Exchange, cost: float) -> dict:
+    """The access log line's fields: what happened and what it cost; never a key, a secret or a body."""
+    usage = exchange.usage or Usage()
+    record = _record(exchange)
+    ttfb = exchange.time_to_first_byte_ms
+    principal = exchange.principal
+    return {
+        "request_id": exchange.request_id,
+        "method": exchange.method,
+        "route": exchange.path or None,  # None when the request failed before its path was checked
+        "status": exchange.status,
+        "error_source": exchange.error_source,
+        "stream": is_stream(exchange),
+        "completed": exchange.completed,  # False: the body was cut off (client gone, upstream broke off)
+        "model": (exchange.response_model or "")[:200] or None,
+        "latency_ms": round(exchange.latency_ms, 1),
+        "time_to_first_byte_ms": round(ttfb, 1) if ttfb is not None else None,
+        **{field: getattr(usage, field) for _, field in _TOKENS},
+        "cost_usd": cost,
+        "tags": list(exchange.tags),
+        "auth": None if principal is None else "master" if principal.is_master else "virtual_key",
+        "key_alias": record.key_alias if record else None,
+        "key_hash_prefix": record.token[:12] if record else None,  # of the SHA-256 hash, never of the key
+    }

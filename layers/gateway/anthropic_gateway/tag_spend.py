@@ -1,0 +1,126 @@
+"""Spend per tag: daily aggregates in DynamoDB and `GET /spend/tags`, LiteLLM's tag spend report.
+
+One item per (UTC day, tag) in the gateway table, pk=TAGSPEND#<YYYY-MM-DD> sk=<tag>, counters only changed with
+DynamoDB's atomic ADD so concurrent requests (on any number of Lambda instances) all count. A report over a date
+range is one Query per day. Items have no TTL: they are the spend history, and there is at most one per tag a day.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import anyio.to_thread
+from boto3.dynamodb.conditions import Key
+from fastapi import APIRouter, Depends, Request
+
+from . import keys
+from .auth import require_master
+from .errors import GatewayError
+from .usage import Usage
+
+PK_PREFIX = "TAGSPEND#"
+MAX_DAYS = 366
+DEFAULT_DAYS = 30  # without dates: the last 30 days, today included
+_TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
+def record(tags: list[str], cost: float, usage: Usage | None, day: date | None = None) -> None:
+    """Add one request to each of its tags' counters for `day` (blocking: call it off the event loop)."""
+    usage = usage or Usage()
+    values = {":spend": Decimal(repr(cost)), ":one": 1, **{f":{name}": getattr(usage, name) for name in _TOKENS}}
+    expression = "ADD spend :spend, requests :one, " + ", ".join(f"{name} :{name}" for name in _TOKENS)
+    pk = PK_PREFIX + (day or today()).isoformat()
+    for tag in tags:
+        keys.table().update_item(
+            Key={"pk": pk, "sk": tag}, UpdateExpression=expression, ExpressionAttributeValues=values
+        )
+
+
+def _items_of(day: date) -> list[dict]:
+    query = {"KeyConditionExpression": Key("pk").eq(PK_PREFIX + day.isoformat())}
+    items: list[dict] = []
+    while True:
+        page = keys.table().query(**query)
+        items += page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return items
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def report(start: date, end: date) -> list[dict]:
+    """Per tag over [start, end]: LiteLLM's fields (individual_request_tag, log_count, total_spend), token sums
+    and a per-day breakdown; highest spend first."""
+    totals: dict[str, dict] = {}
+    for offset in range((end - start).days + 1):
+        day = start + timedelta(days=offset)
+        for item in _items_of(day):
+            spend, requests = Decimal(item.get("spend", 0)), int(item.get("requests", 0))
+            tokens = {name: int(item.get(name, 0)) for name in _TOKENS}
+            tag = totals.setdefault(
+                item["sk"], {"spend": Decimal(0), "requests": 0, **dict.fromkeys(_TOKENS, 0), "daily": []}
+            )
+            tag["spend"] += spend
+            tag["requests"] += requests
+            for name, count in tokens.items():
+                tag[name] += count
+            tag["daily"].append(
+                {
+                    "date": day.isoformat(),
+                    "spend": float(spend),
+                    "log_count": requests,
+                    **tokens,
+                    "total_tokens": sum(tokens.values()),
+                }
+            )
+    rows = [
+        {
+            "individual_request_tag": name,
+            "log_count": tag["requests"],
+            "total_spend": float(tag["spend"]),
+            **{token: tag[token] for token in _TOKENS},
+            "total_tokens": sum(tag[token] for token in _TOKENS),
+            "daily": tag["daily"],
+        }
+        for name, tag in totals.items()
+    ]
+    return sorted(rows, key=lambda row: (-row["total_spend"], row["individual_request_tag"]))
+
+
+def parse_range(start_date: str | None, end_date: str | None) -> tuple[date, date]:
+    """The report's [start, end] from the query string, or a 400 saying what is wrong with it."""
+    end = _parse_date("end_date", end_date) if end_date else today()
+    start = _parse_date("start_date", start_date) if start_date else end - timedelta(days=DEFAULT_DAYS - 1)
+    if start > end:
+        raise GatewayError(400, f"start_date ({start}) is after end_date ({end}).")
+    if (end - start).days + 1 > MAX_DAYS:
+        raise GatewayError(400, f"The date range spans more than {MAX_DAYS} days; ask for a shorter one.")
+    return start, end
+
+
+def _parse_date(name: str, value: str) -> date:
+    try:
+        if _DATE.fullmatch(value):
+            return date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise GatewayError(400, f"Invalid {name}: expected a date as YYYY-MM-DD, got {value[:40]!r}.")
+
+
+async def _master_only(request: Request) -> None:
+    await require_master(request.headers)
+
+
+router = APIRouter(dependencies=[Depends(_master_only)])
+
+
+@router.get("/spend/tags")
+async def spend_tags(start_date: str | None = None, end_date: str | None = None) -> list[dict]:
+    start, end = parse_range(start_date, end_date)
+    return await anyio.to_thread.run_sync(report, start, end)

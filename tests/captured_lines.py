@@ -1,0 +1,102 @@
+"""What the gateway writes to stdout (EMF blobs and JSON log lines), collected for assertions; and keys with tags.
+
+`metrics.output` is the stream both the EMF writer and the Powertools logger write to; pointing its `target` at
+`Lines` sees exactly the bytes Lambda would ship to CloudWatch Logs. Accounting runs in a background task after
+the response, so tests wait (bounded) for a request's access log line, the last thing it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+from anthropic_gateway import keys
+
+ACCESS_MESSAGE = "gateway request"
+
+
+@dataclass
+class RequestLines:
+    blobs: list[dict]  # EMF blobs carrying the request id as metadata, in the order written
+    access: dict  # the access log line
+
+    def overall(self) -> dict:
+        return self._one(lambda blob: "Model" in blob)
+
+    def by_tag(self) -> dict[str, dict]:
+        return {blob["Tag"]: blob for blob in self.blobs if "Tag" in blob}
+
+    def by_status(self) -> dict:
+        return self._one(lambda blob: "StatusClass" in blob)
+
+    def _one(self, match) -> dict:
+        found = [blob for blob in self.blobs if match(blob)]
+        assert len(found) == 1, found
+        return found[0]
+
+
+class Lines:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._partial = ""
+        self.lines: list[str] = []
+
+    # The stream interface metrics.output forwards to.
+    def write(self, text: str) -> None:
+        with self._lock:
+            *complete, self._partial = (self._partial + text).split("\n")
+            self.lines.extend(complete)
+
+    def flush(self) -> None:
+        pass
+
+    def records(self) -> list[dict]:
+        with self._lock:
+            lines = list(self.lines)
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join([*self.lines, self._partial])
+
+    def for_request(self, request_id: str, timeout: float = 15.0) -> RequestLines:
+        """The request's blobs and access line, once settle has written them (a bounded wait, not a timing check)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = [r for r in self.records() if r.get("request_id") == request_id]
+            access = [r for r in records if r.get("message") == ACCESS_MESSAGE]
+            if access:
+                assert len(access) == 1, access  # settled exactly once
+                return RequestLines(blobs=[r for r in records if "_aws" in r], access=access[0])
+            assert time.monotonic() < deadline, f"no access log line for {request_id}:\n{self.text()[-3000:]}"
+            time.sleep(0.01)
+
+
+def metric_values(blob: dict) -> dict[str, float]:
+    """{metric name: value} of an EMF blob (Powertools writes each value as a one-element list)."""
+    names = [metric["Name"] for directive in blob["_aws"]["CloudWatchMetrics"] for metric in directive["Metrics"]]
+    values = {}
+    for name in names:
+        value = blob[name]
+        values[name] = value[0] if isinstance(value, list) and len(value) == 1 else value
+    return values
+
+
+def dimension_sets(blob: dict) -> list[list[str]]:
+    return [dims for directive in blob["_aws"]["CloudWatchMetrics"] for dims in directive["Dimensions"]]
+
+
+def stored_key(**fields) -> str:
+    """A virtual key whose record (alias, default tags...) is written straight to the table.
+
+    Independent of the key API's request shapes, which these tests are not about. Needs moto (the `aws` fixture).
+    """
+    plain = keys.new_key()
+    now = keys.iso(keys.utcnow())
+    record = keys.KeyRecord(
+        token=keys.hash_key(plain), key_name=keys.key_name(plain), created_at=now, updated_at=now, **fields
+    )
+    keys.table().put_item(Item=record.to_item())
+    return plain

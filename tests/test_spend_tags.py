@@ -1,0 +1,179 @@
+"""Spend per tag: daily aggregates in DynamoDB and `GET /spend/tags` (master key)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
+
+import httpx
+import pytest
+
+from anthropic_gateway import pricing, tag_spend
+from anthropic_gateway.usage import Usage
+from tests.captured_lines import stored_key
+
+MODEL = "claude-haiku-4-5"
+
+
+@pytest.fixture
+def unique() -> str:
+    """Tags no other test (or earlier run against the same moto) has used."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def gw(gateway):
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": stored_key()}, timeout=30) as client:
+        yield client
+
+
+def around_today() -> dict:
+    # A day either side, so a test running across midnight UTC still sees its requests.
+    today = tag_spend.today()
+    return {"start_date": (today - timedelta(days=1)).isoformat(), "end_date": (today + timedelta(days=1)).isoformat()}
+
+
+def rows_when(admin: httpx.Client, params: dict, ready, timeout: float = 15.0) -> dict[str, dict]:
+    """The report by tag once `ready(rows)` holds: tag spend is written after the response (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = admin.get("/spend/tags", params=params)
+        assert response.status_code == 200, response.text
+        rows = {row["individual_request_tag"]: row for row in response.json()}
+        if ready(rows):
+            return rows
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.02)
+
+
+def cost(usage: dict) -> float:
+    return pricing.cost_usd(MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]))
+
+
+def test_spend_per_tag_matches_the_requests_made(gw, admin, unique):
+    team, app = f"team:{unique}", f"app:{unique}"
+    sent = [
+        (
+            {"input_tokens": 100, "output_tokens": 10, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 50},
+            [team, app],
+            False,
+        ),
+        (
+            {
+                "input_tokens": 2000,
+                "output_tokens": 300,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+            [team, app],
+            True,
+        ),
+        (
+            {"input_tokens": 7, "output_tokens": 3, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 9},
+            [team],
+            False,
+        ),
+    ]
+    for usage, tags, stream in sent:
+        body = {
+            "model": MODEL,
+            "max_tokens": 32,
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "litellm_metadata": {"tags": tags},
+        }
+        response = gw.post("/v1/messages", json=body, headers={"x-fake-usage": json.dumps(usage)})
+        assert response.status_code == 200
+
+    rows = rows_when(
+        admin,
+        around_today(),
+        lambda rows: rows.get(team, {}).get("log_count") == 3 and rows.get(app, {}).get("log_count") == 2,
+    )
+
+    for tag, included in ((team, sent), (app, sent[:2])):
+        row = rows[tag]
+        assert row["total_spend"] == pytest.approx(sum(cost(usage) for usage, _, _ in included), rel=1e-9)
+        for name in tag_spend._TOKENS:
+            assert row[name] == sum(usage[name] for usage, _, _ in included)
+        assert row["total_tokens"] == sum(sum(usage.values()) for usage, _, _ in included)
+        assert len(row["daily"]) == 1 and row["daily"][0]["log_count"] == row["log_count"]
+        assert row["daily"][0]["spend"] == pytest.approx(row["total_spend"])
+    assert rows[team]["total_spend"] > rows[app]["total_spend"]
+    order = [tag for tag in rows if tag in (team, app)]
+    assert order == [team, app]  # highest spend first
+    # Nothing for days without requests.
+    long_ago = {"start_date": "2001-01-01", "end_date": "2001-01-31"}
+    assert not {team, app} & set(rows_when(admin, long_ago, lambda rows: True))
+
+
+def test_daily_breakdown_over_a_range(aws, unique):
+    tag, other = f"range:{unique}", f"other:{unique}"
+    first, third = date(2024, 2, 28), date(2024, 3, 1)  # across a leap day
+    tag_spend.record([tag], 0.5, Usage(input_tokens=10, output_tokens=20), day=first)
+    tag_spend.record([tag, other], 0.25, Usage(input_tokens=1, cache_read_input_tokens=4), day=third)
+    tag_spend.record([tag], 100.0, None, day=third + timedelta(days=1))  # outside the range
+
+    rows = {row["individual_request_tag"]: row for row in tag_spend.report(first, third)}
+
+    assert rows[tag]["log_count"] == 2 and rows[tag]["total_spend"] == 0.75
+    assert (rows[tag]["input_tokens"], rows[tag]["output_tokens"], rows[tag]["cache_read_input_tokens"]) == (11, 20, 4)
+    assert [(d["date"], d["spend"], d["log_count"]) for d in rows[tag]["daily"]] == [
+        ("2024-02-28", 0.5, 1),
+        ("2024-03-01", 0.25, 1),
+    ]
+    assert rows[other]["daily"] == [
+        {
+            "date": "2024-03-01",
+            "spend": 0.25,
+            "log_count": 1,
+            "input_tokens": 1,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 4,
+            "total_tokens": 5,
+        }
+    ]
+
+
+def test_concurrent_updates_all_count(aws, unique):
+    tag, day = f"atomic:{unique}", date(2024, 5, 5)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda _: tag_spend.record([tag], 0.1, Usage(input_tokens=3), day=day), range(32)))
+
+    rows = {row["individual_request_tag"]: row for row in tag_spend.report(day, day)}
+    assert rows[tag]["log_count"] == 32 and rows[tag]["input_tokens"] == 96
+    assert rows[tag]["total_spend"] == 3.2  # Decimal sums in DynamoDB: no float drift
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"start_date": "2025-13-01", "end_date": "2025-12-31"}, "start_date"),
+        ({"start_date": "20250101", "end_date": "2025-01-02"}, "start_date"),
+        ({"start_date": "2025-01-01", "end_date": "yesterday"}, "end_date"),
+        ({"start_date": "2025-01-02", "end_date": "2025-01-01"}, "after"),
+        ({"start_date": "2024-01-01", "end_date": "2025-01-01"}, "366"),  # 367 days
+    ],
+)
+def test_bad_date_ranges_are_400(admin, params, fragment):
+    response = admin.get("/spend/tags", params=params)
+    assert response.status_code == 400
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert fragment in error["error"]["message"]
+
+
+def test_defaults_and_single_day(admin):
+    assert admin.get("/spend/tags").status_code == 200
+    assert admin.get("/spend/tags", params={"start_date": "2025-01-01", "end_date": "2025-01-01"}).json() == []
+
+
+def test_master_key_only(gateway):
+    with httpx.Client(base_url=gateway.url) as client:
+        assert client.get("/spend/tags").status_code == 401
+        virtual = client.get("/spend/tags", headers={"x-api-key": stored_key()})
+        assert virtual.status_code == 403 and virtual.json()["error"]["type"] == "permission_error"
