@@ -61,7 +61,7 @@ def _rss_kib(pid: int) -> int:
 
 def _percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def _latencies(http: httpx.Client, url: str, headers: dict, rounds: int) -> list[float]:
@@ -100,27 +100,54 @@ def _interleaved(measure, http, direct: tuple[str, dict], via: tuple[str, dict],
 def main() -> int:
     python = sys.executable
     moto_port, upstream_port, gateway_port = _free_port(), _free_port(), _free_port()
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'layers' / 'gateway'}:{ROOT}", AWS_ACCESS_KEY_ID="testing",
-               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}", ANTHROPIC_API_BASE=f"http://127.0.0.1:{upstream_port}",
-               POWERTOOLS_METRICS_NAMESPACE="AnthropicGatewayBench")
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{ROOT / 'layers' / 'gateway'}:{ROOT}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}",
+        ANTHROPIC_API_BASE=f"http://127.0.0.1:{upstream_port}",
+        POWERTOOLS_METRICS_NAMESPACE="AnthropicGatewayBench",
+    )
     with ExitStack() as stack:
         _start(stack, [python, "-m", "moto.server", "-p", str(moto_port)], env, f"http://127.0.0.1:{moto_port}")
         _start(stack, [python, "-m", "bench.upstream", str(upstream_port)], env, f"http://127.0.0.1:{upstream_port}")
-        subprocess.run([python, "-c", "from anthropic_gateway import local; "
-                        f"local.create_resources({UPSTREAM_KEY!r}, {MASTER_KEY!r})"], env=env, cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                python,
+                "-c",
+                f"from anthropic_gateway import local; local.create_resources({UPSTREAM_KEY!r}, {MASTER_KEY!r})",
+            ],
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
         gateway = _start(
             stack,
-            [python, "-m", "uvicorn", "anthropic_gateway.app:app", "--port", str(gateway_port), "--log-level",
-             "warning", "--no-server-header", "--no-access-log"],
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "anthropic_gateway.app:app",
+                "--port",
+                str(gateway_port),
+                "--log-level",
+                "warning",
+                "--no-server-header",
+                "--no-access-log",
+            ],
             env,
             f"http://127.0.0.1:{gateway_port}/health",
         )
         direct_url = f"http://127.0.0.1:{upstream_port}/v1/messages"
         gateway_url = f"http://127.0.0.1:{gateway_port}/anthropic/v1/messages"
         with httpx.Client(timeout=60) as http:
-            created = http.post(f"http://127.0.0.1:{gateway_port}/key/generate", json={},
-                                headers={"Authorization": f"Bearer {MASTER_KEY}"})
+            created = http.post(
+                f"http://127.0.0.1:{gateway_port}/key/generate",
+                json={},
+                headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            )
             virtual_key = created.json()["key"]
             version = {"anthropic-version": "2023-06-01"}
             direct = (direct_url, {"x-api-key": UPSTREAM_KEY, **version})
@@ -133,8 +160,9 @@ def main() -> int:
             rss_before = _rss_kib(gateway.pid)
             download = f"http://127.0.0.1:{gateway_port}/anthropic/v1/files/file_big_{DOWNLOAD_BYTES}/content"
             received = 0
-            with http.stream("GET", download, headers={"x-api-key": virtual_key,
-                                                       "anthropic-beta": "files-api-2025-04-14"}) as response:
+            with http.stream(
+                "GET", download, headers={"x-api-key": virtual_key, "anthropic-beta": "files-api-2025-04-14"}
+            ) as response:
                 for chunk in response.iter_raw():
                     received += len(chunk)
             assert received == DOWNLOAD_BYTES, received
@@ -152,11 +180,19 @@ def main() -> int:
     for name, direct_value, gateway_value in rows:
         print(f"| {name} | {direct_value:.2f} | {gateway_value:.2f} | {gateway_value - direct_value:+.2f} |")
     growth = (rss_after - rss_before) / 1024
-    print(f"| gateway RSS around a 50 MB streamed download (MB) | | {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} "
-          f"| {growth:+.1f} |")
-    print(json.dumps({"added_p50_ms": round(p50(gateway_ms) - p50(direct_ms), 3),
-                      "added_first_byte_ms": round(p50(gateway_fb) - p50(direct_fb), 3),
-                      "rss_growth_mb": round(growth, 2)}))
+    print(
+        f"| gateway RSS around a 50 MB streamed download (MB) | | {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} "
+        f"| {growth:+.1f} |"
+    )
+    print(
+        json.dumps(
+            {
+                "added_p50_ms": round(p50(gateway_ms) - p50(direct_ms), 3),
+                "added_first_byte_ms": round(p50(gateway_fb) - p50(direct_fb), 3),
+                "rss_growth_mb": round(growth, 2),
+            }
+        )
+    )
     cold_start = ROOT / "bench" / "cold_start.py"
     if cold_start.exists():
         subprocess.run([python, str(cold_start)], cwd=ROOT, check=True)

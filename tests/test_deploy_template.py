@@ -261,8 +261,9 @@ def test_streaming_door_is_wired_for_the_web_adapter(resources, transformed):
 
 
 def test_readiness_check_path_answers_without_auth(resources):
-    from anthropic_gateway.app import app
     from fastapi.testclient import TestClient
+
+    from anthropic_gateway.app import app
 
     path = resources["ProxyFunction"]["Properties"]["Environment"]["Variables"]["AWS_LWA_READINESS_CHECK_PATH"]
     with TestClient(app) as client:

@@ -32,10 +32,21 @@ def serve(fake_upstream):
     def start(**env) -> tuple[str, subprocess.Popen]:
         port = _free_port()
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MASTER_KEY"))}
-        environment.update(PORT=str(port), HOST="127.0.0.1", ANTHROPIC_API_BASE=fake_upstream.url,
-                           PYTHONPATH=str(ROOT / "layers" / "gateway"), PYTHONUNBUFFERED="1", **env)
-        process = subprocess.Popen([sys.executable, "-m", "anthropic_gateway", "serve"], env=environment,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        environment.update(
+            PORT=str(port),
+            HOST="127.0.0.1",
+            ANTHROPIC_API_BASE=fake_upstream.url,
+            PYTHONPATH=str(ROOT / "layers" / "gateway"),
+            PYTHONUNBUFFERED="1",
+            **env,
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "anthropic_gateway", "serve"],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -65,11 +76,13 @@ def test_serve_generates_a_master_key_and_the_sdk_example_works(serve, fake_upst
     assert master not in health.text
 
     url, _ = serve(ANTHROPIC_API_KEY=UPSTREAM_KEY, MASTER_KEY="sk-master-local-test-key-123")
-    key = httpx.post(url + "/key/generate", headers={"Authorization": "Bearer sk-master-local-test-key-123"},
-                     content=b"{}").json()["key"]
+    key = httpx.post(
+        url + "/key/generate", headers={"Authorization": "Bearer sk-master-local-test-key-123"}, content=b"{}"
+    ).json()["key"]
     client = anthropic.Anthropic(base_url=url + "/anthropic", api_key=key, max_retries=0)
-    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=1024,
-                                     messages=[{"role": "user", "content": "Hello, world"}])
+    message = client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=1024, messages=[{"role": "user", "content": "Hello, world"}]
+    )
 
     assert message.content[0].text.startswith("Echo: Hello, world")
     assert fake_upstream.requests[-1].header("x-api-key") == UPSTREAM_KEY

@@ -7,6 +7,7 @@ from typing import get_args
 
 import pytest
 from anthropic.types import ModelParam
+
 from anthropic_gateway import pricing
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage

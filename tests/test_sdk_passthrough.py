@@ -92,7 +92,9 @@ def test_files_upload_and_download_are_byte_exact(client, fake_upstream):
 
 def test_litellm_metadata_tags_via_extra_body(client, fake_upstream):
     client.messages.create(
-        model="claude-sonnet-4-5", max_tokens=16, messages=HELLO,
+        model="claude-sonnet-4-5",
+        max_tokens=16,
+        messages=HELLO,
         extra_body={"litellm_metadata": {"tags": ["team:search", "app:bot"]}},
     )
 

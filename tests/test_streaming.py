@@ -9,8 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import anthropic
 import httpx
 
-STREAM = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
-          "messages": [{"role": "user", "content": "Tell me a story"}]}
+STREAM = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [{"role": "user", "content": "Tell me a story"}],
+}
 
 
 def _wait_for(predicate, seconds: float = 10.0) -> bool:
@@ -36,9 +40,11 @@ def test_first_event_arrives_while_the_upstream_is_still_sending(http, fake_upst
 
 
 def test_events_pass_through_in_order_and_untouched(http, fake_upstream):
-    direct = httpx.post(fake_upstream.url + "/v1/messages", json=STREAM,
-                        headers={"x-api-key": fake_upstream.api_key, "anthropic-version": "2023-06-01",
-                                 "x-fake-unknown-event": "1"})
+    direct = httpx.post(
+        fake_upstream.url + "/v1/messages",
+        json=STREAM,
+        headers={"x-api-key": fake_upstream.api_key, "anthropic-version": "2023-06-01", "x-fake-unknown-event": "1"},
+    )
     through = http.post("/v1/messages", json=STREAM, headers={"x-fake-unknown-event": "1"})
 
     assert through.headers["content-type"].startswith("text/event-stream")
@@ -53,9 +59,12 @@ def test_thirty_concurrent_streams_arrive_intact(gateway, virtual_key):
 
     def one(index: int) -> tuple[str, str]:
         prompt = f"stream number {index} " + "x" * index
-        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=64,
-                                    messages=[{"role": "user", "content": prompt}],
-                                    extra_headers={"x-fake-delay-ms": "5", "x-fake-chunks": "8"}) as stream:
+        with client.messages.stream(
+            model="claude-sonnet-4-5",
+            max_tokens=64,
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"x-fake-delay-ms": "5", "x-fake-chunks": "8"},
+        ) as stream:
             return prompt, "".join(stream.text_stream)
 
     with ThreadPoolExecutor(max_workers=32) as pool:
@@ -79,4 +88,5 @@ def test_error_event_mid_stream_reaches_the_client_as_sent(http):
 
     assert response.status_code == 200
     assert 'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}' in (
-        response.text)
+        response.text
+    )

@@ -10,9 +10,10 @@ costs the caller the few milliseconds of a DynamoDB write, and no request goes u
 
 import asyncio
 
+from mangum import Mangum
+
 from anthropic_gateway import forwarding
 from anthropic_gateway.app import app
-from mangum import Mangum
 
 _adapter = Mangum(app, lifespan="off")
 

@@ -97,7 +97,11 @@ def serve() -> None:
     if generated_master:
         print(f"  master key (generated, shown once): {generated_master}")
     uvicorn.run(
-        "anthropic_gateway.app:app", host=host, port=port, log_level="warning", server_header=False,
+        "anthropic_gateway.app:app",
+        host=host,
+        port=port,
+        log_level="warning",
+        server_header=False,
         date_header=False,  # the upstream's Date is forwarded; a second one would be wrong
         proxy_headers=True,
     )

@@ -24,9 +24,7 @@ class Usage:
 
     @property
     def total_tokens(self) -> int:
-        return (
-            self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
-        )
+        return self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
     def update(self, usage: dict) -> None:
         """Merge a `usage` object; values present replace earlier ones (message_delta usage is cumulative)."""
