@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -10,6 +11,7 @@ import pytest
 
 from anthropic_gateway import governance, keys, pricing
 from anthropic_gateway.errors import GatewayError
+from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
 from tests.fake_anthropic import expected_input_tokens
 
@@ -207,16 +209,23 @@ def test_budget_bookkeeping_keeps_its_invariant(table):
     assert item["budget_reset_at"] == keys.iso_seconds(NOW + timedelta(days=2))
 
     # Another instance that read the item before the reset must not reset it again (its spend would be lost).
-    governance._settle(record, None, Decimal("0.25"), None, True)
+    governance._add_spend(record.key_id, governance.spend_increments(Decimal("0.25"), None, Decimal(0), True))
     assert governance.reset_budget_if_due({**item, "budget_reset_at": keys.iso_seconds(NOW + timedelta(1))}, later)
     assert stored(record)["spend"] == Decimal("0.25")
     assert_headroom_invariant(record)
 
 
 def test_settle_of_a_deleted_key_does_not_recreate_it(table):
-    record = new_record()
+    record = new_record(max_budget=1.0)
     keys.delete(record)
-    governance._settle(record, None, Decimal("0.5"), Usage(input_tokens=5), True)
+    increments = governance.spend_increments(Decimal("0.5"), Usage(input_tokens=5), Decimal("0.1"), True)
+    governance._add_spend(record.key_id, increments)  # a budgeted key: written at once
+
+    async def through_the_ledger() -> None:  # a key without budget: coalesced, written at the flush
+        ledger.add(keys.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
+        await ledger.flush()
+
+    asyncio.run(through_the_ledger())
     assert "Item" not in keys.table().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "KEY"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from anthropic_gateway import pricing, tag_spend
+from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
 from tests.captured_lines import stored_key
 
@@ -110,12 +112,25 @@ def test_spend_per_tag_matches_the_requests_made(gw, admin, unique):
     assert not {team, app} & set(rows_when(admin, long_ago, lambda rows: True))
 
 
+def _record_now(*calls: tuple) -> None:
+    """tag_spend.record as settle calls it (on an event loop), then the ledger's flush."""
+
+    async def record_and_flush() -> None:
+        for call in calls:
+            tag_spend.record(*call[:3], day=call[3])
+        await ledger.flush()
+
+    asyncio.run(record_and_flush())
+
+
 def test_daily_breakdown_over_a_range(aws, unique):
     tag, other = f"range:{unique}", f"other:{unique}"
     first, third = date(2024, 2, 28), date(2024, 3, 1)  # across a leap day
-    tag_spend.record([tag], 0.5, Usage(input_tokens=10, output_tokens=20), day=first)
-    tag_spend.record([tag, other], 0.25, Usage(input_tokens=1, cache_read_input_tokens=4), day=third)
-    tag_spend.record([tag], 100.0, None, day=third + timedelta(days=1))  # outside the range
+    _record_now(
+        ([tag], 0.5, Usage(input_tokens=10, output_tokens=20), first),
+        ([tag, other], 0.25, Usage(input_tokens=1, cache_read_input_tokens=4), third),
+        ([tag], 100.0, None, third + timedelta(days=1)),  # outside the range
+    )
 
     rows = {row["individual_request_tag"]: row for row in tag_spend.report(first, third)}
 
@@ -142,7 +157,8 @@ def test_daily_breakdown_over_a_range(aws, unique):
 def test_concurrent_updates_all_count(aws, unique):
     tag, day = f"atomic:{unique}", date(2024, 5, 5)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda _: tag_spend.record([tag], 0.1, Usage(input_tokens=3), day=day), range(32)))
+        # Each thread its own event loop and flush: 32 writers racing on one item, as Lambda instances would.
+        list(pool.map(lambda _: _record_now(([tag], 0.1, Usage(input_tokens=3), day)), range(32)))
 
     rows = {row["individual_request_tag"]: row for row in tag_spend.report(day, day)}
     assert rows[tag]["log_count"] == 32 and rows[tag]["input_tokens"] == 96

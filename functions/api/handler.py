@@ -12,7 +12,7 @@ import asyncio
 
 from mangum import Mangum
 
-from anthropic_gateway import forwarding
+from anthropic_gateway import background
 from anthropic_gateway.app import app
 
 _adapter = Mangum(app, lifespan="off")
@@ -23,4 +23,4 @@ def handler(event: dict, context: object) -> dict:
         return _adapter(event, context)
     finally:
         # Mangum runs every invocation on this thread's event loop; the pending work lives there too.
-        asyncio.get_event_loop().run_until_complete(forwarding.drain())
+        asyncio.get_event_loop().run_until_complete(background.drain())

@@ -1,11 +1,10 @@
 """What happens once a request is over: its cost, the key's spend and token counters, metrics, spend per tag.
 
-Runs after the last byte has gone to the client (see forwarding._spawn), never in front of it.
+Runs after the last byte has gone to the client (see background.spawn), never in front of it.
 """
 
 from __future__ import annotations
 
-import anyio.to_thread
 from aws_lambda_powertools import Logger
 
 from . import governance, metrics, pricing, tag_spend
@@ -33,6 +32,6 @@ async def settle(exchange: Exchange) -> None:
         logger.exception("metrics failed", extra={"request_id": exchange.request_id})
     try:
         if exchange.tags:
-            await anyio.to_thread.run_sync(tag_spend.record, exchange.tags, cost, exchange.usage)
+            tag_spend.record(exchange.tags, cost, exchange.usage)
     except Exception:
         logger.exception("tag spend failed", extra={"request_id": exchange.request_id})

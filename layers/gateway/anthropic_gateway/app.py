@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from . import accounting, forwarding, governance, key_routes, secrets, tag_spend, tags
+from . import accounting, background, forwarding, governance, key_routes, secrets, tag_spend, tags
 from .auth import authenticate
 from .errors import GatewayError, error_response, render
 from .exchange import Exchange
@@ -27,7 +27,7 @@ _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     yield
-    await forwarding.drain()
+    await background.drain()
     await forwarding.close_client()
 
 
@@ -55,7 +55,7 @@ async def anthropic_passthrough(request: Request) -> Response:
     except GatewayError as exc:
         exchange.status, exchange.error_source = exc.status, "gateway"
         exchange.finished_at = time.perf_counter()  # the error response is all there is: latency ends here
-        forwarding.spawn(accounting.settle(exchange))  # every pass-through request is accounted exactly once
+        background.spawn(accounting.settle(exchange))  # every pass-through request is accounted exactly once
         response = render(exc)
         response.headers["x-gateway-request-id"] = exchange.request_id
         return response

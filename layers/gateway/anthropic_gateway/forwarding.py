@@ -19,6 +19,7 @@ import httpx
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from . import background
 from .errors import GatewayError
 from .exchange import Exchange
 from .settings import get_settings
@@ -266,7 +267,7 @@ async def forward(
             await upstream.aclose()
         exchange.first_byte_at = exchange.finished_at = time.perf_counter()
         exchange.completed = True
-        spawn(on_complete(exchange))
+        background.spawn(on_complete(exchange))
         response = Response(content, status_code=upstream.status_code)
         response.raw_headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
         response.raw_headers.append((b"content-length", str(len(content)).encode()))
@@ -318,7 +319,7 @@ class RelayResponse(Response):
                 await upstream.aclose()
             exchange.tap.close()
             # Accounting must not hold back the end of the response, and must survive a cancelled stream.
-            spawn(self._on_complete(exchange))
+            background.spawn(self._on_complete(exchange))
 
 
 async def _cancel_on_disconnect(receive, relay: asyncio.Task) -> None:
@@ -346,20 +347,3 @@ def _rewrite_results_url(content: bytes, gateway_base: str) -> bytes:
         return match.group(0)
 
     return _RESULTS_URL.sub(replace, content)
-
-
-# -- background work that must not delay the response --------------------------------------------------------------
-
-_pending: set[asyncio.Task] = set()
-
-
-def spawn(work: Awaitable[None]) -> None:
-    task = asyncio.ensure_future(work)
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-
-
-async def drain() -> None:
-    """Wait for accounting still running (shutdown, and the buffered door before its invocation returns)."""
-    while _pending:
-        await asyncio.gather(*list(_pending), return_exceptions=True)

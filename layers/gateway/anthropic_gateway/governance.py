@@ -34,6 +34,7 @@ from . import keys, pricing
 from .errors import GatewayError
 from .exchange import Exchange
 from .keys import KeyRecord
+from .ledger import ledger
 from .usage import Usage
 
 logger = Logger(child=True)
@@ -394,6 +395,14 @@ async def settle(exchange: Exchange, cost: float | Decimal) -> None:
     if not (forwarded or usage or holds):
         return
     amount = cost if isinstance(cost, Decimal) else Decimal(repr(float(cost)))
+    reserved = admission.reserved if admission else None
+    if reserved is None and (forwarded or usage):
+        # Nothing held on the record: the counters can wait for the ledger's next flush.
+        increments = spend_increments(amount, usage, _ZERO, forwarded)
+        ledger.add(keys.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
+    counts_tokens = record.tpm_limit is not None and usage is not None and usage.total_tokens > 0
+    if reserved is None and not counts_tokens and not (admission and admission.slot):
+        return
     try:
         await anyio.to_thread.run_sync(_settle, record, admission, amount, usage, forwarded)
     except Exception:
@@ -401,12 +410,12 @@ async def settle(exchange: Exchange, cost: float | Decimal) -> None:
 
 
 def _settle(record: KeyRecord, admission: Admission | None, cost: Decimal, usage: Usage | None, forwarded: bool):
-    """Each write on its own: one failing must not keep the others (a slot, a reservation) from being released."""
+    """The writes that cannot wait, each on its own: one failing must not keep the others from being released."""
     failures = []
     reserved = admission.reserved if admission else None
-    if forwarded or usage or reserved is not None:
+    if reserved is not None:
         try:
-            _add_spend(record.key_id, cost, usage, reserved, forwarded)
+            _add_spend(record.key_id, spend_increments(cost, usage, reserved, forwarded))
         except Exception as exc:
             failures.append(exc)
     if record.tpm_limit is not None and usage and usage.total_tokens:
@@ -423,26 +432,24 @@ def _settle(record: KeyRecord, admission: Admission | None, cost: Decimal, usage
         raise failures[0]
 
 
-def _add_spend(key_id: str, cost: Decimal, usage: Usage | None, reserved: Decimal | None, forwarded: bool) -> None:
-    """One atomic ADD on the key record; keeps budget_headroom = max_budget - spend - reserved."""
-    names = {"#spend": "spend", "#total": "total_spend", "#headroom": "budget_headroom"}
-    values: dict = {":cost": cost, ":headroom": (reserved or _ZERO) - cost}
-    adds = ["#spend :cost", "#total :cost", "#headroom :headroom"]
-    if reserved is not None:
-        names["#reserved"], values[":release"] = "reserved", -reserved
-        adds.append("#reserved :release")
+def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forwarded: bool) -> dict[str, Decimal]:
+    """What one request adds to its key record; keeps budget_headroom = max_budget - spend - reserved."""
+    increments = {"spend": cost, "total_spend": cost, "budget_headroom": reserved - cost, "reserved": -reserved}
     if forwarded:
-        names["#requests"], values[":one"] = "requests", 1
-        adds.append("#requests :one")
+        increments["requests"] = 1
     if usage is not None:
-        for name in keys.TOKEN_COUNTERS:
-            if count := getattr(usage, name):
-                names[f"#{name}"], values[f":{name}"] = name, count
-                adds.append(f"#{name} :{name}")
+        increments.update({name: getattr(usage, name) for name in keys.TOKEN_COUNTERS})
+    return {name: amount for name, amount in increments.items() if amount}
+
+
+def _add_spend(key_id: str, increments: dict[str, Decimal]) -> None:
+    """One atomic ADD on the key record, at once: it releases a budget reservation."""
+    names = {f"#n{i}": name for i, name in enumerate(increments)}
+    values = {f":v{i}": amount for i, amount in enumerate(increments.values())}
     try:
         keys.table().update_item(
             Key=_key(key_id, "KEY"),
-            UpdateExpression="ADD " + ", ".join(adds),
+            UpdateExpression="ADD " + ", ".join(f"#n{i} :v{i}" for i in range(len(increments))),
             ConditionExpression="attribute_exists(pk)",  # a key deleted mid-request is not recreated
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,

@@ -29,6 +29,7 @@ class Settings:
     metrics_namespace: str
     unknown_model_rate: str
     public_base_url: str | None
+    spend_flush_seconds: float
 
 
 def _float(name: str, default: float) -> float:
@@ -54,4 +55,6 @@ def get_settings() -> Settings:
         metrics_namespace=env("POWERTOOLS_METRICS_NAMESPACE", "AnthropicGateway"),
         unknown_model_rate=env("UNKNOWN_MODEL_RATE", "max"),
         public_base_url=env("GATEWAY_PUBLIC_URL") or None,
+        # How long per-request counters (spend, tokens, tag spend) are summed in memory before one write.
+        spend_flush_seconds=_float("SPEND_FLUSH_SECONDS", 0.5),
     )

@@ -12,12 +12,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import anyio.to_thread
-from boto3.dynamodb.conditions import Key
 from fastapi import APIRouter, Depends, Request
 
 from . import keys
 from .auth import require_master
 from .errors import GatewayError
+from .ledger import ledger
 from .usage import Usage
 
 PK_PREFIX = "TAGSPEND#"
@@ -32,19 +32,19 @@ def today() -> date:
 
 
 def record(tags: list[str], cost: float, usage: Usage | None, day: date | None = None) -> None:
-    """Add one request to each of its tags' counters for `day` (blocking: call it off the event loop)."""
+    """Add one request to each of its tags' counters for `day`, through the ledger (call it on the event loop)."""
     usage = usage or Usage()
-    values = {":spend": Decimal(repr(cost)), ":one": 1, **{f":{name}": getattr(usage, name) for name in _TOKENS}}
-    expression = "ADD spend :spend, requests :one, " + ", ".join(f"{name} :{name}" for name in _TOKENS)
+    increments = {"spend": Decimal(repr(cost)), "requests": 1, **{name: getattr(usage, name) for name in _TOKENS}}
     pk = PK_PREFIX + (day or today()).isoformat()
     for tag in tags:
-        keys.table().update_item(
-            Key={"pk": pk, "sk": tag}, UpdateExpression=expression, ExpressionAttributeValues=values
-        )
+        ledger.add(pk, tag, increments)
 
 
 def _items_of(day: date) -> list[dict]:
-    query = {"KeyConditionExpression": Key("pk").eq(PK_PREFIX + day.isoformat())}
+    query = {
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": PK_PREFIX + day.isoformat()},
+    }
     items: list[dict] = []
     while True:
         page = keys.table().query(**query)
