@@ -78,9 +78,12 @@ def create_resources(upstream_key: str, master_key: str) -> None:
 def serve() -> None:
     import uvicorn
 
+    from .settings import get_settings
+
     host = os.environ.get("HOST", "0.0.0.0")
     port = int(os.environ.get("PORT", "4000"))
     real_aws = os.environ.get("USE_REAL_AWS", "") not in ("", "0", "false")
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "anthropic-gateway")  # as template.yaml sets it
     generated_master = None
     if not real_aws:
         start_moto()
@@ -92,7 +95,7 @@ def serve() -> None:
             print("! ANTHROPIC_API_KEY is not set: the upstream will answer 401 until you restart with it.")
         create_resources(upstream_key or "not-configured", master_key)
     print(f"Anthropic gateway on http://{host}:{port}  (SDK base URL: http://localhost:{port}/anthropic)")
-    print(f"  upstream: {os.environ.get('ANTHROPIC_API_BASE', 'https://api.anthropic.com')}")
+    print(f"  upstream: {get_settings().anthropic_api_base}")
     print(f"  AWS: {'real AWS (default credentials)' if real_aws else 'embedded moto (DynamoDB, Secrets Manager)'}")
     if generated_master:
         print(f"  master key (generated, shown once): {generated_master}")
