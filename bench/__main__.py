@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -18,17 +17,13 @@ from pathlib import Path
 
 import httpx
 
+from tests.servers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 MASTER_KEY = "sk-master-bench-0123456789"
 UPSTREAM_KEY = "sk-ant-upstream-test-key"
 MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hello, world"}]}
 DOWNLOAD_BYTES = 50 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
@@ -99,7 +94,7 @@ def _interleaved(measure, http, direct: tuple[str, dict], via: tuple[str, dict],
 
 def main() -> int:
     python = sys.executable
-    moto_port, upstream_port, gateway_port = _free_port(), _free_port(), _free_port()
+    moto_port, upstream_port, gateway_port = free_port(), free_port(), free_port()
     env = dict(
         os.environ,
         PYTHONPATH=f"{ROOT / 'layers' / 'gateway'}:{ROOT}",

@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:  # run as a script: python bench/cold_start.py
     sys.path.insert(0, str(ROOT))
 
 from tests import sam_artifact  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 COLD_START_TARGET_S = 1.0
 SIZE_TARGET_MB = 30.0
@@ -47,7 +48,7 @@ def _zipped_bytes(path: Path) -> int:
 
 def cold_start(build_dir: Path, support_dir: Path) -> float:
     """Seconds from spawning run.sh to the first 200 from /health, in a fresh process."""
-    port = sam_artifact.free_port()
+    port = free_port()
     env = sam_artifact.proxy_env(build_dir, support_dir, port)
     started = time.perf_counter()
     process = sam_artifact.start_proxy(build_dir, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

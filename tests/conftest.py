@@ -52,6 +52,17 @@ def _fresh_upstream(request):
 
 
 @pytest.fixture
+def captured(monkeypatch):
+    """Every EMF blob and log line the gateway writes, as CloudWatch would receive them."""
+    from anthropic_gateway import metrics
+    from tests.captured_lines import Lines
+
+    lines = Lines()
+    monkeypatch.setattr(metrics.output, "target", lines)
+    return lines
+
+
+@pytest.fixture
 def admin(gateway):
     """Raw HTTP to the gateway with the master key."""
     with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30) as http:

@@ -38,16 +38,15 @@ import logging
 import random
 import re
 import secrets
-import socket
 import string
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
 from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from tests.servers import ThreadedUvicorn
 
 FILES_BETA = "files-api-2025-04-14"
 BIG_FILE_CHUNK = 64 * 1024
@@ -323,8 +322,7 @@ class FakeAnthropic:
         self._faults: list[list[Any]] = []  # [remaining times, status, headers, body]
         self._batches: dict[str, dict] = {}
         self._files: dict[str, dict] = {}
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedUvicorn | None = None
         self._stopping = False
         self._routes = [
             ("POST", r"/v1/messages", self._create_message),
@@ -347,44 +345,27 @@ class FakeAnthropic:
     # Lifecycle ----------------------------------------------------------------------------------------------------
 
     def start(self) -> FakeAnthropic:
-        # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP, and
-        # without it Nagle + delayed ACK add ~40 ms to every response.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
-        config = uvicorn.Config(
+        self._stopping = False
+        self._server = ThreadedUvicorn(
             self._asgi,
-            log_level="warning",
-            access_log=False,
+            port=self._port,
             lifespan="off",
             ws="none",
             interface="asgi3",
             http="h11",
             proxy_headers=False,
-            server_header=False,
+            date_header=True,
             timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name="fake-anthropic"
-        )
-        self._stopping = False
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("fake Anthropic server failed to start")
-            time.sleep(0.002)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        ).__enter__()
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         # Open streams end at their next event (see _stopping), so shutdown is quick and does not log errors.
         self._stopping = True
-        if self._server and self._thread:
-            self._server.should_exit = True
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        if self._server:
+            self._server.__exit__()
+        self._server = None
 
     def __enter__(self) -> FakeAnthropic:
         return self.start()

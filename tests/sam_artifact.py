@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -81,12 +80,6 @@ def python_shim_dir(where: Path) -> Path:
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
     shim.chmod(0o755)
     return where
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def proxy_env(build_dir: Path, support_dir: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:

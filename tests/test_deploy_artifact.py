@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests import sam_artifact
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -229,7 +230,7 @@ def test_buffered_door_emits_the_dashboards_metrics(api_function):
 
 @pytest.fixture(scope="module")
 def proxy(aws, sam_build, support_dir):
-    port = sam_artifact.free_port()
+    port = free_port()
     env = sam_artifact.proxy_env(sam_build, support_dir, port)
     process = sam_artifact.start_proxy(sam_build, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

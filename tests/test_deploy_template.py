@@ -26,6 +26,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
 from tests import sam_artifact
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "layers" / "gateway" / "anthropic_gateway"
@@ -464,7 +465,7 @@ def test_events_are_http_api_v2_payloads_for_declared_routes(resources):
 
 def test_seed_script_prepares_moto_for_sam_local(tmp_path):
     """events/seed_moto.py against a moto server of its own: the table, and the secrets env.json names."""
-    port = sam_artifact.free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ import httpx
 import pytest
 
 from tests.conftest import UPSTREAM_KEY
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -30,7 +24,7 @@ def serve(fake_upstream):
     processes = []
 
     def start(**env) -> tuple[str, subprocess.Popen]:
-        port = _free_port()
+        port = free_port()
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MASTER_KEY"))}
         environment.update(
             PORT=str(port),

@@ -13,18 +13,11 @@ from anthropic_gateway import keys, metrics, pricing
 from anthropic_gateway.exchange import Exchange
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
-from tests.captured_lines import Lines, dimension_sets, metric_values, stored_key
+from tests.captured_lines import dimension_sets, metric_values, stored_key
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
 MODEL = "claude-sonnet-4-5"
 USAGE = {"input_tokens": 1234, "output_tokens": 56, "cache_creation_input_tokens": 789, "cache_read_input_tokens": 4321}
-
-
-@pytest.fixture
-def captured(monkeypatch) -> Lines:
-    lines = Lines()
-    monkeypatch.setattr(metrics.output, "target", lines)
-    return lines
 
 
 @pytest.fixture

@@ -7,20 +7,13 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from anthropic_gateway import metrics, tags
+from anthropic_gateway import tags
 from anthropic_gateway.auth import MASTER, Principal
 from anthropic_gateway.errors import GatewayError
 from anthropic_gateway.keys import KeyRecord
-from tests.captured_lines import Lines, stored_key
+from tests.captured_lines import stored_key
 
 HELLO = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello"}]}
-
-
-@pytest.fixture
-def captured(monkeypatch) -> Lines:
-    lines = Lines()
-    monkeypatch.setattr(metrics.output, "target", lines)
-    return lines
 
 
 @pytest.fixture
