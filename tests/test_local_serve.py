@@ -13,7 +13,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,4 +79,22 @@ def test_serve_generates_a_master_key_and_the_sdk_example_works(serve, fake_upst
     )
 
     assert message.content[0].text.startswith("Echo: Hello, world")
+    assert fake_upstream.requests[-1].header("x-api-key") == UPSTREAM_KEY
+
+
+def test_use_real_aws_reads_table_and_secrets_from_the_configured_account(serve, aws, fake_upstream):
+    # "Real AWS" here is the session's moto server, reached the way boto3 reaches any account: through its
+    # default credential and endpoint settings. Nothing is created; the master key comes from Secrets Manager.
+    account = {name: os.environ[name] for name in os.environ if name.startswith("AWS_")}
+    url, _ = serve(USE_REAL_AWS="1", MASTER_KEY="sk-master-ignored-when-real-aws-1234", **account)
+
+    refused = httpx.post(
+        url + "/key/generate", headers={"Authorization": "Bearer sk-master-ignored-when-real-aws-1234"}
+    )
+    created = httpx.post(url + "/key/generate", headers={"Authorization": f"Bearer {MASTER_KEY}"}, content=b"{}")
+
+    assert refused.status_code == 401
+    assert created.status_code == 200
+    client = anthropic.Anthropic(base_url=url + "/anthropic", api_key=created.json()["key"], max_retries=0)
+    assert client.models.list(limit=1).data
     assert fake_upstream.requests[-1].header("x-api-key") == UPSTREAM_KEY
