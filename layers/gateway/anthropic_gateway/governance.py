@@ -11,7 +11,7 @@ All counters live in the gateway table, changed only by conditional atomic write
 number of Lambda instances. `settle` (called exactly once per request, after the body ended) adds the spend and
 tokens with ADD, releases what `admit` reserved, and counts tokens for tpm.
 
-Budget (see docs/KEYS.md for the guarantees): the key record keeps `budget_headroom = max_budget - spend -
+Budget (see docs/keys.md for the guarantees): the key record keeps `budget_headroom = max_budget - spend -
 reserved`. Admission is one UpdateItem `ADD budget_headroom -estimate, reserved +estimate` on the condition
 `budget_headroom > 0`; settle adds `spend +cost, reserved -estimate, budget_headroom +(estimate - cost)`. The
 estimate is an upper bound of the request's cost for nearly every request, so spend can pass max_budget by at

@@ -2,7 +2,7 @@
 
 Responses carry the key's hash (`token`, LiteLLM's name for it) and never a plain key, except the one response
 that creates it (/key/generate, /key/regenerate). Every change invalidates this process's key cache, so it
-applies here at once; other instances see it within KEY_CACHE_TTL seconds (docs/KEYS.md).
+applies here at once; other instances see it within KEY_CACHE_TTL seconds (docs/keys.md).
 """
 
 from __future__ import annotations
