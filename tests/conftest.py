@@ -11,6 +11,9 @@ import pytest
 from tests.fake_anthropic import FakeAnthropic
 from tests.servers import ThreadedUvicorn
 
+# As template.yaml and `make dev` set it (Powertools reads it when the app is imported).
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "anthropic-gateway")
+
 MASTER_KEY = "sk-master-test-0123456789abcdef"
 UPSTREAM_KEY = "sk-ant-upstream-test-key"
 

@@ -176,3 +176,38 @@ def test_litellm_metadata_removal_keeps_every_other_byte(body, expected):
 
 def test_litellm_metadata_is_returned_for_tags():
     assert strip_litellm_metadata(b'{"litellm_metadata":{"tags":["t"]}}')[1] == {"tags": ["t"]}
+
+
+def test_upstream_headers_equal_the_clients_minus_credentials_and_hop_by_hop(gateway, virtual_key, fake_upstream):
+    sent = [
+        ("x-api-key", virtual_key),
+        ("anthropic-version", "2023-06-01"),
+        ("anthropic-beta", "a-2025-01-01"),
+        ("anthropic-beta", "b-2025-02-02"),  # repeated headers stay repeated, in order
+        ("content-type", "application/json"),
+        ("x-trace", "1"),
+        ("connection", "keep-alive, x-hop"),
+        ("x-hop", "named by Connection: hop-by-hop"),
+        ("te", "trailers"),
+        ("accept-encoding", "gzip"),
+    ]
+    with httpx.Client() as client:
+        request = client.build_request("POST", gateway.url + "/anthropic/v1/messages", json=MESSAGE, headers=sent)
+        assert client.send(request).status_code == 200
+    on_the_wire = [(name.decode().lower(), value.decode()) for name, value in request.headers.raw]
+
+    received = fake_upstream.requests[-1]
+    dropped = {"host", "content-length", "connection", "x-hop", "te", "accept-encoding", "x-api-key"}
+    expected = [(n, v) for n, v in on_the_wire if n not in dropped]
+    assert [(n, v) for n, v in received.headers if n not in dropped] == expected
+    added = sorted((n, v) for n, v in received.headers if n in dropped)
+    host = fake_upstream.url.removeprefix("http://")
+    assert added == sorted(
+        [
+            ("accept-encoding", "identity"),
+            ("connection", "keep-alive"),  # the gateway's own pooled connection to the upstream
+            ("content-length", str(len(received.body))),
+            ("host", host),
+            ("x-api-key", UPSTREAM_KEY),
+        ]
+    )
