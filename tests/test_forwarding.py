@@ -190,6 +190,9 @@ def test_upstream_headers_equal_the_clients_minus_credentials_and_hop_by_hop(gat
         ("x-hop", "named by Connection: hop-by-hop"),
         ("te", "trailers"),
         ("accept-encoding", "gzip"),
+        ("x-litellm-tags", "team:a"),  # the gateway's, like the two the Lambda Web Adapter adds:
+        ("x-amzn-request-context", '{"accountId": "123456789012"}'),
+        ("x-amzn-lambda-context", '{"invoked_function_arn": "arn:aws:lambda:..."}'),
     ]
     with httpx.Client() as client:
         request = client.build_request("POST", gateway.url + "/anthropic/v1/messages", json=MESSAGE, headers=sent)
@@ -197,7 +200,18 @@ def test_upstream_headers_equal_the_clients_minus_credentials_and_hop_by_hop(gat
     on_the_wire = [(name.decode().lower(), value.decode()) for name, value in request.headers.raw]
 
     received = fake_upstream.requests[-1]
-    dropped = {"host", "content-length", "connection", "x-hop", "te", "accept-encoding", "x-api-key"}
+    dropped = {
+        "host",
+        "content-length",
+        "connection",
+        "x-hop",
+        "te",
+        "accept-encoding",
+        "x-api-key",
+        "x-litellm-tags",
+        "x-amzn-request-context",
+        "x-amzn-lambda-context",
+    }
     expected = [(n, v) for n, v in on_the_wire if n not in dropped]
     assert [(n, v) for n, v in received.headers if n not in dropped] == expected
     added = sorted((n, v) for n, v in received.headers if n in dropped)

@@ -40,7 +40,8 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Never sent upstream: the client's credentials, what the HTTP client sets itself, and the gateway's own headers.
+# Never sent upstream: the client's credentials, what the HTTP client sets itself, the gateway's own headers,
+# and the invocation context the Lambda Web Adapter adds (it names the AWS account, function and caller).
 _DROP_REQUEST = _HOP_BY_HOP | {
     "host",
     "content-length",
@@ -49,6 +50,8 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     "x-litellm-api-key",
     "x-litellm-tags",
     "accept-encoding",
+    "x-amzn-request-context",
+    "x-amzn-lambda-context",
 }
 _DROP_RESPONSE = _HOP_BY_HOP
 # Only unreserved characters or percent-escapes: Anthropic's paths need nothing more.
