@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import anyio.to_thread
 from starlette.datastructures import Headers
+from starlette.requests import Request
 
 from . import keys, secrets
 from .errors import GatewayError
@@ -69,6 +70,11 @@ async def authenticate(headers: Headers) -> Principal:
     if record.expired():
         raise GatewayError(401, f"This key expired at {record.expires}.")
     return Principal(record=record)
+
+
+async def master_only(request: Request) -> None:
+    """Router dependency of the admin routes (/key/*, /spend/*)."""
+    await require_master(request.headers)
 
 
 async def require_master(headers: Headers) -> None:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from . import governance, keys, secrets, tags
-from .auth import require_master
+from .auth import master_only
 from .errors import GatewayError
 from .keys import KeyRecord
 
@@ -27,11 +27,7 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_MODELS = 100
 
 
-async def _master_only(request: Request) -> None:
-    await require_master(request.headers)
-
-
-router = APIRouter(prefix="/key", dependencies=[Depends(_master_only)])
+router = APIRouter(prefix="/key", dependencies=[Depends(master_only)])
 
 
 # -- request shapes ---------------------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from . import keys
-from .auth import require_master
+from .auth import master_only
 from .errors import GatewayError
 from .ledger import ledger
 from .usage import Usage
@@ -23,7 +23,7 @@ from .usage import Usage
 PK_PREFIX = "TAGSPEND#"
 MAX_DAYS = 366
 DEFAULT_DAYS = 30  # without dates: the last 30 days, today included
-_TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+_TOKENS = keys.TOKEN_COUNTERS
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -113,11 +113,7 @@ def _parse_date(name: str, value: str) -> date:
     raise GatewayError(400, f"Invalid {name}: expected a date as YYYY-MM-DD, got {value[:40]!r}.")
 
 
-async def _master_only(request: Request) -> None:
-    await require_master(request.headers)
-
-
-router = APIRouter(dependencies=[Depends(_master_only)])
+router = APIRouter(dependencies=[Depends(master_only)])
 
 
 @router.get("/spend/tags")
