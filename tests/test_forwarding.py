@@ -225,3 +225,21 @@ def test_upstream_headers_equal_the_clients_minus_credentials_and_hop_by_hop(gat
             ("x-api-key", UPSTREAM_KEY),
         ]
     )
+
+
+def test_unreachable_upstream_is_a_502_in_anthropics_shape(http, monkeypatch):
+    from dataclasses import replace
+
+    from anthropic_gateway import forwarding
+    from tests.servers import free_port
+
+    dead = replace(forwarding.get_settings(), anthropic_api_base=f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(forwarding, "get_settings", lambda: dead)
+
+    response = http.post("/v1/messages", json=MESSAGE)
+
+    assert response.status_code == 502
+    assert response.json()["error"] == {
+        "type": "api_error",
+        "message": "The upstream Anthropic API could not be reached (ConnectError).",
+    }
