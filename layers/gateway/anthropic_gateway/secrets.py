@@ -40,11 +40,3 @@ async def upstream_key() -> str:
 
 async def master_key() -> str:
     return await _secret(get_settings().master_key_secret)
-
-
-def clear_cache() -> None:
-    """Forget cached values (tests, and after this process rotated a secret itself)."""
-    from aws_lambda_powertools.utilities import parameters
-
-    _fetched_at.clear()
-    parameters.clear_caches()
