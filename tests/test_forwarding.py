@@ -243,3 +243,15 @@ def test_unreachable_upstream_is_a_502_in_anthropics_shape(http, monkeypatch):
         "type": "api_error",
         "message": "The upstream Anthropic API could not be reached (ConnectError).",
     }
+
+
+def test_upstream_cookies_never_reach_another_request(http, fake_upstream):
+    # GHSA-7vwr-g6pm-9hc8: a shared client's cookie jar once leaked cookies between users of a proxy.
+    fake_upstream.fail_next(429, headers={"set-cookie": "session=of-the-first-caller; Path=/"})
+    first = http.post("/v1/messages", json=MESSAGE)
+    assert first.headers["set-cookie"].startswith("session=of-the-first-caller")  # passed to its caller, as sent
+
+    http.cookies.clear()
+    http.post("/v1/messages", json=MESSAGE)
+
+    assert fake_upstream.requests[-1].header("cookie") is None

@@ -8,6 +8,7 @@ credentials (the client's key out, the upstream key in), `litellm_metadata` out 
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import json
 import re
 import time
@@ -194,11 +195,15 @@ def upstream_headers(scope: dict, upstream_key: str) -> list[tuple[bytes, bytes]
 _client: httpx.AsyncClient | None = None
 
 
-class _NoCookies(httpx.Cookies):
-    """A shared client must carry nothing from one user's response into another user's request."""
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """A shared client must carry nothing from one user's response into another user's request: its jar keeps
+    no cookie. (httpx copies a `Cookies` object into a plain jar, so the policy lives on the jar itself.)"""
 
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
+    def set_ok(self, cookie, request) -> bool:
+        return False
+
+    def return_ok(self, cookie, request) -> bool:
+        return False
 
 
 def client() -> httpx.AsyncClient:
@@ -213,7 +218,7 @@ def client() -> httpx.AsyncClient:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30.0),
             follow_redirects=False,
             trust_env=False,
-            cookies=_NoCookies(),
+            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
         )
         # Send only what the client sent: no default User-Agent or Accept of httpx's own.
         for name in ("user-agent", "accept"):
