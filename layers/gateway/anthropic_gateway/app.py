@@ -50,7 +50,7 @@ async def anthropic_passthrough(request: Request) -> Response:
         body = await forwarding.read_body(request)
         body, litellm_metadata = forwarding.strip_litellm_metadata(body)
         exchange.tags = tags.resolve(litellm_metadata, request.headers, exchange.principal)
-        exchange.admission = await governance.admit(exchange, body)  # models, budget, rate limits
+        await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
         return await forwarding.forward(request, body, exchange, await secrets.upstream_key(), accounting.settle)
     except GatewayError as exc:
         exchange.status, exchange.error_source = exc.status, "gateway"

@@ -65,11 +65,12 @@ class Admission:
 # -- admission --------------------------------------------------------------------------------------------------
 
 
-async def admit(exchange: Exchange, body: bytes) -> Admission | None:
-    """Refuse the request (GatewayError) or return what it holds until settle. Master key: no limits."""
+async def admit(exchange: Exchange, body: bytes) -> None:
+    """Refuse the request (GatewayError), or admit it; what it holds until settle goes on `exchange.admission`.
+    Master key: no limits."""
     record = exchange.principal.record if exchange.principal else None
     if record is None:
-        return None
+        return
     checks_models = bool(record.models) and _names_models(exchange)
     estimates = record.max_budget is not None and (exchange.method, exchange.path) == ("POST", ESTIMATED_PATH)
     parsed = await _parse(body, strict=checks_models) if checks_models or estimates else None
@@ -78,7 +79,7 @@ async def admit(exchange: Exchange, body: bytes) -> Admission | None:
     if checks_models:
         check_models(record.models, exchange.path, parsed)
     if not record.governed:
-        return None
+        return
     admission = Admission(key_id=record.key_id)
     # Set before the checks that can refuse: settle then releases whatever was taken, refused or not.
     exchange.admission = admission
@@ -93,7 +94,6 @@ async def admit(exchange: Exchange, body: bytes) -> Admission | None:
         raise GatewayError(
             503, f"The gateway cannot check this key's limits right now ({type(exc).__name__}); retry."
         ) from None
-    return admission
 
 
 def _names_models(exchange: Exchange) -> bool:
@@ -444,19 +444,7 @@ def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forw
 
 def _add_spend(key_id: str, increments: dict[str, Decimal]) -> None:
     """One atomic ADD on the key record, at once: it releases a budget reservation."""
-    names = {f"#n{i}": name for i, name in enumerate(increments)}
-    values = {f":v{i}": amount for i, amount in enumerate(increments.values())}
-    try:
-        keys.table().update_item(
-            Key=_key(key_id, "KEY"),
-            UpdateExpression="ADD " + ", ".join(f"#n{i} :v{i}" for i in range(len(increments))),
-            ConditionExpression="attribute_exists(pk)",  # a key deleted mid-request is not recreated
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-        )
-    except Exception as exc:
-        if not keys.is_condition_failure(exc):
-            raise
+    if not keys.add_counters(keys.record_pk(key_id), "KEY", increments, only_if_exists=True):
         logger.info("spend not recorded: the key was deleted while the request ran")
 
 

@@ -206,6 +206,27 @@ def is_condition_failure(exc: Exception) -> bool:
     return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
 
 
+def add_counters(pk: str, sk: str, increments: dict[str, Any], *, only_if_exists: bool = False) -> bool:
+    """One atomic ADD of every increment to the item; False when `only_if_exists` and the item is gone (a key
+    deleted while its request ran is not recreated by its spend)."""
+    names = {f"#n{i}": name for i, name in enumerate(increments)}
+    values = {f":v{i}": amount for i, amount in enumerate(increments.values())}
+    condition = {"ConditionExpression": "attribute_exists(pk)"} if only_if_exists else {}
+    try:
+        table().update_item(
+            Key={"pk": pk, "sk": sk},
+            UpdateExpression="ADD " + ", ".join(f"#n{i} :v{i}" for i in range(len(increments))),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+            **condition,
+        )
+    except Exception as exc:
+        if only_if_exists and is_condition_failure(exc):
+            return False
+        raise
+    return True
+
+
 class AliasTaken(Exception):
     pass
 

@@ -62,22 +62,11 @@ def _write(batch: dict[tuple[str, str], tuple[dict[str, Number], bool]]) -> None
     for (pk, sk), (increments, only_if_exists) in batch.items():
         if not increments:
             continue
-        names = {f"#n{i}": name for i, name in enumerate(increments)}
-        values = {f":v{i}": amount for i, amount in enumerate(increments.values())}
-        update = {"ConditionExpression": "attribute_exists(pk)"} if only_if_exists else {}
         try:
-            keys.table().update_item(
-                Key={"pk": pk, "sk": sk},
-                UpdateExpression="ADD " + ", ".join(f"#n{i} :v{i}" for i in range(len(increments))),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                **update,
-            )
-        except Exception as exc:
-            if keys.is_condition_failure(exc):
+            if not keys.add_counters(pk, sk, increments, only_if_exists=only_if_exists):
                 logger.info("counters not recorded: the item was deleted meanwhile", extra={"sk": sk})
-            else:  # one item failing must not lose the others; botocore has already retried this one
-                logger.exception("counter flush failed", extra={"sk": sk})
+        except Exception:  # one item failing must not lose the others; botocore has already retried this one
+            logger.exception("counter flush failed", extra={"sk": sk})
 
 
 ledger = Ledger()
