@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from anthropic_gateway import keys
+from anthropic_gateway import keys, table
 
 ACCESS_MESSAGE = "gateway request"
 
@@ -98,5 +98,5 @@ def stored_key(**fields) -> str:
     record = keys.KeyRecord(
         token=keys.hash_key(plain), key_name=keys.key_name(plain), created_at=now, updated_at=now, **fields
     )
-    keys.table().put_item(Item=record.to_item())
+    table.handle().put_item(Item=record.to_item())
     return plain

@@ -18,7 +18,7 @@ import anthropic
 import httpx
 import pytest
 
-from anthropic_gateway import governance, keys, pricing
+from anthropic_gateway import governance, keys, pricing, table
 from anthropic_gateway.usage import Usage
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -30,7 +30,7 @@ def usage_header(**usage: int) -> dict:
 
 
 def cost(model: str = MODEL, **usage: int) -> Decimal:
-    return pricing.cost_usd_decimal(model, Usage(**usage))
+    return pricing.cost_usd(model, Usage(**usage))
 
 
 def sdk(gateway, key: str, **options) -> anthropic.Anthropic:
@@ -382,7 +382,7 @@ def test_max_parallel_requests(admin, gateway, make_key, fake_upstream):
 
 def _slots(key: str) -> dict:
     record = keys.load(keys.hash_key(key))
-    item = keys.table().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL"}).get("Item") or {}
+    item = table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL"}).get("Item") or {}
     return item.get("slots", {})
 
 
@@ -390,7 +390,7 @@ def test_a_slot_leaked_by_a_dead_instance_is_reclaimed_after_its_lease(gateway, 
     key = make_key(max_parallel_requests=1)
     record = keys.load(keys.hash_key(key))
     taken = int(frozen_clock[0].timestamp()) + governance.PARALLEL_SLOT_LEASE_SECONDS
-    keys.table().put_item(Item={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL", "slots": {"dead": taken}})
+    table.handle().put_item(Item={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL", "slots": {"dead": taken}})
     client = sdk(gateway, key)
 
     with pytest.raises(anthropic.RateLimitError):
@@ -416,7 +416,7 @@ def test_refused_requests_release_what_they_took(admin, gateway, make_key, monke
 
     assert reserved_when_refused[0] > 0  # the budget check had reserved its estimate
     wait_until(lambda: info_of(admin, key)["reserved_spend"] == 0)
-    item = keys.table().get_item(Key={"pk": keys.record_pk(keys.hash_key(key)), "sk": "KEY"})["Item"]
+    item = table.handle().get_item(Key={"pk": keys.record_pk(keys.hash_key(key)), "sk": "KEY"})["Item"]
     assert (item["budget_headroom"], item["requests"]) == (1000, 0)
 
 

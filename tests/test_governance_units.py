@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from anthropic_gateway import governance, keys, pricing
+from anthropic_gateway import table as gateway_table
 from anthropic_gateway.errors import GatewayError
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
@@ -107,14 +108,14 @@ def test_estimate_bounds_the_cost(model, text, max_tokens):
 
     assert len(text) <= len(raw) // 2 or text.isascii()
     worst_plain = Usage(input_tokens=len(raw) // 2, output_tokens=max_tokens)
-    assert estimate >= pricing.cost_usd_decimal(model, worst_plain)
+    assert estimate >= pricing.cost_usd(model, worst_plain)
     cached = Usage(
         cache_creation_input_tokens=len(raw) // 4,
         cache_creation_1h_input_tokens=len(raw) // 4,
         output_tokens=max_tokens,
     )
-    assert estimate >= pricing.cost_usd_decimal(model, cached)
-    assert estimate >= pricing.cost_usd_decimal(
+    assert estimate >= pricing.cost_usd(model, cached)
+    assert estimate >= pricing.cost_usd(
         model, Usage(input_tokens=expected_input_tokens(body), output_tokens=max_tokens)
     )
 
@@ -129,7 +130,7 @@ def test_estimate_without_a_readable_body_still_reserves_something():
 
 @pytest.fixture
 def table(monkeypatch):
-    """A fresh table of its own in moto's in-process mock; keys.table() points at it for the test.
+    """A fresh table of its own in moto's in-process mock; gateway_table.handle() points at it for the test.
 
     mock_aws shares moto's backends with the session's moto server (tests/conftest.py), so it must neither reset
     them on start nor wipe them on stop: that would delete the gateway's own table under the other tests.
@@ -146,8 +147,9 @@ def table(monkeypatch):
     try:
         dynamodb = boto3.resource("dynamodb")
         name = f"governance-units-{keys.new_key()[-8:]}"
-        mock_table = dynamodb.create_table(TableName=name, **local.TABLE_SCHEMA)
-        monkeypatch.setattr(keys, "table", lambda: mock_table)
+        dynamodb.create_table(TableName=name, **local.TABLE_SCHEMA)
+        mock_table = gateway_table.open_table(name)
+        monkeypatch.setattr(gateway_table, "handle", lambda: mock_table)
         yield mock_table
         mock_table.delete()
     finally:
@@ -168,7 +170,7 @@ def new_record(**settings) -> keys.KeyRecord:
 
 
 def stored(record: keys.KeyRecord) -> dict:
-    return keys.table().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "KEY"})["Item"]
+    return gateway_table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "KEY"})["Item"]
 
 
 def assert_headroom_invariant(record: keys.KeyRecord) -> dict:
@@ -179,7 +181,9 @@ def assert_headroom_invariant(record: keys.KeyRecord) -> dict:
 
 
 def test_budget_bookkeeping_keeps_its_invariant(table):
-    record = new_record(max_budget=1.0, budget_duration="1d", budget_reset_at=keys.iso_seconds(NOW + timedelta(1)))
+    record = new_record(
+        max_budget=Decimal(1), budget_duration="1d", budget_reset_at=keys.iso_seconds(NOW + timedelta(1))
+    )
     assert_headroom_invariant(record)
 
     admissions = []
@@ -216,7 +220,7 @@ def test_budget_bookkeeping_keeps_its_invariant(table):
 
 
 def test_settle_of_a_deleted_key_does_not_recreate_it(table):
-    record = new_record(max_budget=1.0)
+    record = new_record(max_budget=Decimal(1))
     keys.delete(record)
     increments = governance.spend_increments(Decimal("0.5"), Usage(input_tokens=5), Decimal("0.1"), True)
     governance._add_spend(record.key_id, increments)  # a budgeted key: written at once
@@ -226,11 +230,11 @@ def test_settle_of_a_deleted_key_does_not_recreate_it(table):
         await ledger.flush()
 
     asyncio.run(through_the_ledger())
-    assert "Item" not in keys.table().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "KEY"})
+    assert "Item" not in gateway_table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "KEY"})
 
 
 def test_regenerate_moves_the_key_not_the_record(table):
-    record = new_record(key_alias="rotating", max_budget=2.0)
+    record = new_record(key_alias="rotating", max_budget=Decimal(2))
     first = record.token
     second_plain, third_plain = keys.new_key(), keys.new_key()
 
@@ -269,7 +273,9 @@ def test_parallel_slots(table):
     # Neither b nor c is ever released (their instance died): after the lease they are taken back.
     after_lease = NOW + timedelta(seconds=governance.PARALLEL_SLOT_LEASE_SECONDS + 1)
     governance._take_slot(record, governance.Admission(key_id=record.key_id), "d", after_lease)
-    slots = keys.table().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL"})["Item"]["slots"]
+    slots = gateway_table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL"})["Item"][
+        "slots"
+    ]
     assert set(slots) == {"d"}
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 import anthropic
 import pytest
 
-from anthropic_gateway import keys
+from anthropic_gateway import keys, table
 from tests.conftest import MASTER_KEY
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -81,7 +81,7 @@ def test_generate_returns_the_key_once_and_stores_only_its_hash(admin, gateway):
     ):
         assert shown[name] == created[name], name
     # The table holds the hash, never the key itself.
-    item = keys.table().get_item(Key={"pk": f"KEY#{created['token']}", "sk": "KEY"})["Item"]
+    item = table.handle().get_item(Key={"pk": f"KEY#{created['token']}", "sk": "KEY"})["Item"]
     assert plain not in repr(item)
 
 

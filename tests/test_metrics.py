@@ -42,7 +42,9 @@ def message(stream: bool = False, text: str = "Hello, world") -> dict:
 
 def expected_cost(usage: dict) -> float:
     # The fake reports cache writes as 5-minute ones.
-    return pricing.cost_usd(MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]))
+    return float(
+        pricing.cost_usd(MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]))
+    )
 
 
 def token_values(usage: dict) -> dict:

@@ -146,45 +146,44 @@ def test_bad_fallback_setting_means_max(monkeypatch, clean, setting):
 def test_cost_of_a_realistic_response():
     usage = Usage(input_tokens=1200, output_tokens=850, cache_creation_input_tokens=3000, cache_read_input_tokens=20000)
     # 1200 * $3 + 850 * $15 + 3000 * $3.75 + 20000 * $0.30 = $33,600 per million tokens
-    assert pricing.cost_usd_decimal("claude-sonnet-4-5", usage) == Decimal("0.0336")
-    cost = pricing.cost_usd("claude-sonnet-4-5-20250929", usage)
-    assert isinstance(cost, float) and cost == pytest.approx(0.0336, abs=1e-15)
-    assert pricing.cost_usd("claude-opus-4-1", Usage(input_tokens=1_000_000, output_tokens=1_000_000)) == 90.0
+    assert pricing.cost_usd("claude-sonnet-4-5", usage) == Decimal("0.0336")
+    assert pricing.cost_usd("claude-sonnet-4-5-20250929", usage) == Decimal("0.0336")
+    assert pricing.cost_usd("claude-opus-4-1", Usage(input_tokens=1_000_000, output_tokens=1_000_000)) == 90
 
 
 def test_cache_write_ttl_split():
     base = {"input_tokens": 10, "output_tokens": 100}
     # Opus 4.6: input $5, output $25, 5m write $6.25, 1h write $10. 10*5 + 100*25 = 2,550.
     no_split = Usage(**base, cache_creation_input_tokens=4000)
-    assert pricing.cost_usd_decimal("claude-opus-4-6", no_split) == Decimal("0.02755")  # 2,550 + 4000 * 6.25
+    assert pricing.cost_usd("claude-opus-4-6", no_split) == Decimal("0.02755")  # 2,550 + 4000 * 6.25
     split = Usage(
         **base,
         cache_creation_input_tokens=4000,
         cache_creation_5m_input_tokens=1000,
         cache_creation_1h_input_tokens=3000,
     )
-    assert pricing.cost_usd_decimal("claude-opus-4-6", split) == Decimal("0.0388")  # + 1000*6.25 + 3000*10
+    assert pricing.cost_usd("claude-opus-4-6", split) == Decimal("0.0388")  # + 1000*6.25 + 3000*10
     remainder = Usage(
         **base,
         cache_creation_input_tokens=5000,
         cache_creation_5m_input_tokens=1000,
         cache_creation_1h_input_tokens=3000,
     )
-    assert pricing.cost_usd_decimal("claude-opus-4-6", remainder) == Decimal("0.04505")  # + 2000*6.25 + 3000*10
+    assert pricing.cost_usd("claude-opus-4-6", remainder) == Decimal("0.04505")  # + 2000*6.25 + 3000*10
     only_1h = Usage(**base, cache_creation_1h_input_tokens=2000)  # split reported, total missing
-    assert pricing.cost_usd_decimal("claude-opus-4-6", only_1h) == Decimal("0.02255")  # + 2000*10
+    assert pricing.cost_usd("claude-opus-4-6", only_1h) == Decimal("0.02255")  # + 2000*10
 
 
 def test_haiku_5_5_long_prompt_tier():
     # Up to 100K prompt tokens: $0.10 in / $0.50 out; above: $0.50 / $2.50 and cache read $0.05, for the whole request.
     at_threshold = Usage(input_tokens=100_000, output_tokens=1000)
-    assert pricing.cost_usd_decimal("claude-haiku-5-5", at_threshold) == Decimal("0.0105")
+    assert pricing.cost_usd("claude-haiku-5-5", at_threshold) == Decimal("0.0105")
     above = Usage(input_tokens=90_000, output_tokens=1000, cache_read_input_tokens=20_000)
-    assert pricing.cost_usd_decimal("claude-haiku-5-5", above) == Decimal("0.0485")
+    assert pricing.cost_usd("claude-haiku-5-5", above) == Decimal("0.0485")
 
 
 def test_unknown_model_cost_uses_fallback(monkeypatch):
     monkeypatch.setenv("UNKNOWN_MODEL_RATE", "15/75")
     get_settings.cache_clear()
     usage = Usage(input_tokens=1000, output_tokens=1000, cache_read_input_tokens=1000)
-    assert pricing.cost_usd_decimal("mystery-model", usage) == Decimal("0.0915")  # 15 + 75 + 1.5 per thousand
+    assert pricing.cost_usd("mystery-model", usage) == Decimal("0.0915")  # 15 + 75 + 1.5 per thousand

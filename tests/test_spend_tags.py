@@ -52,7 +52,9 @@ def rows_when(admin: httpx.Client, params: dict, ready, timeout: float = 15.0) -
 
 
 def cost(usage: dict) -> float:
-    return pricing.cost_usd(MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]))
+    return float(
+        pricing.cost_usd(MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]))
+    )
 
 
 def test_spend_per_tag_matches_the_requests_made(gw, admin, unique):

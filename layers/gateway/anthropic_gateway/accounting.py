@@ -5,6 +5,8 @@ Runs after the last byte has gone to the client (see background.spawn), never in
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from aws_lambda_powertools import Logger
 
 from . import governance, metrics, pricing, tag_spend
@@ -13,14 +15,14 @@ from .exchange import Exchange
 logger = Logger(child=True)
 
 
-def cost_of(exchange: Exchange) -> float:
+def cost_of(exchange: Exchange) -> Decimal:
     usage = exchange.usage
-    return pricing.cost_usd(exchange.response_model, usage) if usage else 0.0
+    return pricing.cost_usd(exchange.response_model, usage) if usage else Decimal(0)
 
 
 async def settle(exchange: Exchange) -> None:
     """Record a finished pass-through request. Failures are logged, never raised: the client is already served."""
-    cost = 0.0
+    cost = Decimal(0)
     try:
         cost = cost_of(exchange)
         await governance.settle(exchange, cost)  # spend and tokens on the key; releases what admit reserved

@@ -30,11 +30,12 @@ from decimal import Decimal
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import keys, pricing
+from . import keys, pricing, table
 from .errors import GatewayError
 from .exchange import Exchange
 from .keys import KeyRecord
 from .ledger import ledger
+from .table import Number
 from .usage import Usage
 
 logger = Logger(child=True)
@@ -171,15 +172,6 @@ def _acquire(record: KeyRecord, admission: Admission, estimate: Decimal, request
         _take_slot(record, admission, request_id, now)
 
 
-def _key(key_id: str, sort_key: str) -> dict:
-    return {"pk": keys.record_pk(key_id), "sk": sort_key}
-
-
-def _failed_item(exc: Exception) -> dict | None:
-    """The item as it was when a condition failed (ReturnValuesOnConditionCheckFailure=ALL_OLD)."""
-    return keys.deserialize(getattr(exc, "response", {}).get("Item"))
-
-
 def _window(now: datetime) -> int:
     return int(now.timestamp()) // RATE_WINDOW_SECONDS * RATE_WINDOW_SECONDS
 
@@ -192,34 +184,25 @@ def _count_request(record: KeyRecord, now: datetime) -> None:
         raise GatewayError(429, "Rate limit reached: this key's limit is 0.", headers={"retry-after": str(wait)})
     names = {"#requests": "requests", "#ttl": "ttl"}
     values = {":one": 1, ":ttl": window + 2 * RATE_WINDOW_SECONDS}
-    conditions = []
+    conditions: list[str] = []
     if record.rpm_limit is not None:
         conditions.append("(attribute_not_exists(#requests) OR #requests < :rpm)")
         values[":rpm"] = record.rpm_limit
     if record.tpm_limit is not None:
         conditions.append("(attribute_not_exists(#tokens) OR #tokens < :tpm)")
         names["#tokens"], values[":tpm"] = "tokens", record.tpm_limit
-    try:
-        keys.table().update_item(
-            Key=_key(record.key_id, f"RATE#{window}"),
-            UpdateExpression="ADD #requests :one SET #ttl = :ttl",
-            ConditionExpression=" AND ".join(conditions),
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+    update, condition = "ADD #requests :one SET #ttl = :ttl", " AND ".join(conditions)
+    seen = table.update_if(keys.record_pk(record.key_id), f"RATE#{window}", update, condition, names, values)
+    if seen is None:
+        return
+    if record.rpm_limit is not None and seen.get("requests", 0) >= record.rpm_limit:
+        message = f"Rate limit reached: this key may make {record.rpm_limit} requests per minute."
+    else:
+        message = (
+            f"Rate limit reached: this key may use {record.tpm_limit} tokens per minute and has used "
+            f"{int(seen.get('tokens', 0))} in this one."
         )
-    except Exception as exc:
-        if not keys.is_condition_failure(exc):
-            raise
-        seen = _failed_item(exc) or {}
-        if record.rpm_limit is not None and seen.get("requests", 0) >= record.rpm_limit:
-            message = f"Rate limit reached: this key may make {record.rpm_limit} requests per minute."
-        else:
-            message = (
-                f"Rate limit reached: this key may use {record.tpm_limit} tokens per minute and has used "
-                f"{int(seen.get('tokens', 0))} in this one."
-            )
-        raise GatewayError(429, f"{message} Retry in {wait} s.", headers={"retry-after": str(wait)}) from None
+    raise GatewayError(429, f"{message} Retry in {wait} s.", headers={"retry-after": str(wait)})
 
 
 def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: datetime) -> None:
@@ -228,54 +211,46 @@ def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: da
     The same condition refuses keys that were blocked, deleted or regenerated meanwhile (the record's token must
     still be the one presented), so for budgeted keys those changes apply at once on every instance.
     """
+    condition = (
+        "#headroom > :zero AND #token = :token AND (attribute_not_exists(#blocked) OR #blocked = :no)"
+        " AND (attribute_not_exists(#reset) OR #reset > :now)"
+    )
+    names = {
+        "#headroom": "budget_headroom",
+        "#reserved": "reserved",
+        "#token": "token",
+        "#blocked": "blocked",
+        "#reset": "budget_reset_at",
+    }
+    values = {
+        ":minus": -estimate,
+        ":estimate": estimate,
+        ":zero": 0,
+        ":token": record.token,
+        ":no": False,
+        ":now": keys.iso_seconds(now),
+    }
     for _ in range(3):
-        try:
-            keys.table().update_item(
-                Key=_key(record.key_id, "KEY"),
-                UpdateExpression="ADD #headroom :minus, #reserved :estimate",
-                ConditionExpression=(
-                    "#headroom > :zero AND #token = :token AND (attribute_not_exists(#blocked) OR #blocked = :no)"
-                    " AND (attribute_not_exists(#reset) OR #reset > :now)"
-                ),
-                ExpressionAttributeNames={
-                    "#headroom": "budget_headroom",
-                    "#reserved": "reserved",
-                    "#token": "token",
-                    "#blocked": "blocked",
-                    "#reset": "budget_reset_at",
-                },
-                ExpressionAttributeValues={
-                    ":minus": -estimate,
-                    ":estimate": estimate,
-                    ":zero": 0,
-                    ":token": record.token,
-                    ":no": False,
-                    ":now": keys.iso_seconds(now),
-                },
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except Exception as exc:
-            if not keys.is_condition_failure(exc):
-                raise
-            item = _failed_item(exc)
-            if item is None or item.get("token") != record.token:
-                keys.key_cache.invalidate(record.token)
-                raise GatewayError(401, "Invalid API key.") from None
-            if item.get("blocked"):
-                keys.key_cache.invalidate(record.token)
-                raise GatewayError(401, "This key is blocked.") from None
-            if item.get("max_budget") is None:
-                return  # the budget was removed since this process cached the record
-            if reset_budget_if_due(item, now):
-                continue
-            raise _budget_exceeded(item) from None
-        else:
+        update = "ADD #headroom :minus, #reserved :estimate"
+        item = table.update_if(keys.record_pk(record.key_id), "KEY", update, condition, names, values)
+        if item is None:
             admission.reserved = estimate
             return
+        if item.get("token") != record.token:  # deleted or regenerated
+            keys.key_cache.invalidate(record.token)
+            raise GatewayError(401, "Invalid API key.")
+        if item.get("blocked"):
+            keys.key_cache.invalidate(record.token)
+            raise GatewayError(401, "This key is blocked.")
+        if item.get("max_budget") is None:
+            return  # the budget was removed since this process cached the record
+        if reset_budget_if_due(item, now):
+            continue
+        raise _budget_exceeded(item)
     raise GatewayError(503, "The key's budget is being reset; retry the request.")
 
 
-def _budget_exceeded(item: dict) -> GatewayError:
+def _budget_exceeded(item: table.Item) -> GatewayError:
     spend, reserved, budget = Decimal(item.get("spend", 0)), Decimal(item.get("reserved", 0)), item["max_budget"]
     message = f"Budget exceeded: this key has spent ${spend:.6f} of its ${budget} budget"
     if reserved > 0:
@@ -287,7 +262,7 @@ def _budget_exceeded(item: dict) -> GatewayError:
     return GatewayError(402, message, headers={"x-should-retry": "false"})
 
 
-def reset_budget_if_due(item: dict, now: datetime) -> bool:
+def reset_budget_if_due(item: table.Item, now: datetime) -> bool:
     """Start a new budget period if the current one is over: spend back to 0, headroom up by what was spent.
 
     Conditional on budget_reset_at being unchanged, so when many instances notice at once exactly one resets.
@@ -300,17 +275,14 @@ def reset_budget_if_due(item: dict, now: datetime) -> bool:
     current = datetime.fromisoformat(reset_at)
     periods = math.floor((now - current) / period) + 1
     next_reset = keys.iso_seconds(current + periods * period)
-    try:
-        keys.table().update_item(
-            Key=_key(item.get("key_id") or item["token"], "KEY"),
-            UpdateExpression="SET #headroom = #headroom + #spend, #spend = :zero, #reset = :next",
-            ConditionExpression="#reset = :seen",
-            ExpressionAttributeNames={"#headroom": "budget_headroom", "#spend": "spend", "#reset": "budget_reset_at"},
-            ExpressionAttributeValues={":zero": 0, ":next": next_reset, ":seen": reset_at},
-        )
-    except Exception as exc:
-        if not keys.is_condition_failure(exc):
-            raise
+    table.update_if(  # a failed condition: another instance reset it first
+        keys.record_pk(item.get("key_id") or item["token"]),
+        "KEY",
+        "SET #headroom = #headroom + #spend, #spend = :zero, #reset = :next",
+        "#reset = :seen",
+        {"#headroom": "budget_headroom", "#spend": "spend", "#reset": "budget_reset_at"},
+        {":zero": 0, ":next": next_reset, ":seen": reset_at},
+    )
     return True
 
 
@@ -320,40 +292,29 @@ def _take_slot(record: KeyRecord, admission: Admission, slot: str, now: datetime
     limit = record.max_parallel_requests or 0
     now_ts = int(now.timestamp())
     lease, ttl = now_ts + PARALLEL_SLOT_LEASE_SECONDS, now_ts + 2 * PARALLEL_SLOT_LEASE_SECONDS
-    names = {"#slots": "slots", "#slot": slot, "#ttl": "ttl"}
+    pk, names = keys.record_pk(record.key_id), {"#slots": "slots", "#slot": slot, "#ttl": "ttl"}
     for _ in range(4):
-        try:
-            keys.table().update_item(
-                Key=_key(record.key_id, "PARALLEL"),
-                UpdateExpression="SET #slots.#slot = :lease, #ttl = :ttl",
-                ConditionExpression="attribute_exists(#slots) AND size(#slots) < :max",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={":lease": lease, ":ttl": ttl, ":max": limit},
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+        update, condition = "SET #slots.#slot = :lease, #ttl = :ttl", "attribute_exists(#slots) AND size(#slots) < :max"
+        seen = table.update_if(pk, "PARALLEL", update, condition, names, {":lease": lease, ":ttl": ttl, ":max": limit})
+        if seen is None:
             admission.slot = slot
             return
-        except Exception as exc:
-            if not keys.is_condition_failure(exc):
-                raise
-            slots = (_failed_item(exc) or {}).get("slots")
+        slots = seen.get("slots")
         if slots is None:
             if limit < 1:
                 break
-            try:  # the first slot creates the map
-                keys.table().update_item(
-                    Key=_key(record.key_id, "PARALLEL"),
-                    UpdateExpression="SET #slots = :slots, #ttl = :ttl",
-                    ConditionExpression="attribute_not_exists(#slots)",
-                    ExpressionAttributeNames={"#slots": "slots", "#ttl": "ttl"},
-                    ExpressionAttributeValues={":slots": {slot: lease}, ":ttl": ttl},
-                )
+            created = table.update_if(  # the first slot creates the map
+                pk,
+                "PARALLEL",
+                "SET #slots = :slots, #ttl = :ttl",
+                "attribute_not_exists(#slots)",
+                {"#slots": "slots", "#ttl": "ttl"},
+                {":slots": {slot: lease}, ":ttl": ttl},
+            )
+            if created is None:
                 admission.slot = slot
                 return
-            except Exception as exc:
-                if not keys.is_condition_failure(exc):
-                    raise
-                continue
+            continue
         stale = [name for name, until in slots.items() if until < now_ts]
         if not stale:
             break
@@ -367,22 +328,14 @@ def _take_slot(record: KeyRecord, admission: Admission, slot: str, now: datetime
 
 def _release_slots(key_id: str, slots: list[str]) -> None:
     names = {"#slots": "slots", **{f"#s{i}": slot for i, slot in enumerate(slots)}}
-    try:
-        keys.table().update_item(
-            Key=_key(key_id, "PARALLEL"),
-            UpdateExpression="REMOVE " + ", ".join(f"#slots.#s{i}" for i in range(len(slots))),
-            ConditionExpression="attribute_exists(#slots)",
-            ExpressionAttributeNames=names,
-        )
-    except Exception as exc:
-        if not keys.is_condition_failure(exc):
-            raise
+    update = "REMOVE " + ", ".join(f"#slots.#s{i}" for i in range(len(slots)))
+    table.update_if(keys.record_pk(key_id), "PARALLEL", update, "attribute_exists(#slots)", names)  # gone: none held
 
 
 # -- settle ------------------------------------------------------------------------------------------------------
 
 
-async def settle(exchange: Exchange, cost: float | Decimal) -> None:
+async def settle(exchange: Exchange, cost: Decimal) -> None:
     """Write the request's spend and tokens, release its reservation and slot. Never raises."""
     record = exchange.principal.record if exchange.principal else None
     if record is None:
@@ -394,24 +347,25 @@ async def settle(exchange: Exchange, cost: float | Decimal) -> None:
     holds = admission is not None and (admission.reserved is not None or admission.slot is not None)
     if not (forwarded or usage or holds):
         return
-    amount = cost if isinstance(cost, Decimal) else Decimal(repr(float(cost)))
     reserved = admission.reserved if admission else None
     if reserved is None and (forwarded or usage):
         # Nothing held on the record: the counters can wait for the ledger's next flush.
-        increments = spend_increments(amount, usage, _ZERO, forwarded)
+        increments = spend_increments(cost, usage, _ZERO, forwarded)
         ledger.add(keys.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
     counts_tokens = record.tpm_limit is not None and usage is not None and usage.total_tokens > 0
     if reserved is None and not counts_tokens and not (admission and admission.slot):
         return
     try:
-        await anyio.to_thread.run_sync(_settle, record, admission, amount, usage, forwarded)
+        await anyio.to_thread.run_sync(_settle, record, admission, cost, usage, forwarded)
     except Exception:
         logger.exception("key settle failed", extra={"request_id": exchange.request_id})
 
 
-def _settle(record: KeyRecord, admission: Admission | None, cost: Decimal, usage: Usage | None, forwarded: bool):
+def _settle(
+    record: KeyRecord, admission: Admission | None, cost: Decimal, usage: Usage | None, forwarded: bool
+) -> None:
     """The writes that cannot wait, each on its own: one failing must not keep the others from being released."""
-    failures = []
+    failures: list[Exception] = []
     reserved = admission.reserved if admission else None
     if reserved is not None:
         try:
@@ -432,9 +386,14 @@ def _settle(record: KeyRecord, admission: Admission | None, cost: Decimal, usage
         raise failures[0]
 
 
-def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forwarded: bool) -> dict[str, Decimal]:
+def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forwarded: bool) -> dict[str, Number]:
     """What one request adds to its key record; keeps budget_headroom = max_budget - spend - reserved."""
-    increments = {"spend": cost, "total_spend": cost, "budget_headroom": reserved - cost, "reserved": -reserved}
+    increments: dict[str, Number] = {
+        "spend": cost,
+        "total_spend": cost,
+        "budget_headroom": reserved - cost,
+        "reserved": -reserved,
+    }
     if forwarded:
         increments["requests"] = 1
     if usage is not None:
@@ -442,18 +401,15 @@ def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forw
     return {name: amount for name, amount in increments.items() if amount}
 
 
-def _add_spend(key_id: str, increments: dict[str, Decimal]) -> None:
+def _add_spend(key_id: str, increments: dict[str, Number]) -> None:
     """One atomic ADD on the key record, at once: it releases a budget reservation."""
-    if not keys.add_counters(keys.record_pk(key_id), "KEY", increments, only_if_exists=True):
+    if not table.add_counters(keys.record_pk(key_id), "KEY", increments, only_if_exists=True):
         logger.info("spend not recorded: the key was deleted while the request ran")
 
 
 def _add_tokens(key_id: str, tokens: int) -> None:
     """Tokens count toward tpm in the minute the request ends (that is when Anthropic reports them)."""
     window = _window(keys.utcnow())
-    keys.table().update_item(
-        Key=_key(key_id, f"RATE#{window}"),
-        UpdateExpression="ADD #tokens :tokens SET #ttl = :ttl",
-        ExpressionAttributeNames={"#tokens": "tokens", "#ttl": "ttl"},
-        ExpressionAttributeValues={":tokens": tokens, ":ttl": window + 2 * RATE_WINDOW_SECONDS},
+    table.add_counters(
+        keys.record_pk(key_id), f"RATE#{window}", {"tokens": tokens}, ttl=window + 2 * RATE_WINDOW_SECONDS
     )

@@ -17,7 +17,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from . import governance, keys, secrets, tags
+from . import governance, keys, secrets, table, tags
 from .auth import master_only
 from .errors import GatewayError
 from .keys import KeyRecord
@@ -59,7 +59,7 @@ def _metadata(value: dict[str, Any]) -> dict[str, Any]:
     if len(json.dumps(value)) > MAX_METADATA_BYTES:
         raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON")
     try:  # DynamoDB's number range is narrower than JSON's (and floats must become exact decimals)
-        keys.check_storable(value)
+        table.check_storable(value)
     except Exception:
         raise ValueError("cannot be stored: numbers need at most 38 digits, within 1e-130..1e125") from None
     return value
@@ -137,7 +137,7 @@ def public(record: KeyRecord) -> dict:
         "spend": float(record.spend),
         "total_spend": float(record.total_spend),
         "reserved_spend": float(record.reserved),
-        "max_budget": record.max_budget,
+        "max_budget": None if record.max_budget is None else float(record.max_budget),
         "budget_duration": record.budget_duration,
         "budget_reset_at": record.budget_reset_at,
         "expires": record.expires,
@@ -227,7 +227,7 @@ async def generate_key(http_request: Request) -> dict:
         models=request.models or [],
         tags=request.tags or [],
         metadata=request.metadata or {},
-        max_budget=request.max_budget,
+        max_budget=keys.money(request.max_budget),
         budget_duration=request.budget_duration,
         budget_reset_at=_next_reset(request.budget_duration, now),
         rpm_limit=request.rpm_limit,

@@ -1,4 +1,4 @@
-"""Virtual keys: how they look, how they are hashed, and how they are stored in DynamoDB.
+"""Virtual keys: how they look, how they are hashed, and how they are stored in DynamoDB (through table.py).
 
 A key is `sk-` + 32 url-safe random bytes. Only its SHA-256 hash (the LiteLLM "token") is stored; the plain
 key exists in the response to `/key/generate` (or `/key/regenerate`) and nowhere else.
@@ -29,10 +29,11 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
+from . import table
 from .settings import get_settings
+from .table import Conflict as Conflict  # raised here by update, regenerate, delete
 
 KEY_PREFIX = "sk-"
 # sk- + at least 128 bits of url-safe base64 (22 chars); generated keys carry 256 bits.
@@ -41,6 +42,8 @@ _HASH_PATTERN = re.compile(r"[0-9a-f]{64}")
 # LiteLLM's duration strings: 30s, 10m, 1h, 1d, 2w, 1mo (a month counts as 30 days).
 _DURATION = re.compile(r"(\d{1,6})(s|m|h|d|w|mo)")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
+_MONEY = frozenset({"max_budget", "spend", "total_spend", "reserved"})
+_ZERO = Decimal(0)
 TOKEN_COUNTERS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
@@ -107,15 +110,15 @@ class KeyRecord:
     models: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-    max_budget: float | None = None
+    max_budget: Decimal | None = None
     budget_duration: str | None = None
     budget_reset_at: str | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
-    spend: float = 0.0  # in the current budget period (all time without budget_duration)
-    total_spend: float = 0.0  # all time
-    reserved: float = 0.0  # estimates held by admitted requests that have not settled yet
+    spend: Decimal = _ZERO  # USD in the current budget period (all time without budget_duration)
+    total_spend: Decimal = _ZERO  # all time
+    reserved: Decimal = _ZERO  # estimates held by admitted requests that have not settled yet
     input_tokens: int = 0
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
@@ -126,13 +129,18 @@ class KeyRecord:
         self.key_id = self.key_id or self.token
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> KeyRecord:
-        known = {name: _plain(item[name]) for name in cls.__dataclass_fields__ if name in item}
+    def from_item(cls, item: table.Item) -> KeyRecord:
+        # Money stays exact Decimal; every other number becomes the int (or float, in metadata) JSON holds.
+        known = {
+            name: item[name] if name in _MONEY else table.plain(item[name])
+            for name in cls.__dataclass_fields__
+            if name in item
+        }
         return cls(**known)
 
-    def to_item(self) -> dict[str, Any]:
-        item = {name: _dynamo(value) for name, value in asdict(self).items() if value is not None}
-        item["budget_headroom"] = _dynamo(self.max_budget or 0) - item["spend"] - item["reserved"]
+    def to_item(self) -> table.Item:
+        item = {name: table.stored(value) for name, value in asdict(self).items() if value is not None}
+        item["budget_headroom"] = (self.max_budget or _ZERO) - self.spend - self.reserved
         item.update(pk=record_pk(self.key_id), sk="KEY", gsi1pk="KEY", gsi1sk=f"{self.created_at}#{self.key_id}")
         return item
 
@@ -151,80 +159,9 @@ def record_pk(key_id: str) -> str:
     return f"KEY#{key_id}"
 
 
-def _plain(value: Any) -> Any:
-    """DynamoDB returns numbers as Decimal; the record holds plain ints and floats."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _dynamo(value: Any) -> Any:
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, list):
-        return [_dynamo(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _dynamo(v) for k, v in value.items()}
-    return value
-
-
-def check_storable(value: Any) -> None:
-    """Raise (TypeError, ValueError or decimal errors) unless DynamoDB can store `value` as an attribute."""
-    _serialize({"value": _dynamo(value)})
-
-
-@lru_cache(maxsize=1)
-def table():
-    import boto3  # deferred: keeps boto3 out of the cold-start path of /health
-
-    return boto3.resource("dynamodb").Table(get_settings().table_name)
-
-
-def _serialize(item: dict[str, Any]) -> dict[str, Any]:
-    from boto3.dynamodb.types import TypeSerializer
-
-    serializer = TypeSerializer()
-    return {name: serializer.serialize(value) for name, value in item.items()}
-
-
-def deserialize(item: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A low-level item (as in a ConditionalCheckFailed's `Item`) in boto3 resource form."""
-    if item is None:
-        return None
-    from boto3.dynamodb.types import TypeDeserializer
-
-    deserializer = TypeDeserializer()
-    return {name: deserializer.deserialize(value) for name, value in item.items()}
-
-
-def is_condition_failure(exc: Exception) -> bool:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-    return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
-
-
-def add_counters(pk: str, sk: str, increments: dict[str, Any], *, only_if_exists: bool = False) -> bool:
-    """One atomic ADD of every increment to the item; False when `only_if_exists` and the item is gone (a key
-    deleted while its request ran is not recreated by its spend)."""
-    names = {f"#n{i}": name for i, name in enumerate(increments)}
-    values = {f":v{i}": amount for i, amount in enumerate(increments.values())}
-    condition = {"ConditionExpression": "attribute_exists(pk)"} if only_if_exists else {}
-    try:
-        table().update_item(
-            Key={"pk": pk, "sk": sk},
-            UpdateExpression="ADD " + ", ".join(f"#n{i} :v{i}" for i in range(len(increments))),
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
-            **condition,
-        )
-    except Exception as exc:
-        if only_if_exists and is_condition_failure(exc):
-            return False
-        raise
-    return True
+def money(value: float | Decimal | None) -> Decimal | None:
+    """A JSON amount (max_budget) as exact Decimal: a float becomes the Decimal of its shortest repr."""
+    return None if value is None else table.stored(value) if isinstance(value, float) else Decimal(value)
 
 
 class AliasTaken(Exception):
@@ -233,37 +170,6 @@ class AliasTaken(Exception):
 
 class KeyExists(Exception):
     """The key (or a key with the same hash, possibly a retired one) is already stored."""
-
-
-class Conflict(Exception):
-    """The record changed between read and write (another admin call); read it again and retry."""
-
-
-def _transact(actions: list[dict]) -> None:
-    """TransactWriteItems with resource-style values (the resource's client serializes them itself);
-    a cancelled transaction raises _Cancelled with the indexes of the actions whose condition failed."""
-    from botocore.exceptions import ClientError
-
-    name = table().name
-    items = [{kind: dict(spec, TableName=name) for kind, spec in action.items()} for action in actions]
-    try:
-        table().meta.client.transact_write_items(TransactItems=items)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-            raise
-        reasons = exc.response.get("CancellationReasons") or []
-        failed = [i for i, reason in enumerate(reasons) if reason.get("Code") == "ConditionalCheckFailed"]
-        if failed:
-            raise _Cancelled(failed) from exc
-        if any(reason.get("Code") == "TransactionConflict" for reason in reasons):
-            raise Conflict() from exc  # another write to one of the items at the same moment: read and retry
-        raise
-
-
-class _Cancelled(Exception):
-    def __init__(self, failed: list[int]):
-        super().__init__(failed)
-        self.failed = failed
 
 
 def _alias_item(alias: str, key_id: str) -> dict[str, Any]:
@@ -283,15 +189,15 @@ def put_new(record: KeyRecord) -> None:
             }
         )
     try:
-        _transact(actions)
-    except _Cancelled as exc:
+        table.transact(actions)
+    except table.Cancelled as exc:
         if 0 in exc.failed:
             raise KeyExists() from None
         raise AliasTaken(record.key_alias) from None
 
 
-def _get(pk: str) -> dict[str, Any] | None:
-    return table().get_item(Key={"pk": pk, "sk": "KEY"}, ConsistentRead=True).get("Item")
+def _get(pk: str) -> table.Item | None:
+    return table.get(pk, "KEY")
 
 
 def load(token: str) -> KeyRecord | None:
@@ -310,7 +216,7 @@ def load_by_key_id(key_id: str) -> KeyRecord | None:
 
 
 def load_by_alias(alias: str) -> KeyRecord | None:
-    pointer = table().get_item(Key={"pk": f"ALIAS#{alias}", "sk": "ALIAS"}, ConsistentRead=True).get("Item")
+    pointer = table.get(f"ALIAS#{alias}", "ALIAS")
     if pointer is None:
         return None
     item = _get(record_pk(pointer["key_id"]))
@@ -321,28 +227,20 @@ def list_records() -> list[KeyRecord]:
     """Every key record, newest first. Reads the whole index: fine for the thousands of keys an admin manages."""
     from boto3.dynamodb.conditions import Key
 
-    query: dict[str, Any] = {
-        "IndexName": "gsi1",
-        "KeyConditionExpression": Key("gsi1pk").eq("KEY"),
-        "ScanIndexForward": False,
-    }
-    records = []
-    while True:
-        page = table().query(**query)
-        records += [KeyRecord.from_item(item) for item in page.get("Items", [])]
-        if "LastEvaluatedKey" not in page:
-            return records
-        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    items = table.query_all(IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq("KEY"), ScanIndexForward=False)
+    return [KeyRecord.from_item(item) for item in items]
 
 
-def update(record: KeyRecord, changes: dict[str, Any], *, new_alias: str | None = None, alias_change=False) -> None:
+def update(
+    record: KeyRecord, changes: dict[str, Any], *, new_alias: str | None = None, alias_change: bool = False
+) -> None:
     """Apply admin `changes` (name -> value, None removes) to the record as read; Conflict if it changed since.
 
     A change of max_budget moves budget_headroom by the same amount in the same write, so the headroom stays
     equal to max_budget - spend - reserved whatever requests are settling meanwhile.
     """
-    now = iso(utcnow())
-    names: dict[str, str] = {"#updated_at": "updated_at", "#token": "token"}
+    now = utcnow().isoformat()
+    names = {"#updated_at": "updated_at", "#token": "token"}
     values: dict[str, Any] = {":now": now, ":seen": record.updated_at, ":token": record.token}
     sets, removes, adds = ["#updated_at = :now"], [], []
     for index, (name, value) in enumerate(changes.items()):
@@ -350,34 +248,30 @@ def update(record: KeyRecord, changes: dict[str, Any], *, new_alias: str | None 
         if value is None:
             removes.append(f"#f{index}")
         else:
-            values[f":f{index}"] = _dynamo(value)
+            values[f":f{index}"] = table.stored(value)
             sets.append(f"#f{index} = :f{index}")
     if "max_budget" in changes:
-        delta = _dynamo(float(changes["max_budget"] or 0)) - _dynamo(float(record.max_budget or 0))
         names["#headroom"] = "budget_headroom"
-        values[":delta"] = delta
+        values[":delta"] = (money(changes["max_budget"]) or _ZERO) - (record.max_budget or _ZERO)
         adds.append("#headroom :delta")
     expression = "SET " + ", ".join(sets)
     if removes:
         expression += " REMOVE " + ", ".join(removes)
     if adds:
         expression += " ADD " + ", ".join(adds)
+    condition = "#updated_at = :seen AND #token = :token"
+    if not alias_change or new_alias == record.key_alias:
+        if table.update_if(record_pk(record.key_id), "KEY", expression, condition, names, values) is not None:
+            raise Conflict()
+        return
     spec = {
         "Key": {"pk": record_pk(record.key_id), "sk": "KEY"},
         "UpdateExpression": expression,
-        "ConditionExpression": "#updated_at = :seen AND #token = :token",
+        "ConditionExpression": condition,
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": values,
     }
-    if not alias_change or new_alias == record.key_alias:
-        try:
-            table().update_item(**spec)
-        except Exception as exc:
-            if is_condition_failure(exc):
-                raise Conflict() from None
-            raise
-        return
-    actions: list[dict] = [{"Update": spec}]
+    actions: list[dict[str, Any]] = [{"Update": spec}]
     if new_alias is not None:
         actions.append(
             {"Put": {"Item": _alias_item(new_alias, record.key_id), "ConditionExpression": "attribute_not_exists(pk)"}}
@@ -385,8 +279,8 @@ def update(record: KeyRecord, changes: dict[str, Any], *, new_alias: str | None 
     if record.key_alias is not None:
         actions.append({"Delete": {"Key": {"pk": f"ALIAS#{record.key_alias}", "sk": "ALIAS"}}})
     try:
-        _transact(actions)
-    except _Cancelled as exc:
+        table.transact(actions)
+    except table.Cancelled as exc:
         if new_alias is not None and 1 in exc.failed:
             raise AliasTaken(new_alias) from None
         raise Conflict() from None
@@ -402,7 +296,7 @@ def regenerate(record: KeyRecord, new_plain: str) -> KeyRecord:
     new_token = hash_key(new_plain)
     if new_token in (record.key_id, record.token):  # its own current or original key: never reused
         raise KeyExists()
-    now = iso(utcnow())
+    now = utcnow().isoformat()
     names = {"#token": "token", "#updated_at": "updated_at", "#retired": "retired"}
     values: dict[str, Any] = {":new": new_token, ":name": key_name(new_plain), ":now": now, ":old": record.token}
     expression = "SET #token = :new, key_name = :name, #updated_at = :now"
@@ -411,7 +305,7 @@ def regenerate(record: KeyRecord, new_plain: str) -> KeyRecord:
         values[":retired"] = {record.token}
     else:
         del names["#retired"]
-    actions: list[dict] = [
+    actions: list[dict[str, Any]] = [
         {
             "Put": {
                 "Item": {"pk": record_pk(new_token), "sk": "KEY", "points_to": record.key_id, "token": new_token},
@@ -429,8 +323,8 @@ def regenerate(record: KeyRecord, new_plain: str) -> KeyRecord:
         },
     ]
     try:
-        _transact(actions)
-    except _Cancelled as exc:
+        table.transact(actions)
+    except table.Cancelled as exc:
         if 0 in exc.failed:
             raise KeyExists() from None
         raise Conflict() from None
@@ -440,7 +334,7 @@ def regenerate(record: KeyRecord, new_plain: str) -> KeyRecord:
 
 def delete(record: KeyRecord) -> None:
     """Remove the record, its pointers and its alias. Counters expire on their own (TTL)."""
-    actions: list[dict] = [
+    actions: list[dict[str, Any]] = [
         {
             "Delete": {
                 "Key": {"pk": record_pk(record.key_id), "sk": "KEY"},
@@ -457,13 +351,11 @@ def delete(record: KeyRecord) -> None:
     # Read before the delete: its condition (same token) guarantees no regenerate added to the list meanwhile.
     retired = (_get(record_pk(record.key_id)) or {}).get("retired") or set()
     try:
-        _transact(actions)
-    except _Cancelled:
+        table.transact(actions)
+    except table.Cancelled:
         raise Conflict() from None
     # Pointers of earlier keys open nothing once the record is gone; removing them is housekeeping.
-    with table().batch_writer() as batch:
-        for token in retired:
-            batch.delete_item(Key={"pk": record_pk(token), "sk": "KEY"})
+    table.delete_all((record_pk(token), "KEY") for token in retired)
 
 
 class KeyCache:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping
 from decimal import Decimal
 
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import background, keys
+from . import background, table
 from .settings import get_settings
 
 logger = Logger(child=True)
@@ -34,7 +35,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._flush_scheduled = False
 
-    def add(self, pk: str, sk: str, increments: dict[str, Number], *, only_if_exists: bool = False) -> None:
+    def add(self, pk: str, sk: str, increments: Mapping[str, Number], *, only_if_exists: bool = False) -> None:
         """Queue `increments` for the item; called on the event loop. `only_if_exists`: never create the item
         (a key deleted meanwhile stays deleted)."""
         with self._lock:
@@ -63,7 +64,7 @@ def _write(batch: dict[tuple[str, str], tuple[dict[str, Number], bool]]) -> None
         if not increments:
             continue
         try:
-            if not keys.add_counters(pk, sk, increments, only_if_exists=only_if_exists):
+            if not table.add_counters(pk, sk, increments, only_if_exists=only_if_exists):
                 logger.info("counters not recorded: the item was deleted meanwhile", extra={"sk": sk})
         except Exception:  # one item failing must not lose the others; botocore has already retried this one
             logger.exception("counter flush failed", extra={"sk": sk})

@@ -21,6 +21,7 @@ import logging
 import re
 import sys
 import time
+from decimal import Decimal
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
@@ -84,15 +85,16 @@ if isinstance(logger.logger_handler, logging.StreamHandler) and logger.logger_ha
 SERVICE = logger.service
 
 
-def publish(exchange: Exchange, cost: float) -> None:
+def publish(exchange: Exchange, cost: Decimal) -> None:
     """Write the request's EMF blobs, then its access log line; a failure of the first still logs the second."""
+    usd = float(cost)  # exact until here: EMF and the log line are JSON numbers
     try:
         if not is_metrics_disabled():
-            lines = "".join(json.dumps(blob, separators=(",", ":")) + "\n" for blob in emf_blobs(exchange, cost))
+            lines = "".join(json.dumps(blob, separators=(",", ":")) + "\n" for blob in emf_blobs(exchange, usd))
             output.write(lines)
     except Exception:
         logger.exception("metrics failed", extra={"request_id": exchange.request_id})
-    logger.info("gateway request", extra=access_fields(exchange, cost))
+    logger.info("gateway request", extra=access_fields(exchange, usd))
 
 
 def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[dict]:

@@ -1,7 +1,8 @@
 """What a response cost, from Anthropic's list prices in pricing.json (USD per million tokens).
 
-Money math is exact `Decimal`: `cost_usd_decimal` keeps it (DynamoDB takes Decimal), `cost_usd` returns the nearest
-float. Models resolve by exact id, then without a trailing `-YYYYMMDD`/`-latest`, then by the longest known id they
+Money is exact `Decimal` from here to DynamoDB; it becomes float only in EMF and JSON responses.
+
+Models resolve by exact id, then without a trailing `-YYYYMMDD`/`-latest`, then by the longest known id they
 start with (`<id>-...`); anything else pays UNKNOWN_MODEL_RATE: "max" (highest known rate of each kind), a known
 model id, or "input/output" like "15/75" (cache rates then use Anthropic's 1.25x / 2x / 0.1x of input).
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
@@ -44,10 +46,11 @@ class Rates:
         return self.long_prompt[1] if self.long_prompt and prompt_tokens > self.long_prompt[0] else self
 
 
-def _rates(entry: dict) -> Rates:
+def _rates(entry: dict[str, Any]) -> Rates:
     tier = entry.get("long_prompt")
     long_prompt = (int(tier["threshold_tokens"]), _rates(tier)) if tier else None
-    return Rates(*(Decimal(entry[name]) for name in _FIELDS), long_prompt=long_prompt)
+    price = {name: Decimal(entry[name]) for name in _FIELDS}
+    return Rates(**price, long_prompt=long_prompt)
 
 
 @lru_cache(maxsize=1)
@@ -105,7 +108,8 @@ def rates_for(model: str | None) -> Rates:
     return _fallback(spec)
 
 
-def cost_usd_decimal(model: str | None, usage: Usage) -> Decimal:
+def cost_usd(model: str | None, usage: Usage) -> Decimal:
+    """USD cost of one response, exact."""
     five, hour = usage.cache_creation_5m_input_tokens, usage.cache_creation_1h_input_tokens
     written = max(usage.cache_creation_input_tokens, five + hour)
     rates = rates_for(model).for_prompt(usage.input_tokens + written + usage.cache_read_input_tokens)
@@ -113,8 +117,3 @@ def cost_usd_decimal(model: str | None, usage: Usage) -> Decimal:
     writes = (written - hour) * rates.cache_write_5m + hour * rates.cache_write_1h
     total = usage.input_tokens * rates.input + usage.output_tokens * rates.output
     return (total + writes + usage.cache_read_input_tokens * rates.cache_read) / 1_000_000
-
-
-def cost_usd(model: str | None, usage: Usage) -> float:
-    """USD cost of one response; the exact Decimal is `cost_usd_decimal`."""
-    return float(cost_usd_decimal(model, usage))

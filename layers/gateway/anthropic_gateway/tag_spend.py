@@ -10,14 +10,16 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends
 
-from . import keys
+from . import keys, table
 from .auth import master_only
 from .errors import GatewayError
 from .ledger import ledger
+from .table import Number
 from .usage import Usage
 
 PK_PREFIX = "TAGSPEND#"
@@ -31,33 +33,26 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
-def record(tags: list[str], cost: float, usage: Usage | None, day: date | None = None) -> None:
+def record(tags: list[str], cost: Decimal, usage: Usage | None, day: date | None = None) -> None:
     """Add one request to each of its tags' counters for `day`, through the ledger (call it on the event loop)."""
     usage = usage or Usage()
-    increments = {"spend": Decimal(repr(cost)), "requests": 1, **{name: getattr(usage, name) for name in _TOKENS}}
+    increments: dict[str, Number] = {"spend": cost, "requests": 1}
+    increments.update({name: getattr(usage, name) for name in _TOKENS})
     pk = PK_PREFIX + (day or today()).isoformat()
     for tag in tags:
         ledger.add(pk, tag, increments)
 
 
-def _items_of(day: date) -> list[dict]:
-    query = {
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": PK_PREFIX + day.isoformat()},
-    }
-    items: list[dict] = []
-    while True:
-        page = keys.table().query(**query)
-        items += page.get("Items", [])
-        if "LastEvaluatedKey" not in page:
-            return items
-        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+def _items_of(day: date) -> list[table.Item]:
+    return table.query_all(
+        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": PK_PREFIX + day.isoformat()}
+    )
 
 
-def report(start: date, end: date) -> list[dict]:
+def report(start: date, end: date) -> list[dict[str, Any]]:
     """Per tag over [start, end]: LiteLLM's fields (individual_request_tag, log_count, total_spend), token sums
     and a per-day breakdown; highest spend first."""
-    totals: dict[str, dict] = {}
+    totals: dict[str, dict[str, Any]] = {}
     for offset in range((end - start).days + 1):
         day = start + timedelta(days=offset)
         for item in _items_of(day):
@@ -117,6 +112,6 @@ router = APIRouter(dependencies=[Depends(master_only)])
 
 
 @router.get("/spend/tags")
-async def spend_tags(start_date: str | None = None, end_date: str | None = None) -> list[dict]:
+async def spend_tags(start_date: str | None = None, end_date: str | None = None) -> list[dict[str, Any]]:
     start, end = parse_range(start_date, end_date)
     return await anyio.to_thread.run_sync(report, start, end)
