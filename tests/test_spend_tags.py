@@ -8,6 +8,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -129,9 +130,9 @@ def test_daily_breakdown_over_a_range(aws, unique):
     tag, other = f"range:{unique}", f"other:{unique}"
     first, third = date(2024, 2, 28), date(2024, 3, 1)  # across a leap day
     _record_now(
-        ([tag], 0.5, Usage(input_tokens=10, output_tokens=20), first),
-        ([tag, other], 0.25, Usage(input_tokens=1, cache_read_input_tokens=4), third),
-        ([tag], 100.0, None, third + timedelta(days=1)),  # outside the range
+        ([tag], Decimal("0.5"), Usage(input_tokens=10, output_tokens=20), first),
+        ([tag, other], Decimal("0.25"), Usage(input_tokens=1, cache_read_input_tokens=4), third),
+        ([tag], Decimal(100), None, third + timedelta(days=1)),  # outside the range
     )
 
     rows = {row["individual_request_tag"]: row for row in tag_spend.report(first, third)}
@@ -160,7 +161,7 @@ def test_concurrent_updates_all_count(aws, unique):
     tag, day = f"atomic:{unique}", date(2024, 5, 5)
     with ThreadPoolExecutor(max_workers=16) as pool:
         # Each thread its own event loop and flush: 32 writers racing on one item, as Lambda instances would.
-        list(pool.map(lambda _: _record_now(([tag], 0.1, Usage(input_tokens=3), day)), range(32)))
+        list(pool.map(lambda _: _record_now(([tag], Decimal("0.1"), Usage(input_tokens=3), day)), range(32)))
 
     rows = {row["individual_request_tag"]: row for row in tag_spend.report(day, day)}
     assert rows[tag]["log_count"] == 32 and rows[tag]["input_tokens"] == 96
