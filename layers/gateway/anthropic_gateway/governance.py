@@ -230,8 +230,8 @@ def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: da
         ":no": False,
         ":now": keys.iso_seconds(now),
     }
+    update = "ADD #headroom :minus, #reserved :estimate"
     for _ in range(3):
-        update = "ADD #headroom :minus, #reserved :estimate"
         item = table.update_if(keys.record_pk(record.key_id), "KEY", update, condition, names, values)
         if item is None:
             admission.reserved = estimate

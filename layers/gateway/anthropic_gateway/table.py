@@ -29,6 +29,7 @@ Number = int | Decimal
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
 TRANSACTION_CANCELLED = "TransactionCanceledException"
+_SERIALIZE_EVENT, _SERIALIZE_ID = "before-parameter-build.dynamodb", "dynamodb-attr-value-input"
 
 
 class Conflict(Exception):
@@ -58,14 +59,12 @@ def open_table(name: str) -> Table:
     from boto3.dynamodb.transform import TransformationInjector
 
     table = boto3.resource("dynamodb").Table(name)
-    # The resource serializes request values with a handler registered under this id; ours differs only in numbers.
-    events, event, unique_id = (
-        table.meta.client.meta.events,
-        "before-parameter-build.dynamodb",
-        "dynamodb-attr-value-input",
-    )
-    events.unregister(event, unique_id=unique_id)
-    events.register(event, TransformationInjector(serializer=_serializer()).inject_attribute_value_input, unique_id)
+    # The resource turns request values into AttributeValues in one event handler registered under this id; ours is
+    # the same handler with a serializer that differs only in how it writes numbers (tests/test_table.py checks it).
+    events = table.meta.client.meta.events
+    events.unregister(_SERIALIZE_EVENT, unique_id=_SERIALIZE_ID)
+    injector = TransformationInjector(serializer=_serializer())
+    events.register(_SERIALIZE_EVENT, injector.inject_attribute_value_input, unique_id=_SERIALIZE_ID)
     return table
 
 
