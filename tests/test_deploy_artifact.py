@@ -86,6 +86,16 @@ def test_build_holds_the_pinned_layer_and_both_functions(sam_build):
     assert not (site / "boto3").exists() and not (site / "botocore").exists()
 
 
+def test_layer_ships_only_what_lambda_runs(sam_build):
+    """The local runner and the key CLI are for workstations (`python -m anthropic_gateway ...` from a checkout)."""
+    package = sam_build / sam_artifact.LAYER_ID / "python" / "anthropic_gateway"
+    compiled = {p.name.split(".")[0] + ".py" for p in package.glob("__pycache__/*")}
+    shipped = {p.name for p in package.iterdir()} | compiled
+    assert {"app.py", "responses.py", "forwarding.py"} <= shipped
+    assert not {"__main__.py", "cli.py", "local.py"} & shipped
+    assert (ROOT / "layers" / "gateway" / "anthropic_gateway" / "local.py").is_file()  # still in the repo
+
+
 def test_layer_fits_both_architectures_and_ships_bytecode(sam_build):
     site = sam_build / sam_artifact.LAYER_ID / "python"
     shared_objects = sorted(p.name for p in (site / "pydantic_core").glob("_pydantic_core.*.so"))

@@ -323,7 +323,7 @@ def test_api_handler_is_mangum_over_the_shared_app():
     source = (ROOT / "functions" / "api" / "handler.py").read_text()
     assert "from anthropic_gateway.app import app" in source
     assert 'Mangum(app, lifespan="off")' in source
-    assert "background.drain()" in source  # accounting finishes before Lambda freezes the process
+    assert "run_until_complete(drain())" in source  # accounting finishes before Lambda freezes the process
 
 
 # -- observability -------------------------------------------------------------------------------------------------

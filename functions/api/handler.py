@@ -3,17 +3,16 @@
 The app and every route live in the gateway layer (`anthropic_gateway`); this module only adapts the event.
 `lifespan="off"`: an invocation has no server lifecycle, and the app creates what it needs on first use.
 
-The app accounts for a request (spend, counters, metrics) in a task it starts once the response is complete.
-Lambda freezes the process as soon as the handler returns, so the handler lets that work finish first; it
-costs the caller the few milliseconds of a DynamoDB write, and no request goes unaccounted.
+The app accounts for a request (spend, counters, metrics) in a task its response starts once complete.
+Lambda freezes the process as soon as the handler returns, so the handler lets that work finish first (`drain`);
+it costs the caller the few milliseconds of a DynamoDB write, and no request goes unaccounted.
 """
 
 import asyncio
 
 from mangum import Mangum
 
-from anthropic_gateway import background
-from anthropic_gateway.app import app
+from anthropic_gateway.app import app, drain
 
 _adapter = Mangum(app, lifespan="off")
 
@@ -23,4 +22,4 @@ def handler(event: dict, context: object) -> dict:
         return _adapter(event, context)
     finally:
         # Mangum runs every invocation on this thread's event loop; the pending work lives there too.
-        asyncio.get_event_loop().run_until_complete(background.drain())
+        asyncio.get_event_loop().run_until_complete(drain())

@@ -1,6 +1,7 @@
 """What happens once a request is over: its cost, the key's spend and token counters, metrics, spend per tag.
 
-Runs after the last byte has gone to the client (see background.spawn), never in front of it.
+Runs after the last byte has gone to the client (the response that ends the request starts it: responses.py),
+never in front of it.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
 """The FastAPI app both doors serve: uvicorn behind the Lambda Web Adapter, and Mangum behind API Gateway.
 
 A pass-through request reads top to bottom: authenticate -> read and check the body -> forward -> stream ->
-account (after the last byte).
+account (after the last byte: the response that ends the request starts `accounting.settle`, see responses.py).
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -19,15 +20,28 @@ from . import accounting, background, forwarding, governance, key_routes, secret
 from .auth import authenticate
 from .errors import GatewayError, error_response, render
 from .exchange import Exchange
+from .ledger import ledger
+from .responses import BufferedResponse
 
 logger = Logger()
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
+async def drain() -> None:
+    """Finish every request's after-response work (accounting), then write what the ledger still holds.
+
+    Lambda freezes a process between invocations: the buffered door drains before each invocation returns
+    (functions/api/handler.py), the streaming door at shutdown (uvicorn's lifespan; the Lambda Web Adapter is an
+    extension, so Lambda sends SIGTERM before it ends the environment).
+    """
+    await background.wait()
+    await ledger.flush()
+
+
 @asynccontextmanager
-async def lifespan(app: FastAPI):
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    await background.drain()
+    await drain()
     await forwarding.close_client()
 
 
@@ -37,7 +51,7 @@ app.include_router(tag_spend.router)
 
 
 @app.get("/health")
-async def health() -> dict:
+async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -51,14 +65,14 @@ async def anthropic_passthrough(request: Request) -> Response:
         body, litellm_metadata = forwarding.strip_litellm_metadata(body)
         exchange.tags = tags.resolve(litellm_metadata, request.headers, exchange.principal)
         await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
-        return await forwarding.forward(request, body, exchange, await secrets.upstream_key(), accounting.settle)
+        response = await forwarding.forward(request, body, exchange, await secrets.upstream_key())
     except GatewayError as exc:
         exchange.status, exchange.error_source = exc.status, "gateway"
-        exchange.finished_at = time.perf_counter()  # the error response is all there is: latency ends here
-        background.spawn(accounting.settle(exchange))  # every pass-through request is accounted exactly once
-        response = render(exc)
-        response.headers["x-gateway-request-id"] = exchange.request_id
-        return response
+        error = render(exc)
+        response = BufferedResponse(exchange, bytes(error.body), error.status_code, error.raw_headers)
+    # Started by the response once it has ended, however it ended: every pass-through request is accounted once.
+    response.background = BackgroundTask(accounting.settle, exchange)
+    return response
 
 
 @app.exception_handler(GatewayError)

@@ -1,28 +1,32 @@
-"""Work that runs after a response, off its path: accounting tasks and the ledger's flushes.
+"""After-response tasks: work a response starts once its last byte is out (see `responses.py`), off its path.
 
-Lambda freezes a process between invocations, so pending work also has a fixed point to finish: `drain`, which
-the buffered door awaits at the end of every invocation and the streaming door at shutdown (uvicorn's lifespan;
-the Lambda Web Adapter is an extension, so Lambda sends SIGTERM before it ends the environment).
+A task, not an await in the response: accounting must not hold back the end of the response, and must survive
+the response's own cancellation (a client gone mid-stream). Lambda freezes a process between invocations, so the
+app's `drain` gives them a fixed point to finish (`wait`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Coroutine
+from typing import Any
 
-_pending: set[asyncio.Task] = set()
+_pending: set[asyncio.Task[None]] = set()
 
 
-def spawn(work: Awaitable[None]) -> None:
+def spawn(work: Coroutine[Any, Any, None]) -> None:
     task = asyncio.ensure_future(work)
-    _pending.add(task)
+    _pending.add(task)  # the loop keeps only a weak reference to a task: this one keeps it alive
     task.add_done_callback(_pending.discard)
 
 
-async def drain() -> None:
-    """Wait for every spawned task, then write whatever the ledger still holds."""
-    from .ledger import ledger  # the ledger spawns its flushes through this module
+async def wait() -> None:
+    """Wait for every task spawned on this event loop so far, and for any they spawn in turn (failures are theirs
+    to log). Other loops' tasks are theirs to wait for: a process has one loop on Lambda, tests run several."""
+    while tasks := _of_this_loop(_pending):
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    while _pending:
-        await asyncio.gather(*list(_pending), return_exceptions=True)
-    await ledger.flush()
+
+def _of_this_loop(tasks: set[asyncio.Task[None]]) -> list[asyncio.Task[None]]:
+    loop = asyncio.get_running_loop()
+    return [task for task in list(tasks) if task.get_loop() is loop]  # list(): one atomic copy, threads add too

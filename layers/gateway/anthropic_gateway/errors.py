@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.responses import JSONResponse
 
 # Anthropic's error types by HTTP status, as its SDKs map them back to exception classes.
@@ -24,7 +26,9 @@ _TYPE_BY_STATUS = {
 class GatewayError(Exception):
     """Raised anywhere in a request; rendered by the app as an Anthropic error response."""
 
-    def __init__(self, status: int, message: str, *, error_type: str | None = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, *, error_type: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -32,7 +36,9 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, message: str, *, error_type: str | None = None, headers: dict | None = None):
+def error_response(
+    status: int, message: str, *, error_type: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     error_type = error_type or _TYPE_BY_STATUS.get(status, "api_error")
     body = {"type": "error", "error": {"type": error_type, "message": message}}
     return JSONResponse(body, status_code=status, headers=headers)

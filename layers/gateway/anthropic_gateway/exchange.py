@@ -5,9 +5,16 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from .auth import Principal
 from .usage import Usage, UsageTap
+
+if TYPE_CHECKING:  # governance builds on Exchange; only its type is needed here
+    from .governance import Admission
+
+# Who failed a request: the gateway refused or could not serve it, or the upstream answered with an error or broke off.
+ErrorSource = Literal["gateway", "upstream"]
 
 
 def new_request_id() -> str:
@@ -24,12 +31,12 @@ class Exchange:
     model: str | None = None  # from the request body when it names one
     tags: list[str] = field(default_factory=list)
     status: int | None = None
-    error_source: str | None = None  # "gateway" or "upstream" when the request failed
+    error_source: ErrorSource | None = None  # None: the request did not fail
     first_byte_at: float | None = None
     finished_at: float | None = None
     tap: UsageTap | None = None
     completed: bool = False  # the upstream body ended normally (not cut off)
-    admission: object | None = None  # what governance.admit reserved for this request, released at settle
+    admission: Admission | None = None  # what governance.admit reserved for this request, released at settle
 
     @property
     def usage(self) -> Usage | None:

@@ -7,22 +7,21 @@ credentials (the client's key out, the upstream key in), `litellm_metadata` out 
 
 from __future__ import annotations
 
-import asyncio
 import http.cookiejar
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+import urllib.request
+from typing import Any
 from urllib.parse import unquote
 
-import anyio
 import httpx
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.types import Scope
 
-from . import background
 from .errors import GatewayError
 from .exchange import Exchange
+from .responses import BufferedResponse, RelayResponse
 from .settings import get_settings
 from .usage import UsageTap
 
@@ -60,20 +59,18 @@ _SEGMENT = re.compile(r"(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+")
 _RESULTS_URL = re.compile(rb'("results_url"\s*:\s*")([^"]+)(")')
 _BATCH_PATH = re.compile(r"/v1/messages/batches(?:/[^/]+(?:/cancel)?)?")
 
-OnComplete = Callable[[Exchange], Awaitable[None]]
-
 
 # -- request side -------------------------------------------------------------------------------------------------
 
 
-def upstream_path(scope: dict) -> str:
+def upstream_path(scope: Scope) -> str:
     """The path below /anthropic, checked so that no request can leave the configured upstream.
 
     The upstream URL is always the configured base plus this path; nothing from the request can name a host.
     On top of that, dot segments, empty segments, encoded slashes and anything outside plain URL characters
     are refused, so no path can climb out of the upstream's path prefix either.
     """
-    raw = scope.get("raw_path") or scope["path"].encode()
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
     path = raw.decode("latin-1").split("?", 1)[0]
     if not path.startswith(PREFIX + "/"):
         raise GatewayError(404, f"Not found: pass-through paths start with {PREFIX}/.")
@@ -110,7 +107,7 @@ def _too_large(limit: int) -> GatewayError:
     )
 
 
-def strip_litellm_metadata(body: bytes) -> tuple[bytes, dict | None]:
+def strip_litellm_metadata(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
     """Remove a top-level `litellm_metadata` member from a JSON object body, leaving every other byte as sent."""
     if b'"litellm_metadata"' not in body:
         return body, None
@@ -138,10 +135,10 @@ _WS = re.compile(r"[ \t\n\r]*")
 
 def _top_level_members(text: str, decoder: json.JSONDecoder) -> list[tuple[str, int, int, object]]:
     """(name, start, end-of-value, value) of each member of the top-level object; ValueError if not one."""
-    pos = _WS.match(text, 0).end()
+    pos = _skip_ws(text, 0)
     if text[pos : pos + 1] != "{":
         raise ValueError("not an object")
-    pos = _WS.match(text, pos + 1).end()
+    pos = _skip_ws(text, pos + 1)
     members: list[tuple[str, int, int, object]] = []
     if text[pos : pos + 1] == "}":
         return members
@@ -149,23 +146,28 @@ def _top_level_members(text: str, decoder: json.JSONDecoder) -> list[tuple[str, 
         start = pos
         if text[pos : pos + 1] != '"':
             raise ValueError("expected a name")
-        name, pos = json.decoder.scanstring(text, pos + 1)
-        pos = _WS.match(text, pos).end()
+        name, pos = decoder.raw_decode(text, pos)  # a JSON string: a str
+        pos = _skip_ws(text, pos)
         if text[pos : pos + 1] != ":":
             raise ValueError("expected ':'")
-        value, pos = decoder.raw_decode(text, _WS.match(text, pos + 1).end())
+        value, pos = decoder.raw_decode(text, _skip_ws(text, pos + 1))
         members.append((name, start, pos, value))
-        pos = _WS.match(text, pos).end()
+        pos = _skip_ws(text, pos)
         if text[pos : pos + 1] == "}":
             if text[pos + 1 :].strip(" \t\n\r"):
                 raise ValueError("trailing data")
             return members
         if text[pos : pos + 1] != ",":
             raise ValueError("expected ','")
-        pos = _WS.match(text, pos + 1).end()
+        pos = _skip_ws(text, pos + 1)
 
 
-def upstream_headers(scope: dict, upstream_key: str) -> list[tuple[bytes, bytes]]:
+def _skip_ws(text: str, pos: int) -> int:
+    match = _WS.match(text, pos)
+    return match.end() if match else pos  # `*`: it always matches
+
+
+def upstream_headers(scope: Scope, upstream_key: str) -> list[tuple[bytes, bytes]]:
     """The client's headers minus credentials and hop-by-hop ones, plus the upstream key."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     named_in_connection = {
@@ -199,10 +201,10 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     """A shared client must carry nothing from one user's response into another user's request: its jar keeps
     no cookie. (httpx copies a `Cookies` object into a plain jar, so the policy lives on the jar itself.)"""
 
-    def set_ok(self, cookie, request) -> bool:
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
         return False
 
-    def return_ok(self, cookie, request) -> bool:
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
         return False
 
 
@@ -237,9 +239,9 @@ async def close_client() -> None:
 
 
 async def forward(
-    request: Request, body: bytes, exchange: Exchange, upstream_key: str, on_complete: OnComplete
-) -> Response:
-    """Send the request upstream and stream its response back; `on_complete` runs once the body has ended."""
+    request: Request, body: bytes, exchange: Exchange, upstream_key: str
+) -> RelayResponse | BufferedResponse:
+    """Send the request upstream; the response relays its answer back and ends the exchange (`responses.py`)."""
     scope = request.scope
     base = httpx.URL(get_settings().anthropic_api_base)
     target = base.copy_with(
@@ -254,87 +256,35 @@ async def forward(
     )
     try:
         upstream = await client().send(upstream_request, stream=True)
-    except httpx.TimeoutException:
-        raise GatewayError(504, "The upstream Anthropic API did not answer in time.") from None
     except httpx.TransportError as exc:
-        raise GatewayError(502, f"The upstream Anthropic API could not be reached ({type(exc).__name__}).") from None
+        raise _upstream_failure(exc, "could not be reached") from None
 
     exchange.status = upstream.status_code
     if upstream.status_code >= 400:
         exchange.error_source = "upstream"
     content_type = upstream.headers.get("content-type", "")
-    exchange.tap = UsageTap(content_type)
+    exchange.tap = tap = UsageTap(content_type)
     headers = [(n, v) for n, v in upstream.headers.raw if n.decode("latin-1").lower() not in _DROP_RESPONSE]
-    headers.append((b"x-gateway-request-id", exchange.request_id.encode()))
 
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:
             content = _rewrite_results_url(await upstream.aread(), _gateway_base(request))
+        except httpx.TransportError as exc:
+            raise _upstream_failure(exc, "broke off its answer") from None
         finally:
             await upstream.aclose()
-        exchange.first_byte_at = exchange.finished_at = time.perf_counter()
+        exchange.first_byte_at = time.perf_counter()
         exchange.completed = True
-        background.spawn(on_complete(exchange))
-        response = Response(content, status_code=upstream.status_code)
-        response.raw_headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
-        response.raw_headers.append((b"content-length", str(len(content)).encode()))
-        return response
+        return BufferedResponse(exchange, content, upstream.status_code, headers)
 
-    return RelayResponse(upstream, exchange, headers, on_complete)
+    return RelayResponse(exchange, upstream, tap, headers)
 
 
-class RelayResponse(Response):
-    """Streams the upstream body to the client chunk by chunk, feeding the usage tap on the way.
-
-    Whatever happens (normal end, upstream cut off, client gone before or during the body), the upstream
-    response is closed and `on_complete` is scheduled exactly once. A client disconnect cancels the relay,
-    which closes the upstream connection at once.
-    """
-
-    def __init__(self, upstream: httpx.Response, exchange: Exchange, headers: list, on_complete: OnComplete):
-        self.status_code = upstream.status_code
-        self.raw_headers = headers
-        self.background = None
-        self._upstream, self._exchange, self._on_complete = upstream, exchange, on_complete
-
-    async def __call__(self, scope, receive, send) -> None:
-        upstream, exchange = self._upstream, self._exchange
-        relay = asyncio.current_task()
-        watcher = asyncio.create_task(_cancel_on_disconnect(receive, relay))
-        try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for chunk in upstream.aiter_raw():
-                if exchange.first_byte_at is None:
-                    exchange.first_byte_at = time.perf_counter()
-                exchange.tap.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            exchange.completed = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not watcher.done() or watcher.cancelled():
-                raise  # cancelled by someone else (server shutdown): not ours to swallow
-            relay.uncancel()  # the client went away; the relay ends here
-        except httpx.TransportError:
-            # The upstream broke off mid-body; the client sees its response end there.
-            exchange.error_source = exchange.error_source or "upstream"
-        except OSError:
-            pass  # the client went away while we were sending
-        finally:
-            watcher.cancel()
-            exchange.finished_at = time.perf_counter()
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
-            exchange.tap.close()
-            # Accounting must not hold back the end of the response, and must survive a cancelled stream.
-            background.spawn(self._on_complete(exchange))
-
-
-async def _cancel_on_disconnect(receive, relay: asyncio.Task) -> None:
-    """A plain asyncio task rather than an anyio task group: this runs for every request, and is far cheaper."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    relay.cancel()
+def _upstream_failure(exc: httpx.TransportError, what: str) -> GatewayError:
+    if isinstance(exc, httpx.TimeoutException):
+        return GatewayError(504, "The upstream Anthropic API did not answer in time.")
+    return GatewayError(502, f"The upstream Anthropic API {what} ({type(exc).__name__}).")
 
 
 def _gateway_base(request: Request) -> str:

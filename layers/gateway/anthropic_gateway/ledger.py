@@ -3,7 +3,7 @@
 Spend, request and token counters only ever grow by ADD, which commutes, so the increments of many requests can
 be summed in memory and written together. A request then costs a dict update instead of an UpdateItem (about
 1 ms of boto3 CPU that would otherwise compete with the next request). A flush runs `SPEND_FLUSH_SECONDS` after
-the first pending increment, and at every `background.drain`. What must reach the table before the next
+the first pending increment, and at every `flush` (the app's `drain`). What must reach the table before the next
 admission decision (budget reservations, tpm tokens, parallel slots) is not coalesced: governance writes it
 directly.
 
@@ -20,7 +20,7 @@ from decimal import Decimal
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import background, table
+from . import table
 from .settings import get_settings
 
 logger = Logger(child=True)
@@ -34,6 +34,7 @@ class Ledger:
         self._pending: dict[tuple[str, str], tuple[dict[str, Number], bool]] = {}
         self._lock = threading.Lock()
         self._flush_scheduled = False
+        self._timed_flushes: set[asyncio.Task[None]] = set()
 
     def add(self, pk: str, sk: str, increments: Mapping[str, Number], *, only_if_exists: bool = False) -> None:
         """Queue `increments` for the item; called on the event loop. `only_if_exists`: never create the item
@@ -49,9 +50,18 @@ class Ledger:
             asyncio.get_running_loop().call_later(get_settings().spend_flush_seconds, self._flush_in_background)
 
     def _flush_in_background(self) -> None:
-        background.spawn(self.flush())
+        task = asyncio.ensure_future(self._write_pending())
+        self._timed_flushes.add(task)
+        task.add_done_callback(self._timed_flushes.discard)
 
     async def flush(self) -> None:
+        """Write every increment queued so far, including those a timed flush is writing right now."""
+        await self._write_pending()
+        loop = asyncio.get_running_loop()  # tests run several loops, one per server; Lambda one
+        while flushes := [task for task in list(self._timed_flushes) if task.get_loop() is loop]:
+            await asyncio.gather(*flushes, return_exceptions=True)
+
+    async def _write_pending(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, {}
             self._flush_scheduled = False

@@ -22,6 +22,7 @@ import re
 import sys
 import time
 from decimal import Decimal
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
@@ -31,6 +32,13 @@ from . import pricing
 from .exchange import Exchange
 from .settings import get_settings
 from .usage import Usage
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.types import CloudWatchEMFOutput
+
+    from .keys import KeyRecord
+
+MetricValues = list[tuple[str, MetricUnit, float]]
 
 # Everything the gateway emits; template.yaml's dashboard is checked against these (tests/test_deploy_*).
 METRIC_NAMES = (
@@ -66,7 +74,7 @@ class _Stdout:
 
     def __init__(self) -> None:
         self.default = sys.stdout
-        self.target = None
+        self.target: IO[str] | None = None
 
     def write(self, text: str) -> None:
         (self.target or self.default).write(text)
@@ -79,7 +87,7 @@ output = _Stdout()
 # The gateway's Powertools logger (JSON, service from POWERTOOLS_SERVICE_NAME). Every Logger() of the service shares
 # one handler, set up by whichever is created first; point it at `output` either way, so all log lines and the EMF
 # blobs go through the same stream.
-logger = Logger(stream=output)
+logger = Logger(stream=cast("IO[str]", output))  # write and flush: all a logging handler uses
 if isinstance(logger.logger_handler, logging.StreamHandler) and logger.logger_handler.stream is not output:
     logger.logger_handler.setStream(output)
 SERVICE = logger.service
@@ -97,7 +105,7 @@ def publish(exchange: Exchange, cost: Decimal) -> None:
     logger.info("gateway request", extra=access_fields(exchange, usd))
 
 
-def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[dict]:
+def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[CloudWatchEMFOutput]:
     timestamp = timestamp_ms or int(time.time() * 1000)
     values = _values(exchange, cost)
     metadata = {"request_id": exchange.request_id}
@@ -110,24 +118,30 @@ def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) 
     return blobs
 
 
-def _blob(dimensions: dict, extra_set: dict | None, values: list, metadata: dict, timestamp: int) -> dict:
+def _blob(
+    dimensions: dict[str, str],
+    extra_set: dict[str, str] | None,
+    values: MetricValues,
+    metadata: dict[str, str],
+    timestamp: int,
+) -> CloudWatchEMFOutput:
     provider = EphemeralMetrics(namespace=get_settings().metrics_namespace, service=SERVICE)
     provider.add_dimension(name="service", value=SERVICE)
-    for name, value in dimensions.items():
-        provider.add_dimension(name=name, value=value)
+    for name, dimension in dimensions.items():
+        provider.add_dimension(name=name, value=dimension)
     if extra_set:
         provider.add_dimensions(service=SERVICE, **extra_set)
     for name, unit, value in values:
         provider.add_metric(name=name, unit=unit, value=value)
-    for key, value in metadata.items():
-        provider.add_metadata(key=key, value=value)
+    for key, note in metadata.items():
+        provider.add_metadata(key=key, value=note)
     provider.set_timestamp(timestamp)
     return provider.serialize_metric_set()
 
 
-def _values(exchange: Exchange, cost: float) -> list[tuple[str, MetricUnit, float]]:
+def _values(exchange: Exchange, cost: float) -> MetricValues:
     usage = exchange.usage or Usage()
-    values = [("Requests", MetricUnit.Count, 1)]
+    values: MetricValues = [("Requests", MetricUnit.Count, 1)]
     values += [(metric, MetricUnit.Count, getattr(usage, field)) for metric, field in _TOKENS]
     values += [("CostUSD", MetricUnit.NoUnit, cost), ("Latency", MetricUnit.Milliseconds, exchange.latency_ms)]
     # Only streams: for a JSON body the first byte comes with the last, and would blur the streaming percentiles.
@@ -159,11 +173,11 @@ def is_stream(exchange: Exchange) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
-def _record(exchange: Exchange):
+def _record(exchange: Exchange) -> KeyRecord | None:
     return exchange.principal.record if exchange.principal else None
 
 
-def access_fields(exchange: Exchange, cost: float) -> dict:
+def access_fields(exchange: Exchange, cost: float) -> dict[str, Any]:
     """The access log line's fields: what happened and what it cost; never a key, a secret or a body."""
     usage = exchange.usage or Usage()
     record = _record(exchange)

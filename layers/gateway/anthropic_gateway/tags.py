@@ -7,6 +7,7 @@ plain tags get in; anything else is refused with a 400 naming the tag, before th
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from starlette.datastructures import Headers
 
@@ -21,7 +22,7 @@ _TAG = re.compile(r"[A-Za-z0-9 _.:/=+@-]+")
 _KEY_LIKE = re.compile(r"(?:sk|key)[-_][A-Za-z0-9_-]{20,}", re.IGNORECASE)
 
 
-def resolve(litellm_metadata: dict | None, headers: Headers, principal: Principal | None) -> list[str]:
+def resolve(litellm_metadata: dict[str, Any] | None, headers: Headers, principal: Principal | None) -> list[str]:
     """The request's tags: body, then header, then the key's defaults; de-duplicated, first occurrence kept."""
     merged = [*_from_body(litellm_metadata), *_from_header(headers), *_from_key(principal)]
     tags = list(dict.fromkeys(merged))
@@ -48,7 +49,7 @@ def validate(tag: str) -> None:
         )
 
 
-def _from_body(litellm_metadata: dict | None) -> list[str]:
+def _from_body(litellm_metadata: dict[str, Any] | None) -> list[str]:
     if not litellm_metadata or litellm_metadata.get("tags") is None:
         return []
     tags = litellm_metadata["tags"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 _JSON_TAP_LIMIT = 4 * 1024 * 1024  # a Message JSON is far smaller; anything larger is not a Message
 
@@ -26,7 +27,7 @@ class Usage:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
 
-    def update(self, usage: dict) -> None:
+    def update(self, usage: dict[str, Any]) -> None:
         """Merge a `usage` object; values present replace earlier ones (message_delta usage is cumulative)."""
         for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
             value = usage.get(name)
@@ -106,7 +107,7 @@ class UsageTap:
             self.usage.update(event["usage"])
             self.seen_usage = True
 
-    def _message(self, message: dict) -> None:
+    def _message(self, message: dict[str, Any]) -> None:
         if isinstance(message.get("model"), str):
             self.model = message["model"]
         if isinstance(message.get("usage"), dict):

@@ -1,0 +1,108 @@
+"""The responses that end a pass-through request, and the one place its after-response work is scheduled.
+
+As with Starlette's `Response(background=...)`, the app sets `background` (accounting) on whichever response ends
+the request, and the response starts it once its body is out. Unlike Starlette, it is started as a task from a
+`finally`: it does not hold back the end of the response, and a response cut short (client gone, upstream broken
+off, server shutting down) still starts it, exactly once.
+  - `RelayResponse` streams the upstream body through chunk by chunk: every pass-through response but two kinds;
+  - `BufferedResponse` sends a body already in hand: a batch's JSON with its results_url rewritten, and the
+    gateway's own error responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anyio
+import httpx
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .background import spawn
+from .exchange import Exchange
+from .usage import UsageTap
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class _ExchangeResponse(Response):
+    """A response for one `Exchange`: tagged with its request id, and ending it (latency, after-response work)."""
+
+    def __init__(self, exchange: Exchange, status_code: int, headers: Headers) -> None:
+        self.exchange = exchange
+        self.status_code = status_code
+        self.raw_headers = [*headers, (b"x-gateway-request-id", exchange.request_id.encode())]
+        self.background = None
+
+    def _finish(self) -> None:
+        """Called exactly once, from the `finally` of `__call__`, whatever happened before."""
+        self.exchange.finished_at = self.exchange.finished_at or time.perf_counter()
+        if self.background is not None:
+            spawn(self.background())
+
+
+class BufferedResponse(_ExchangeResponse):
+    """A small body already read whole: `content-length` is its own, whatever the headers said."""
+
+    def __init__(self, exchange: Exchange, content: bytes, status_code: int, headers: Headers) -> None:
+        headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+        super().__init__(exchange, status_code, [*headers, (b"content-length", str(len(content)).encode())])
+        self.body = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
+        finally:
+            self._finish()
+
+
+class RelayResponse(_ExchangeResponse):
+    """Streams the upstream body to the client chunk by chunk, feeding the usage tap on the way.
+
+    Whatever happens (normal end, upstream cut off, client gone before or during the body), the upstream
+    response is closed. A client disconnect cancels the relay, which closes the upstream connection at once.
+    """
+
+    def __init__(self, exchange: Exchange, upstream: httpx.Response, tap: UsageTap, headers: Headers) -> None:
+        super().__init__(exchange, upstream.status_code, headers)
+        self._upstream, self._tap = upstream, tap
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        upstream, exchange, tap = self._upstream, self.exchange, self._tap
+        relay = asyncio.current_task()
+        assert relay is not None  # an ASGI app always runs in a task
+        watcher = asyncio.create_task(_cancel_on_disconnect(receive, relay))
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in upstream.aiter_raw():
+                if exchange.first_byte_at is None:
+                    exchange.first_byte_at = time.perf_counter()
+                tap.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            exchange.completed = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise  # cancelled by someone else (server shutdown): not ours to swallow
+            relay.uncancel()  # the client went away; the relay ends here
+        except httpx.TransportError:
+            # The upstream broke off mid-body; the client sees its response end there.
+            exchange.error_source = exchange.error_source or "upstream"
+        except OSError:
+            pass  # the client went away while we were sending
+        finally:
+            watcher.cancel()
+            exchange.finished_at = time.perf_counter()  # the last byte, not the close below
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+            tap.close()
+            self._finish()
+
+
+async def _cancel_on_disconnect(receive: Receive, relay: asyncio.Task[object]) -> None:
+    """A plain asyncio task rather than an anyio task group: this runs for every request, and is far cheaper."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    relay.cancel()

@@ -1,0 +1,140 @@
+"""The responses that end a pass-through request each start its accounting exactly once, after the last byte.
+
+Through the real HTTP path (uvicorn, the fake upstream, moto). Each test waits on a fact: `app.drain` run on the
+gateway's own event loop returns once every after-response task has finished and the ledger is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from anthropic_gateway import app, keys
+from tests.captured_lines import ACCESS_MESSAGE, stored_key
+
+BATCH = {
+    "requests": [
+        {
+            "custom_id": "one",
+            "params": {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]},
+        }
+    ]
+}
+
+
+def drain(gateway) -> None:
+    """`app.drain` on the loop the gateway serves from (uvicorn's listening server knows it)."""
+    loop = gateway.server.servers[0].get_loop()
+    asyncio.run_coroutine_threadsafe(app.drain(), loop).result(timeout=30)
+
+
+def access_lines(captured, request_id: str) -> list[dict]:
+    return [r for r in captured.records() if r.get("request_id") == request_id and r.get("message") == ACCESS_MESSAGE]
+
+
+@pytest.fixture
+def one_slot_key(gateway) -> str:
+    """A key that may have one request in flight: a request whose accounting never ran would hold it for good."""
+    return stored_key(max_parallel_requests=1)
+
+
+def test_batch_responses_are_accounted_once_each(gateway, captured, one_slot_key):
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": one_slot_key}, timeout=30) as http:
+        request_ids = []
+        for _ in range(3):
+            response = http.post("/v1/messages/batches", json=BATCH)
+            assert response.status_code == 200, response.text  # the slot taken by the one before was released
+            assert response.json()["results_url"].startswith(gateway.url + "/anthropic/v1/messages/batches/")
+            assert response.headers.get_list("x-gateway-request-id") == [response.headers["x-gateway-request-id"]]
+            assert int(response.headers["content-length"]) == len(response.content)
+            request_ids.append(response.headers["x-gateway-request-id"])
+            drain(gateway)
+
+    assert [len(access_lines(captured, request_id)) for request_id in request_ids] == [1, 1, 1]
+    assert keys.load(keys.hash_key(one_slot_key)).requests == 3
+
+
+def test_gateway_errors_are_accounted_once_and_release_what_admission_took(
+    gateway, captured, one_slot_key, monkeypatch
+):
+    from anthropic_gateway import forwarding
+    from tests.servers import free_port
+
+    dead = replace(forwarding.get_settings(), anthropic_api_base=f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(forwarding, "get_settings", lambda: dead)
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": one_slot_key}, timeout=30) as http:
+        request_ids = []
+        for _ in range(2):  # refused after admission took the slot: only its accounting gives the slot back
+            response = http.post("/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []})
+            assert response.status_code == 502, response.text
+            request_ids.append(response.headers["x-gateway-request-id"])
+            drain(gateway)
+        unauthenticated = http.post("/v1/messages", json={}, headers={"x-api-key": "sk-" + "z" * 43})
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.headers.get_list("x-gateway-request-id") == [
+            unauthenticated.headers["x-gateway-request-id"]
+        ]
+        request_ids.append(unauthenticated.headers["x-gateway-request-id"])
+        drain(gateway)
+
+    lines = [access_lines(captured, request_id) for request_id in request_ids]
+    assert [len(found) for found in lines] == [1, 1, 1]
+    assert [(found[0]["status"], found[0]["error_source"]) for found in lines] == [
+        (502, "gateway"),
+        (502, "gateway"),
+        (401, "gateway"),
+    ]
+    assert keys.load(keys.hash_key(one_slot_key)).requests == 0  # only requests Anthropic answered count
+
+
+@pytest.fixture
+def upstream_cutting_off_its_json(monkeypatch):
+    """An upstream that promises a JSON body and closes the connection partway through it."""
+    from anthropic_gateway import forwarding
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with connection:
+                connection.recv(65536)
+                connection.sendall(head + b'{"id": "msgbatch_')
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    settings = replace(forwarding.get_settings(), anthropic_api_base=f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setattr(forwarding, "get_settings", lambda: settings)
+    yield
+    listener.close()
+    thread.join(5)
+
+
+def test_a_batch_body_cut_off_upstream_is_a_502_accounted_once(
+    gateway, captured, one_slot_key, upstream_cutting_off_its_json
+):
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": one_slot_key}, timeout=30) as http:
+        response = http.post("/v1/messages/batches", json=BATCH)
+        drain(gateway)
+        assert http.post("/v1/messages/batches", json=BATCH).status_code == 502  # not 429: the slot was released
+    drain(gateway)
+
+    assert response.status_code == 502
+    assert response.json() == {
+        "type": "error",
+        "error": {
+            "type": "api_error",
+            "message": "The upstream Anthropic API broke off its answer (RemoteProtocolError).",
+        },
+    }
+    [line] = access_lines(captured, response.headers["x-gateway-request-id"])
+    assert (line["status"], line["error_source"]) == (502, "gateway")
