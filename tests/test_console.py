@@ -13,6 +13,7 @@ import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import anthropic
 import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from samcli.yamlhelper import yaml_parse
 
 from anthropic_gateway import console, tag_spend
 from anthropic_gateway.ledger import ledger
@@ -31,7 +33,8 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 SCREENSHOTS = os.environ.get("CONSOLE_SCREENSHOTS") == "1"
 HELLO = [{"role": "user", "content": "Hello from the console test"}]
 
@@ -125,6 +128,17 @@ def test_console_files_need_no_key_and_carry_the_security_headers(gateway):
         for missing in ("/ui/nope.js", "/ui/../app.py", "/ui/%2e%2e/app.py", "/ui/.hidden", "/ui/ui/app.js"):
             response = http.get(missing)
             assert response.status_code == 404 and response.json()["type"] == "error", missing
+
+
+def test_the_stack_outputs_the_console_url_on_the_http_api():
+    template = yaml_parse((ROOT / "template.yaml").read_text())
+    assert template["Outputs"]["ConsoleUrl"]["Value"] == {
+        "Fn::Sub": "https://${HttpApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/ui"
+    }
+    routes = {
+        event["Properties"]["Path"] for event in template["Resources"]["ApiFunction"]["Properties"]["Events"].values()
+    }
+    assert {"/ui", "/ui/{proxy+}"} <= routes
 
 
 def test_console_assets_fit_the_budget():
@@ -342,6 +356,7 @@ def test_spend_page_shows_the_tags_of_the_requests_made(watched, gateway, admin,
     expect(page.get_by_role("alert")).to_contain_text("start_date (2001-02-01) is after end_date (2001-01-31)")
 
     if SCREENSHOTS:
+        page.get_by_label("Metric").select_option("spend")
         page.get_by_role("button", name="30 days").click()
         expect(page.locator(".legend")).to_contain_text(team)
         screenshot(page, "console-spend.png")
@@ -386,7 +401,8 @@ def showcase(gateway):
                     model="claude-haiku-4-5", max_tokens=8, messages=HELLO,
                     extra_headers={"x-fake-usage": json.dumps({"input_tokens": usage, "output_tokens": usage // 20})},
                 )  # fmt: skip
-    asyncio.run(_seed_tag_history())
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own: Playwright's runs on this thread
+        thread.submit(asyncio.run, _seed_tag_history()).result()
 
 
 async def _seed_tag_history() -> None:

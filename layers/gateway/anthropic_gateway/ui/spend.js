@@ -113,7 +113,7 @@ async function loadTopKeys(section) {
       return;
     }
     section.replaceChildren(title, note, h("div", { class: "table-wrap" }, h("table", { class: "top-keys" },
-      h("thead", {}, h("tr", {}, ["Key", "", "Total spend", "Current period", "Requests", "Tokens"]
+      h("thead", {}, h("tr", {}, ["Alias", "Key", "Total spend", "Current period", "Requests", "Tokens"]
         .map((t, i) => h("th", { scope: "col", class: i > 1 ? "num" : "" }, t)))),
       h("tbody", {}, top.map((key) => h("tr", {},
         h("td", {}, h("a", { href: `#/keys/${key.token}` }, key.key_alias ?? "(no alias)")),
