@@ -7,7 +7,7 @@ the key index, the same `/key/list` makes, however many keys there are.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query
@@ -21,7 +21,7 @@ MAX_LIMIT = 100
 router = APIRouter(prefix="/spend", dependencies=[Depends(master_only)])
 
 
-def top_keys(records: list[KeyRecord], limit: int) -> list[dict]:
+def top_keys(records: list[KeyRecord], limit: int) -> list[dict[str, Any]]:
     """The `limit` records with the highest total spend (then most requests, then newest first)."""
     ranked = sorted(records, key=lambda r: (-r.total_spend, -r.requests))  # stable: ties stay newest first
     return [
@@ -40,6 +40,6 @@ def top_keys(records: list[KeyRecord], limit: int) -> list[dict]:
 
 
 @router.get("/keys")
-async def spend_keys(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 10) -> list[dict]:
+async def spend_keys(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 10) -> list[dict[str, Any]]:
     records = await anyio.to_thread.run_sync(keys.list_records)
     return top_keys(records, limit)

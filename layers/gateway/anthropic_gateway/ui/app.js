@@ -44,7 +44,7 @@ async function route() {
 function signIn(notice) {
   nav.hidden = signOutButton.hidden = true;
   const input = h("input", {
-    type: "password", name: "master-key", id: "master-key", autocomplete: "current-password", required: true,
+    type: "password", name: "master-key", id: "master-key", autocomplete: "off", required: true,
     placeholder: "sk-...", spellcheck: "false",
   });
   const problem = h("div", { class: "form-message" }, notice ? message("error", notice) : null);
