@@ -4,11 +4,12 @@
 PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null) python3)
 VENV := .venv
 BIN := $(VENV)/bin
+CHROMIUM := /usr/bin/chromium
 # The venv's bin first: `sam build` looks for python3.13 on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONPATH := $(CURDIR)/layers/gateway
 
-.PHONY: dev test bench lint venv clean
+.PHONY: dev test bench lint venv chromium clean
 
 venv: $(VENV)/.installed
 
@@ -20,9 +21,21 @@ $(VENV)/.installed: requirements-dev.txt layers/gateway/requirements.txt
 dev: venv
 	$(BIN)/python -m anthropic_gateway serve
 
-test: venv
+test: venv $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The console's browser tests (tests/test_console.py) drive Debian's Chromium through Playwright. Never skipped:
+# a machine without it gets it here (as root, like CI), or is told how.
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "The console tests need Debian's chromium: run 'sudo apt-get install chromium', or make test as root." >&2; \
+		exit 1; \
+	fi
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 
 bench: venv
 	$(BIN)/python -m bench

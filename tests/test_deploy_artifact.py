@@ -191,6 +191,14 @@ def test_key_generate_event_needs_the_master_key(api_function):
     assert json.loads(result["body"])["error"]["type"] == "authentication_error"
 
 
+def test_console_event(api_function):
+    result = api_function.invoke(_event("console"))
+    assert result["statusCode"] == 200, result["body"]
+    assert result["headers"]["content-type"] == "text/html; charset=utf-8"
+    assert "frame-ancestors 'none'" in result["headers"]["content-security-policy"]
+    assert '<script type="module" src="ui/app.js">' in result["body"]  # the layer ships the console's files
+
+
 def test_messages_create_event(api_function, fake_upstream):
     result = api_function.invoke(_event("messages-create"))
     assert result["statusCode"] == 200, result["body"]

@@ -16,7 +16,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from . import accounting, background, forwarding, governance, key_routes, secrets, tag_spend, tags
+from . import accounting, background, console, forwarding, governance, key_routes, key_spend, secrets, tag_spend, tags
 from .auth import authenticate
 from .errors import GatewayError, error_response, render
 from .exchange import Exchange
@@ -48,6 +48,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 app.include_router(key_routes.router)
 app.include_router(tag_spend.router)
+app.include_router(key_spend.router)
+app.include_router(console.router)  # the admin console's static files, /ui
 
 
 @app.get("/health")

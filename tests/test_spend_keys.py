@@ -1,0 +1,86 @@
+"""`GET /spend/keys`: the keys that spent the most (master key), from the counters on the key records."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import httpx
+
+from anthropic_gateway import key_spend
+from anthropic_gateway.keys import KeyRecord
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def spend_of(admin: httpx.Client, key: str) -> float:
+    return admin.get("/key/info", params={"key": key}).json()["info"]["total_spend"]
+
+
+def spend_when(admin: httpx.Client, key: str, at_least: float, attempts: int = 300) -> float:
+    """A key's total_spend once it reaches `at_least`: spend is written after the response, within a flush."""
+    for _ in range(attempts):
+        spend = spend_of(admin, key)
+        if spend >= at_least:
+            return spend
+        time.sleep(0.05)
+    raise AssertionError(f"spend stayed at {spend}")
+
+
+def test_top_keys_are_ordered_by_total_spend(gateway, admin, make_key):
+    unique = uuid.uuid4().hex[:8]
+    big, small, idle = (make_key(key_alias=f"{name}-{unique}") for name in ("big", "small", "idle"))
+    for key, input_tokens in ((big, 30_000_000), (small, 20_000_000)):  # more than any other test spends
+        response = httpx.post(
+            gateway.url + "/anthropic/v1/messages",
+            headers={
+                "x-api-key": key,
+                "x-fake-usage": json.dumps({"input_tokens": input_tokens, "output_tokens": 100}),
+            },
+            json={"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": HELLO},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+    spent = {
+        key: spend_when(admin, key, at_least=input_tokens * 3e-6) for key, input_tokens in ((big, 3e7), (small, 2e7))
+    }
+
+    response = admin.get("/spend/keys", params={"limit": 2})
+
+    assert response.status_code == 200, response.text
+    top = response.json()
+    assert [row["key_alias"] for row in top] == [f"big-{unique}", f"small-{unique}"]
+    first = top[0]
+    assert first["total_spend"] == spent[big] and first["spend"] == spent[big] and first["requests"] == 1
+    assert first["input_tokens"] == 30_000_000 and first["output_tokens"] == 100 and first["total_tokens"] == 30_000_100
+    assert first["key_name"] == f"sk-...{big[-4:]}" and len(first["token"]) == 64
+    assert big not in response.text and small not in response.text  # hashes, never keys
+    everyone = admin.get("/spend/keys", params={"limit": 100}).json()
+    assert f"idle-{unique}" in [row["key_alias"] for row in everyone] or len(everyone) == 100
+    spends = [row["total_spend"] for row in everyone]
+    assert spends == sorted(spends, reverse=True)
+    assert spend_of(admin, idle) == 0
+
+
+def test_top_keys_need_the_master_key(gateway, virtual_key):
+    url = gateway.url + "/spend/keys"
+    assert httpx.get(url).status_code == 401
+    refused = httpx.get(url, headers={"x-api-key": virtual_key})
+    assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+
+
+def test_limit_is_bounded(admin):
+    for limit in ("0", "101", "ten"):
+        response = admin.get("/spend/keys", params={"limit": limit})
+        assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error", limit
+
+
+def test_ties_keep_the_newest_key_first():
+    def record(name: str, spend: float, requests: int) -> KeyRecord:
+        return KeyRecord(token=name * 64, key_name=name, total_spend=spend, requests=requests)
+
+    newest_first = [record("a", 1.0, 1), record("b", 2.0, 1), record("c", 1.0, 5), record("d", 1.0, 1)]
+
+    assert [row["key_name"] for row in key_spend.top_keys(newest_first, 10)] == ["b", "c", "a", "d"]
+    assert len(key_spend.top_keys(newest_first, 2)) == 2
