@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port
+from support.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER_KEY = "sk-master-bench-0123456789"

@@ -8,8 +8,8 @@ import anthropic
 import httpx
 import pytest
 
-from tests.fake_anthropic import FakeAnthropic
-from tests.servers import ThreadedUvicorn
+from support.fake_anthropic import FakeAnthropic
+from support.servers import ThreadedUvicorn
 
 # As template.yaml and `make dev` set it (Powertools reads it when the app is imported).
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "anthropic-gateway")
@@ -58,7 +58,7 @@ def _fresh_upstream(request):
 def captured(monkeypatch):
     """Every EMF blob and log line the gateway writes, as CloudWatch would receive them."""
     from anthropic_gateway import metrics
-    from tests.captured_lines import Lines
+    from support.captured_lines import Lines
 
     lines = Lines()
     monkeypatch.setattr(metrics.output, "target", lines)

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import sam_artifact
-from tests.servers import free_port
+from support import sam_artifact
+from support.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"

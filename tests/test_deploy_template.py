@@ -25,8 +25,8 @@ from samcli.yamlhelper import yaml_parse
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
-from tests import sam_artifact
-from tests.servers import free_port
+from support import sam_artifact
+from support.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "layers" / "gateway" / "anthropic_gateway"

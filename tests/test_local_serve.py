@@ -13,8 +13,8 @@ import anthropic
 import httpx
 import pytest
 
+from support.servers import free_port
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ import pytest
 from anthropic_gateway import pricing, tag_spend
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
-from tests.captured_lines import stored_key
+from support.captured_lines import stored_key
 
 MODEL = "claude-haiku-4-5"
 

@@ -46,7 +46,7 @@ from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.servers import ThreadedUvicorn
+from support.servers import ThreadedUvicorn
 
 FILES_BETA = "files-api-2025-04-14"
 BIG_FILE_CHUNK = 64 * 1024
