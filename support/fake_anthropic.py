@@ -367,6 +367,11 @@ class FakeAnthropic:
             self._server.__exit__()
         self._server = None
 
+    def drain(self, timeout: float = 15.0) -> None:
+        """Return once the requests in flight now have finished (a closed stream has seen its client go)."""
+        assert self._server is not None, "not started"
+        self._server.drain(timeout)
+
     def __enter__(self) -> FakeAnthropic:
         return self.start()
 

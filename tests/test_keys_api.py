@@ -340,7 +340,7 @@ def test_list_filters_by_alias_and_checks_its_parameters(admin, make_key):
 
 
 def test_regenerate_replaces_the_key_and_keeps_settings_and_spend(admin, gateway, make_key, fake_upstream):
-    from tests.test_governance import usage_header, wait_settled
+    from tests.test_governance import settled, usage_header
 
     alias = unique("rotating")
     old = make_key(key_alias=alias, max_budget=100.0, rpm_limit=1000, metadata={"team": "a"})
@@ -350,7 +350,7 @@ def test_regenerate_replaces_the_key_and_keeps_settings_and_spend(admin, gateway
         messages=HELLO,
         extra_headers=usage_header(input_tokens=100, output_tokens=10),
     )
-    spent = wait_settled(admin, old, requests=1)["spend"]
+    spent = settled(gateway, admin, old, requests=1)["spend"]
     assert spent > 0
 
     regenerated = admin.post("/key/regenerate", json={"key": old})
@@ -364,7 +364,7 @@ def test_regenerate_replaces_the_key_and_keeps_settings_and_spend(admin, gateway
     assert len(fake_upstream.requests) == before
     assert call(gateway, new).type == "message"
 
-    info = wait_settled(admin, new, requests=2)
+    info = settled(gateway, admin, new, requests=2)
     assert (info["key_alias"], info["max_budget"], info["rpm_limit"], info["metadata"]) == (
         alias,
         100.0,

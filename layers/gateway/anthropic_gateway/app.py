@@ -24,6 +24,11 @@ logger = Logger()
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
+async def drain() -> None:
+    """Finish the work still pending after responses (accounting, the ledger's writes)."""
+    await background.drain()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     yield
