@@ -85,6 +85,36 @@ def test_generate_returns_the_key_once_and_stores_only_its_hash(admin, gateway):
     assert plain not in repr(item)
 
 
+KEY_FIELDS = [
+    *("token", "key_name", "key_alias", "spend", "total_spend", "reserved_spend", "max_budget", "budget_duration"),
+    *("budget_reset_at", "expires", "models", "tags", "metadata", "rpm_limit", "tpm_limit", "max_parallel_requests"),
+    *("blocked", "created_at", "updated_at", "input_tokens", "output_tokens", "cache_creation_input_tokens"),
+    *("cache_read_input_tokens", "requests"),
+]
+
+
+def test_every_route_shows_a_key_with_the_same_fields_unset_ones_null(admin):
+    """Clients read these by name: every field is always there (null when unset), in one order on every route."""
+    created = admin.post("/key/generate", json={}).json()
+    assert list(created) == ["key", *KEY_FIELDS]
+    unset = ("key_alias", "max_budget", "budget_duration", "budget_reset_at", "expires")
+    assert [created[name] for name in unset] == [None] * len(unset)
+    assert [created[name] for name in ("rpm_limit", "tpm_limit", "max_parallel_requests")] == [None] * 3
+    assert (created["models"], created["tags"], created["metadata"]) == ([], [], {})
+    token = created["token"]
+
+    info = admin.get("/key/info", params={"key": token}).json()
+    assert list(info) == ["key", "info"] and list(info["info"]) == KEY_FIELDS
+    assert list(admin.post("/key/update", json={"key": token, "rpm_limit": 5}).json()) == ["key", *KEY_FIELDS]
+    assert list(admin.post("/key/block", json={"key": token}).json()) == KEY_FIELDS
+    assert list(admin.post("/key/unblock", json={"key": token}).json()) == KEY_FIELDS
+    regenerated = admin.post("/key/regenerate", json={"key": token}).json()
+    assert list(regenerated) == ["key", *KEY_FIELDS] and regenerated["key"].startswith("sk-")
+    listed = admin.get("/key/list", params={"size": 1, "return_full_object": "true"}).json()
+    assert list(listed) == ["keys", "total_count", "current_page", "total_pages"]
+    assert list(listed["keys"][0]) == KEY_FIELDS
+
+
 def test_info_accepts_the_plain_key_too(admin, make_key):
     plain = make_key()
     info = admin.get("/key/info", params={"key": plain})
