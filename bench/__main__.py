@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port
+from support.servers import answers, free_port
+from support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER_KEY = "sk-master-bench-0123456789"
@@ -27,16 +28,12 @@ DOWNLOAD_BYTES = 50 * 1024 * 1024
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def up() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
+        return answers(url, status=None)
+
+    eventually(up, timeout=seconds, interval=0.05, what=f"{url} up")
 
 
 def _start(stack: ExitStack, args: list[str], env: dict, ready_url: str) -> subprocess.Popen:

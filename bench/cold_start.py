@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: python bench/cold_start.py
     sys.path.insert(0, str(ROOT))
 
-from tests import sam_artifact  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from support import sam_artifact  # noqa: E402
+from support.servers import free_port  # noqa: E402
 
 COLD_START_TARGET_S = 1.0
 SIZE_TARGET_MB = 30.0

@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from tests.fake_anthropic import FakeAnthropic
+from support.fake_anthropic import FakeAnthropic
 
 if __name__ == "__main__":
     stop = threading.Event()

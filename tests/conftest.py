@@ -8,8 +8,8 @@ import anthropic
 import httpx
 import pytest
 
-from tests.fake_anthropic import FakeAnthropic
-from tests.servers import ThreadedUvicorn
+from support.fake_anthropic import FakeAnthropic
+from support.servers import ThreadedUvicorn
 
 # As template.yaml and `make dev` set it (Powertools reads it when the app is imported).
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "anthropic-gateway")
@@ -42,9 +42,9 @@ def aws(fake_upstream):
 @pytest.fixture(scope="session")
 def gateway(aws):
     """The gateway app served by uvicorn, as `make dev` and the Lambda Web Adapter run it."""
-    from anthropic_gateway.app import app
+    from anthropic_gateway.app import app, drain
 
-    with ThreadedUvicorn(app, proxy_headers=True) as server:
+    with ThreadedUvicorn(app, app_drain=drain, proxy_headers=True) as server:
         yield server
 
 
@@ -55,12 +55,12 @@ def _fresh_upstream(request):
 
 
 @pytest.fixture
-def captured(monkeypatch):
+def captured(monkeypatch, gateway):
     """Every EMF blob and log line the gateway writes, as CloudWatch would receive them."""
     from anthropic_gateway import metrics
-    from tests.captured_lines import Lines
+    from support.captured_lines import Lines
 
-    lines = Lines()
+    lines = Lines(drain=gateway.drain)
     monkeypatch.setattr(metrics.output, "target", lines)
     return lines
 

@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import sam_artifact
-from tests.servers import free_port
+from support import sam_artifact
+from support.servers import free_port
+from support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS = ROOT / "events"
@@ -301,9 +302,12 @@ def test_built_run_sh_accounts_the_streamed_request(proxy):
         with http.stream("POST", "/anthropic/v1/messages", json=body, headers={"x-api-key": key}) as response:
             assert response.status_code == 200
             response.read()
-    deadline = time.monotonic() + 10
-    while (record := keys.load(keys.hash_key(key))).requests == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+    def accounted() -> keys.KeyRecord | None:  # by the run.sh process, after the response: poll its table
+        record = keys.load(keys.hash_key(key))
+        return record if record is not None and record.requests else None
+
+    record = eventually(accounted, timeout=10, interval=0.05, what="the streamed request accounted")
     assert record.requests == 1 and record.output_tokens > 0
 
 

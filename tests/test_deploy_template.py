@@ -14,19 +14,18 @@ import re
 import stat
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import boto3
-import httpx
 import pytest
 from samcli.yamlhelper import yaml_parse
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
-from tests import sam_artifact
-from tests.servers import free_port
+from support import sam_artifact
+from support.servers import answers, free_port
+from support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "layers" / "gateway" / "anthropic_gateway"
@@ -471,14 +470,7 @@ def test_seed_script_prepares_moto_for_sam_local(tmp_path):
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(endpoint + "/moto-api/", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "moto server did not start"
-                time.sleep(0.1)
+        eventually(lambda: answers(endpoint + "/moto-api/", status=None), timeout=30, interval=0.1, what="moto up")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GATEWAY_", "UPSTREAM_", "MASTER_"))}
         env |= {"ANTHROPIC_API_KEY": "sk-ant-seeded", "AWS_DEFAULT_REGION": "us-east-1"}
         seeded = subprocess.run(

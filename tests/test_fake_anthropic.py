@@ -10,7 +10,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.fake_anthropic import FILES_BETA, FakeAnthropic, expected_input_tokens, iter_big_file, reply_text
+from support.fake_anthropic import FILES_BETA, FakeAnthropic, expected_input_tokens, iter_big_file, reply_text
 
 KEY = "sk-ant-upstream-test-key"
 PARAMS = {

@@ -231,7 +231,7 @@ def test_unreachable_upstream_is_a_502_in_anthropics_shape(http, monkeypatch):
     from dataclasses import replace
 
     from anthropic_gateway import forwarding
-    from tests.servers import free_port
+    from support.servers import free_port
 
     dead = replace(forwarding.get_settings(), anthropic_api_base=f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(forwarding, "get_settings", lambda: dead)

@@ -1,7 +1,7 @@
 """Key rules enforced on the pass-through, end to end: the real SDK through the running gateway.
 
-Settle runs after the response (a background task), so tests that depend on recorded spend wait for it through
-/key/info (`wait_settled`) - polling for a state, never asserting on time.
+Settle runs after the response (a background task), so tests that depend on recorded spend first drain the
+gateway (`settled`): they await the accounting itself, never a time.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -43,24 +42,12 @@ def info_of(admin, key: str) -> dict:
     return response.json()["info"]
 
 
-def wait_settled(admin, key: str, *, requests: int, deadline: float = 15.0) -> dict:
-    """The key's info once `requests` requests have been recorded and nothing is reserved any more."""
-    give_up = time.monotonic() + deadline
-    while True:
-        info = info_of(admin, key)
-        if info["requests"] >= requests and info["reserved_spend"] == 0:
-            return info
-        if time.monotonic() > give_up:
-            raise AssertionError(f"settle did not happen: {info}")
-        time.sleep(0.02)
-
-
-def wait_until(predicate, deadline: float = 15.0) -> None:
-    give_up = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > give_up:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)
+def settled(gateway, admin, key: str, *, requests: int) -> dict:
+    """The key's info once the gateway has accounted what it served: `requests` recorded, nothing reserved."""
+    gateway.drain()
+    info = info_of(admin, key)
+    assert info["requests"] == requests and info["reserved_spend"] == 0, info
+    return info
 
 
 @pytest.fixture
@@ -101,7 +88,7 @@ def test_spend_and_tokens_from_a_json_response(admin, gateway, make_key):
     }
     sdk(gateway, key).messages.create(model=MODEL, max_tokens=500, messages=HELLO, extra_headers=usage_header(**usage))
 
-    info = wait_settled(admin, key, requests=1)
+    info = settled(gateway, admin, key, requests=1)
     assert Decimal(repr(info["spend"])) == cost(**usage)
     assert info["total_spend"] == info["spend"]
     assert {name: info[name] for name in usage} == usage
@@ -115,7 +102,7 @@ def test_spend_from_a_stream(admin, gateway, make_key):
         final = stream.get_final_message()
     assert final.usage.output_tokens == 90
 
-    info = wait_settled(admin, key, requests=1)
+    info = settled(gateway, admin, key, requests=1)
     assert Decimal(repr(info["spend"])) == cost(input_tokens=700, output_tokens=90)
     assert (info["input_tokens"], info["output_tokens"]) == (700, 90)
 
@@ -128,7 +115,7 @@ def test_a_stream_cut_off_by_the_client_is_billed_for_what_was_seen(admin, gatew
     ) as stream:
         next(iter(stream.text_stream))  # one delta, then the client goes away
 
-    info = wait_settled(admin, key, requests=1)
+    info = settled(gateway, admin, key, requests=1)
     # message_start reported the input and 1 output token; the final count never arrived.
     assert Decimal(repr(info["spend"])) == cost(input_tokens=800, output_tokens=1)
 
@@ -209,7 +196,7 @@ def test_spent_budget_is_refused_with_402_before_the_upstream(admin, gateway, ma
 
     for count in (1, 2):
         client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
-        wait_settled(admin, key, requests=count)
+        settled(gateway, admin, key, requests=count)
 
     before = len(fake_upstream.requests)
     with pytest.raises(anthropic.APIStatusError, match=r"[Bb]udget") as refused:
@@ -238,14 +225,14 @@ def test_budget_resets_each_period(admin, gateway, make_key, frozen_clock):
     first_reset = info_of(admin, key)["budget_reset_at"]
 
     client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
-    wait_settled(admin, key, requests=1)
+    settled(gateway, admin, key, requests=1)
     with pytest.raises(anthropic.APIStatusError, match=re.escape(first_reset)) as refused:
         client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
     assert refused.value.status_code == 402
 
     frozen_clock[0] += timedelta(days=1, seconds=1)
     assert client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers).id
-    info = wait_settled(admin, key, requests=2)
+    info = settled(gateway, admin, key, requests=2)
     assert Decimal(repr(info["spend"])) == one  # this period's
     assert Decimal(repr(info["total_spend"])) == one * 2
     assert info["budget_reset_at"] == keys.iso_seconds(datetime.fromisoformat(first_reset) + timedelta(days=1))
@@ -256,7 +243,7 @@ def test_info_starts_a_new_period_for_an_idle_key(admin, gateway, make_key, froz
     sdk(gateway, key).messages.create(
         model=MODEL, max_tokens=8, messages=HELLO, extra_headers=usage_header(input_tokens=10, output_tokens=5)
     )
-    assert wait_settled(admin, key, requests=1)["spend"] > 0
+    assert settled(gateway, admin, key, requests=1)["spend"] > 0
 
     frozen_clock[0] += timedelta(hours=5, minutes=30)
     info = info_of(admin, key)
@@ -270,15 +257,15 @@ def test_removing_and_restoring_a_budget_keeps_the_headroom_right(admin, gateway
     key = make_key(max_budget=float(one))
     client = sdk(gateway, key)
     client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
-    wait_settled(admin, key, requests=1)
+    settled(gateway, admin, key, requests=1)
 
     admin.post("/key/update", json={"key": key, "max_budget": None})
     client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
-    wait_settled(admin, key, requests=2)
+    settled(gateway, admin, key, requests=2)
     # Spent 2 units; a budget of 2.5 leaves room for exactly one more request.
     admin.post("/key/update", json={"key": key, "max_budget": float(one * Decimal("2.5"))})
     client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
-    wait_settled(admin, key, requests=3)
+    settled(gateway, admin, key, requests=3)
     with pytest.raises(anthropic.APIStatusError) as refused:
         client.messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
     assert refused.value.status_code == 402
@@ -303,7 +290,7 @@ def test_concurrent_requests_do_not_overshoot_the_budget(admin, gateway, make_ke
     with ThreadPoolExecutor(max_workers=50) as pool:
         admitted = sum(pool.map(attempt, range(50)))
     assert 1 <= admitted <= 5
-    info = wait_settled(admin, key, requests=admitted)
+    info = settled(gateway, admin, key, requests=admitted)
     assert Decimal(repr(info["spend"])) == one * admitted <= one * 5
 
     # What the concurrent burst left unused is still usable, one request at a time, and not a cent more.
@@ -314,7 +301,7 @@ def test_concurrent_requests_do_not_overshoot_the_budget(admin, gateway, make_ke
             assert exc.status_code == 402
             break
         admitted += 1
-        wait_settled(admin, key, requests=admitted)
+        settled(gateway, admin, key, requests=admitted)
     assert admitted == 5
     assert Decimal(repr(info_of(admin, key)["spend"])) == one * 5
     assert len([r for r in fake_upstream.requests if r.path == "/v1/messages"]) == 5
@@ -350,11 +337,11 @@ def test_tpm_limit(admin, gateway, make_key, frozen_clock):
     client.messages.create(
         model=MODEL, max_tokens=8, messages=HELLO, extra_headers=usage_header(input_tokens=900, output_tokens=99)
     )
-    wait_settled(admin, key, requests=1)
+    settled(gateway, admin, key, requests=1)
     client.messages.create(
         model=MODEL, max_tokens=8, messages=HELLO, extra_headers=usage_header(input_tokens=1, output_tokens=1)
     )  # 999 < 1000: admitted
-    wait_settled(admin, key, requests=2)
+    settled(gateway, admin, key, requests=2)
 
     with pytest.raises(anthropic.RateLimitError, match="1000 tokens per minute") as limited:
         client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
@@ -375,8 +362,8 @@ def test_max_parallel_requests(admin, gateway, make_key, fake_upstream):
             client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
         assert limited.value.response.headers["retry-after"] == "1"
     # The client closed the first stream; its slot is released when it settles.
-    wait_settled(admin, key, requests=1)
-    wait_until(lambda: not _slots(key))
+    settled(gateway, admin, key, requests=1)
+    assert not _slots(key)
     assert client.messages.create(model=MODEL, max_tokens=8, messages=HELLO).id
 
 
@@ -415,7 +402,8 @@ def test_refused_requests_release_what_they_took(admin, gateway, make_key, monke
         sdk(gateway, key).messages.create(model=MODEL, max_tokens=1000, messages=HELLO)
 
     assert reserved_when_refused[0] > 0  # the budget check had reserved its estimate
-    wait_until(lambda: info_of(admin, key)["reserved_spend"] == 0)
+    gateway.drain()
+    assert info_of(admin, key)["reserved_spend"] == 0
     item = table.handle().get_item(Key={"pk": keys.record_pk(keys.hash_key(key)), "sk": "KEY"})["Item"]
     assert (item["budget_headroom"], item["requests"]) == (1000, 0)
 

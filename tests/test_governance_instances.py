@@ -4,7 +4,6 @@ another Lambda instance) shares only the DynamoDB table (moto) with the in-proce
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,10 +12,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import anthropic
-import httpx
 import pytest
 
-from tests.test_governance import HELLO, MODEL, cost, sdk, usage_header, wait_settled, wait_until
+from support.servers import answers, free_port
+from support.waiting import eventually
+from tests.test_governance import HELLO, MODEL, cost, sdk, settled, usage_header
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,9 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def second_gateway(gateway):
     """`uvicorn anthropic_gateway.app:app` in a child process, configured like the first (same table, upstream)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "gateway"), str(ROOT)])}
     command = [
         sys.executable,
@@ -57,17 +55,13 @@ def second_gateway(gateway):
 
 
 def _wait_for_health(url: str, process: subprocess.Popen, errors) -> None:
-    give_up = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > give_up:
+    def healthy() -> bool:
+        if process.poll() is not None:
             errors.seek(0)
-            raise RuntimeError(f"second gateway did not start: {errors.read().decode()[-2000:]}")
-        time.sleep(0.05)
+            raise RuntimeError(f"second gateway exited: {errors.read().decode()[-2000:]}")
+        return answers(url + "/health")
+
+    eventually(healthy, timeout=60, interval=0.05, what="second gateway healthy")
 
 
 def test_rpm_limit_holds_across_instances(gateway, second_gateway, make_key):
@@ -93,7 +87,7 @@ def test_budget_holds_across_instances(admin, gateway, second_gateway, make_key)
     headers = usage_header(input_tokens=1000, output_tokens=100)
     key = make_key(max_budget=float(cost(input_tokens=1000, output_tokens=100)))
     sdk(gateway, key).messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
-    wait_settled(admin, key, requests=1)
+    settled(gateway, admin, key, requests=1)
 
     with pytest.raises(anthropic.APIStatusError) as refused:
         sdk(second_gateway, key).messages.create(model=MODEL, max_tokens=100, messages=HELLO, extra_headers=headers)
@@ -107,7 +101,7 @@ def test_parallel_slots_are_shared(admin, gateway, second_gateway, make_key):
         next(iter(first.text_stream))
         with pytest.raises(anthropic.RateLimitError, match="parallel"):
             sdk(second_gateway, key).messages.create(model=MODEL, max_tokens=8, messages=HELLO)
-    wait_settled(admin, key, requests=1)
+    settled(gateway, admin, key, requests=1)
     assert sdk(second_gateway, key).messages.create(model=MODEL, max_tokens=8, messages=HELLO).id
 
 
@@ -127,7 +121,7 @@ def test_block_reaches_other_instances_within_the_cache_ttl(admin, gateway, seco
             return "blocked" in str(exc)
         return False
 
-    wait_until(refused_elsewhere)  # KEY_CACHE_TTL is 0.5 s in the tests
+    eventually(refused_elsewhere, what="blocked on the second instance")  # KEY_CACHE_TTL is 0.5 s in the tests
 
 
 def test_budgeted_keys_see_regenerate_at_once_everywhere(admin, gateway, second_gateway, make_key):

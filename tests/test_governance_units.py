@@ -14,7 +14,7 @@ from anthropic_gateway import table as gateway_table
 from anthropic_gateway.errors import GatewayError
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
-from tests.fake_anthropic import expected_input_tokens
+from support.fake_anthropic import expected_input_tokens
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

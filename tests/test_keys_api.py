@@ -85,6 +85,36 @@ def test_generate_returns_the_key_once_and_stores_only_its_hash(admin, gateway):
     assert plain not in repr(item)
 
 
+KEY_FIELDS = [
+    *("token", "key_name", "key_alias", "spend", "total_spend", "reserved_spend", "max_budget", "budget_duration"),
+    *("budget_reset_at", "expires", "models", "tags", "metadata", "rpm_limit", "tpm_limit", "max_parallel_requests"),
+    *("blocked", "created_at", "updated_at", "input_tokens", "output_tokens", "cache_creation_input_tokens"),
+    *("cache_read_input_tokens", "requests"),
+]
+
+
+def test_every_route_shows_a_key_with_the_same_fields_unset_ones_null(admin):
+    """Clients read these by name: every field is always there (null when unset), in one order on every route."""
+    created = admin.post("/key/generate", json={}).json()
+    assert list(created) == ["key", *KEY_FIELDS]
+    unset = ("key_alias", "max_budget", "budget_duration", "budget_reset_at", "expires")
+    assert [created[name] for name in unset] == [None] * len(unset)
+    assert [created[name] for name in ("rpm_limit", "tpm_limit", "max_parallel_requests")] == [None] * 3
+    assert (created["models"], created["tags"], created["metadata"]) == ([], [], {})
+    token = created["token"]
+
+    info = admin.get("/key/info", params={"key": token}).json()
+    assert list(info) == ["key", "info"] and list(info["info"]) == KEY_FIELDS
+    assert list(admin.post("/key/update", json={"key": token, "rpm_limit": 5}).json()) == ["key", *KEY_FIELDS]
+    assert list(admin.post("/key/block", json={"key": token}).json()) == KEY_FIELDS
+    assert list(admin.post("/key/unblock", json={"key": token}).json()) == KEY_FIELDS
+    regenerated = admin.post("/key/regenerate", json={"key": token}).json()
+    assert list(regenerated) == ["key", *KEY_FIELDS] and regenerated["key"].startswith("sk-")
+    listed = admin.get("/key/list", params={"size": 1, "return_full_object": "true"}).json()
+    assert list(listed) == ["keys", "total_count", "current_page", "total_pages"]
+    assert list(listed["keys"][0]) == KEY_FIELDS
+
+
 def test_info_accepts_the_plain_key_too(admin, make_key):
     plain = make_key()
     info = admin.get("/key/info", params={"key": plain})
@@ -340,7 +370,7 @@ def test_list_filters_by_alias_and_checks_its_parameters(admin, make_key):
 
 
 def test_regenerate_replaces_the_key_and_keeps_settings_and_spend(admin, gateway, make_key, fake_upstream):
-    from tests.test_governance import usage_header, wait_settled
+    from tests.test_governance import settled, usage_header
 
     alias = unique("rotating")
     old = make_key(key_alias=alias, max_budget=100.0, rpm_limit=1000, metadata={"team": "a"})
@@ -350,7 +380,7 @@ def test_regenerate_replaces_the_key_and_keeps_settings_and_spend(admin, gateway
         messages=HELLO,
         extra_headers=usage_header(input_tokens=100, output_tokens=10),
     )
-    spent = wait_settled(admin, old, requests=1)["spend"]
+    spent = settled(gateway, admin, old, requests=1)["spend"]
     assert spent > 0
 
     regenerated = admin.post("/key/regenerate", json={"key": old})
@@ -364,7 +394,7 @@ def test_regenerate_replaces_the_key_and_keeps_settings_and_spend(admin, gateway
     assert len(fake_upstream.requests) == before
     assert call(gateway, new).type == "message"
 
-    info = wait_settled(admin, new, requests=2)
+    info = settled(gateway, admin, new, requests=2)
     assert (info["key_alias"], info["max_budget"], info["rpm_limit"], info["metadata"]) == (
         alias,
         100.0,

@@ -6,15 +6,15 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anthropic
 import httpx
 import pytest
 
+from support.servers import answers, free_port
+from support.waiting import eventually
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
-from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,15 +43,13 @@ def serve(fake_upstream):
         )
         processes.append(process)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    return url, process
-            except httpx.TransportError:
-                time.sleep(0.1)
+
+        def healthy() -> bool:
             assert process.poll() is None, process.stdout.read()
-        raise AssertionError("gateway did not start")
+            return answers(url + "/health")
+
+        eventually(healthy, timeout=30, interval=0.1, what="gateway healthy")
+        return url, process
 
     yield start
     for process in processes:

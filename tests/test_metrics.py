@@ -13,7 +13,7 @@ from anthropic_gateway import keys, metrics, pricing
 from anthropic_gateway.exchange import Exchange
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
-from tests.captured_lines import dimension_sets, metric_values, stored_key
+from support.captured_lines import dimension_sets, metric_values, stored_key
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
 MODEL = "claude-sonnet-4-5"

@@ -6,7 +6,6 @@ gateway's own event loop returns once every after-response task has finished and
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from dataclasses import replace
@@ -14,8 +13,8 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from anthropic_gateway import app, keys
-from tests.captured_lines import ACCESS_MESSAGE, stored_key
+from anthropic_gateway import keys
+from support.captured_lines import ACCESS_MESSAGE, stored_key
 
 BATCH = {
     "requests": [
@@ -25,12 +24,6 @@ BATCH = {
         }
     ]
 }
-
-
-def drain(gateway) -> None:
-    """`app.drain` on the loop the gateway serves from (uvicorn's listening server knows it)."""
-    loop = gateway.server.servers[0].get_loop()
-    asyncio.run_coroutine_threadsafe(app.drain(), loop).result(timeout=30)
 
 
 def access_lines(captured, request_id: str) -> list[dict]:
@@ -53,7 +46,7 @@ def test_batch_responses_are_accounted_once_each(gateway, captured, one_slot_key
             assert response.headers.get_list("x-gateway-request-id") == [response.headers["x-gateway-request-id"]]
             assert int(response.headers["content-length"]) == len(response.content)
             request_ids.append(response.headers["x-gateway-request-id"])
-            drain(gateway)
+            gateway.drain()
 
     assert [len(access_lines(captured, request_id)) for request_id in request_ids] == [1, 1, 1]
     assert keys.load(keys.hash_key(one_slot_key)).requests == 3
@@ -63,7 +56,7 @@ def test_gateway_errors_are_accounted_once_and_release_what_admission_took(
     gateway, captured, one_slot_key, monkeypatch
 ):
     from anthropic_gateway import forwarding
-    from tests.servers import free_port
+    from support.servers import free_port
 
     dead = replace(forwarding.get_settings(), anthropic_api_base=f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(forwarding, "get_settings", lambda: dead)
@@ -73,14 +66,14 @@ def test_gateway_errors_are_accounted_once_and_release_what_admission_took(
             response = http.post("/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []})
             assert response.status_code == 502, response.text
             request_ids.append(response.headers["x-gateway-request-id"])
-            drain(gateway)
+            gateway.drain()
         unauthenticated = http.post("/v1/messages", json={}, headers={"x-api-key": "sk-" + "z" * 43})
         assert unauthenticated.status_code == 401
         assert unauthenticated.headers.get_list("x-gateway-request-id") == [
             unauthenticated.headers["x-gateway-request-id"]
         ]
         request_ids.append(unauthenticated.headers["x-gateway-request-id"])
-        drain(gateway)
+        gateway.drain()
 
     lines = [access_lines(captured, request_id) for request_id in request_ids]
     assert [len(found) for found in lines] == [1, 1, 1]
@@ -124,9 +117,9 @@ def test_a_batch_body_cut_off_upstream_is_a_502_accounted_once(
 ):
     with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": one_slot_key}, timeout=30) as http:
         response = http.post("/v1/messages/batches", json=BATCH)
-        drain(gateway)
+        gateway.drain()
         assert http.post("/v1/messages/batches", json=BATCH).status_code == 502  # not 429: the slot was released
-    drain(gateway)
+    gateway.drain()
 
     assert response.status_code == 502
     assert response.json() == {

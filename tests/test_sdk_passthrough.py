@@ -5,8 +5,8 @@ from __future__ import annotations
 import anthropic
 import pytest
 
+from support.fake_anthropic import FILES_BETA, expected_input_tokens
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
-from tests.fake_anthropic import FILES_BETA, expected_input_tokens
 
 HELLO = [{"role": "user", "content": "Hello, world"}]
 

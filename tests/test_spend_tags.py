@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
@@ -16,7 +15,7 @@ import pytest
 from anthropic_gateway import pricing, tag_spend
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
-from tests.captured_lines import stored_key
+from support.captured_lines import stored_key
 
 MODEL = "claude-haiku-4-5"
 
@@ -39,17 +38,11 @@ def around_today() -> dict:
     return {"start_date": (today - timedelta(days=1)).isoformat(), "end_date": (today + timedelta(days=1)).isoformat()}
 
 
-def rows_when(admin: httpx.Client, params: dict, ready, timeout: float = 15.0) -> dict[str, dict]:
-    """The report by tag once `ready(rows)` holds: tag spend is written after the response (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = admin.get("/spend/tags", params=params)
-        assert response.status_code == 200, response.text
-        rows = {row["individual_request_tag"]: row for row in response.json()}
-        if ready(rows):
-            return rows
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.02)
+def report(admin: httpx.Client, params: dict) -> dict[str, dict]:
+    """The report by tag (tag spend is written after the response: drain the gateway first)."""
+    response = admin.get("/spend/tags", params=params)
+    assert response.status_code == 200, response.text
+    return {row["individual_request_tag"]: row for row in response.json()}
 
 
 def cost(usage: dict) -> float:
@@ -58,7 +51,7 @@ def cost(usage: dict) -> float:
     )
 
 
-def test_spend_per_tag_matches_the_requests_made(gw, admin, unique):
+def test_spend_per_tag_matches_the_requests_made(gateway, gw, admin, unique):
     team, app = f"team:{unique}", f"app:{unique}"
     sent = [
         (
@@ -93,11 +86,9 @@ def test_spend_per_tag_matches_the_requests_made(gw, admin, unique):
         response = gw.post("/v1/messages", json=body, headers={"x-fake-usage": json.dumps(usage)})
         assert response.status_code == 200
 
-    rows = rows_when(
-        admin,
-        around_today(),
-        lambda rows: rows.get(team, {}).get("log_count") == 3 and rows.get(app, {}).get("log_count") == 2,
-    )
+    gateway.drain()
+    rows = report(admin, around_today())
+    assert (rows[team]["log_count"], rows[app]["log_count"]) == (3, 2)
 
     for tag, included in ((team, sent), (app, sent[:2])):
         row = rows[tag]
@@ -112,7 +103,7 @@ def test_spend_per_tag_matches_the_requests_made(gw, admin, unique):
     assert order == [team, app]  # highest spend first
     # Nothing for days without requests.
     long_ago = {"start_date": "2001-01-01", "end_date": "2001-01-31"}
-    assert not {team, app} & set(rows_when(admin, long_ago, lambda rows: True))
+    assert not {team, app} & set(report(admin, long_ago))
 
 
 def _record_now(*calls: tuple) -> None:

@@ -11,7 +11,7 @@ from anthropic_gateway import tags
 from anthropic_gateway.auth import MASTER, Principal
 from anthropic_gateway.errors import GatewayError
 from anthropic_gateway.keys import KeyRecord
-from tests.captured_lines import stored_key
+from support.captured_lines import stored_key
 
 HELLO = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello"}]}
 

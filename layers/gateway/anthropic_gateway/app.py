@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from . import accounting, background, console, forwarding, governance, key_routes, key_spend, secrets, tag_spend, tags
 from .auth import authenticate
-from .errors import GatewayError, error_response, render
+from .errors import GatewayError, error_response, invalid_request, render
 from .exchange import Exchange
 from .ledger import ledger
 from .responses import BufferedResponse
@@ -84,10 +84,7 @@ async def _gateway_error(request: Request, exc: GatewayError) -> Response:
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in error['loc'] if p != 'body') or 'body'}: {error['msg']}" for error in exc.errors()
-    )
-    return error_response(400, f"Invalid request: {problems}")
+    return render(invalid_request(exc.errors()))
 
 
 @app.exception_handler(HTTPException)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from starlette.responses import JSONResponse
 
@@ -46,3 +47,18 @@ def error_response(
 
 def render(exc: GatewayError) -> JSONResponse:
     return error_response(exc.status, exc.message, error_type=exc.error_type, headers=exc.headers)
+
+
+def invalid_request(errors: Sequence[Mapping[str, Any]]) -> GatewayError:
+    """A 400 naming what pydantic found wrong, `field.path: message; ...` (at most ten, to bound the message).
+
+    FastAPI's locations start with where the value came from ("body", "query"); a body's is left out, as a body
+    parsed by hand has none.
+    """
+    problems = "; ".join(f"{_location(error['loc'])}: {error['msg']}" for error in errors[:10])
+    return GatewayError(400, f"Invalid request: {problems}")
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    parts = loc[1:] if loc and loc[0] == "body" else loc
+    return ".".join(map(str, parts)) or "body"

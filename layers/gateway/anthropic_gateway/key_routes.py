@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from . import governance, keys, secrets, table, tags
 from .auth import master_only
-from .errors import GatewayError
+from .errors import GatewayError, invalid_request
 from .keys import KeyRecord
 
 MAX_LIST_SIZE = 100
@@ -121,38 +121,73 @@ async def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:10])
-        raise GatewayError(400, f"Invalid request: {problems}") from None
+        raise invalid_request(exc.errors()) from None
 
 
 # -- responses --------------------------------------------------------------------------------------------------
 
 
-def public(record: KeyRecord) -> dict:
-    """A key as the API shows it: settings, spend and counters, identified by its hash."""
-    return {
-        "token": record.token,
-        "key_name": record.key_name,
-        "key_alias": record.key_alias,
-        "spend": float(record.spend),
-        "total_spend": float(record.total_spend),
-        "reserved_spend": float(record.reserved),
-        "max_budget": None if record.max_budget is None else float(record.max_budget),
-        "budget_duration": record.budget_duration,
-        "budget_reset_at": record.budget_reset_at,
-        "expires": record.expires,
-        "models": record.models,
-        "tags": record.tags,
-        "metadata": record.metadata,
-        "rpm_limit": record.rpm_limit,
-        "tpm_limit": record.tpm_limit,
-        "max_parallel_requests": record.max_parallel_requests,
-        "blocked": record.blocked,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        **{name: getattr(record, name) for name in keys.TOKEN_COUNTERS},
-        "requests": record.requests,
-    }
+# Every field is always present (null when unset), in this order: LiteLLM's names, and what docs/keys.md shows.
+
+
+class KeyInfo(BaseModel):
+    """A key as the API shows it: settings, spend and counters, identified by its hash (`token`)."""
+
+    token: str
+    key_name: str  # sk-...<last characters>, for display
+    key_alias: str | None
+    spend: float  # in the current budget period (all time without budget_duration)
+    total_spend: float
+    reserved_spend: float  # estimates held by requests still in flight
+    max_budget: float | None
+    budget_duration: str | None
+    budget_reset_at: str | None
+    expires: str | None
+    models: list[str]
+    tags: list[str]
+    metadata: dict[str, Any]
+    rpm_limit: int | None
+    tpm_limit: int | None
+    max_parallel_requests: int | None
+    blocked: bool
+    created_at: str
+    updated_at: str
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    requests: int
+
+    @classmethod
+    def of(cls, record: KeyRecord, **extra: Any) -> Self:
+        """The record's fields of the same name, and `extra` (a subclass's own fields)."""
+        same_name = {name: getattr(record, name) for name in KeyInfo.model_fields if name != "reserved_spend"}
+        return cls(**same_name, reserved_spend=float(record.reserved), **extra)
+
+
+class _Key(BaseModel):
+    key: str
+
+
+# Pydantic puts a base's fields first: listing _Key last puts `key` at the top, where LiteLLM has it.
+class KeyWithInfo(KeyInfo, _Key):
+    """/key/generate and /key/regenerate: `key` is the new plain key (shown this once); /key/update: its hash."""
+
+
+class KeyInfoResponse(BaseModel):
+    key: str  # the hash
+    info: KeyInfo
+
+
+class DeletedKeys(BaseModel):
+    deleted_keys: list[str]  # hashes
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo] | list[str]  # whole keys with return_full_object, else their hashes
+    total_count: int
+    current_page: int
+    total_pages: int
 
 
 # -- finding keys -----------------------------------------------------------------------------------------------
@@ -212,7 +247,7 @@ async def _check_new_key(key: str, field: str) -> str:
 
 
 @router.post("/generate")
-async def generate_key(http_request: Request) -> dict:
+async def generate_key(http_request: Request) -> KeyWithInfo:
     request = await parse_body(http_request, GenerateRequest)
     plain = await _check_new_key(request.key, "key") if request.key is not None else keys.new_key()
     now = keys.utcnow()
@@ -220,8 +255,8 @@ async def generate_key(http_request: Request) -> dict:
         token=keys.hash_key(plain),
         key_name=keys.key_name(plain),
         key_alias=request.key_alias,
-        created_at=keys.iso(now),
-        updated_at=keys.iso(now),
+        created_at=now.isoformat(),
+        updated_at=now.isoformat(),
         expires=_expiry(request.duration, now),
         blocked=bool(request.blocked),
         models=request.models or [],
@@ -247,7 +282,7 @@ async def generate_key(http_request: Request) -> dict:
             error_type="invalid_request_error",
         ) from None
     keys.key_cache.invalidate(record.token)  # it may be cached as unknown from an earlier attempt
-    return {"key": plain, **public(record)}
+    return KeyWithInfo.of(record, key=plain)
 
 
 def _expiry(duration: str | None, now: datetime) -> str | None:
@@ -259,11 +294,11 @@ def _next_reset(budget_duration: str | None, now: datetime) -> str | None:
 
 
 @router.get("/info")
-async def key_info(key: str | None = None) -> dict:
+async def key_info(key: str | None = None) -> KeyInfoResponse:
     if not key:
         raise GatewayError(400, "key: required (the key or, better, its hash: /key/info?key=<hash>).")
     record = await anyio.to_thread.run_sync(_info, key)
-    return {"key": record.token, "info": public(record)}
+    return KeyInfoResponse(key=record.token, info=KeyInfo.of(record))
 
 
 def _info(key: str) -> KeyRecord:
@@ -278,7 +313,7 @@ def _info(key: str) -> KeyRecord:
 
 
 @router.post("/update")
-async def update_key(http_request: Request) -> dict:
+async def update_key(http_request: Request) -> KeyWithInfo:
     request = await parse_body(http_request, UpdateRequest)
     given = request.model_fields_set - {"key"}
     if request.key is None:
@@ -310,36 +345,36 @@ async def update_key(http_request: Request) -> dict:
         record = await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
     except keys.AliasTaken:
         raise GatewayError(400, f"key_alias {changes.get('key_alias')!r} is already in use.") from None
-    return {"key": record.token, **public(record)}
+    return KeyWithInfo.of(record, key=record.token)
 
 
 @router.post("/block")
-async def block_key(http_request: Request) -> dict:
+async def block_key(http_request: Request) -> KeyInfo:
     return await _set_blocked(http_request, True)
 
 
 @router.post("/unblock")
-async def unblock_key(http_request: Request) -> dict:
+async def unblock_key(http_request: Request) -> KeyInfo:
     return await _set_blocked(http_request, False)
 
 
-async def _set_blocked(http_request: Request, blocked: bool) -> dict:
+async def _set_blocked(http_request: Request, blocked: bool) -> KeyInfo:
     request = await parse_body(http_request, KeyRef)
     record = await anyio.to_thread.run_sync(
         _retrying,
         lambda: _find(request.key, request.key_alias),
         lambda record: keys.update(record, {"blocked": blocked}),
     )
-    return public(record)
+    return KeyInfo.of(record)
 
 
 @router.post("/delete")
-async def delete_keys(http_request: Request) -> dict:
+async def delete_keys(http_request: Request) -> DeletedKeys:
     request = await parse_body(http_request, DeleteRequest)
     if not request.keys and not request.key_aliases:
         raise GatewayError(400, "Name the keys to delete: `keys` (keys or hashes) or `key_aliases`.")
     deleted = await anyio.to_thread.run_sync(_delete, request.keys or [], request.key_aliases or [])
-    return {"deleted_keys": deleted}
+    return DeletedKeys(deleted_keys=deleted)
 
 
 def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
@@ -365,12 +400,13 @@ def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
     for key_id, record in records.items():
         current: KeyRecord | None = record
         for _ in range(3):
+            if current is None:  # deleted by someone else meanwhile
+                break
             try:
                 keys.delete(current)
             except keys.Conflict:  # regenerated or deleted meanwhile: read it again
                 current = keys.load_by_key_id(key_id)
-                if current is not None:
-                    continue
+                continue
             break
         keys.key_cache.invalidate(record.token, *([current.token] if current else []))
         deleted.append((current or record).token)
@@ -383,23 +419,23 @@ async def list_keys(
     size: Annotated[int, Query(ge=1, le=MAX_LIST_SIZE)] = 10,
     key_alias: str | None = None,
     return_full_object: bool = False,
-) -> dict:
+) -> KeyList:
     if key_alias is not None:
         found = await anyio.to_thread.run_sync(keys.load_by_alias, key_alias)
         records = [found] if found else []
     else:
         records = await anyio.to_thread.run_sync(keys.list_records)
     shown = records[(page - 1) * size : page * size]
-    return {
-        "keys": [public(r) for r in shown] if return_full_object else [r.token for r in shown],
-        "total_count": len(records),
-        "current_page": page,
-        "total_pages": math.ceil(len(records) / size),
-    }
+    return KeyList(
+        keys=[KeyInfo.of(r) for r in shown] if return_full_object else [r.token for r in shown],
+        total_count=len(records),
+        current_page=page,
+        total_pages=math.ceil(len(records) / size),
+    )
 
 
 @router.post("/regenerate")
-async def regenerate_key(http_request: Request) -> dict:
+async def regenerate_key(http_request: Request) -> KeyWithInfo:
     request = await parse_body(http_request, RegenerateRequest)
     plain = await _check_new_key(request.new_key, "new_key") if request.new_key is not None else keys.new_key()
     old: list[str] = []
@@ -419,4 +455,4 @@ async def regenerate_key(http_request: Request) -> dict:
         raise GatewayError(
             409, "The key was deleted while it was being regenerated.", error_type="invalid_request_error"
         )
-    return {"key": plain, **public(record)}
+    return KeyWithInfo.of(record, key=plain)

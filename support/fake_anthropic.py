@@ -46,7 +46,7 @@ from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.servers import ThreadedUvicorn
+from support.servers import ThreadedUvicorn
 
 FILES_BETA = "files-api-2025-04-14"
 BIG_FILE_CHUNK = 64 * 1024
@@ -366,6 +366,11 @@ class FakeAnthropic:
         if self._server:
             self._server.__exit__()
         self._server = None
+
+    def drain(self, timeout: float = 15.0) -> None:
+        """Return once the requests in flight now have finished (a closed stream has seen its client go)."""
+        assert self._server is not None, "not started"
+        self._server.drain(timeout)
 
     def __enter__(self) -> FakeAnthropic:
         return self.start()

@@ -2,14 +2,14 @@
 
 `metrics.output` is the stream both the EMF writer and the Powertools logger write to; pointing its `target` at
 `Lines` sees exactly the bytes Lambda would ship to CloudWatch Logs. Accounting runs in a background task after
-the response, so tests wait (bounded) for a request's access log line, the last thing it writes.
+the response, so a request's lines are read after draining the gateway (its access log line is the last of them).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from anthropic_gateway import keys, table
@@ -38,7 +38,8 @@ class RequestLines:
 
 
 class Lines:
-    def __init__(self) -> None:
+    def __init__(self, drain: Callable[[], None]) -> None:
+        self._drain = drain  # returns once the gateway's accounting has written everything
         self._lock = threading.Lock()
         self._partial = ""
         self.lines: list[str] = []
@@ -61,17 +62,13 @@ class Lines:
         with self._lock:
             return "\n".join([*self.lines, self._partial])
 
-    def for_request(self, request_id: str, timeout: float = 15.0) -> RequestLines:
-        """The request's blobs and access line, once settle has written them (a bounded wait, not a timing check)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            records = [r for r in self.records() if r.get("request_id") == request_id]
-            access = [r for r in records if r.get("message") == ACCESS_MESSAGE]
-            if access:
-                assert len(access) == 1, access  # settled exactly once
-                return RequestLines(blobs=[r for r in records if "_aws" in r], access=access[0])
-            assert time.monotonic() < deadline, f"no access log line for {request_id}:\n{self.text()[-3000:]}"
-            time.sleep(0.01)
+    def for_request(self, request_id: str) -> RequestLines:
+        """The request's blobs and access line, once the gateway has settled what it has served."""
+        self._drain()
+        records = [r for r in self.records() if r.get("request_id") == request_id]
+        access = [r for r in records if r.get("message") == ACCESS_MESSAGE]
+        assert len(access) == 1, f"{len(access)} access log lines for {request_id}:\n{self.text()[-3000:]}"
+        return RequestLines(blobs=[r for r in records if "_aws" in r], access=access[0])
 
 
 def metric_values(blob: dict) -> dict[str, float]:

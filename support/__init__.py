@@ -1,0 +1,1 @@
+"""What tests and benchmarks share: the fake Anthropic upstream, threaded servers, the SAM artifact, wait helpers."""
