@@ -23,6 +23,7 @@ dev: venv
 
 test: venv $(CHROMIUM)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The console's browser tests (tests/test_console.py) drive Debian's Chromium through Playwright. Never skipped:
@@ -43,6 +44,7 @@ bench: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

@@ -22,7 +22,7 @@ import httpx
 DEFAULT_URL = "http://localhost:4000"
 
 
-def _json_object(text: str) -> dict:
+def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def request_for(args: argparse.Namespace) -> tuple[str, str, dict | None, dict | None]:
+def request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]:
     """(method, path, query, JSON body) of the key API call a parsed command line stands for."""
     command = args.command
     if command == "generate":
@@ -155,7 +155,7 @@ def _hash_if_plain(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest() if key.startswith("sk-") else key
 
 
-def _ref(args: argparse.Namespace) -> dict:
+def _ref(args: argparse.Namespace) -> dict[str, str]:
     return {"key": args.key} if args.key else {"key_alias": args.key_alias} if args.key_alias else {}
 
 

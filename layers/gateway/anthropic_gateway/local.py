@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import secrets as random
 import socket
+from typing import Any
 
 # The key schema of template.yaml's GatewayTable (tests/test_deploy_* check they match).
-TABLE_SCHEMA = {
+TABLE_SCHEMA: dict[str, Any] = {
     "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
     "AttributeDefinitions": [
         {"AttributeName": name, "AttributeType": "S"} for name in ("pk", "sk", "gsi1pk", "gsi1sk")
@@ -35,7 +36,8 @@ TTL_ATTRIBUTE = "ttl"
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def start_moto() -> object:
