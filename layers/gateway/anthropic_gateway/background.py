@@ -23,6 +23,8 @@ async def drain() -> None:
     """Wait for every spawned task, then write whatever the ledger still holds."""
     from .ledger import ledger  # the ledger spawns its flushes through this module
 
-    while _pending:
-        await asyncio.gather(*list(_pending), return_exceptions=True)
+    # Only the unfinished: a finished task stays in _pending until its discard callback runs, and gathering
+    # finished tasks completes without yielding to the loop, so that callback would never run (a spin).
+    while unfinished := [task for task in _pending if not task.done()]:
+        await asyncio.gather(*unfinished, return_exceptions=True)
     await ledger.flush()
