@@ -508,15 +508,19 @@ def test_read_timeout_before_the_head_and_between_body_bytes():
 
 
 def test_write_timeout_when_the_upstream_stops_reading():
+    timed_out = asyncio.Event()
+
     async def handler(peer: Peer) -> None:
         await peer.reader.readuntil(b"\r\n\r\n")
-        await peer.reader.read()  # the stream reader stops pulling once its buffer is full
+        await timed_out.wait()  # reading nothing more: the stream reader stops pulling once its buffer is full
 
     async def test() -> None:
         async with RawServer(handler) as server:
             pool = UpstreamPool(server.url, write_timeout=0.2)
             with pytest.raises(WriteTimeout):
                 await pool.request("POST", b"/", [], b"x" * (64 * 1024 * 1024))
+            timed_out.set()
+            await server.until(lambda: server.closed == 1)
             await pool.aclose()
 
     run(test())
