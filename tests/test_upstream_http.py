@@ -526,6 +526,26 @@ def test_write_timeout_when_the_upstream_stops_reading():
     run(test())
 
 
+def test_an_early_answer_to_an_upload_the_upstream_stopped_reading_is_the_answer():
+    answered = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.reader.readuntil(b"\r\n\r\n")
+        await peer.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await answered.wait()  # and the rest of the body is never read
+
+    async def test() -> None:
+        async with RawServer(handler) as server:
+            pool = UpstreamPool(server.url, write_timeout=5.0)
+            async with await pool.request("POST", b"/", [], b"x" * (64 * 1024 * 1024)) as response:
+                assert (response.status, await response.aread()) == (413, b"big")
+            answered.set()
+            await server.until(lambda: server.closed == 1)  # half-sent request: the connection is not reused
+            await pool.aclose()
+
+    run(test())
+
+
 def test_connect_timeout_covers_the_tls_handshake():
     async def handler(peer: Peer) -> None:
         await peer.reader.read()  # accepts TCP, never speaks TLS

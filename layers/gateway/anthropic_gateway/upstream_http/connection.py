@@ -75,7 +75,8 @@ class Connection(asyncio.Protocol):
         return not self._transport.is_closing()
 
     async def drain(self, timeout: float) -> None:
-        while self._write_paused and not self._lost:
+        # An answer can come before the upload has gone out (413, 401): then it is the answer, not a write timeout.
+        while self._write_paused and not self._lost and not self.headers_done:
             await self._wait(timeout, WriteTimeout, "the upstream did not take the request")
 
     async def read_head(self, timeout: float) -> None:
