@@ -56,8 +56,9 @@ def get_settings() -> Settings:
         # The longest silence between two bytes of the upstream's answer. Long extended-thinking responses can be
         # silent for minutes; it stays under each door's function timeout (template.yaml sets it per door) so the
         # gateway answers 504 and releases the request's holds before Lambda stops the invocation.
-        upstream_read_timeout=_float("UPSTREAM_READ_TIMEOUT", 870.0),
-        upstream_write_timeout=_float("UPSTREAM_WRITE_TIMEOUT", 60.0),
+        upstream_read_timeout=_float("UPSTREAM_READ_TIMEOUT", 840.0),
+        # The longest wait for the upstream to take the request body once it stopped reading.
+        upstream_write_timeout=_float("UPSTREAM_WRITE_TIMEOUT", 30.0),
         # The wait for a free upstream connection when all of the pool's are busy.
         upstream_pool_timeout=_float("UPSTREAM_POOL_TIMEOUT", 10.0),
         # A PEM file of CAs the upstream's certificate must chain to instead of certifi's (tests only).
