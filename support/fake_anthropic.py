@@ -21,6 +21,7 @@ Test-control request headers (a gateway forwards unknown headers, so they work e
                   cache_creation_input_tokens, cache_read_input_tokens)
     x-fake-delay-ms: N      gap between SSE events (default: the constructor's stream_delay_ms)
     x-fake-header-delay-ms: N  wait N ms before sending the response's headers (a slow or silent upstream)
+    x-fake-final-delay-ms: N   wait N ms before a stream's message_delta (its final usage)
     x-fake-chunks: N        number of text_delta events (text is padded with "." if shorter than N)
     x-fake-unknown-event: 1 emit an ``event: future_event`` after the ping
     x-fake-error: 400|403|404|413|429|500|529  answer with that Anthropic error (any status works);
@@ -594,7 +595,7 @@ class FakeAnthropic:
                     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
                 )
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_number_header(record, "x-fake-final-delay-ms", delay * 1000) / 1000)
             yield _sse(
                 "message_delta",
                 {
