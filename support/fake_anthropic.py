@@ -20,6 +20,8 @@ Test-control request headers (a gateway forwards unknown headers, so they work e
     x-fake-usage: {"input_tokens":10,...}  exact usage numbers (any of input_tokens, output_tokens,
                   cache_creation_input_tokens, cache_read_input_tokens)
     x-fake-delay-ms: N      gap between SSE events (default: the constructor's stream_delay_ms)
+    x-fake-header-delay-ms: N  wait N ms before sending the response's headers (a slow or silent upstream)
+    x-fake-final-delay-ms: N   wait N ms before a stream's message_delta (its final usage)
     x-fake-chunks: N        number of text_delta events (text is padded with "." if shorter than N)
     x-fake-unknown-event: 1 emit an ``event: future_event`` after the ping
     x-fake-error: 400|403|404|413|429|500|529  answer with that Anthropic error (any status works);
@@ -150,6 +152,17 @@ class ApiError(Exception):
         self.status = status
         self.message = message or ERROR_TYPES.get(status, ("api_error", "Error"))[1]
         self.headers = headers or {}
+
+
+async def _disconnected_within(receive: Any, seconds: float) -> bool:
+    """Wait `seconds`, or less if the client (the gateway) closes the connection meanwhile."""
+    try:
+        async with asyncio.timeout(seconds):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        return False
+    return True
 
 
 def _new_id(prefix: str) -> str:
@@ -307,6 +320,7 @@ class FakeAnthropic:
         stream_delay_ms: float = 1.0,
         require_version: bool = True,
         port: int = 0,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.api_key = api_key
         self.output_tokens = output_tokens  # None: expected_output_tokens(body)
@@ -314,6 +328,7 @@ class FakeAnthropic:
         self.require_version = require_version  # Anthropic 400s without an anthropic-version header
         self.url = ""
         self._port = port
+        self._tls = tls  # (certificate chain PEM file, private key PEM file): served over HTTPS
         # request-id -> "streaming" | "completed" | "cancelled": how each SSE stream ended on this side.
         self.streams: dict[str, str] = {}
         self._public_base = public_base  # host in results_url; None means this fake's own url
@@ -356,8 +371,9 @@ class FakeAnthropic:
             proxy_headers=False,
             date_header=True,
             timeout_graceful_shutdown=2,
+            **({"ssl_certfile": self._tls[0], "ssl_keyfile": self._tls[1]} if self._tls else {}),
         ).__enter__()
-        self.url = self._server.url
+        self.url = self._server.url.replace("http://", "https://") if self._tls else self._server.url
         return self
 
     def stop(self) -> None:
@@ -441,7 +457,9 @@ class FakeAnthropic:
             log.exception("fake Anthropic handler crashed")
             response = JSONResponse(_error_body(500, "Internal server error", request_id), 500, _error_headers(500))
         response.headers["request-id"] = request_id
-        await response(scope, receive, send)
+        header_delay = _number_header(record, "x-fake-header-delay-ms", 0) / 1000
+        if header_delay <= 0 or not await _disconnected_within(receive, header_delay):
+            await response(scope, receive, send)
 
     async def _dispatch(self, record: RecordedRequest, path: str) -> Response:
         # SDK 2.x sends the API key as "authorization: Bearer"; older clients use x-api-key. Every credential
@@ -577,7 +595,7 @@ class FakeAnthropic:
                     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
                 )
             yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_number_header(record, "x-fake-final-delay-ms", delay * 1000) / 1000)
             yield _sse(
                 "message_delta",
                 {

@@ -159,9 +159,23 @@ def test_environment_points_at_the_stack_resources(global_env, template):
     assert template["Parameters"]["LocalAwsEndpointUrl"]["Default"] == ""
 
 
-def test_upstream_read_timeout_covers_the_function_timeout(resources):
-    reads = _env_reads()
-    assert float(reads["UPSTREAM_READ_TIMEOUT"]) >= resources["ProxyFunction"]["Properties"]["Timeout"]
+@pytest.mark.parametrize("function", ["ProxyFunction", "ApiFunction"])
+def test_each_doors_upstream_waits_end_before_its_function_timeout(template, resources, function):
+    """A silent upstream must get the gateway's own 504 (which settles the request and releases its holds), not
+    Lambda's timeout (which kills the process with them held): each wait the gateway makes on the upstream before
+    answering, plus a margin to answer and settle, fits in the function's Timeout."""
+    properties = resources[function]["Properties"]
+    timeout = properties.get("Timeout", template["Globals"]["Function"]["Timeout"])
+    env = {
+        **{name: default for name, default in _env_reads().items() if default is not None},
+        **template["Globals"]["Function"]["Environment"]["Variables"],
+        **properties.get("Environment", {}).get("Variables", {}),
+    }
+    assert "UPSTREAM_READ_TIMEOUT" in properties["Environment"]["Variables"], "each door sets its own"
+    # Before the first byte, one after the other: a free connection, a connect, sending the body, the headers.
+    waits = ("UPSTREAM_POOL_TIMEOUT", "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_WRITE_TIMEOUT", "UPSTREAM_READ_TIMEOUT")
+    longest = {name: float(env[name]) for name in waits}
+    assert sum(longest.values()) + 2 <= timeout, (function, longest, timeout)  # 2 s to answer 504 and settle
 
 
 # -- IAM -----------------------------------------------------------------------------------------------------------

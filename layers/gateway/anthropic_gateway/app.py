@@ -6,7 +6,8 @@ account (after the last byte: the response that ends the request starts `account
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 from aws_lambda_powertools import Logger
@@ -15,8 +16,21 @@ from fastapi.exceptions import RequestValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import Receive
 
-from . import accounting, background, console, forwarding, governance, key_routes, key_spend, secrets, tag_spend, tags
+from . import (
+    accounting,
+    background,
+    console,
+    forwarding,
+    governance,
+    key_routes,
+    key_spend,
+    request_body,
+    secrets,
+    tag_spend,
+    tags,
+)
 from .auth import authenticate
 from .errors import GatewayError, error_response, invalid_request, render
 from .exchange import Exchange
@@ -42,7 +56,7 @@ async def drain() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     await drain()
-    await forwarding.close_client()
+    await forwarding.close_pool()
 
 
 app = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -60,21 +74,66 @@ async def health() -> dict[str, str]:
 @app.api_route("/anthropic/{path:path}", methods=_METHODS, include_in_schema=False)
 async def anthropic_passthrough(request: Request) -> Response:
     exchange = Exchange(method=request.method, path="")
+    response: Response | None = None
     try:
-        exchange.principal = await authenticate(request.headers)
-        exchange.path = forwarding.upstream_path(request.scope)
-        body = await forwarding.read_body(request)
-        body, litellm_metadata = forwarding.strip_litellm_metadata(body)
-        exchange.tags = tags.resolve(litellm_metadata, request.headers, exchange.principal)
-        await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
-        response = await forwarding.forward(request, body, exchange, await secrets.upstream_key())
-    except GatewayError as exc:
-        exchange.status, exchange.error_source = exc.status, "gateway"
-        error = render(exc)
-        response = BufferedResponse(exchange, bytes(error.body), error.status_code, error.raw_headers)
+        try:
+            exchange.principal = await authenticate(request.headers)
+            exchange.path = forwarding.canonical_path(request.scope)  # the one path every check reads and sent
+            body = await request_body.read(request)  # litellm_metadata cut out; parsed at most once
+            exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
+            await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
+            upstream_key = await secrets.upstream_key()
+            response = await _until_disconnect(request, forwarding.forward(request, body.raw, exchange, upstream_key))
+        except GatewayError as exc:
+            response = _error(exchange, exc)
+        except _ClientGone:  # nobody reads this answer; it is what the access log shows (nginx's 499)
+            response = _error(exchange, GatewayError(499, "The client closed the request."))
+            exchange.error_source = None
+        except Exception:  # a bug or an unforeseen failure: still an Anthropic-shaped answer, still accounted
+            logger.exception("pass-through failed", extra={"request_id": exchange.request_id})
+            response = _error(exchange, GatewayError(502, "Upstream or gateway error; the request was not completed."))
+    finally:
+        if response is None:
+            # Cancelled before any response existed (the server is stopping, or anything else that is not an
+            # Exception): account here all the same, so the holds admission took are released.
+            exchange.status, exchange.error_source = exchange.status or 499, exchange.error_source or "gateway"
+            background.spawn(accounting.settle(exchange))
     # Started by the response once it has ended, however it ended: every pass-through request is accounted once.
     response.background = BackgroundTask(accounting.settle, exchange)
     return response
+
+
+def _error(exchange: Exchange, exc: GatewayError) -> Response:
+    exchange.status, exchange.error_source = exc.status, "gateway"
+    error = render(exc)
+    return BufferedResponse(exchange, bytes(error.body), error.status_code, error.raw_headers)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the upstream's answer began."""
+
+
+async def _until_disconnect(request: Request, forwarding_call: Awaitable[Response]) -> Response:
+    """Await the upstream's answer, but give up (cancel) as soon as the client disconnects: nobody would read it,
+    and the request's holds are released at once rather than when the upstream gets round to answering."""
+    task = asyncio.current_task()
+    assert task is not None  # an ASGI app always runs in a task
+    watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, task))
+    try:
+        return await forwarding_call
+    except asyncio.CancelledError:
+        if not (watcher.done() and not watcher.cancelled()):
+            raise  # cancelled by someone else (server shutdown): not ours to swallow
+        task.uncancel()
+        raise _ClientGone from None
+    finally:
+        watcher.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[object]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    task.cancel()
 
 
 @app.exception_handler(GatewayError)

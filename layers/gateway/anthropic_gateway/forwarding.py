@@ -7,22 +7,19 @@ credentials (the client's key out, the upstream key in), `litellm_metadata` out 
 
 from __future__ import annotations
 
-import http.cookiejar
-import json
+import asyncio
 import re
+import ssl
 import time
-import urllib.request
-from typing import Any
-from urllib.parse import unquote
 
-import httpx
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.types import Scope
 
 from .errors import GatewayError
 from .exchange import Exchange
 from .responses import BufferedResponse, RelayResponse
-from .settings import get_settings
+from .settings import Settings, get_settings
+from .upstream_http import UpstreamError, UpstreamPool, UpstreamTimeout
 from .usage import UsageTap
 
 PREFIX = "/anthropic"
@@ -56,6 +53,8 @@ _DROP_REQUEST = _HOP_BY_HOP | {
 _DROP_RESPONSE = _HOP_BY_HOP
 # Only unreserved characters or percent-escapes: Anthropic's paths need nothing more.
 _SEGMENT = re.compile(r"(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]")
 _RESULTS_URL = re.compile(rb'("results_url"\s*:\s*")([^"]+)(")')
 _BATCH_PATH = re.compile(r"/v1/messages/batches(?:/[^/]+(?:/cancel)?)?")
 
@@ -63,108 +62,43 @@ _BATCH_PATH = re.compile(r"/v1/messages/batches(?:/[^/]+(?:/cancel)?)?")
 # -- request side -------------------------------------------------------------------------------------------------
 
 
-def upstream_path(scope: Scope) -> str:
-    """The path below /anthropic, checked so that no request can leave the configured upstream.
+def canonical_path(scope: Scope) -> str:
+    """The path below /anthropic, decided once: every check reads it, and it is the path sent upstream.
 
-    The upstream URL is always the configured base plus this path; nothing from the request can name a host.
-    On top of that, dot segments, empty segments, encoded slashes and anything outside plain URL characters
-    are refused, so no path can climb out of the upstream's path prefix either.
+    Percent-escapes of unreserved characters are decoded (RFC 3986 2.3: `/v1/%6dessages` is `/v1/messages`), so
+    the gateway's checks see the path any server would route. Anything still ambiguous is refused with 400: escapes
+    of other characters (an encoded `/`, `\\`, space or control), dot and empty segments, and characters outside
+    plain URL ones. So the result is plain unreserved characters and slashes, and no path can leave the
+    configured upstream or its path prefix.
     """
     raw: bytes = scope.get("raw_path") or scope["path"].encode()
-    path = raw.decode("latin-1").split("?", 1)[0]
-    if not path.startswith(PREFIX + "/"):
+    segments = raw.decode("latin-1").split("?", 1)[0].split("/")
+    if segments[0] != "":
+        raise _invalid_path()
+    canonical = "/" + "/".join(_canonical_segment(segment) for segment in segments[1:])
+    if not canonical.startswith(PREFIX + "/") or canonical == PREFIX + "/":
         raise GatewayError(404, f"Not found: pass-through paths start with {PREFIX}/.")
-    rest = path[len(PREFIX) :]
-    for segment in rest[1:].split("/"):
-        decoded = unquote(segment) if _SEGMENT.fullmatch(segment) else None
-        if decoded is None or decoded in (".", "..") or any(c in decoded for c in "/\\") or not decoded.isprintable():
-            raise GatewayError(400, "Invalid path: only plain path segments can be forwarded to Anthropic.")
-    return rest
+    return canonical[len(PREFIX) :]
 
 
-async def read_body(request: Request) -> bytes:
-    """The whole request body, refused with 413 once it passes the Lambda payload limit."""
-    limit = get_settings().max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise _too_large(limit)
-    except ClientDisconnect:
-        raise GatewayError(400, "The client disconnected while sending the request body.") from None
-    return bytes(body)
+def _canonical_segment(segment: str) -> str:
+    if not _SEGMENT.fullmatch(segment):
+        raise _invalid_path()
+    decoded = _ESCAPE.sub(_unescape_unreserved, segment)
+    if decoded in (".", ".."):
+        raise _invalid_path()
+    return decoded
 
 
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413,
-        f"Request body exceeds the gateway's limit of {limit} bytes ({limit / 1048576:g} MB, AWS Lambda's payload "
-        "limit). Upload large files with the Files API in smaller parts or send them directly.",
-    )
+def _unescape_unreserved(match: re.Match[str]) -> str:
+    char = chr(int(match.group(1), 16))
+    if not _UNRESERVED.fullmatch(char):
+        raise _invalid_path()
+    return char
 
 
-def strip_litellm_metadata(body: bytes) -> tuple[bytes, dict[str, Any] | None]:
-    """Remove a top-level `litellm_metadata` member from a JSON object body, leaving every other byte as sent."""
-    if b'"litellm_metadata"' not in body:
-        return body, None
-    try:
-        text = body.decode()
-        decoder = json.JSONDecoder()
-        members = _top_level_members(text, decoder)
-    except (UnicodeDecodeError, ValueError):
-        return body, None  # not JSON we understand: forward untouched, upstream will judge it
-    for index, (name, start, end, value) in enumerate(members):
-        if name != "litellm_metadata":
-            continue
-        if index + 1 < len(members):  # cut "name": value, up to the next member
-            cut_start, cut_end = start, members[index + 1][1]
-        elif index > 0:  # last member: cut from the end of the previous value
-            cut_start, cut_end = members[index - 1][2], end
-        else:
-            cut_start, cut_end = start, end
-        return (text[:cut_start] + text[cut_end:]).encode(), value if isinstance(value, dict) else None
-    return body, None
-
-
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-def _top_level_members(text: str, decoder: json.JSONDecoder) -> list[tuple[str, int, int, object]]:
-    """(name, start, end-of-value, value) of each member of the top-level object; ValueError if not one."""
-    pos = _skip_ws(text, 0)
-    if text[pos : pos + 1] != "{":
-        raise ValueError("not an object")
-    pos = _skip_ws(text, pos + 1)
-    members: list[tuple[str, int, int, object]] = []
-    if text[pos : pos + 1] == "}":
-        return members
-    while True:
-        start = pos
-        if text[pos : pos + 1] != '"':
-            raise ValueError("expected a name")
-        name, pos = decoder.raw_decode(text, pos)  # a JSON string: a str
-        pos = _skip_ws(text, pos)
-        if text[pos : pos + 1] != ":":
-            raise ValueError("expected ':'")
-        value, pos = decoder.raw_decode(text, _skip_ws(text, pos + 1))
-        members.append((name, start, pos, value))
-        pos = _skip_ws(text, pos)
-        if text[pos : pos + 1] == "}":
-            if text[pos + 1 :].strip(" \t\n\r"):
-                raise ValueError("trailing data")
-            return members
-        if text[pos : pos + 1] != ",":
-            raise ValueError("expected ','")
-        pos = _skip_ws(text, pos + 1)
-
-
-def _skip_ws(text: str, pos: int) -> int:
-    match = _WS.match(text, pos)
-    return match.end() if match else pos  # `*`: it always matches
+def _invalid_path() -> GatewayError:
+    return GatewayError(400, "Invalid path: only plain path segments can be forwarded to Anthropic.")
 
 
 def upstream_headers(scope: Scope, upstream_key: str) -> list[tuple[bytes, bytes]]:
@@ -194,45 +128,43 @@ def upstream_headers(scope: Scope, upstream_key: str) -> list[tuple[bytes, bytes
 
 # -- the shared upstream client ------------------------------------------------------------------------------------
 
-_client: httpx.AsyncClient | None = None
+_pool: tuple[asyncio.AbstractEventLoop, Settings, UpstreamPool] | None = None
 
 
-class _NoCookies(http.cookiejar.DefaultCookiePolicy):
-    """A shared client must carry nothing from one user's response into another user's request: its jar keeps
-    no cookie. (httpx copies a `Cookies` object into a plain jar, so the policy lives on the jar itself.)"""
+def pool() -> UpstreamPool:
+    """One keep-alive pool per process (per event loop: tests run several), built from the settings.
 
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
-        return False
-
-
-def client() -> httpx.AsyncClient:
-    """One connection pool per process, created on first use (both the uvicorn and the Mangum doors)."""
-    global _client
-    if _client is None or _client.is_closed:
-        settings = get_settings()
-        _client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout, write=60.0, pool=30.0
+    It carries no per-user state: no cookies, no redirects, no proxy from the environment, no decompression.
+    """
+    global _pool
+    loop, settings = asyncio.get_running_loop(), get_settings()
+    if _pool is None or _pool[0] is not loop or _pool[1] != settings:
+        context = None
+        if settings.upstream_ca_bundle:  # tests: the CA they made; deployments use certifi's trust store
+            context = ssl.create_default_context(cafile=settings.upstream_ca_bundle)
+            context.set_alpn_protocols(["http/1.1"])
+        _pool = (
+            loop,
+            settings,
+            UpstreamPool(
+                settings.anthropic_api_base,
+                ssl_context=context,
+                max_connections=1000,
+                max_idle=100,
+                connect_timeout=settings.upstream_connect_timeout,
+                read_timeout=settings.upstream_read_timeout,
+                write_timeout=settings.upstream_write_timeout,
+                pool_timeout=settings.upstream_pool_timeout,
             ),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30.0),
-            follow_redirects=False,
-            trust_env=False,
-            cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
         )
-        # Send only what the client sent: no default User-Agent or Accept of httpx's own.
-        for name in ("user-agent", "accept"):
-            _client.headers.pop(name, None)
-    return _client
+    return _pool[2]
 
 
-async def close_client() -> None:
-    global _client
-    if _client is not None:
-        await _client.aclose()
-        _client = None
+async def close_pool() -> None:
+    global _pool
+    if _pool is not None and _pool[0] is asyncio.get_running_loop():
+        await _pool[2].aclose()
+    _pool = None
 
 
 # -- response side -------------------------------------------------------------------------------------------------
@@ -241,48 +173,46 @@ async def close_client() -> None:
 async def forward(
     request: Request, body: bytes, exchange: Exchange, upstream_key: str
 ) -> RelayResponse | BufferedResponse:
-    """Send the request upstream; the response relays its answer back and ends the exchange (`responses.py`)."""
-    scope = request.scope
-    base = httpx.URL(get_settings().anthropic_api_base)
-    target = base.copy_with(
-        raw_path=(
-            base.raw_path.rstrip(b"/")
-            + exchange.path.encode("latin-1")
-            + (b"?" + scope["query_string"] if scope["query_string"] else b"")
-        )
-    )
-    upstream_request = client().build_request(
-        request.method, target, headers=upstream_headers(scope, upstream_key), content=body or None
-    )
-    try:
-        upstream = await client().send(upstream_request, stream=True)
-    except httpx.TransportError as exc:
-        raise _upstream_failure(exc, "could not be reached") from None
+    """Send the request upstream; the response relays its answer back and ends the exchange (`responses.py`).
 
-    exchange.status = upstream.status_code
-    if upstream.status_code >= 400:
+    The target is the configured base path, the canonical path and the client's query string byte for byte.
+    """
+    upstream_pool = pool()
+    query: bytes = request.scope["query_string"]
+    target = upstream_pool.base_path + exchange.path.encode("ascii") + (b"?" + query if query else b"")
+    try:
+        upstream = await upstream_pool.request(
+            request.method, target, upstream_headers(request.scope, upstream_key), body
+        )
+    except UpstreamError as exc:
+        raise _upstream_failure(exc, "could not be reached") from None
+    except ValueError:  # a query or header the client sent that would break HTTP framing
+        raise GatewayError(400, "The request's query string or headers cannot be forwarded.") from None
+
+    exchange.status = upstream.status
+    if upstream.status >= 400:
         exchange.error_source = "upstream"
-    content_type = upstream.headers.get("content-type", "")
+    content_type = next((v for n, v in upstream.headers if n.lower() == b"content-type"), b"").decode("latin-1")
     exchange.tap = tap = UsageTap(content_type)
-    headers = [(n, v) for n, v in upstream.headers.raw if n.decode("latin-1").lower() not in _DROP_RESPONSE]
+    headers = [(n, v) for n, v in upstream.headers if n.decode("latin-1").lower() not in _DROP_RESPONSE]
 
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:
             content = _rewrite_results_url(await upstream.aread(), _gateway_base(request))
-        except httpx.TransportError as exc:
+        except UpstreamError as exc:
             raise _upstream_failure(exc, "broke off its answer") from None
         finally:
             await upstream.aclose()
         exchange.first_byte_at = time.perf_counter()
         exchange.completed = True
-        return BufferedResponse(exchange, content, upstream.status_code, headers)
+        return BufferedResponse(exchange, content, upstream.status, headers)
 
     return RelayResponse(exchange, upstream, tap, headers)
 
 
-def _upstream_failure(exc: httpx.TransportError, what: str) -> GatewayError:
-    if isinstance(exc, httpx.TimeoutException):
+def _upstream_failure(exc: UpstreamError, what: str) -> GatewayError:
+    if isinstance(exc, UpstreamTimeout):
         return GatewayError(504, "The upstream Anthropic API did not answer in time.")
     return GatewayError(502, f"The upstream Anthropic API {what} ({type(exc).__name__}).")
 

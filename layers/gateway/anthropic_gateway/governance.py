@@ -20,7 +20,6 @@ most the cost of the request admitted last (plus whatever in-flight requests cos
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from .errors import GatewayError
 from .exchange import Exchange
 from .keys import KeyRecord
 from .ledger import ledger
+from .request_body import RequestBody
 from .table import Number
 from .usage import Usage
 
@@ -48,8 +48,6 @@ RATE_WINDOW_SECONDS = 60
 # A parallel slot not released by then is taken to be leaked (an instance died mid-request) and may be reused.
 # Lambda stops any invocation after 900 s, so a live request on Lambda never holds a slot that long.
 PARALLEL_SLOT_LEASE_SECONDS = 960
-# json.loads of a body up to this size runs on the event loop; larger bodies are parsed in a worker thread.
-_INLINE_PARSE_BYTES = 64 * 1024
 _SNAPSHOT = re.compile(r"(.+)-\d{8}")
 _ZERO = Decimal(0)
 
@@ -66,7 +64,7 @@ class Admission:
 # -- admission --------------------------------------------------------------------------------------------------
 
 
-async def admit(exchange: Exchange, body: bytes) -> None:
+async def admit(exchange: Exchange, body: RequestBody) -> None:
     """Refuse the request (GatewayError), or admit it; what it holds until settle goes on `exchange.admission`.
     Master key: no limits."""
     record = exchange.principal.record if exchange.principal else None
@@ -74,7 +72,7 @@ async def admit(exchange: Exchange, body: bytes) -> None:
         return
     checks_models = bool(record.models) and _names_models(exchange)
     estimates = record.max_budget is not None and (exchange.method, exchange.path) == ("POST", ESTIMATED_PATH)
-    parsed = await _parse(body, strict=checks_models) if checks_models or estimates else None
+    parsed = await body.parsed(strict=checks_models) if checks_models or estimates else None
     if isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and exchange.model is None:
         exchange.model = parsed["model"][:200]
     if checks_models:
@@ -84,7 +82,7 @@ async def admit(exchange: Exchange, body: bytes) -> None:
     admission = Admission(key_id=record.key_id)
     # Set before the checks that can refuse: settle then releases whatever was taken, refused or not.
     exchange.admission = admission
-    estimate = estimate_cost(parsed, len(body)) if estimates else _ZERO
+    estimate = estimate_cost(parsed, len(body.raw)) if estimates else _ZERO
     try:
         await anyio.to_thread.run_sync(_acquire, record, admission, estimate, exchange.request_id)
     except GatewayError:
@@ -99,19 +97,6 @@ async def admit(exchange: Exchange, body: bytes) -> None:
 
 def _names_models(exchange: Exchange) -> bool:
     return exchange.method == "POST" and (exchange.path in MODEL_PATHS or exchange.path == BATCH_PATH)
-
-
-async def _parse(body: bytes, *, strict: bool) -> object:
-    try:
-        if len(body) <= _INLINE_PARSE_BYTES:
-            return json.loads(body)
-        return await anyio.to_thread.run_sync(json.loads, body)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        if strict:
-            raise GatewayError(
-                400, "The request body is not valid JSON; this key may only use some models, so it must name one."
-            ) from None
-        return None
 
 
 def model_allowed(model: str, allowlist: list[str]) -> bool:

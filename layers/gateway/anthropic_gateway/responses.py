@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import anyio
-import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .background import spawn
 from .exchange import Exchange
+from .upstream_http import UpstreamError, UpstreamResponse
 from .usage import UsageTap
 
 Headers = list[tuple[bytes, bytes]]
@@ -65,8 +64,8 @@ class RelayResponse(_ExchangeResponse):
     response is closed. A client disconnect cancels the relay, which closes the upstream connection at once.
     """
 
-    def __init__(self, exchange: Exchange, upstream: httpx.Response, tap: UsageTap, headers: Headers) -> None:
-        super().__init__(exchange, upstream.status_code, headers)
+    def __init__(self, exchange: Exchange, upstream: UpstreamResponse, tap: UsageTap, headers: Headers) -> None:
+        super().__init__(exchange, upstream.status, headers)
         self._upstream, self._tap = upstream, tap
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -87,16 +86,15 @@ class RelayResponse(_ExchangeResponse):
             if not watcher.done() or watcher.cancelled():
                 raise  # cancelled by someone else (server shutdown): not ours to swallow
             relay.uncancel()  # the client went away; the relay ends here
-        except httpx.TransportError:
-            # The upstream broke off mid-body; the client sees its response end there.
+        except UpstreamError:
+            # The upstream broke off or fell silent mid-body; the client sees its response end there.
             exchange.error_source = exchange.error_source or "upstream"
         except OSError:
             pass  # the client went away while we were sending
         finally:
             watcher.cancel()
             exchange.finished_at = time.perf_counter()  # the last byte, not the close below
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
+            await upstream.aclose()  # synchronous inside: nothing a cancellation could interrupt
             tap.close()
             self._finish()
 

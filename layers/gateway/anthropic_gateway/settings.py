@@ -26,6 +26,9 @@ class Settings:
     default_anthropic_version: str
     upstream_connect_timeout: float
     upstream_read_timeout: float
+    upstream_write_timeout: float
+    upstream_pool_timeout: float
+    upstream_ca_bundle: str | None
     metrics_namespace: str
     unknown_model_rate: str
     public_base_url: str | None
@@ -50,8 +53,16 @@ def get_settings() -> Settings:
         max_request_bytes=int(_float("MAX_REQUEST_BYTES", LAMBDA_MAX_REQUEST_BYTES)),
         default_anthropic_version=env("DEFAULT_ANTHROPIC_VERSION", "2023-06-01"),
         upstream_connect_timeout=_float("UPSTREAM_CONNECT_TIMEOUT", 10.0),
-        # Long extended-thinking responses can be silent for minutes; Lambda's own cap is 15 minutes.
-        upstream_read_timeout=_float("UPSTREAM_READ_TIMEOUT", 900.0),
+        # The longest silence between two bytes of the upstream's answer. Long extended-thinking responses can be
+        # silent for minutes; it stays under each door's function timeout (template.yaml sets it per door) so the
+        # gateway answers 504 and releases the request's holds before Lambda stops the invocation.
+        upstream_read_timeout=_float("UPSTREAM_READ_TIMEOUT", 840.0),
+        # The longest wait for the upstream to take the request body once it stopped reading.
+        upstream_write_timeout=_float("UPSTREAM_WRITE_TIMEOUT", 30.0),
+        # The wait for a free upstream connection when all of the pool's are busy.
+        upstream_pool_timeout=_float("UPSTREAM_POOL_TIMEOUT", 10.0),
+        # A PEM file of CAs the upstream's certificate must chain to instead of certifi's (tests only).
+        upstream_ca_bundle=env("UPSTREAM_CA_BUNDLE") or None,
         metrics_namespace=env("POWERTOOLS_METRICS_NAMESPACE", "AnthropicGateway"),
         unknown_model_rate=env("UNKNOWN_MODEL_RATE", "max"),
         public_base_url=env("GATEWAY_PUBLIC_URL") or None,

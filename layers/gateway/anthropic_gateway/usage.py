@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _JSON_TAP_LIMIT = 4 * 1024 * 1024  # a Message JSON is far smaller; anything larger is not a Message
+# A stream that ends without its final usage (client gone, upstream cut) is billed for the output it relayed:
+# the UTF-8 bytes of its text, thinking and tool-input deltas at this many bytes per token. Claude's tokens are
+# never shorter than one byte, so 1 is an upper bound (English runs ~4 bytes a token: about 4x the real count).
+ESTIMATE_BYTES_PER_TOKEN = 1
+_DELTA_TEXT_FIELDS = ("text", "thinking", "partial_json")
 
 
 @dataclass
@@ -50,6 +55,9 @@ class UsageTap:
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
     seen_usage: bool = False
+    final_usage: bool = False  # a message_delta (or a whole Message) reported the output tokens
+    usage_estimated: bool = False  # output_tokens is an upper-bound estimate: the stream ended without them
+    delta_bytes: int = 0  # UTF-8 bytes of the output deltas relayed so far
     _pending: bytearray = field(default_factory=bytearray)
     _json: bytearray | None = None
 
@@ -73,6 +81,8 @@ class UsageTap:
         if self._mode == "sse" and self._pending:
             self._sse_line(bytes(self._pending))
             self._pending.clear()
+        if self._mode == "sse" and not self.final_usage and (self.seen_usage or self.delta_bytes):
+            self._estimate_output()
         if self._json:
             try:
                 message = json.loads(self._json)
@@ -91,7 +101,16 @@ class UsageTap:
         for line in lines:
             self._sse_line(line)
 
+    def _estimate_output(self) -> None:
+        """Never less than the tokens the stream reported so far (message_start's), nor than the deltas' bound."""
+        relayed = -(-self.delta_bytes // ESTIMATE_BYTES_PER_TOKEN)
+        self.usage.output_tokens = max(self.usage.output_tokens, relayed)
+        self.seen_usage = self.usage_estimated = True
+
     def _sse_line(self, line: bytes) -> None:
+        if line.startswith(b"data:") and b'"content_block_delta"' in line:
+            self._count_delta(line)
+            return
         # Only message_start and message_delta carry usage; skip everything else without parsing it.
         if not line.startswith(b"data:") or b'"usage"' not in line:
             return
@@ -105,7 +124,19 @@ class UsageTap:
             self._message(event["message"])
         elif event.get("type") == "message_delta" and isinstance(event.get("usage"), dict):
             self.usage.update(event["usage"])
-            self.seen_usage = True
+            self.seen_usage = self.final_usage = True
+
+    def _count_delta(self, line: bytes) -> None:
+        try:
+            event = json.loads(line[5:])
+        except ValueError:
+            return
+        delta = event.get("delta") if isinstance(event, dict) else None
+        if isinstance(delta, dict):
+            for name in _DELTA_TEXT_FIELDS:
+                value = delta.get(name)
+                if isinstance(value, str):
+                    self.delta_bytes += len(value.encode())
 
     def _message(self, message: dict[str, Any]) -> None:
         if isinstance(message.get("model"), str):
@@ -113,3 +144,4 @@ class UsageTap:
         if isinstance(message.get("usage"), dict):
             self.usage.update(message["usage"])
             self.seen_usage = True
+            self.final_usage = self._mode == "json"  # a stream's message_start reports output tokens so far
