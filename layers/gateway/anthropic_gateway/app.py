@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from . import accounting, background, console, forwarding, governance, key_routes, key_spend, secrets, tag_spend, tags
 from .auth import authenticate
+from .batches import admit as admit_batch
 from .errors import GatewayError, error_response, invalid_request, render
 from .exchange import Exchange
 from .ledger import ledger
@@ -67,6 +68,7 @@ async def anthropic_passthrough(request: Request) -> Response:
         body, litellm_metadata = forwarding.strip_litellm_metadata(body)
         exchange.tags = tags.resolve(litellm_metadata, request.headers, exchange.principal)
         await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
+        await admit_batch(exchange, body)  # a batch create reserves its whole estimate (402 when it cannot)
         response = await forwarding.forward(request, body, exchange, await secrets.upstream_key())
     except GatewayError as exc:
         exchange.status, exchange.error_source = exc.status, "gateway"

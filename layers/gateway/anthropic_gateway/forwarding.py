@@ -19,6 +19,7 @@ import httpx
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Scope
 
+from . import batches
 from .errors import GatewayError
 from .exchange import Exchange
 from .responses import BufferedResponse, RelayResponse
@@ -263,7 +264,7 @@ async def forward(
     if upstream.status_code >= 400:
         exchange.error_source = "upstream"
     content_type = upstream.headers.get("content-type", "")
-    exchange.tap = tap = UsageTap(content_type)
+    exchange.tap = tap = batches.results_tap(exchange, upstream.status_code, content_type) or UsageTap(content_type)
     headers = [(n, v) for n, v in upstream.headers.raw if n.decode("latin-1").lower() not in _DROP_RESPONSE]
 
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
@@ -274,6 +275,7 @@ async def forward(
             raise _upstream_failure(exc, "broke off its answer") from None
         finally:
             await upstream.aclose()
+        await batches.observe(exchange, content)  # remembers a created batch, notes ended ones
         exchange.first_byte_at = time.perf_counter()
         exchange.completed = True
         return BufferedResponse(exchange, content, upstream.status_code, headers)
