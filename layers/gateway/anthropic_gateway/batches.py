@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import anyio.to_thread
@@ -45,6 +45,7 @@ _SWEEP_LIMIT = 25  # batches settled per sweep; the next sweep takes the rest
 _MAX_NOTED = 20  # ended batches noted per list answer: bounds the writes one list request can cause
 _MAX_TOKENS_COUNTED = 1_000_000  # no model writes more; bounds the estimate of an absurd max_tokens
 _ZERO = Decimal(0)
+_MICRO_DOLLAR = Decimal("0.000001")
 
 
 @dataclass
@@ -161,7 +162,9 @@ def estimate_batch(body: bytes) -> Decimal:
             counted["max_tokens"] = min(counted["max_tokens"], _MAX_TOKENS_COUNTED)
         prompt_bytes = len(json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode())
         total += governance.estimate_cost(counted, prompt_bytes)
-    return total * pricing.batch_multiplier()
+    # Rounded up to a micro-dollar: still an upper bound, and a reservation that returns to exactly 0 is stored as
+    # 0.000000 (moto's arithmetic cannot read back the 0E-7 a finer amount would leave).
+    return (total * pricing.batch_multiplier()).quantize(_MICRO_DOLLAR, rounding=ROUND_CEILING)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -414,6 +414,8 @@ def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forw
 
 def _add_spend(key_id: str, increments: dict[str, Number]) -> None:
     """One atomic ADD on the key record, at once: it releases a budget reservation."""
+    if not increments:  # a zero reservation, released by a request refused after admission: nothing to write
+        return
     if not table.add_counters(keys.record_pk(key_id), "KEY", increments, only_if_exists=True):
         logger.info("spend not recorded: the key was deleted while the request ran")
 
