@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from aws_lambda_powertools import Logger
 
-from . import governance, metrics, pricing, tag_spend
+from . import batches, governance, metrics, pricing, tag_spend
 from .exchange import Exchange
 
 logger = Logger(child=True)
@@ -29,6 +29,7 @@ async def settle(exchange: Exchange) -> None:
         await governance.settle(exchange, cost)  # spend and tokens on the key; releases what admit reserved
     except Exception:
         logger.exception("accounting failed", extra={"request_id": exchange.request_id})
+    await batches.settle(exchange)  # a batch create's reservation, or a batch settled from its results; never raises
     try:
         metrics.publish(exchange, cost)  # EMF blobs + the access log line, on stdout
     except Exception:

@@ -32,6 +32,7 @@ from . import (
     tags,
 )
 from .auth import authenticate
+from .batches import admit as admit_batch
 from .errors import GatewayError, error_response, invalid_request, render
 from .exchange import Exchange
 from .ledger import ledger
@@ -82,6 +83,7 @@ async def anthropic_passthrough(request: Request) -> Response:
             body = await request_body.read(request)  # litellm_metadata cut out; parsed at most once
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
             await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
+            await admit_batch(exchange, body.raw)  # a batch create reserves its whole estimate (402 when it cannot)
             upstream_key = await secrets.upstream_key()
             response = await _until_disconnect(request, forwarding.forward(request, body.raw, exchange, upstream_key))
         except GatewayError as exc:

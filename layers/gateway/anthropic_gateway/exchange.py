@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Literal
 from .auth import Principal
 from .usage import Usage, UsageTap
 
-if TYPE_CHECKING:  # governance builds on Exchange; only its type is needed here
+if TYPE_CHECKING:  # governance and batches build on Exchange; only their types are needed here
+    from .batches import BatchState
     from .governance import Admission
 
 # Who failed a request: the gateway refused or could not serve it, or the upstream answered with an error or broke off.
@@ -37,6 +38,7 @@ class Exchange:
     tap: UsageTap | None = None
     completed: bool = False  # the upstream body ended normally (not cut off)
     admission: Admission | None = None  # what governance.admit reserved for this request, released at settle
+    batch: BatchState | None = None  # a batch create's reservation, batches seen ended, or a results tap (batches.py)
 
     @property
     def usage(self) -> Usage | None:

@@ -15,6 +15,7 @@ import time
 from starlette.requests import Request
 from starlette.types import Scope
 
+from . import batches
 from .errors import GatewayError
 from .exchange import Exchange
 from .responses import BufferedResponse, RelayResponse
@@ -193,7 +194,7 @@ async def forward(
     if upstream.status >= 400:
         exchange.error_source = "upstream"
     content_type = next((v for n, v in upstream.headers if n.lower() == b"content-type"), b"").decode("latin-1")
-    exchange.tap = tap = UsageTap(content_type)
+    exchange.tap = tap = batches.results_tap(exchange, upstream.status, content_type) or UsageTap(content_type)
     headers = [(n, v) for n, v in upstream.headers if n.decode("latin-1").lower() not in _DROP_RESPONSE]
 
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
@@ -204,6 +205,7 @@ async def forward(
             raise _upstream_failure(exc, "broke off its answer") from None
         finally:
             await upstream.aclose()
+        await batches.observe(exchange, content)  # remembers a created batch, notes ended ones
         exchange.first_byte_at = time.perf_counter()
         exchange.completed = True
         return BufferedResponse(exchange, content, upstream.status, headers)

@@ -190,14 +190,25 @@ def _count_request(record: KeyRecord, now: datetime) -> None:
     raise GatewayError(429, f"{message} Retry in {wait} s.", headers={"retry-after": str(wait)})
 
 
-def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: datetime) -> None:
-    """Take `estimate` out of the budget headroom, on the condition that some headroom is left.
+def reserve_whole(record: KeyRecord, amount: Decimal) -> Decimal | None:
+    """Reserve `amount` on the key's budget only if all of it fits in the headroom (blocking), else GatewayError
+    (402 when it does not fit). What was reserved, or None when the key has no budget. Released by a spend write
+    with `spend_increments(cost, usage, reserved, ...)`. Used by batches.py for a whole batch's estimate."""
+    admission = Admission(key_id=record.key_id)
+    _reserve(record, admission, amount, keys.utcnow(), whole=True)
+    return admission.reserved
+
+
+def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: datetime, whole: bool = False) -> None:
+    """Take `estimate` out of the budget headroom, on the condition that some headroom is left (`whole`: that
+    all of `estimate` fits in it).
 
     The same condition refuses keys that were blocked, deleted or regenerated meanwhile (the record's token must
     still be the one presented), so for budgeted keys those changes apply at once on every instance.
     """
     condition = (
-        "#headroom > :zero AND #token = :token AND (attribute_not_exists(#blocked) OR #blocked = :no)"
+        ("#headroom >= :estimate AND " if whole else "")
+        + "#headroom > :zero AND #token = :token AND (attribute_not_exists(#blocked) OR #blocked = :no)"
         " AND (attribute_not_exists(#reset) OR #reset > :now)"
     )
     names = {
@@ -388,6 +399,8 @@ def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forw
 
 def _add_spend(key_id: str, increments: dict[str, Number]) -> None:
     """One atomic ADD on the key record, at once: it releases a budget reservation."""
+    if not increments:  # a zero reservation, released by a request refused after admission: nothing to write
+        return
     if not table.add_counters(keys.record_pk(key_id), "KEY", increments, only_if_exists=True):
         logger.info("spend not recorded: the key was deleted while the request ran")
 

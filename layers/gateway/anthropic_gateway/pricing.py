@@ -108,6 +108,13 @@ def rates_for(model: str | None) -> Rates:
     return _fallback(spec)
 
 
+@lru_cache(maxsize=1)
+def batch_multiplier() -> Decimal:
+    """What a Message Batches token costs relative to the standard price (pricing.json `batch.multiplier`)."""
+    data = json.loads(_PRICES_FILE.read_text(encoding="utf-8"), parse_float=Decimal, parse_int=Decimal)
+    return Decimal(data["batch"]["multiplier"])
+
+
 def cost_usd(model: str | None, usage: Usage) -> Decimal:
     """USD cost of one response, exact."""
     five, hour = usage.cache_creation_5m_input_tokens, usage.cache_creation_1h_input_tokens

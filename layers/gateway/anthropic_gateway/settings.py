@@ -33,6 +33,7 @@ class Settings:
     unknown_model_rate: str
     public_base_url: str | None
     spend_flush_seconds: float
+    batch_settle_grace_hours: float
 
 
 def _float(name: str, default: float) -> float:
@@ -68,4 +69,6 @@ def get_settings() -> Settings:
         public_base_url=env("GATEWAY_PUBLIC_URL") or None,
         # How long per-request counters (spend, tokens, tag spend) are summed in memory before one write.
         spend_flush_seconds=_float("SPEND_FLUSH_SECONDS", 0.5),
+        # How long after a batch is seen ended its results may still be fetched to be billed exactly (batches.py).
+        batch_settle_grace_hours=_float("BATCH_SETTLE_GRACE_HOURS", 24.0),
     )

@@ -1,0 +1,171 @@
+"""Message Batches billed to keys, through the real SDK and the gateway: reserved at create, settled once from the
+results as they stream through, or at the estimate when they are never fetched (batches.py, docs/keys.md)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import anthropic
+import pytest
+
+from anthropic_gateway import keys, pricing, table
+from anthropic_gateway.usage import Usage
+
+MODEL = "claude-haiku-4-5"
+USAGE = {"input_tokens": 1200, "output_tokens": 300}
+
+
+def sdk(gateway, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=key, max_retries=0)
+
+
+def batch_requests(count: int, max_tokens: int = 1000) -> list[dict]:
+    return [
+        {
+            "custom_id": f"r{i}",
+            "params": {"model": MODEL, "max_tokens": max_tokens, "messages": [{"role": "user", "content": f"Hi {i}"}]},
+        }
+        for i in range(count)
+    ]
+
+
+def exact_cost(results: int, **usage: int) -> Decimal:
+    """What Anthropic bills for `results` succeeded results of this usage: the standard price, halved."""
+    return results * pricing.cost_usd(MODEL, Usage(**usage)) * Decimal("0.5")
+
+
+def info_of(gateway, admin, key: str) -> dict:
+    gateway.drain()  # the after-response work (settling) is done
+    response = admin.get("/key/info", params={"key": keys.token_of(key)})
+    assert response.status_code == 200, response.text
+    return response.json()["info"]
+
+
+def money(value: float) -> Decimal:
+    return Decimal(repr(value))
+
+
+def create(client: anthropic.Anthropic, count: int = 3, **headers: str):
+    return client.messages.batches.create(
+        requests=batch_requests(count), extra_headers={"x-fake-usage": json.dumps(USAGE), **headers}
+    )
+
+
+def reserved_on_the_batch(batch_id: str) -> Decimal:
+    item = table.get(f"BATCH#{batch_id}", "BATCH")
+    assert item is not None
+    return Decimal(item["reserved"])
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The gateway's clock (keys.utcnow), moved by hand: grace periods without sleeps."""
+    now = [datetime.now(UTC).replace(microsecond=0)]
+    monkeypatch.setattr(keys, "utcnow", lambda: now[0])
+    return now
+
+
+def test_a_batch_over_the_budget_is_refused_with_402_before_the_upstream(gateway, admin, make_key, fake_upstream):
+    key = make_key(max_budget=0.05)  # 20 requests of 64,000 max_tokens at $2.50/MTok: over $1.60 at batch prices
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        sdk(gateway, key).messages.batches.create(requests=batch_requests(20, max_tokens=64_000))
+    assert refused.value.status_code == 402
+    assert refused.value.body["error"]["type"] == "billing_error"
+    assert "This batch may cost up to $" in refused.value.message
+    assert not [r for r in fake_upstream.requests if r.path.startswith("/v1/messages/batches")]
+    info = info_of(gateway, admin, key)
+    assert info["reserved_spend"] == 0 and info["spend"] == 0
+    # A batch that fits the same budget goes through.
+    assert sdk(gateway, key).messages.batches.create(requests=batch_requests(1, max_tokens=100)).id
+
+
+def test_a_batch_is_reserved_at_create_and_settled_exactly_from_its_results(gateway, admin, make_key):
+    key = make_key(max_budget=10)
+    client = sdk(gateway, key)
+    batch = create(client, count=3)
+    info = info_of(gateway, admin, key)
+    reserved = money(info["reserved_spend"])
+    assert reserved > 0 and reserved == reserved_on_the_batch(batch.id) and info["spend"] == 0
+    assert reserved >= exact_cost(3, **USAGE)  # an upper bound
+
+    results = list(client.messages.batches.results(batch.id))
+    assert [r.result.type for r in results] == ["succeeded"] * 3
+
+    info = info_of(gateway, admin, key)
+    assert money(info["spend"]) == exact_cost(3, **USAGE)
+    assert info["reserved_spend"] == 0
+    assert info["input_tokens"] == 3 * USAGE["input_tokens"] and info["output_tokens"] == 3 * USAGE["output_tokens"]
+
+
+def test_results_fetched_many_times_settle_once(gateway, admin, make_key):
+    key = make_key(max_budget=10)
+    client = sdk(gateway, key)
+    batch = create(client, count=2)
+    assert [len(list(client.messages.batches.results(batch.id))) for _ in range(3)] == [2] * 3
+    assert money(info_of(gateway, admin, key)["spend"]) == exact_cost(2, **USAGE)
+    assert len(list(client.messages.batches.results(batch.id))) == 2
+    info = info_of(gateway, admin, key)
+    assert money(info["spend"]) == exact_cost(2, **USAGE) and info["reserved_spend"] == 0
+
+
+def test_an_unbudgeted_key_gets_its_batch_spend_recorded(gateway, admin, make_key):
+    key = make_key()
+    client = sdk(gateway, key)
+    batch = create(client, count=2)
+    assert info_of(gateway, admin, key)["reserved_spend"] == 0
+    list(client.messages.batches.results(batch.id))
+    info = info_of(gateway, admin, key)
+    assert money(info["spend"]) == exact_cost(2, **USAGE) and info["reserved_spend"] == 0
+
+
+def test_a_create_the_upstream_refuses_releases_its_reservation(gateway, admin, make_key, fake_upstream):
+    key = make_key(max_budget=10)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        create(sdk(gateway, key), count=3, **{"x-fake-error": "529"})
+    assert refused.value.status_code == 529
+    assert [r.path for r in fake_upstream.requests] == ["/v1/messages/batches"]  # it did go upstream
+    info = info_of(gateway, admin, key)
+    assert info["reserved_spend"] == 0 and info["spend"] == 0
+
+
+def test_a_batch_seen_ended_and_never_fetched_is_settled_at_its_estimate_after_the_grace(
+    gateway, admin, make_key, clock
+):
+    key = make_key(max_budget=10)
+    client = sdk(gateway, key)
+    batch = create(client, count=3, **{"x-fake-batch-status": "in_progress"})
+    estimate = money(info_of(gateway, admin, key)["reserved_spend"])
+    assert estimate > 0
+    client.messages.batches.cancel(batch.id)  # the fake then ends it
+    assert client.messages.batches.retrieve(batch.id).processing_status == "ended"  # the grace starts now
+    gateway.drain()  # (noted after the response)
+
+    clock[0] += timedelta(hours=23)  # within the grace: any request sweeps, nothing is due
+    client.models.list()
+    assert money(info_of(gateway, admin, key)["reserved_spend"]) == estimate
+
+    clock[0] += timedelta(hours=1, minutes=1)
+    client.models.list()  # starts the sweep
+    info = info_of(gateway, admin, key)
+    assert money(info["spend"]) == estimate and info["reserved_spend"] == 0
+
+    list(client.messages.batches.results(batch.id))  # fetched late: it was settled already, once
+    assert money(info_of(gateway, admin, key)["spend"]) == estimate
+
+
+def test_a_batch_never_seen_ended_is_settled_at_its_estimate_when_its_results_expire(gateway, admin, make_key, clock):
+    key = make_key()  # no budget: spend is counted all the same
+    client = sdk(gateway, key)
+    batch = create(client, count=2, **{"x-fake-batch-status": "in_progress"})
+    item = table.get(f"BATCH#{batch.id}", "BATCH")
+    assert item is not None and item["reserved"] == 0
+    estimate = Decimal(item["estimate"])
+
+    clock[0] += timedelta(days=28)
+    client.models.list()
+    assert info_of(gateway, admin, key)["spend"] == 0
+    clock[0] += timedelta(days=1, minutes=1)  # 29 days: Anthropic has deleted the results
+    client.models.list()
+    assert money(info_of(gateway, admin, key)["spend"]) == estimate
