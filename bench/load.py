@@ -6,15 +6,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import signal
 import subprocess
 import tempfile
-import time
+import threading
 from pathlib import Path
 
 from bench import processes
 from bench.latency import MESSAGE
 
 WRK = "wrk"
+DONE = "bench-thread-done"
+TIMEOUT_S = 10  # wrk's default of 2 s would count slow answers on a busy machine as socket errors
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
@@ -25,6 +28,7 @@ class WrkResult:
     requests_per_s: float
     non_2xx: int  # wrk counts statuses >= 400 ("Non-2xx or 3xx responses")
     socket_errors: int  # connect + read + write + timeout
+    timeouts: int  # of which: no answer within TIMEOUT_S
     p50_ms: float | None
     p99_ms: float | None
     cpu_ms_per_request: float | None  # of the process given as `pid`
@@ -66,7 +70,8 @@ def lua_script(headers: dict[str, str], stop_after: int | None = None) -> str:
             "local responses = 0",
             "function response(status, headers, body)",
             "  responses = responses + 1",
-            f"  if responses >= {stop_after} then wrk.thread:stop() end",
+            # wrk's main thread sleeps out -d regardless, so also say so: the bench then stops wrk with SIGINT.
+            f'  if responses == {stop_after} then io.write("{DONE}\\n"); io.flush(); wrk.thread:stop() end',
             "end",
         ]
     return "\n".join(lines) + "\n"
@@ -95,6 +100,7 @@ def parse(output: str, cpu_seconds: float | None) -> WrkResult:
         requests_per_s=requests / seconds if seconds else 0.0,
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+        timeouts=int(errors.group(4)) if errors else 0,
         p50_ms=_ms(p50.group(1)) if p50 else None,
         p99_ms=_ms(p99.group(1)) if p99 else None,
         cpu_ms_per_request=cpu_seconds * 1000 / requests if cpu_seconds is not None and requests else None,
@@ -102,7 +108,10 @@ def parse(output: str, cpu_seconds: float | None) -> WrkResult:
 
 
 def _command(url: str, script: Path, connections: int, threads: int, seconds: float) -> list[str]:
-    return [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url]
+    return [
+        *(WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={TIMEOUT_S}s", "--latency"),
+        *("-s", str(script), url),
+    ]
 
 
 def throughput(
@@ -130,8 +139,8 @@ def soak(
         rss.append(processes.rss_kib(pid) / 1024)
         fds.append(processes.open_fds(pid))
 
-    # A duration as a backstop only: the script stops each thread after its share of the requests.
-    backstop_s = requests / 100 + 60
+    # A duration as a backstop only: the script stops each thread after its share of the requests and says so.
+    backstop_s = requests / 50 + 60
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(lua_script(headers, stop_after=-(-requests // threads)))
         script.flush()
@@ -140,15 +149,28 @@ def soak(
         with subprocess.Popen(
             _command(url, Path(script.name), connections, threads, backstop_s), stdout=subprocess.PIPE, text=True
         ) as wrk:
-            deadline = time.monotonic() + sample_s
-            while wrk.poll() is None:
-                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-                if time.monotonic() >= deadline:
-                    sample()
-                    deadline += sample_s
-            out = wrk.stdout.read() if wrk.stdout else ""
-        cpu = processes.cpu_seconds(pid) - cpu_before
+            lines: list[str] = []
+            all_done = threading.Event()
+            reader = threading.Thread(target=_read_lines, args=(wrk, lines, threads, all_done), daemon=True)
+            reader.start()
+            while not all_done.wait(sample_s) and wrk.poll() is None:
+                sample()
+            cpu = processes.cpu_seconds(pid) - cpu_before
+            if wrk.poll() is None:
+                wrk.send_signal(signal.SIGINT)  # wrk then prints its summary, its clock stopped about now
+            wrk.wait()
+            reader.join()
         sample()
+    out = "".join(lines)
     if wrk.returncode:
         raise RuntimeError(f"wrk exited with {wrk.returncode}:\n{out}")
     return SoakResult(load=parse(out, cpu), rss_mb=rss, fds=fds)
+
+
+def _read_lines(wrk: subprocess.Popen[str], lines: list[str], threads: int, all_done: threading.Event) -> None:
+    assert wrk.stdout is not None
+    for line in wrk.stdout:
+        lines.append(line)
+        if sum(DONE in seen for seen in lines) >= threads:
+            all_done.set()
+    all_done.set()
