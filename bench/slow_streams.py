@@ -10,11 +10,13 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections import Counter
 
 from bench import processes
 from bench.latency import MESSAGE
 
 _END = b"\r\n0\r\n\r\n"  # the last chunk of a chunked body
+COMPLETED = "completed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,7 @@ class SlowStreamsResult:
     rss_peak_mb: float
     rss_after_mb: float
     fds_peak: int
+    failures: dict[str, int]  # how the streams that did not complete ended, and how many of each
 
     @property
     def rss_growth_mb(self) -> float:
@@ -40,31 +43,35 @@ def request_bytes(port: int, path: str, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _one_stream(port: int, request: bytes, timeout: float) -> bool:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _one_stream(port: int, request: bytes, timeout: float) -> str:
+    """How the stream ended: COMPLETED, or what went wrong (for the report)."""
     try:
         async with asyncio.timeout(timeout):
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                return False
-            seen, tail = False, b""
-            while not tail.endswith(_END):
-                data = await reader.read(65536)
-                if not data:
-                    return False
-                seen = seen or b"message_stop" in tail[-16:] + data
-                tail = (tail + data)[-64:]
-            return seen
-    except (TimeoutError, OSError, asyncio.IncompleteReadError):
-        return False
-    finally:
-        writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    return "status " + head[9:12].decode("latin-1")
+                seen, tail = False, b""
+                while not tail.endswith(_END):
+                    data = await reader.read(65536)
+                    if not data:
+                        return "closed before the end"
+                    seen = seen or b"message_stop" in tail[-16:] + data
+                    tail = (tail + data)[-64:]
+                return COMPLETED if seen else "no message_stop"
+            finally:
+                writer.close()
+    except TimeoutError:
+        return f"not done in {timeout:g} s"
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        return type(exc).__name__
 
 
 async def _run(
     port: int, path: str, headers: dict[str, str], streams: int, stream_s: float, pid: int
-) -> tuple[int, float, int, int]:
+) -> tuple[list[str], float, int, int]:
     request = request_bytes(port, path, headers)
     peak_rss, peak_fds = processes.rss_kib(pid), processes.open_fds(pid)
     finished = asyncio.Event()
@@ -83,7 +90,7 @@ async def _run(
     seconds = loop.time() - started
     finished.set()
     await watcher
-    return sum(outcomes), seconds, peak_rss, peak_fds
+    return outcomes, seconds, peak_rss, peak_fds
 
 
 def run(
@@ -93,16 +100,17 @@ def run(
     through the gateway `pid` listening on `port`."""
     headers = {**headers, "x-fake-delay-ms": f"{gap_ms:g}", "x-fake-chunks": str(events)}
     before = processes.rss_kib(pid)
-    completed, seconds, peak, fds_peak = asyncio.run(
+    outcomes, seconds, peak, fds_peak = asyncio.run(
         _run(port, path, headers, streams, (events + 2) * gap_ms / 1000, pid)
     )
     time.sleep(2)  # the gateway's after-response work for the last streams
     return SlowStreamsResult(
         streams=streams,
-        completed=completed,
+        completed=outcomes.count(COMPLETED),
         seconds=seconds,
         rss_before_mb=before / 1024,
         rss_peak_mb=peak / 1024,
         rss_after_mb=processes.rss_kib(pid) / 1024,
         fds_peak=fds_peak,
+        failures=dict(Counter(outcome for outcome in outcomes if outcome != COMPLETED)),
     )
