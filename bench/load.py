@@ -140,7 +140,7 @@ def soak(
         fds.append(processes.open_fds(pid))
 
     # A duration as a backstop only: the script stops each thread after its share of the requests and says so.
-    backstop_s = requests / 50 + 60
+    backstop_s = requests / 20 + 60  # a gateway slower than 20 req/s is not soaked to the end
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
         script.write(lua_script(headers, stop_after=-(-requests // threads)))
         script.flush()

@@ -99,6 +99,8 @@ def _memory_rows(r: Results) -> list[Row]:
     before, after = r.download_rss_mb
     s, soak = r.slow_streams, r.soak
     gap_s = r.config["slow_stream_gap_ms"] / 1000
+    asked = r.config["soak_requests"]
+    short = f" of {asked:,} (wrk's time limit came first)" if soak.load.requests < asked else ""
     rows: list[Row] = [
         ("Gateway RSS around a 50 MB streamed download", "", f"{before:.1f} → {after:.1f} MB",
          f"**{after - before:+.1f} MB**", f"< {DOWNLOAD_RSS_MB} MB", after - before < DOWNLOAD_RSS_MB),
@@ -108,7 +110,7 @@ def _memory_rows(r: Results) -> list[Row]:
         ("… gateway RSS before → peak → after", "",
          f"{s.rss_before_mb:.1f} → {s.rss_peak_mb:.1f} → {s.rss_after_mb:.1f} MB", f"**{s.rss_growth_mb:+.1f} MB**",
          f"< {SLOW_STREAMS_RSS_MB} MB", s.rss_growth_mb < SLOW_STREAMS_RSS_MB),
-        (f"Soak, {soak.load.requests:,} requests ({soak.load.requests_per_s:,.0f} req/s, "
+        (f"Soak, {soak.load.requests:,}{short} requests ({soak.load.requests_per_s:,.0f} req/s, "
          f"{soak.load.non_2xx + soak.load.socket_errors} errors): gateway RSS start / max / end", "",
          f"{soak.rss_mb[0]:.1f} / {max(soak.rss_mb):.1f} / {soak.rss_mb[-1]:.1f} MB",
          "flat" if soak.rss_flat else "**growing**", "flat", soak.rss_flat),
