@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def _load_rows(r: Results) -> list[Row]:
     connections, seconds = r.config["connections"], r.config["duration_s"]
     errors_g = g.non_2xx + g.socket_errors
     return [
-        (f"Throughput, {connections} connections, {seconds:g} s (wrk; all on the same 2 cores)",
+        (f"Throughput, {connections} connections, {seconds:g} s (wrk; all on the same {os.cpu_count()} cores)",
          f"{d.requests_per_s:,.0f} req/s", f"**{g.requests_per_s:,.0f} req/s**", "",
          f"≥ {REQUESTS_PER_S:,} req/s", g.requests_per_s >= REQUESTS_PER_S),
         ("… errors under load (non-2xx / socket)", f"{d.non_2xx} / {d.socket_errors}",
