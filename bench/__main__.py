@@ -1,98 +1,49 @@
-"""`make bench`: the gateway against the fake upstream, side by side with talking to the upstream directly.
+"""`make bench`: the gateway side by side with talking to the upstream directly, against issue 11's bar.
 
-Each party runs in its own process (moto as AWS, the fake Anthropic upstream, the gateway under uvicorn, and this
-client), so the numbers are not muddled by one GIL. Prints a markdown table; README.md carries the last run.
+Each party runs in its own process: moto as AWS, a fast canned upstream (bench/fast_upstream.py, so that under load
+the upstream is not the bottleneck), the gateway under uvicorn started with the streaming door's own flags (read
+from functions/proxy/run.sh), wrk as the load generator, and this client. In one run:
+
+1. added latency at concurrency 1 (non-streamed and stream time to first byte), direct and gateway batches alternated;
+2. gateway RSS around a 50 MB streamed download;
+3. throughput at 32 connections (wrk), directly and through the gateway, with the gateway's CPU per request;
+4. 1,000 concurrent slow streams held by the gateway: RSS before / peak / after;
+5. a 100,000-request soak sampling the gateway's RSS and open fds;
+6. cold start and deployment size of the `sam build` artifact (bench/cold_start.py).
+
+Prints the README's markdown table and writes the results to .bench/results.json. BENCH_QUICK=1 for a short run;
+the knobs are in bench/config.py.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import statistics
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import httpx
 
-from support.servers import answers, free_port
-from support.waiting import eventually
+from bench import cold_start, latency, load, processes, report, slow_streams
+from bench.config import BenchConfig
+from support.servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = processes.ROOT
+RESULTS = ROOT / ".bench" / "results.json"
 MASTER_KEY = "sk-master-bench-0123456789"
 UPSTREAM_KEY = "sk-ant-upstream-test-key"
-MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hello, world"}]}
 DOWNLOAD_BYTES = 50 * 1024 * 1024
+VERSION = {"anthropic-version": "2023-06-01"}
 
 
-def _wait_until_up(url: str, process: subprocess.Popen, seconds: float = 30) -> None:
-    def up() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        return answers(url, status=None)
-
-    eventually(up, timeout=seconds, interval=0.05, what=f"{url} up")
+def _step(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def _start(stack: ExitStack, args: list[str], env: dict, ready_url: str) -> subprocess.Popen:
-    process = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stack.callback(process.wait, 10)
-    stack.callback(process.terminate)
-    _wait_until_up(ready_url, process)
-    return process
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def _percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
-def _latencies(http: httpx.Client, url: str, headers: dict, rounds: int) -> list[float]:
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        response = http.post(url, json=MESSAGE, headers=headers)
-        samples.append((time.perf_counter() - started) * 1000)
-        assert response.status_code == 200, response.text
-    return samples
-
-
-def _first_byte(http: httpx.Client, url: str, headers: dict, rounds: int) -> list[float]:
-    samples = []
-    body = dict(MESSAGE, stream=True)
-    for _ in range(rounds):
-        started = time.perf_counter()
-        with http.stream("POST", url, json=body, headers=headers) as response:
-            chunks = response.iter_raw()
-            next(chunks)
-            samples.append((time.perf_counter() - started) * 1000)
-            for _ in chunks:
-                pass
-    return samples
-
-
-def _interleaved(measure, http, direct: tuple[str, dict], via: tuple[str, dict], rounds: int, batches: int = 10):
-    """Alternate direct and gateway batches so machine noise hits both sides alike."""
-    direct_samples, gateway_samples = [], []
-    for _ in range(batches):
-        direct_samples += measure(http, *direct, rounds // batches)
-        gateway_samples += measure(http, *via, rounds // batches)
-    return direct_samples, gateway_samples
-
-
-def main() -> int:
-    python = sys.executable
-    moto_port, upstream_port, gateway_port = free_port(), free_port(), free_port()
-    env = dict(
+def _environment(moto_port: int, upstream_port: int) -> dict[str, str]:
+    return dict(
         os.environ,
         PYTHONPATH=f"{ROOT / 'layers' / 'gateway'}:{ROOT}",
         AWS_ACCESS_KEY_ID="testing",
@@ -102,93 +53,99 @@ def main() -> int:
         ANTHROPIC_API_BASE=f"http://127.0.0.1:{upstream_port}",
         POWERTOOLS_METRICS_NAMESPACE="AnthropicGatewayBench",
     )
+
+
+def _virtual_key(gateway_port: int) -> str:
+    created = httpx.post(
+        f"http://127.0.0.1:{gateway_port}/key/generate",
+        json={},
+        headers={"Authorization": f"Bearer {MASTER_KEY}"},
+        timeout=30,
+    )
+    created.raise_for_status()
+    key: str = created.json()["key"]
+    return key
+
+
+def measure_serving(config: BenchConfig, load_average_start: list[float]) -> report.Results:
+    python = sys.executable
+    moto_port, upstream_port, gateway_port = free_port(), free_port(), free_port()
+    env = _environment(moto_port, upstream_port)
     with ExitStack() as stack:
-        _start(stack, [python, "-m", "moto.server", "-p", str(moto_port)], env, f"http://127.0.0.1:{moto_port}")
-        _start(stack, [python, "-m", "bench.upstream", str(upstream_port)], env, f"http://127.0.0.1:{upstream_port}")
-        subprocess.run(
-            [
-                python,
-                "-c",
-                f"from anthropic_gateway import local; local.create_resources({UPSTREAM_KEY!r}, {MASTER_KEY!r})",
-            ],
-            env=env,
-            cwd=ROOT,
-            check=True,
+        processes.start(stack, [python, "-m", "moto.server", "-p", str(moto_port)], env, env["AWS_ENDPOINT_URL"])
+        upstream = processes.start(
+            stack, [python, "-m", "bench.fast_upstream", str(upstream_port)], env, env["ANTHROPIC_API_BASE"]
         )
-        gateway = _start(
-            stack,
-            [
-                python,
-                "-m",
-                "uvicorn",
-                "anthropic_gateway.app:app",
-                "--port",
-                str(gateway_port),
-                "--log-level",
-                "warning",
-                "--no-server-header",
-                "--no-access-log",
-            ],
-            env,
-            f"http://127.0.0.1:{gateway_port}/health",
-        )
-        direct_url = f"http://127.0.0.1:{upstream_port}/v1/messages"
-        gateway_url = f"http://127.0.0.1:{gateway_port}/anthropic/v1/messages"
+        create = f"from anthropic_gateway import local; local.create_resources({UPSTREAM_KEY!r}, {MASTER_KEY!r})"
+        subprocess.run([python, "-c", create], env=env, cwd=ROOT, check=True)
+        gateway_base = f"http://127.0.0.1:{gateway_port}"
+        gateway = processes.start(stack, [python, *processes.uvicorn_args(gateway_port)], env, f"{gateway_base}/health")
+        direct_base = env["ANTHROPIC_API_BASE"]
+        gateway_headers = {"x-api-key": _virtual_key(gateway_port), **VERSION}
+        direct = (f"{direct_base}/v1/messages", {"x-api-key": UPSTREAM_KEY, **VERSION})
+        via = (f"{gateway_base}/anthropic/v1/messages", gateway_headers)
+
+        _step(f"latency at concurrency 1: {config.latency_rounds} + {config.first_byte_rounds} requests per side")
         with httpx.Client(timeout=60) as http:
-            created = http.post(
-                f"http://127.0.0.1:{gateway_port}/key/generate",
-                json={},
-                headers={"Authorization": f"Bearer {MASTER_KEY}"},
+            latency.messages(http, *direct, 50)  # warm up connections and caches on both paths
+            latency.messages(http, *via, 50)
+            direct_ms, gateway_ms = latency.interleaved(latency.messages, http, direct, via, config.latency_rounds)
+            direct_fb, gateway_fb = latency.interleaved(latency.first_byte, http, direct, via, config.first_byte_rounds)
+            _step("50 MB download")
+            rss_before = processes.rss_kib(gateway.pid) / 1024
+            download = f"{gateway_base}/anthropic/v1/files/file_big_{DOWNLOAD_BYTES}/content"
+            received = latency.download_bytes(
+                http, download, {**gateway_headers, "anthropic-beta": "files-api-2025-04-14"}
             )
-            virtual_key = created.json()["key"]
-            version = {"anthropic-version": "2023-06-01"}
-            direct = (direct_url, {"x-api-key": UPSTREAM_KEY, **version})
-            via = (gateway_url, {"x-api-key": virtual_key, **version})
-            _latencies(http, *direct, 50)  # warm up connections and caches on both paths
-            _latencies(http, *via, 50)
-            direct_ms, gateway_ms = _interleaved(_latencies, http, direct, via, rounds=1000)
-            direct_fb, gateway_fb = _interleaved(_first_byte, http, direct, via, rounds=300)
-
-            rss_before = _rss_kib(gateway.pid)
-            download = f"http://127.0.0.1:{gateway_port}/anthropic/v1/files/file_big_{DOWNLOAD_BYTES}/content"
-            received = 0
-            with http.stream(
-                "GET", download, headers={"x-api-key": virtual_key, "anthropic-beta": "files-api-2025-04-14"}
-            ) as response:
-                for chunk in response.iter_raw():
-                    received += len(chunk)
             assert received == DOWNLOAD_BYTES, received
-            rss_after = _rss_kib(gateway.pid)
+            rss_after = processes.rss_kib(gateway.pid) / 1024
 
-    p50 = statistics.median
-    rows = [
-        ("messages, p50 (ms)", p50(direct_ms), p50(gateway_ms)),
-        ("messages, p99 (ms)", _percentile(direct_ms, 0.99), _percentile(gateway_ms, 0.99)),
-        ("stream first byte, p50 (ms)", p50(direct_fb), p50(gateway_fb)),
-        ("stream first byte, p99 (ms)", _percentile(direct_fb, 0.99), _percentile(gateway_fb, 0.99)),
-    ]
-    print("| measure | direct | through gateway | added |")
-    print("|---|---:|---:|---:|")
-    for name, direct_value, gateway_value in rows:
-        print(f"| {name} | {direct_value:.2f} | {gateway_value:.2f} | {gateway_value - direct_value:+.2f} |")
-    growth = (rss_after - rss_before) / 1024
-    print(
-        f"| gateway RSS around a 50 MB streamed download (MB) | | {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} "
-        f"| {growth:+.1f} |"
+        wrk = dict(connections=config.connections, threads=config.wrk_threads, seconds=config.duration_s)
+        _step(f"throughput: wrk, {config.connections} connections, {config.duration_s:g} s per side")
+        direct_load = load.throughput(*direct, upstream.pid, **wrk)  # type: ignore[arg-type]
+        gateway_load = load.throughput(*via, gateway.pid, **wrk)  # type: ignore[arg-type]
+
+        _step(f"{config.slow_streams} concurrent slow streams")
+        streams = slow_streams.run(
+            gateway_port, "/anthropic/v1/messages", gateway_headers, gateway.pid,
+            streams=config.slow_streams, events=config.slow_stream_events, gap_ms=config.slow_stream_gap_ms,
+        )  # fmt: skip
+
+        _step(f"soak: {config.soak_requests:,} requests")
+        soak = load.soak(
+            *via, gateway.pid, requests=config.soak_requests, connections=config.connections,
+            threads=config.wrk_threads, sample_s=config.soak_sample_s,
+        )  # fmt: skip
+    return report.Results(
+        config=dataclasses.asdict(config),
+        direct_ms=direct_ms,
+        gateway_ms=gateway_ms,
+        direct_first_byte_ms=direct_fb,
+        gateway_first_byte_ms=gateway_fb,
+        download_rss_mb=(rss_before, rss_after),
+        direct_load=direct_load,
+        gateway_load=gateway_load,
+        slow_streams=streams,
+        soak=soak,
+        cold_start=None,
+        load_average=(load_average_start, []),
     )
-    print(
-        json.dumps(
-            {
-                "added_p50_ms": round(p50(gateway_ms) - p50(direct_ms), 3),
-                "added_first_byte_ms": round(p50(gateway_fb) - p50(direct_fb), 3),
-                "rss_growth_mb": round(growth, 2),
-            }
-        )
+
+
+def main() -> int:
+    config = BenchConfig.from_env()
+    processes.raise_fd_limit()
+    started = time.monotonic()
+    results = measure_serving(config, list(os.getloadavg()))
+    _step(f"cold start ({config.cold_start_runs} runs) and size: sam build")
+    cold = cold_start.measure(config.cold_start_runs, skip_arm64=config.quick)
+    results = dataclasses.replace(
+        results, cold_start=cold, load_average=(results.load_average[0], list(os.getloadavg()))
     )
-    cold_start = ROOT / "bench" / "cold_start.py"
-    if cold_start.exists():
-        subprocess.run([python, str(cold_start)], cwd=ROOT, check=True)
-    return 0
+    print(report.markdown(results))
+    report.write_json(results, RESULTS)
+    _step(f"done in {time.monotonic() - started:.0f} s; results in {RESULTS.relative_to(ROOT)}")
+    return 0 if cold is not None else 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Targets: cold start <= 1 s on the development machines, total unzipped size <= 3
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import subprocess
@@ -90,33 +91,62 @@ def _build(work: Path, architecture: str) -> Path | None:
     return build_dir
 
 
+@dataclasses.dataclass(frozen=True)
+class ColdStartResult:
+    runs: int
+    cold_start_s: list[float]  # spawn run.sh to first /health 200, one per fresh process
+    import_s: list[float]  # import anthropic_gateway.app in process
+    cold_start_no_bytecode_s: list[float]
+    x86_unzipped: int  # bytes, layer + functions
+    x86_zipped: int
+    arm_unzipped: int | None  # None: arm64 not built
+    arm_zipped: int | None
+
+    @property
+    def deployed_unzipped(self) -> int:
+        return self.arm_unzipped if self.arm_unzipped is not None else self.x86_unzipped
+
+
+def measure(runs: int, build_dir: Path | None = None, skip_arm64: bool = False) -> ColdStartResult | None:
+    """Build (unless given an x86_64 build), then time `runs` cold starts; None if `sam build` failed."""
+    with tempfile.TemporaryDirectory(prefix="bench-cold-start-") as tmp:
+        work = Path(tmp)
+        x86 = build_dir or _build(work, "x86_64")
+        if x86 is None:
+            return None
+        arm = None if skip_arm64 else _build(work, "arm64")
+        support = work / "support"
+        bare = without_bytecode(x86, work)
+
+        # Interleaved, so a busy moment on the machine weighs on every column alike.
+        cold, imports, cold_bare = [], [], []
+        for _ in range(runs):
+            cold.append(cold_start(x86, support))
+            imports.append(import_time(x86, support))
+            cold_bare.append(cold_start(bare, support))
+        x86_size, x86_zip = sizes(x86)
+        arm_size, arm_zip = sizes(arm) if arm else (None, None)
+    return ColdStartResult(runs, cold, imports, cold_bare, x86_size, x86_zip, arm_size, arm_zip)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Cold start and deployment size of the SAM build.")
     parser.add_argument("--runs", type=int, default=10, help="fresh processes to time (default 10)")
     parser.add_argument("--build-dir", type=Path, help="reuse an x86_64 `sam build` output instead of building")
     parser.add_argument("--skip-arm64", action="store_true", help="do not build arm64 for its size")
     args = parser.parse_args(argv)
-
-    with tempfile.TemporaryDirectory(prefix="bench-cold-start-") as tmp:
-        work = Path(tmp)
-        x86 = args.build_dir or _build(work, "x86_64")
-        if x86 is None:
-            return 1
-        arm = None if args.skip_arm64 else _build(work, "arm64")
-        support = work / "support"
-        bare = without_bytecode(x86, work)
-
-        # Interleaved, so a busy moment on the machine weighs on every column alike.
-        cold, imports, cold_bare = [], [], []
-        for _ in range(args.runs):
-            cold.append(cold_start(x86, support))
-            imports.append(import_time(x86, support))
-            cold_bare.append(cold_start(bare, support))
-        x86_size, x86_zip = sizes(x86)
-        arm_size, arm_zip = sizes(arm) if arm else (None, None)
-
+    result = measure(args.runs, args.build_dir, args.skip_arm64)
+    if result is None:
+        return 1
+    cold, imports, cold_bare = result.cold_start_s, result.import_s, result.cold_start_no_bytecode_s
+    x86_size, x86_zip, arm_size, arm_zip = (
+        result.x86_unzipped,
+        result.x86_zipped,
+        result.arm_unzipped,
+        result.arm_zipped,
+    )
     cold_median = statistics.median(cold)
-    deployed = arm_size if arm_size is not None else x86_size
+    deployed = result.deployed_unzipped
     rows = [
         ("Cold start: spawn run.sh to first /health 200 (median)", f"{cold_median * 1000:.0f} ms",
          f"<= {COLD_START_TARGET_S * 1000:.0f} ms", cold_median <= COLD_START_TARGET_S),
