@@ -36,9 +36,9 @@ _MANTLE_HOST = re.compile(r"(bedrock-mantle)\.([a-z0-9-]+)\.api\.aws")
 _RUNTIME_HOST = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
 # Bedrock serves these and nothing else of the Anthropic API (no batches, files or models).
 PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
-# Never sent to Bedrock: the client's and Anthropic's credentials, what the HTTP client sets, and any AWS header a
-# client could use to interfere with the signature.
-_DROP = frozenset({"host", "content-length", "authorization", "x-api-key", "x-amz-date", "x-amz-security-token"})
+# Never sent to Bedrock: the client's and Anthropic's credentials, what the HTTP client sets, and (by prefix) any
+# x-amz-* header, which only the signer may set.
+_DROP = frozenset({"host", "content-length", "authorization", "x-api-key"})
 # Signed besides host and the x-amz-* headers botocore adds: what changes the meaning of the request. The rest is
 # sent unsigned, which SigV4 allows, so a header a proxy may rewrite cannot break the signature.
 _SIGNED = frozenset({"content-type", "anthropic-version", "anthropic-beta"})
@@ -226,7 +226,7 @@ class Bedrock:
             )
         rewritten = _rewrite_for_bedrock(body, self.model_ids)
         url = self.base_url + path + ("?" + query.decode("latin-1") if query else "")
-        kept = [(n, v) for n, v in headers if n.decode("latin-1").lower() not in _DROP]
+        kept = [(n, v) for n, v in headers if not _dropped(n.decode("latin-1").lower())]
         if self.api_key_secret:
             key = await secrets._secret(self.api_key_secret)
             return url, [*kept, (b"authorization", b"Bearer " + key.encode())], rewritten
@@ -242,15 +242,19 @@ class Bedrock:
         try:
             with anyio.fail_after(_CREDENTIALS_WAIT):
                 if credentials is None:
-                    credentials = await anyio.to_thread.run_sync(_process_credentials)
+                    credentials = await anyio.to_thread.run_sync(_process_credentials, abandon_on_cancel=True)
                 if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
                     # botocore renews them on this call: network I/O, so in a worker thread.
-                    return await anyio.to_thread.run_sync(credentials.get_frozen_credentials)
+                    return await anyio.to_thread.run_sync(credentials.get_frozen_credentials, abandon_on_cancel=True)
         except Exception as exc:  # the reason may name the provider; never a credential
             raise GatewayError(503, f"The gateway cannot obtain its AWS credentials ({type(exc).__name__}).") from None
         if credentials is None:
             raise GatewayError(503, "The gateway has no AWS credentials to call Amazon Bedrock with.")
         return credentials.get_frozen_credentials()
+
+
+def _dropped(name: str) -> bool:
+    return name in _DROP or name.startswith("x-amz-")
 
 
 def _rewrite_for_bedrock(body: bytes, table: Mapping[str, str]) -> bytes:
