@@ -24,7 +24,7 @@ from anthropic_gateway.bedrock import (
 )
 from anthropic_gateway.bedrock_errors import anthropic_error
 from anthropic_gateway.errors import GatewayError
-from tests.fake_bedrock import FakeBedrock
+from support.fake_bedrock import FakeBedrock
 
 PACKAGE = Path(__file__).parents[1] / "layers/gateway/anthropic_gateway"
 HEADERS = [

@@ -40,8 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fake_anthropic import ApiError, FakeAnthropic, RecordedRequest, _error_body, _error_headers
-from tests.servers import ThreadedUvicorn
+from support.fake_anthropic import ApiError, FakeAnthropic, RecordedRequest, _error_body, _error_headers
+from support.servers import ThreadedUvicorn
 
 ACCESS_KEY = "AKIAFAKEBEDROCKTEST1"
 SECRET_KEY = "fake/bedrock+secret-access-key-for-tests"
