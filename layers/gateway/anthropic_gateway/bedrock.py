@@ -12,6 +12,7 @@ import json
 import re
 import threading
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 import anyio
@@ -24,8 +25,9 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from . import secrets
 from .errors import GatewayError
 
-# A private helper of forwarding, imported rather than copied; to be shared properly when this is integrated.
+# A private helper of forwarding, imported rather than copied; shared properly when the request path calls Bedrock.
 from .forwarding import _top_level_members
+from .settings import Settings, get_settings
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -228,7 +230,7 @@ class Bedrock:
         url = self.base_url + path + ("?" + query.decode("latin-1") if query else "")
         kept = [(n, v) for n, v in headers if not _dropped(n.decode("latin-1").lower())]
         if self.api_key_secret:
-            key = await secrets._secret(self.api_key_secret)
+            key = await secrets.get(self.api_key_secret)
             return url, [*kept, (b"authorization", b"Bearer " + key.encode())], rewritten
         credentials = await self._frozen_credentials()
         return (
@@ -251,6 +253,21 @@ class Bedrock:
         if credentials is None:
             raise GatewayError(503, "The gateway has no AWS credentials to call Amazon Bedrock with.")
         return credentials.get_frozen_credentials()
+
+
+def get_bedrock() -> Bedrock:
+    """The process's Bedrock upstream, built from settings on first use (and again if settings are re-read)."""
+    return _bedrock_for(get_settings())
+
+
+@lru_cache(maxsize=1)
+def _bedrock_for(settings: Settings) -> Bedrock:
+    return Bedrock(
+        region=settings.aws_region,
+        base_url=settings.bedrock_base_url,
+        model_ids=settings.bedrock_model_ids,
+        api_key_secret=settings.bedrock_api_key_secret,
+    )
 
 
 def _dropped(name: str) -> bool:
