@@ -196,6 +196,7 @@ def test_key_lifecycle_in_the_console_holds_on_the_pass_through(watched, gateway
     form.get_by_label("Tokens per minute").fill("200000")
     form.get_by_label("Parallel requests").fill("4")
     form.get_by_label("Tags").fill("team:console, app:ui")
+    form.get_by_label("Upstreams").fill("anthropic, bedrock")
     form.get_by_label("Metadata").fill('{"owner": "ana@example.com"}')
     form.get_by_role("button", name="Create key").click()
 
@@ -219,7 +220,7 @@ def test_key_lifecycle_in_the_console_holds_on_the_pass_through(watched, gateway
     stored = admin.get("/key/info", params={"key": key}).json()["info"]
     assert stored["models"] == ["claude-haiku-4-5", "claude-sonnet-*"] and stored["budget_duration"] == "30d"
     assert stored["tags"] == ["team:console", "app:ui"] and stored["metadata"] == {"owner": "ana@example.com"}
-    assert stored["expires"] is not None
+    assert stored["expires"] is not None and stored["upstreams"] == ["anthropic", "bedrock"]
     screenshot(page, "console-keys.png")
 
     # The key works through the SDK.

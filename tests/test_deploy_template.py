@@ -178,6 +178,40 @@ def test_each_doors_upstream_waits_end_before_its_function_timeout(template, res
     assert sum(longest.values()) + 2 <= timeout, (function, longest, timeout)  # 2 s to answer 504 and settle
 
 
+_BEDROCK_PARAMETERS = {
+    "DEFAULT_UPSTREAMS": "DefaultUpstreams",
+    "BEDROCK_BASE_URL": "BedrockBaseUrl",
+    "BEDROCK_MODEL_IDS": "BedrockModelIds",
+    "BEDROCK_API_KEY_SECRET_NAME": "BedrockApiKeySecretName",
+    "BEDROCK_FAILOVER_ON_429": "BedrockFailoverOn429",
+}
+
+
+def test_bedrock_parameters_reach_both_functions_and_default_to_what_the_code_does(global_env, template, monkeypatch):
+    from anthropic_gateway.settings import get_settings
+
+    reads = _env_reads()
+    for variable, parameter in _BEDROCK_PARAMETERS.items():
+        assert variable in reads, f"settings.py no longer reads {variable}"
+        assert global_env.get(variable) == {"Ref": parameter}, f"Globals: {variable} is not !Ref {parameter}"
+    # The functions start with every default as the stack passes it (the stack region fills the base URL).
+    defaults = {variable: template["Parameters"][p]["Default"] for variable, p in _BEDROCK_PARAMETERS.items()}
+    for variable, value in defaults.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert settings.default_upstreams == ("anthropic",) and defaults["DEFAULT_UPSTREAMS"] == reads["DEFAULT_UPSTREAMS"]
+    assert settings.bedrock_base_url == "https://bedrock-mantle.eu-west-3.api.aws/anthropic"
+    assert (settings.bedrock_api_key_secret, settings.bedrock_failover_on_429) == (None, False)
+    allowed = template["Parameters"]["DefaultUpstreams"]["AllowedPattern"]
+    for value in ("anthropic", "bedrock", "anthropic,bedrock", "bedrock,anthropic"):
+        assert re.fullmatch(allowed, value), value
+
+
 # -- IAM -----------------------------------------------------------------------------------------------------------
 
 _DYNAMODB_CALLS = {
@@ -210,7 +244,14 @@ def _statements(transformed: dict) -> list[dict]:
             statements += [s for p in properties.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
         elif resource["Type"] in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Policy"):
             statements += properties["PolicyDocument"]["Statement"]
-    return statements
+    return [granted for statement in statements for granted in _granted_if_set(statement)]
+
+
+def _granted_if_set(statement: dict) -> list[dict]:
+    """A statement, or the one a condition adds when a parameter is set (`!If [cond, statement, NoValue]`)."""
+    if "Fn::If" not in statement:
+        return [statement]
+    return [branch for branch in statement["Fn::If"][1:] if branch != {"Ref": "AWS::NoValue"}]
 
 
 def _as_list(value) -> list:
@@ -225,10 +266,21 @@ def test_iam_grants_exactly_the_dynamodb_actions_the_code_uses(transformed):
     assert granted <= used, f"the roles grant DynamoDB actions the code never uses: {sorted(granted - used)}"
 
 
+# Bedrock's resources name models by pattern (anthropic.*) and bedrock-mantle's a project: the only wildcards.
+_BEDROCK_RESOURCES = {
+    "arn:${AWS::Partition}:bedrock-mantle:*:${AWS::AccountId}:project/*",
+    "arn:${AWS::Partition}:bedrock:*::foundation-model/anthropic.*",
+    "arn:${AWS::Partition}:bedrock:*:${AWS::AccountId}:inference-profile/*anthropic.*",
+}
+
+
 def test_iam_has_no_wildcards_and_no_broad_managed_policies(transformed):
     for statement in _statements(transformed):
+        bedrock = all(a.startswith(("bedrock:", "bedrock-mantle:")) for a in _as_list(statement["Action"]))
         for field in ("Action", "Resource"):
             for value in _as_list(statement[field]):
+                if bedrock and field == "Resource" and value.get("Fn::Sub") in _BEDROCK_RESOURCES:
+                    continue
                 assert "*" not in json.dumps(value), f"wildcard in {field}: {statement}"
     for name, resource in transformed["Resources"].items():
         if resource["Type"] == "AWS::IAM::Role":
@@ -238,7 +290,7 @@ def test_iam_has_no_wildcards_and_no_broad_managed_policies(transformed):
 
 def test_iam_scopes_data_access_to_the_table_and_the_two_secrets(resources):
     statements = resources["GatewayDataAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    by_sid = {s["Sid"]: s for s in statements}
+    by_sid = {s["Sid"]: s for statement in statements for s in _granted_if_set(statement)}
     assert by_sid["KeysAndCounters"]["Resource"] == [
         {"Fn::GetAtt": ["GatewayTable", "Arn"]},
         {"Fn::Sub": "${GatewayTable.Arn}/index/gsi1"},
@@ -251,6 +303,25 @@ def test_iam_scopes_data_access_to_the_table_and_the_two_secrets(resources):
         assert role["Policies"][0]["PolicyDocument"]["Statement"][0]["Resource"] == {"Fn::GetAtt": [log_group, "Arn"]}
         assert props["LoggingConfig"]["LogGroup"] == {"Ref": log_group}
         assert resources[log_group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_iam_grants_bedrock_inference_for_anthropic_models_only(resources):
+    statements = resources["GatewayDataAccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    by_sid = {s["Sid"]: s for statement in statements for s in _granted_if_set(statement)}
+    assert by_sid["BedrockMantleInference"]["Action"] == "bedrock-mantle:CreateInference"
+    assert by_sid["BedrockInvokeAnthropicModels"]["Action"] == [
+        "bedrock:InvokeModel",
+        "bedrock:InvokeModelWithResponseStream",
+    ]
+    granted = [r["Fn::Sub"] for sid in ("BedrockMantleInference", "BedrockInvokeAnthropicModels")
+               for r in _as_list(by_sid[sid]["Resource"])]  # fmt: skip
+    assert set(granted) == _BEDROCK_RESOURCES
+    assert all("anthropic." in arn for arn in granted if ":bedrock:" in arn)
+    # The Bedrock API key secret is readable only when one is configured, and only that one.
+    conditional = [s["Fn::If"] for s in statements if "Fn::If" in s]
+    assert conditional == [["HasBedrockApiKeySecret", by_sid["ReadBedrockApiKey"], {"Ref": "AWS::NoValue"}]]
+    assert by_sid["ReadBedrockApiKey"]["Action"] == "secretsmanager:GetSecretValue"
+    assert "secret:${BedrockApiKeySecretName}-??????" in by_sid["ReadBedrockApiKey"]["Resource"]["Fn::Sub"]
 
 
 # -- the two doors -------------------------------------------------------------------------------------------------

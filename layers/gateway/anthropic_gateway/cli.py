@@ -48,6 +48,11 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-parallel-requests", type=int, help="requests in flight at once")
     parser.add_argument("--metadata", type=_json_object, help="JSON object")
     parser.add_argument("--tags", type=_names, help="default request tags, comma-separated")
+    parser.add_argument(
+        "--upstreams",
+        type=_names,
+        help="failover order, comma-separated: anthropic, bedrock or anthropic,bedrock (--unset upstreams: default)",
+    )
     parser.add_argument("--blocked", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument(
         "--unset",
@@ -72,6 +77,7 @@ _SETTINGS = (
     "max_parallel_requests",
     "metadata",
     "tags",
+    "upstreams",
     "blocked",
 )
 

@@ -21,6 +21,7 @@ from . import governance, keys, secrets, table, tags
 from .auth import master_only
 from .errors import GatewayError, invalid_request
 from .keys import KeyRecord
+from .settings import parse_upstreams
 
 MAX_LIST_SIZE = 100
 MAX_METADATA_BYTES = 16 * 1024
@@ -84,6 +85,8 @@ class KeySettings(BaseModel):
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
     max_parallel_requests: Limit | None = None
+    # Failover order, e.g. ["anthropic", "bedrock"]; null: the deployment's DEFAULT_UPSTREAMS (docs/bedrock.md).
+    upstreams: Annotated[list[str], AfterValidator(parse_upstreams)] | None = None
     metadata: Annotated[dict[str, Any], AfterValidator(_metadata)] | None = None
     tags: Annotated[list[str], AfterValidator(_tags)] | None = None
     blocked: bool | None = None
@@ -149,6 +152,7 @@ class KeyInfo(BaseModel):
     rpm_limit: int | None
     tpm_limit: int | None
     max_parallel_requests: int | None
+    upstreams: list[str] | None  # null: the deployment's DEFAULT_UPSTREAMS
     blocked: bool
     created_at: str
     updated_at: str
@@ -268,6 +272,7 @@ async def generate_key(http_request: Request) -> KeyWithInfo:
         rpm_limit=request.rpm_limit,
         tpm_limit=request.tpm_limit,
         max_parallel_requests=request.max_parallel_requests,
+        upstreams=request.upstreams,
     )
     try:
         await anyio.to_thread.run_sync(keys.put_new, record)

@@ -116,6 +116,7 @@ class KeyRecord:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
+    upstreams: list[str] | None = None  # failover order, e.g. ["anthropic", "bedrock"]; None: DEFAULT_UPSTREAMS
     spend: Decimal = _ZERO  # USD in the current budget period (all time without budget_duration)
     total_spend: Decimal = _ZERO  # all time
     reserved: Decimal = _ZERO  # estimates held by admitted requests that have not settled yet
@@ -153,6 +154,11 @@ class KeyRecord:
         return self.max_budget is not None or any(
             limit is not None for limit in (self.rpm_limit, self.tpm_limit, self.max_parallel_requests)
         )
+
+
+def effective_upstreams(record: KeyRecord) -> tuple[str, ...]:
+    """The upstreams that serve this key's requests, in failover order: its own, or the deployment's default."""
+    return tuple(record.upstreams) if record.upstreams else get_settings().default_upstreams
 
 
 def record_pk(key_id: str) -> str:

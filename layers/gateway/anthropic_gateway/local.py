@@ -56,7 +56,10 @@ def start_moto() -> object:
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     )
-    os.environ.pop("AWS_PROFILE", None)
+    # Only these credentials, so botocore's chain finds them for everything, Bedrock's SigV4 signing included
+    # (a fake Bedrock verifies them); a shell's session token or profile would mix in a real identity.
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        os.environ.pop(name, None)
     return server
 
 
@@ -80,8 +83,12 @@ def create_resources(upstream_key: str, master_key: str) -> None:
 def serve() -> None:
     import uvicorn
 
-    from .settings import get_settings
+    from .settings import SettingsError, get_settings
 
+    try:
+        settings = get_settings()
+    except SettingsError as exc:  # a bad DEFAULT_UPSTREAMS, BEDROCK_MODEL_IDS...: say which, start nothing
+        raise SystemExit(f"! {exc}") from None
     host = os.environ.get("HOST", "0.0.0.0")
     port = int(os.environ.get("PORT", "4000"))
     real_aws = os.environ.get("USE_REAL_AWS", "") not in ("", "0", "false")
@@ -97,7 +104,8 @@ def serve() -> None:
             print("! ANTHROPIC_API_KEY is not set: the upstream will answer 401 until you restart with it.")
         create_resources(upstream_key or "not-configured", master_key)
     print(f"Anthropic gateway on http://{host}:{port}  (SDK base URL: http://localhost:{port}/anthropic)")
-    print(f"  upstream: {get_settings().anthropic_api_base}")
+    print(f"  upstream: {settings.anthropic_api_base}")
+    print(f"  bedrock: {settings.bedrock_base_url}  (keys without upstreams: {','.join(settings.default_upstreams)})")
     print(f"  AWS: {'real AWS (default credentials)' if real_aws else 'embedded moto (DynamoDB, Secrets Manager)'}")
     if generated_master:
         print(f"  master key (generated, shown once): {generated_master}")

@@ -59,9 +59,9 @@ class RequestBody:
     async def _parse(self) -> None:
         try:
             if len(self.raw) <= _INLINE_PARSE_BYTES:
-                members = _top_level_members(self.raw)
+                members = top_level_members(self.raw)
             else:
-                members = await anyio.to_thread.run_sync(_top_level_members, self.raw)
+                members = await anyio.to_thread.run_sync(top_level_members, self.raw)
         except RecursionError:  # C json's guard against exhausting the stack
             members, self._too_deep = None, True
         except (UnicodeDecodeError, ValueError):
@@ -130,7 +130,7 @@ def _first_duplicate(names: list[str]) -> str | None:
     return None
 
 
-def _top_level_members(raw: bytes) -> list[tuple[str, int, int, object]] | None:
+def top_level_members(raw: bytes) -> list[tuple[str, int, int, object]] | None:
     """(name, start, end-of-value, value) of each member of the top-level object, offsets into the decoded text;
     None if the body is not one JSON object. RecursionError for absurd nesting."""
     text = raw.decode()

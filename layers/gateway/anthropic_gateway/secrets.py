@@ -37,6 +37,11 @@ async def _secret(name: str) -> str:
         raise GatewayError(503, f"The gateway cannot read its configuration secret ({type(exc).__name__}).") from None
 
 
+async def get(name: str) -> str:
+    """Any other secret the gateway is configured with (e.g. BEDROCK_API_KEY_SECRET_NAME), cached the same way."""
+    return await _secret(name)
+
+
 async def upstream_key() -> str:
     return await _secret(get_settings().upstream_key_secret)
 

@@ -7,6 +7,7 @@ local runs; nothing else in the package touches `os.environ`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,6 +35,34 @@ class Settings:
     public_base_url: str | None
     spend_flush_seconds: float
     batch_settle_grace_hours: float
+    # Amazon Bedrock as a second upstream (docs/bedrock.md).
+    default_upstreams: tuple[str, ...]  # a key's failover order when it sets none
+    aws_region: str
+    bedrock_base_url: str
+    bedrock_model_ids: str  # raw JSON merged over the shipped table (bedrock.load_model_ids); checked here
+    bedrock_api_key_secret: str | None  # a Bedrock API key instead of SigV4 with the function's role
+    bedrock_failover_on_429: bool
+
+
+class SettingsError(ValueError):
+    """An environment variable the gateway cannot run with; raised when settings are first read."""
+
+
+# The upstreams a key may list, in any order (the list is its failover order).
+UPSTREAM_NAMES = ("anthropic", "bedrock")
+
+
+def parse_upstreams(names: Iterable[str]) -> list[str]:
+    """A failover order as given, checked: known names, at least one, none twice. ValueError says what is wrong."""
+    order = list(names)
+    if not order:
+        raise ValueError(f"name at least one upstream: {', '.join(UPSTREAM_NAMES)}")
+    unknown = [name for name in order if name not in UPSTREAM_NAMES]
+    if unknown:
+        raise ValueError(f"unknown upstream {unknown[0][:40]!r}; expected {' or '.join(UPSTREAM_NAMES)}")
+    if len(set(order)) != len(order):
+        raise ValueError("each upstream at most once (the list is the failover order)")
+    return order
 
 
 def _float(name: str, default: float) -> float:
@@ -44,6 +73,7 @@ def _float(name: str, default: float) -> float:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     env = os.environ.get
+    region = env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1"  # Lambda sets AWS_REGION
     return Settings(
         anthropic_api_base=env("ANTHROPIC_API_BASE", "https://api.anthropic.com").rstrip("/"),
         table_name=env("GATEWAY_TABLE_NAME", "anthropic-gateway"),
@@ -71,4 +101,43 @@ def get_settings() -> Settings:
         spend_flush_seconds=_float("SPEND_FLUSH_SECONDS", 0.5),
         # How long after a batch is seen ended its results may still be fetched to be billed exactly (batches.py).
         batch_settle_grace_hours=_float("BATCH_SETTLE_GRACE_HOURS", 24.0),
+        # -- Amazon Bedrock as a second upstream (docs/bedrock.md) --
+        # A key's failover order when it sets none.
+        default_upstreams=_upstreams("DEFAULT_UPSTREAMS", env("DEFAULT_UPSTREAMS", "anthropic") or "anthropic"),
+        aws_region=region,
+        # The SigV4 service and region are derived from this host (bedrock.signing_scope), so a fake can stand in.
+        bedrock_base_url=(env("BEDROCK_BASE_URL") or f"https://bedrock-mantle.{region}.api.aws/anthropic").rstrip("/"),
+        bedrock_model_ids=_model_ids(env("BEDROCK_MODEL_IDS", "")),
+        bedrock_api_key_secret=env("BEDROCK_API_KEY_SECRET_NAME") or None,
+        # Anthropic's 429 is a rate limit the client (or the organisation) hit, not an outage: failing over spends
+        # Bedrock capacity on traffic Anthropic asked to slow down, so the operator opts in.
+        bedrock_failover_on_429=_flag("BEDROCK_FAILOVER_ON_429", env("BEDROCK_FAILOVER_ON_429", "false")),
     )
+
+
+def _upstreams(name: str, raw: str) -> tuple[str, ...]:
+    try:
+        return tuple(parse_upstreams(part.strip() for part in raw.split(",")))
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw[:100]!r}: {exc}") from None
+
+
+def _model_ids(raw: str) -> str:
+    """BEDROCK_MODEL_IDS as given, once the table it makes is known to load (a bad one stops the start)."""
+    if raw.strip():
+        from .bedrock import BedrockConfigError, load_model_ids  # deferred: bedrock imports this module
+
+        try:
+            load_model_ids(raw)
+        except BedrockConfigError as exc:
+            raise SettingsError(str(exc)) from None
+    return raw
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}={raw[:40]!r}: expected true or false")

@@ -11,6 +11,7 @@ const FIELDS = [
   { name: "rpm_limit", label: "Requests per minute", kind: "integer" },
   { name: "tpm_limit", label: "Tokens per minute", kind: "integer" },
   { name: "max_parallel_requests", label: "Parallel requests", kind: "integer" },
+  { name: "upstreams", label: "Upstreams", kind: "list", hint: "anthropic, bedrock or both in failover order. Empty: the deployment's default." },
   { name: "tags", label: "Tags", kind: "list", hint: "Comma-separated; added to every request made with the key." },
   { name: "metadata", label: "Metadata", kind: "json", hint: "A JSON object, stored and shown, never interpreted." },
 ];

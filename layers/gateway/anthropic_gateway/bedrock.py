@@ -1,0 +1,284 @@
+"""Amazon Bedrock as a second upstream for the same native Messages API (bedrock-mantle's /anthropic endpoint).
+
+A request goes to Bedrock as the client sent it, byte for byte, except for two things: the `model` value becomes
+Bedrock's id for it (only the bytes of that one JSON string change), and the credentials are AWS SigV4 over the
+exact bytes sent (or a Bedrock API key as a bearer token). `Bedrock.prepare` does both for the pass-through.
+Bedrock's own errors are translated to Anthropic's shape in `bedrock_errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+
+from . import secrets
+from .errors import GatewayError
+from .request_body import top_level_members
+from .settings import Settings, get_settings
+
+Headers = list[tuple[bytes, bytes]]
+
+_MODELS_FILE = Path(__file__).with_name("bedrock_models.json")  # shipped next to this module in the layer
+_SNAPSHOT = re.compile(r"-(?:\d{8}|latest)$")
+_BEDROCK_ID = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
+_MANTLE_HOST = re.compile(r"(bedrock-mantle)\.([a-z0-9-]+)\.api\.aws")
+_RUNTIME_HOST = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
+# Bedrock serves these and nothing else of the Anthropic API (no batches, files or models).
+PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+# Never sent to Bedrock: the client's and Anthropic's credentials, what the HTTP client sets, and (by prefix) any
+# x-amz-* header, which only the signer may set.
+_DROP = frozenset({"host", "content-length", "authorization", "x-api-key"})
+# Signed besides host and the x-amz-* headers botocore adds: what changes the meaning of the request. The rest is
+# sent unsigned, which SigV4 allows, so a header a proxy may rewrite cannot break the signature.
+_SIGNED = frozenset({"content-type", "anthropic-version", "anthropic-beta"})
+_CREDENTIALS_WAIT = 10.0  # seconds; botocore's providers have their own, shorter, timeouts
+
+
+class BedrockConfigError(ValueError):
+    """A Bedrock setting that cannot work; raised at startup, never per request."""
+
+
+# -- model ids ----------------------------------------------------------------------------------------------------
+
+
+def load_model_ids(override: str | None) -> dict[str, str]:
+    """The shipped model table with the operator's BEDROCK_MODEL_IDS (raw JSON text, or None) merged over it."""
+    shipped = json.loads(_MODELS_FILE.read_text(encoding="utf-8"))["models"]
+    table = {name.lower(): entry["id"] for name, entry in shipped.items()}
+    if not override or not override.strip():
+        return table
+    try:
+        extra = json.loads(override)
+    except ValueError as exc:
+        raise BedrockConfigError(f"BEDROCK_MODEL_IDS is not valid JSON ({exc})") from None
+    if not isinstance(extra, dict):
+        raise BedrockConfigError('BEDROCK_MODEL_IDS must be a JSON object like {"claude-x": "anthropic.claude-x"}')
+    for name, bedrock_id in extra.items():
+        if bedrock_id is None:  # the operator takes a model off Bedrock
+            table.pop(name.lower(), None)
+        elif isinstance(bedrock_id, str) and _BEDROCK_ID.fullmatch(bedrock_id) and name.strip():
+            table[name.lower()] = bedrock_id
+        else:
+            raise BedrockConfigError(f"BEDROCK_MODEL_IDS[{name[:100]!r}] must be a Bedrock model id or null")
+    return table
+
+
+def bedrock_model_id(model: str, table: Mapping[str, str]) -> str | None:
+    """Bedrock's id for `model`, or None when Bedrock does not offer it.
+
+    A dated snapshot or `-latest` alias not in the table maps through its base id: bedrock-mantle names models
+    without dates, and Anthropic's undated id is an alias of its (single) snapshot, so this is the same model. A
+    model that already is a Bedrock id in the table is kept as it is.
+    """
+    name = model.strip().lower()
+    for candidate in (name, _SNAPSHOT.sub("", name)):
+        if candidate in table:
+            return table[candidate]
+    return model if model in table.values() else None
+
+
+# -- the body -----------------------------------------------------------------------------------------------------
+
+
+def model_span(body: bytes) -> tuple[str, int, int] | None:
+    """(model, start, end): the top-level "model" string and the byte span of its JSON value, quotes included.
+
+    None when the body is not a JSON object with exactly one top-level "model" string: duplicates are refused
+    because JSON parsers disagree on which one wins.
+    """
+    try:
+        text = body.decode()
+        members = top_level_members(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if members is None:
+        return None
+    found = [(start, end, value) for name, start, end, value in members if name == "model"]
+    if len(found) != 1:
+        return None
+    name_start, end, model = found[0]
+    if not isinstance(model, str):
+        return None
+    _, pos = json.decoder.scanstring(text, name_start + 1)  # type: ignore[attr-defined]
+    value_start = _skip_blanks(text, _skip_blanks(text, pos) + 1)  # past the name, ':' and blanks
+    head = len(text[:value_start].encode())  # char offsets to byte offsets
+    return model, head, head + len(text[value_start:end].encode())
+
+
+def _skip_blanks(text: str, pos: int) -> int:
+    while text[pos : pos + 1] in (" ", "\t", "\n", "\r"):
+        pos += 1
+    return pos
+
+
+def rewrite_model(body: bytes, model_id: str) -> bytes | None:
+    """The body with only its top-level "model" string replaced by `model_id`; None where model_span is None.
+
+    Bytes are spliced, not text re-encoded: every byte before and after the value is the client's.
+    """
+    span = model_span(body)
+    return None if span is None else _splice(body, span, model_id)
+
+
+def _splice(body: bytes, span: tuple[str, int, int], model_id: str) -> bytes:
+    return body[: span[1]] + json.dumps(model_id).encode() + body[span[2] :]
+
+
+# -- signing ------------------------------------------------------------------------------------------------------
+
+_session_lock = threading.Lock()
+_default_credentials: Credentials | None = None
+
+
+def _process_credentials() -> Credentials | None:
+    """The default credential chain, resolved once per process (may do I/O: call it off the event loop).
+
+    In Lambda these are the function role's credentials from the environment; elsewhere botocore's chain
+    (profile, container, instance metadata) with refreshing credentials that botocore renews itself.
+    """
+    global _default_credentials
+    with _session_lock:
+        if _default_credentials is None:
+            _default_credentials = botocore.session.Session().get_credentials()
+        return _default_credentials
+
+
+def signing_scope(base_url: str, region: str | None) -> tuple[str, str]:
+    """(SigV4 service, region) for a base URL: from the host for Bedrock's endpoints, else bedrock-mantle."""
+    host = re.sub(r"^[a-z]+://", "", base_url.lower()).split("/", 1)[0].split(":", 1)[0]
+    if mantle := _MANTLE_HOST.fullmatch(host):
+        return mantle.group(1), mantle.group(2)
+    if runtime := _RUNTIME_HOST.fullmatch(host):
+        return "bedrock", runtime.group(1)
+    return "bedrock-mantle", region or "us-east-1"  # a fake or a proxy in front of bedrock-mantle
+
+
+def sign(
+    method: str, url: str, headers: Headers, body: bytes, *, credentials: ReadOnlyCredentials, service: str, region: str
+) -> Headers:
+    """`headers` plus SigV4 authorization for exactly these method, URL and body bytes. Pure CPU, no I/O."""
+    signed = AWSRequest(method=method, url=url, data=body)
+    for name, value in headers:
+        if name.decode("latin-1").lower() in _SIGNED:
+            signed.headers[name.decode("latin-1")] = value.decode("latin-1")
+    SigV4Auth(credentials, service, region).add_auth(signed)
+    added = [
+        (name.encode(), value.encode())
+        for name, value in signed.headers.items()
+        if name.lower() in ("authorization", "x-amz-date", "x-amz-security-token")
+    ]
+    return [*headers, *added]
+
+
+class Bedrock:
+    """One configured Bedrock upstream, created once per process from settings.
+
+    region: the stack's region (AWS_REGION); base_url: BEDROCK_BASE_URL, by default the region's bedrock-mantle
+    endpoint; model_ids: BEDROCK_MODEL_IDS (raw JSON, merged over the shipped table); api_key_secret: the Secrets
+    Manager name of a Bedrock API key, used instead of SigV4 when given; credentials: tests only, instead of the
+    process's default credential chain.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str | None,
+        base_url: str | None = None,
+        model_ids: str | None = None,
+        api_key_secret: str | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.base_url = (base_url or f"https://bedrock-mantle.{region or 'us-east-1'}.api.aws/anthropic").rstrip("/")
+        if not re.match(r"https?://[^/?#]+", self.base_url):
+            raise BedrockConfigError("BEDROCK_BASE_URL must be an http(s) URL")
+        self.service, self.region = signing_scope(self.base_url, region)
+        self.model_ids = load_model_ids(model_ids)
+        self.api_key_secret = api_key_secret or None
+        self._credentials = credentials
+
+    def serves(self, method: str, path: str) -> bool:
+        return method == "POST" and path in PATHS
+
+    def model_id(self, model: str) -> str | None:
+        return bedrock_model_id(model, self.model_ids)
+
+    async def prepare(
+        self, method: str, path: str, query: bytes, headers: Headers, body: bytes
+    ) -> tuple[str, Headers, bytes]:
+        """(URL, headers, body) to send to Bedrock for a request the gateway already checked and would forward.
+
+        `path` is below /anthropic (e.g. /v1/messages), `headers` what would go to Anthropic (its key is dropped).
+        Raises GatewayError for what Bedrock cannot serve: the integration decides whether that means failing over
+        never happens (failover) or the client gets it (a Bedrock-only key).
+        """
+        if not self.serves(method, path):
+            raise GatewayError(
+                404, f"Amazon Bedrock does not serve {method} {path}; only POST {', '.join(sorted(PATHS))}."
+            )
+        rewritten = _rewrite_for_bedrock(body, self.model_ids)
+        url = self.base_url + path + ("?" + query.decode("latin-1") if query else "")
+        kept = [(n, v) for n, v in headers if not _dropped(n.decode("latin-1").lower())]
+        if self.api_key_secret:
+            key = await secrets.get(self.api_key_secret)
+            return url, [*kept, (b"authorization", b"Bearer " + key.encode())], rewritten
+        credentials = await self._frozen_credentials()
+        return (
+            url,
+            sign(method, url, kept, rewritten, credentials=credentials, service=self.service, region=self.region),
+            rewritten,
+        )
+
+    async def _frozen_credentials(self) -> ReadOnlyCredentials:
+        credentials = self._credentials or _default_credentials
+        try:
+            with anyio.fail_after(_CREDENTIALS_WAIT):
+                if credentials is None:
+                    credentials = await anyio.to_thread.run_sync(_process_credentials, abandon_on_cancel=True)
+                if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
+                    # botocore renews them on this call: network I/O, so in a worker thread.
+                    return await anyio.to_thread.run_sync(credentials.get_frozen_credentials, abandon_on_cancel=True)
+        except Exception as exc:  # the reason may name the provider; never a credential
+            raise GatewayError(503, f"The gateway cannot obtain its AWS credentials ({type(exc).__name__}).") from None
+        if credentials is None:
+            raise GatewayError(503, "The gateway has no AWS credentials to call Amazon Bedrock with.")
+        return credentials.get_frozen_credentials()
+
+
+def get_bedrock() -> Bedrock:
+    """The process's Bedrock upstream, built from settings on first use (and again if settings are re-read)."""
+    return _bedrock_for(get_settings())
+
+
+@lru_cache(maxsize=1)
+def _bedrock_for(settings: Settings) -> Bedrock:
+    return Bedrock(
+        region=settings.aws_region,
+        base_url=settings.bedrock_base_url,
+        model_ids=settings.bedrock_model_ids,
+        api_key_secret=settings.bedrock_api_key_secret,
+    )
+
+
+def _dropped(name: str) -> bool:
+    return name in _DROP or name.startswith("x-amz-")
+
+
+def _rewrite_for_bedrock(body: bytes, table: Mapping[str, str]) -> bytes:
+    span = model_span(body)
+    if span is None:
+        raise GatewayError(400, 'Requests sent to Amazon Bedrock need a JSON body with one top-level "model" string.')
+    model_id = bedrock_model_id(span[0], table)
+    if model_id is None:
+        raise GatewayError(400, f"Model {span[0][:100]!r} is not available on Amazon Bedrock through this gateway.")
+    return _splice(body, span, model_id)
