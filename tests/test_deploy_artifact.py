@@ -99,11 +99,13 @@ def test_layer_ships_only_what_lambda_runs(sam_build):
 
 def test_layer_fits_both_architectures_and_ships_bytecode(sam_build):
     site = sam_build / sam_artifact.LAYER_ID / "python"
-    shared_objects = sorted(p.name for p in (site / "pydantic_core").glob("_pydantic_core.*.so"))
-    assert shared_objects == [
-        "_pydantic_core.cpython-313-aarch64-linux-gnu.so",
-        "_pydantic_core.cpython-313-x86_64-linux-gnu.so",
-    ]
+    # Every compiled module (pydantic_core's, httptools') in both builds, so the layer fits either Architecture.
+    shared_objects = {str(p.relative_to(site)) for p in site.rglob("*.so")}
+    assert "pydantic_core/_pydantic_core.cpython-313-aarch64-linux-gnu.so" in shared_objects
+    assert "httptools/parser/parser.cpython-313-aarch64-linux-gnu.so" in shared_objects
+    by_module = {name.split(".cpython-313-")[0] for name in shared_objects}
+    for module in by_module:
+        assert {f"{module}.cpython-313-{arch}-linux-gnu.so" for arch in ("x86_64", "aarch64")} <= shared_objects
     # /opt is read-only on Lambda: without shipped bytecode every cold start compiles everything again.
     pyc = site / "anthropic_gateway" / "__pycache__" / "app.cpython-313.pyc"
     flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
