@@ -30,6 +30,16 @@ class Settings:
     unknown_model_rate: str
     public_base_url: str | None
     spend_flush_seconds: float
+    # AWS faults (aws.py, ledger.py, keys.py, secrets.py)
+    aws_connect_timeout: float
+    aws_read_timeout: float
+    aws_max_attempts: int
+    aws_deadline: float
+    aws_threads: int
+    stale_seconds: float
+    ledger_max_entries: int
+    ledger_retry_seconds: float
+    shutdown_grace_seconds: float
 
 
 def _float(name: str, default: float) -> float:
@@ -57,4 +67,18 @@ def get_settings() -> Settings:
         public_base_url=env("GATEWAY_PUBLIC_URL") or None,
         # How long per-request counters (spend, tokens, tag spend) are summed in memory before one write.
         spend_flush_seconds=_float("SPEND_FLUSH_SECONDS", 0.5),
+        # AWS faults: one call is bounded by about attempts x (connect + read) s; a request's AWS work by the deadline,
+        # after which it answers 503 (docs/operations.md has the measured outage behaviour).
+        aws_connect_timeout=_float("AWS_CONNECT_TIMEOUT", 1.0),
+        aws_read_timeout=_float("AWS_READ_TIMEOUT", 1.0),
+        aws_max_attempts=int(_float("AWS_MAX_ATTEMPTS", 2)),
+        aws_deadline=_float("AWS_DEADLINE", 2.5),
+        aws_threads=int(_float("AWS_THREADS", 16)),
+        # How long past its TTL a cached key record or secret keeps serving while AWS cannot be reached.
+        stale_seconds=_float("AWS_STALE_SECONDS", 300.0),
+        # Counter writes kept for retry while DynamoDB fails (oldest kept, newer ones dropped and logged beyond).
+        ledger_max_entries=int(_float("LEDGER_MAX_ENTRIES", 10_000)),
+        ledger_retry_seconds=_float("LEDGER_RETRY_SECONDS", 0.5),  # first retry; doubles up to 30 s
+        # SIGTERM: how long open streams may finish before the process flushes and exits (Lambda gives ~2 s).
+        shutdown_grace_seconds=_float("SHUTDOWN_GRACE_SECONDS", 1.5),
     )
