@@ -53,10 +53,12 @@ async def _lookup(key: str) -> KeyRecord | None:
     hit, record = keys.key_cache.get(token)
     if hit:
         return record
+    stale = keys.key_cache.stale(token)
+    if stale is not None and aws.recently_failed():
+        return stale  # AWS failed a moment ago: no request waits out the deadline again for a known key
     try:
         return await aws.call(keys.cached_load, token)
     except Exception as exc:  # DynamoDB unreachable or too slow: a key seen lately keeps working for a while
-        stale = keys.key_cache.stale(token)
         if stale is not None:
             logger.warning("key served from the expired cache", extra={"error": type(exc).__name__})
             return stale

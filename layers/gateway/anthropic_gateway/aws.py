@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .settings import get_settings
 
@@ -32,6 +33,21 @@ if TYPE_CHECKING:
 _deadline: ContextVar[float | None] = ContextVar("aws_deadline", default=None)
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
 _late: set[asyncio.Future[Any]] = set()  # abandoned calls, kept alive until they end
+
+
+_failed_at: float | None = None
+# After a failure, reads that have a stale value to serve skip AWS for this long instead of each waiting out the
+# deadline again; the next request after it tries again, so recovery is noticed within a second.
+_FAILURE_MEMORY_SECONDS = 1.0
+
+
+def note_failure() -> None:
+    global _failed_at
+    _failed_at = time.monotonic()
+
+
+def recently_failed() -> bool:
+    return _failed_at is not None and time.monotonic() - _failed_at < _FAILURE_MEMORY_SECONDS
 
 
 class Unavailable(Exception):
@@ -81,7 +97,11 @@ async def call[T](function: Callable[..., T], *args: Any) -> T:
     work = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args, limiter=limiter()))
     try:
         return await asyncio.wait_for(asyncio.shield(work), deadline - now)
+    except (BotoCoreError, ClientError):
+        note_failure()
+        raise
     except TimeoutError:
+        note_failure()
         _late.add(work)
         work.add_done_callback(_late.discard)
         work.add_done_callback(_retrieve)

@@ -49,13 +49,17 @@ def _get(name: str, *, fetch: bool) -> str:
 async def _secret(name: str) -> str:
     fetched = _fetched_at.get(name)
     max_age = get_settings().secrets_max_age
+    servable = fetched is not None and name in _last_good and time.monotonic() - fetched < max_age + _stale_seconds()
     try:
         if fetched is not None and time.monotonic() - fetched < max_age - 1:
             return _get(name, fetch=False)  # in Powertools' in-memory cache: no I/O, no thread hop
+        if servable and aws.recently_failed():
+            return _last_good[name]  # AWS failed a moment ago: serve what we have instead of waiting again
         return await aws.call(partial(_get, name, fetch=True))
     except Exception as exc:  # the reason may name the secret; never its value
         reason = "timeout" if isinstance(exc, aws.Unavailable) else type(exc).__name__
-        if fetched is not None and name in _last_good and time.monotonic() - fetched < max_age + _stale_seconds():
+        if servable:
+            aws.note_failure()
             logger.warning("secret served past its max age", extra={"error": reason})
             return _last_good[name]
         raise GatewayError(503, f"The gateway cannot read its configuration secret ({reason}).") from None
