@@ -190,11 +190,14 @@ def put_new(record: KeyRecord) -> None:
             }
         )
     try:
-        table.transact(actions)
+        # The token makes DynamoDB answer a retry (botocore's, after a lost answer) as the success it was.
+        table.transact(actions, token=hashlib.sha256(f"{record.key_id}#{record.created_at}".encode()).hexdigest()[:36])
     except table.Cancelled as exc:
-        if 0 in exc.failed:
-            raise KeyExists() from None
-        raise AliasTaken(record.key_alias) from None
+        stored = _get(record_pk(record.key_id)) if 0 in exc.failed else None
+        if stored is None or stored.get("created_at") != record.created_at:  # else: our own write, retried
+            if 0 in exc.failed:
+                raise KeyExists() from None
+            raise AliasTaken(record.key_alias) from None
     key_directory.add(record.token)  # works at once here; elsewhere within KEY_CACHE_TTL
 
 
@@ -411,24 +414,44 @@ class KeyCache:
 class KeyDirectory:
     """Every valid key hash, so a flood of unknown keys is refused without a GetItem each (issue 9).
 
-    Loaded with one paged Query of the gsi1 index (the current `token` of every record), only when a key turned out
-    unknown and the copy in hand is older than KEY_CACHE_TTL: however many distinct unknown keys arrive, they cost
-    one GetItem and one directory read per KEY_CACHE_TTL per instance. A key created or regenerated here is added
-    at once; one created elsewhere is found at the next reload, within KEY_CACHE_TTL. Memory: about 100 bytes per
-    key (1 MB for 10,000 keys).
+    In normal times an unknown key costs one GetItem (then its negative cache entry, KEY_CACHE_TTL). Once
+    `FLOOD_MISSES` unknown keys arrive within KEY_CACHE_TTL, the directory takes over: it is loaded with one paged
+    Query of the gsi1 index (the current `token` of every record), at most once per KEY_CACHE_TTL, and keys it does
+    not hold are refused without a read. However many distinct unknown keys arrive, they then cost one directory
+    read per KEY_CACHE_TTL per instance. A key created or regenerated here is added at once; during a flood one
+    created elsewhere works from the next reload, within KEY_CACHE_TTL. Memory: about 100 bytes per key.
     """
+
+    FLOOD_MISSES = 20
 
     def __init__(self) -> None:
         self._tokens: set[str] = set()
         self._added: dict[str, float] = {}  # token -> when added here (kept across a reload that may miss it)
         self._loaded_at: float | None = None
+        self._window_start, self._misses, self._flooded = 0.0, 0, False
         self._lock = threading.Lock()
 
     def refuses(self, token: str) -> bool:
-        """Whether `token` is surely unknown: a fresh directory does not hold it."""
+        """Whether `token` is surely unknown: during a flood, a fresh directory does not hold it."""
         with self._lock:
-            fresh = self._loaded_at is not None and time.monotonic() - self._loaded_at <= get_settings().key_cache_ttl
-            return fresh and token not in self._tokens
+            now, ttl = time.monotonic(), get_settings().key_cache_ttl
+            fresh = self._loaded_at is not None and now - self._loaded_at <= ttl
+            return self._flooded and fresh and token not in self._tokens
+
+    def note_miss(self) -> None:
+        """Blocking. An unknown key was read from the table: count it, and during a flood reload the directory."""
+        with self._lock:
+            now, ttl = time.monotonic(), get_settings().key_cache_ttl
+            if now - self._window_start > ttl:
+                # A flood lasts while each KEY_CACHE_TTL window sees FLOOD_MISSES misses (or directory refusals).
+                self._flooded = self._misses >= self.FLOOD_MISSES and now - self._window_start <= 2 * ttl
+                self._window_start, self._misses = now, 0
+            self._misses += 1
+            if self._misses >= self.FLOOD_MISSES:
+                self._flooded = True
+            flooded = self._flooded
+        if flooded:
+            self.reload_if_stale()
 
     def reload_if_stale(self) -> None:
         """Blocking. Read every key's hash again, unless the directory is younger than KEY_CACHE_TTL."""
@@ -459,6 +482,7 @@ class KeyDirectory:
     def clear(self) -> None:
         with self._lock:
             self._tokens, self._added, self._loaded_at = set(), {}, None
+            self._window_start, self._misses, self._flooded = 0.0, 0, False
 
 
 key_cache = KeyCache()
@@ -472,10 +496,11 @@ def cached_load(token: str) -> KeyRecord | None:
     if hit:
         return record
     if key_directory.refuses(token):
+        key_directory.note_miss()
         key_cache.put(token, None)
         return None
     record = load(token)
     if record is None:
-        key_directory.reload_if_stale()
+        key_directory.note_miss()
     key_cache.put(token, record)
     return record
