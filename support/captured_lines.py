@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from anthropic_gateway import keys, table
+from anthropic_gateway import keys
 
 ACCESS_MESSAGE = "gateway request"
 
@@ -95,5 +95,5 @@ def stored_key(**fields) -> str:
     record = keys.KeyRecord(
         token=keys.hash_key(plain), key_name=keys.key_name(plain), created_at=now, updated_at=now, **fields
     )
-    table.handle().put_item(Item=record.to_item())
+    keys.put_new(record)  # as /key/generate stores it: this instance knows the key at once
     return plain

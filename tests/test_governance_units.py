@@ -197,7 +197,8 @@ def test_budget_bookkeeping_keeps_its_invariant(table):
     assert refused.value.status == 402 and "reserved" in refused.value.message
 
     for admission, actual in zip(admissions, ("0.1", "0.2", "0.5", "0"), strict=True):
-        governance._settle(record, admission, Decimal(actual), Usage(input_tokens=10, output_tokens=2), True)
+        counters = governance.spend_increments(Decimal(actual), Usage(input_tokens=10, output_tokens=2), True)
+        governance.settle_write(record, admission, counters, None).apply()
         assert_headroom_invariant(record)
     item = assert_headroom_invariant(record)
     assert (item["spend"], item["reserved"], item["requests"], item["input_tokens"]) == (Decimal("0.8"), 0, 4, 40)
@@ -213,7 +214,7 @@ def test_budget_bookkeeping_keeps_its_invariant(table):
     assert item["budget_reset_at"] == keys.iso_seconds(NOW + timedelta(days=2))
 
     # Another instance that read the item before the reset must not reset it again (its spend would be lost).
-    governance._add_spend(record.key_id, governance.spend_increments(Decimal("0.25"), None, Decimal(0), True))
+    governance.settle_write(record, None, governance.spend_increments(Decimal("0.25"), None, True), None).apply()
     assert governance.reset_budget_if_due({**item, "budget_reset_at": keys.iso_seconds(NOW + timedelta(1))}, later)
     assert stored(record)["spend"] == Decimal("0.25")
     assert_headroom_invariant(record)
@@ -222,8 +223,9 @@ def test_budget_bookkeeping_keeps_its_invariant(table):
 def test_settle_of_a_deleted_key_does_not_recreate_it(table):
     record = new_record(max_budget=Decimal(1))
     keys.delete(record)
-    increments = governance.spend_increments(Decimal("0.5"), Usage(input_tokens=5), Decimal("0.1"), True)
-    governance._add_spend(record.key_id, increments)  # a budgeted key: written at once
+    increments = governance.spend_increments(Decimal("0.5"), Usage(input_tokens=5), True)
+    held = governance.Admission(key_id=record.key_id, reserved=Decimal("0.1"))
+    governance.settle_write(record, held, increments, None).apply()  # a budgeted key: written at once
 
     async def through_the_ledger() -> None:  # a key without budget: coalesced, written at the flush
         ledger.add(keys.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
@@ -267,7 +269,7 @@ def test_parallel_slots(table):
         governance._take_slot(record, governance.Admission(key_id=record.key_id), "c", NOW)
     assert refused.value.status == 429 and refused.value.headers == {"retry-after": "1"}
 
-    governance._settle(record, held[0], Decimal(0), None, False)
+    governance.settle_write(record, held[0], {}, None).apply()
     governance._take_slot(record, governance.Admission(key_id=record.key_id), "c", NOW)
 
     # Neither b nor c is ever released (their instance died): after the lease they are taken back.

@@ -15,6 +15,9 @@
 #   would only duplicate it in CloudWatch.
 # - --timeout-keep-alive: the adapter is the only client and reuses its pooled connection across invocations;
 #   uvicorn's 5 s default would close it between two requests and race the adapter's next write on it.
+# - --timeout-graceful-shutdown 1: at SIGTERM (Lambda's shutdown phase gives about 2 s), streams still open get
+#   1 s to finish, are then cut (what they relayed is still billed), and the app drains its accounting and ledger
+#   in the second that is left (docs/operations.md).
 set -euo pipefail
 
 export PYTHONPATH="/opt/python${PYTHONPATH:+:$PYTHONPATH}"
@@ -26,4 +29,5 @@ exec python3 -m uvicorn \
     --no-date-header \
     --no-access-log \
     --timeout-keep-alive 900 \
+    --timeout-graceful-shutdown 1 \
     anthropic_gateway.app:app

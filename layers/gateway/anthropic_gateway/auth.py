@@ -5,11 +5,11 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-import anyio.to_thread
+from aws_lambda_powertools import Logger
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from . import keys, secrets
+from . import aws, keys, secrets
 from .errors import GatewayError
 from .keys import KeyRecord
 
@@ -28,6 +28,7 @@ class Principal:
 
 
 MASTER = Principal(record=None)
+logger = Logger(child=True)
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -52,7 +53,16 @@ async def _lookup(key: str) -> KeyRecord | None:
     hit, record = keys.key_cache.get(token)
     if hit:
         return record
-    return await anyio.to_thread.run_sync(keys.cached_load, token)
+    stale = keys.key_cache.stale(token)
+    if stale is not None and aws.recently_failed():
+        return stale  # AWS failed a moment ago: no request waits out the deadline again for a known key
+    try:
+        return await aws.call(keys.cached_load, token)
+    except Exception as exc:  # DynamoDB unreachable or too slow: a key seen lately keeps working for a while
+        if stale is not None:
+            logger.warning("key served from the expired cache", extra={"error": type(exc).__name__})
+            return stale
+        raise GatewayError(503, "The gateway cannot check API keys right now; retry.") from None
 
 
 async def authenticate(headers: Headers) -> Principal:

@@ -40,6 +40,8 @@ _RESULTS_PATH = re.compile(r"/v1/messages/batches/([^/]+)/results")
 OPEN_INDEX = "BATCH#OPEN"  # gsi1pk of the batches not settled yet; gsi1sk = <due time>#<batch id>
 RESULTS_RETENTION = timedelta(days=29)  # Anthropic deletes a batch's results 29 days after its creation
 ITEM_TTL = timedelta(days=30)
+# The budget hold of a batch outlives the batch and its grace, so no admission sweeps it while it may still settle.
+RESERVATION_LEASE = ITEM_TTL + timedelta(days=2)
 SWEEP_INTERVAL = timedelta(seconds=60)
 _SWEEP_LIMIT = 25  # batches settled per sweep; the next sweep takes the rest
 _MAX_NOTED = 20  # ended batches noted per list answer: bounds the writes one list request can cause
@@ -55,6 +57,7 @@ class CreateHold:
     key_id: str
     estimate: Decimal
     reserved: Decimal  # on the key's budget; 0 without a budget
+    reservation_id: str  # names the hold on the key's budget (governance.reserve_budget)
     batch_id: str | None = None
     remembered: bool = False
 
@@ -123,25 +126,22 @@ async def admit(exchange: Exchange, body: bytes) -> None:
     if record is None or (exchange.method, exchange.path) != ("POST", CREATE_PATH):
         return  # the master key is not billed
     estimate = await anyio.to_thread.run_sync(estimate_batch, body)
-    reserved: Decimal | None = None
-    if record.max_budget is not None:
-        try:
-            reserved = await anyio.to_thread.run_sync(governance.reserve_whole, record, estimate)
-        except GatewayError as exc:
-            if exc.status != 402:
-                raise
-            raise GatewayError(
-                402,
-                f"This batch may cost up to ${estimate:.6f} at batch prices (each request's prompt and max_tokens), "
-                f"more than this key's budget has left. {exc.message}",
-                headers=exc.headers,
-            ) from None
-        except Exception as exc:
-            logger.exception("batch reservation failed", extra={"request_id": exchange.request_id})
-            raise GatewayError(
-                503, f"The gateway cannot check this key's budget right now ({type(exc).__name__}); retry."
-            ) from None
-    exchange.batch = CreateHold(record.key_id, estimate, reserved or _ZERO)
+    reservation_id = "batch-" + exchange.request_id
+    try:  # a key without a budget holds nothing
+        await governance.reserve_budget(
+            record, estimate, reservation_id, lease_seconds=int(RESERVATION_LEASE.total_seconds()), whole=True
+        )
+    except GatewayError as exc:
+        if exc.status != 402:
+            raise
+        raise GatewayError(
+            402,
+            f"This batch may cost up to ${estimate:.6f} at batch prices (each request's prompt and max_tokens), "
+            f"more than this key's budget has left. {exc.message}",
+            headers=exc.headers,
+        ) from None
+    reserved = estimate if record.max_budget is not None else _ZERO
+    exchange.batch = CreateHold(record.key_id, estimate, reserved, reservation_id)
 
 
 def estimate_batch(body: bytes) -> Decimal:
@@ -218,6 +218,7 @@ def _remember(hold: CreateHold, ended: bool) -> None:
         "key_id": hold.key_id,
         "estimate": hold.estimate,
         "reserved": hold.reserved,
+        "reservation_id": hold.reservation_id,
         "state": "open",
         "created_at": keys.iso_seconds(now),
         "ttl": int((now + ITEM_TTL).timestamp()),
@@ -244,28 +245,20 @@ def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTa
 async def settle(exchange: Exchange) -> None:
     """What a finished batch request leaves to do (accounting.settle calls it for every request). Never raises."""
     state = exchange.batch
-    if state is None:
-        return
+    record = exchange.principal.record if exchange.principal else None
     try:
-        await anyio.to_thread.run_sync(_settle, exchange, state)
+        if isinstance(state, CreateHold) and not state.remembered and record is not None:
+            # Created but not remembered: billed at its estimate now. Refused or never answered: released.
+            cost = state.estimate if state.batch_id else _ZERO
+            await governance.settle_budget(record, state.reservation_id, state.reserved, cost)
+        elif isinstance(state, SeenEnded):
+            for batch_id in state.batch_ids:
+                await anyio.to_thread.run_sync(_note_ended, batch_id)
+        elif isinstance(state, ResultsTap) and exchange.completed and exchange.status == 200:
+            # The whole results file went through: billed exactly.
+            await settle_batch(state.batch_id, state.standard_cost * pricing.batch_multiplier(), state.total)
     except Exception:
         logger.exception("batch accounting failed", extra={"request_id": exchange.request_id})
-
-
-def _settle(exchange: Exchange, state: BatchState) -> None:
-    if isinstance(state, CreateHold):
-        if state.remembered:
-            return
-        # Created but not remembered: billed at its estimate now. Refused or never answered: nothing to bill.
-        cost = state.estimate if state.batch_id else _ZERO
-        increments = governance.spend_increments(cost, None, state.reserved, False)
-        if increments:
-            table.add_counters(keys.record_pk(state.key_id), "KEY", increments, only_if_exists=True)
-    elif isinstance(state, SeenEnded):
-        for batch_id in state.batch_ids:
-            _note_ended(batch_id)
-    elif exchange.completed and exchange.status == 200:  # the whole results file went through
-        settle_batch(state.batch_id, state.standard_cost * pricing.batch_multiplier(), state.total)
 
 
 def _note_ended(batch_id: str) -> None:
@@ -280,51 +273,34 @@ def _note_ended(batch_id: str) -> None:
     )
 
 
-def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None) -> bool:
+async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None) -> bool:
     """Settle an open batch once: `cost` (None: its estimate) on its key's spend, its reservation released.
-    False when it was unknown or already settled."""
-    item = table.get(_pk(batch_id), "BATCH")
+    False when it was unknown or already settled.
+
+    Exactly once: the batch item flips from open to settled on a condition (one fetch or sweep wins), and the
+    winner's spend write is governance's, applied once per reservation id and retried by the ledger.
+    """
+    item = await anyio.to_thread.run_sync(table.get, _pk(batch_id), "BATCH")
     if item is None or item.get("state") != "open":
         return False
     cost = Decimal(item["estimate"]) if cost is None else cost
-    close_batch = {
-        "Update": {
-            "Key": {"pk": _pk(batch_id), "sk": "BATCH"},
-            "UpdateExpression": "SET #state = :settled, #cost = :cost, #at = :now REMOVE gsi1pk, gsi1sk",
-            "ConditionExpression": "#state = :open",
-            "ExpressionAttributeNames": {"#state": "state", "#cost": "settled_cost", "#at": "settled_at"},
-            "ExpressionAttributeValues": {
-                ":settled": "settled",
-                ":open": "open",
-                ":cost": cost,
-                ":now": keys.iso_seconds(keys.utcnow()),
-            },
-        }
-    }
-    increments = governance.spend_increments(cost, usage, Decimal(item.get("reserved", 0)), False)
-    names = {f"#n{i}": name for i, name in enumerate(increments)}
-    values = {f":v{i}": amount for i, amount in enumerate(increments.values())}
-    add_spend = {
-        "Update": {
-            "Key": {"pk": keys.record_pk(item["key_id"]), "sk": "KEY"},
-            "UpdateExpression": "ADD " + ", ".join(f"{name} :v{i}" for i, name in enumerate(names)),
-            "ConditionExpression": "attribute_exists(pk)",
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
-        }
-    }
-    for _ in range(3):
-        try:
-            table.transact([close_batch, add_spend] if increments else [close_batch])
-            logger.info("batch settled", extra={"batch": batch_id, "cost_usd": float(cost), "exact": usage is not None})
-            return True
-        except table.Cancelled as cancelled:
-            if 0 in cancelled.failed:
-                return False  # settled meanwhile by another fetch or sweep
-            increments = {}  # the key was deleted: close the batch alone
-        except table.Conflict:
-            continue
-    return False
+    lost = await anyio.to_thread.run_sync(
+        table.update_if,
+        _pk(batch_id),
+        "BATCH",
+        "SET #state = :settled, #cost = :cost, #at = :now REMOVE gsi1pk, gsi1sk",
+        "#state = :open",
+        {"#state": "state", "#cost": "settled_cost", "#at": "settled_at"},
+        {":settled": "settled", ":open": "open", ":cost": cost, ":now": keys.iso_seconds(keys.utcnow())},
+    )
+    if lost is not None:
+        return False  # settled meanwhile by another fetch or sweep
+    record = await anyio.to_thread.run_sync(keys.load_by_key_id, str(item["key_id"]))
+    if record is not None:  # a deleted key has nothing left to bill
+        reservation = str(item.get("reservation_id") or "batch-" + batch_id)
+        await governance.settle_budget(record, reservation, Decimal(item.get("reserved", 0)), cost, usage)
+    logger.info("batch settled", extra={"batch": batch_id, "cost_usd": float(cost), "exact": usage is not None})
+    return True
 
 
 # -- batches never fetched ----------------------------------------------------------------------------------------
@@ -343,13 +319,18 @@ def _start_sweep_if_due() -> None:
 
 async def _sweep(now: datetime) -> None:
     try:
-        await anyio.to_thread.run_sync(sweep, now)
+        await sweep(now)
     except Exception:
         logger.exception("batch sweep failed")
 
 
-def sweep(now: datetime) -> int:
+async def sweep(now: datetime) -> int:
     """Settle at their estimate the open batches whose due time has passed; how many were settled."""
+    due = await anyio.to_thread.run_sync(_due, now)
+    return sum([await settle_batch(str(item["pk"]).removeprefix("BATCH#"), None, None) for item in due])
+
+
+def _due(now: datetime) -> list[table.Item]:
     from boto3.dynamodb.conditions import Key
 
     page = table.handle().query(
@@ -357,7 +338,7 @@ def sweep(now: datetime) -> int:
         KeyConditionExpression=Key("gsi1pk").eq(OPEN_INDEX) & Key("gsi1sk").lt(keys.iso_seconds(now)),
         Limit=_SWEEP_LIMIT,
     )
-    return sum(settle_batch(str(item["pk"]).removeprefix("BATCH#"), None, None) for item in page.get("Items", []))
+    return list(page.get("Items", []))
 
 
 def _grace() -> timedelta:

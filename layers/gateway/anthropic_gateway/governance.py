@@ -12,28 +12,43 @@ number of Lambda instances. `settle` (called exactly once per request, after the
 tokens with ADD, releases what `admit` reserved, and counts tokens for tpm.
 
 Budget (see docs/keys.md for the guarantees): the key record keeps `budget_headroom = max_budget - spend -
-reserved`. Admission is one UpdateItem `ADD budget_headroom -estimate, reserved +estimate` on the condition
-`budget_headroom > 0`; settle adds `spend +cost, reserved -estimate, budget_headroom +(estimate - cost)`. The
-estimate is an upper bound of the request's cost for nearly every request, so spend can pass max_budget by at
-most the cost of the request admitted last (plus whatever in-flight requests cost beyond their estimates).
+reserved`. Admission is one UpdateItem `ADD budget_headroom -estimate, reserved +estimate SET
+reservations.<request id> = {amount, until}` on the condition `budget_headroom > 0`; settle first adds `spend
++cost, budget_headroom -cost` (exactly once: `table.add_counters_once`), then releases the reservation: `REMOVE
+reservations.<request id> ADD reserved -estimate, budget_headroom +estimate`, on the condition that the entry is
+still there. That condition makes the release safe to retry and safe against the sweep: a reservation whose lease
+(`until`) has passed was left by a process that died, and is released by whichever admission finds the budget
+exhausted. The estimate is an upper bound of the request's cost for nearly every request, so spend can pass
+max_budget by at most the cost of the request admitted last (plus whatever in-flight requests cost beyond their
+estimates).
+
+Bounded: admission's DynamoDB work runs under the request's AWS deadline (aws.call); past it the request gets a
+503 and settle waits for the late work before it releases what that work took. A settle write that fails is
+handed to the ledger, which retries it (each step applies once) until DynamoDB answers.
+
+For other callers (batches): `reserve_budget` holds an amount on a key's budget under an id and a lease;
+`settle_budget` records the exact cost once and releases the hold.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
-from dataclasses import dataclass
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import keys, pricing, table
+from . import aws, keys, pricing, table
 from .errors import GatewayError
 from .exchange import Exchange
 from .keys import KeyRecord
-from .ledger import ledger
+from .ledger import Write, ledger
 from .request_body import RequestBody
 from .table import Number
 from .usage import Usage
@@ -48,6 +63,8 @@ RATE_WINDOW_SECONDS = 60
 # A parallel slot not released by then is taken to be leaked (an instance died mid-request) and may be reused.
 # Lambda stops any invocation after 900 s, so a live request on Lambda never holds a slot that long.
 PARALLEL_SLOT_LEASE_SECONDS = 960
+# The same for a budget reservation: past its lease, an admission that finds the budget exhausted releases it.
+RESERVATION_LEASE_SECONDS = 960
 _SNAPSHOT = re.compile(r"(.+)-\d{8}")
 _ZERO = Decimal(0)
 
@@ -57,8 +74,10 @@ class Admission:
     """What a request holds between admit and settle."""
 
     key_id: str
+    request_id: str = field(default_factory=lambda: "gwreq_" + secrets.token_hex(12))  # names its reservation
     reserved: Decimal | None = None  # budget estimate held on the key record (None: nothing held)
     slot: str | None = None  # parallel slot id held on the key's PARALLEL item
+    late: asyncio.Future[object] | None = None  # admission work still running after the deadline answered 503
 
 
 # -- admission --------------------------------------------------------------------------------------------------
@@ -79,14 +98,18 @@ async def admit(exchange: Exchange, body: RequestBody) -> None:
         check_models(record.models, exchange.path, parsed)
     if not record.governed:
         return
-    admission = Admission(key_id=record.key_id)
+    admission = Admission(key_id=record.key_id, request_id=exchange.request_id)
     # Set before the checks that can refuse: settle then releases whatever was taken, refused or not.
     exchange.admission = admission
     estimate = estimate_cost(parsed, len(body.raw)) if estimates else _ZERO
     try:
-        await anyio.to_thread.run_sync(_acquire, record, admission, estimate, exchange.request_id)
+        await aws.call(_acquire, record, admission, estimate, exchange.request_id)
     except GatewayError:
         raise
+    except aws.Unavailable as exc:
+        admission.late = exc.late  # settle waits for it, then releases what it took
+        logger.warning("admission timed out", extra={"request_id": exchange.request_id})
+        raise GatewayError(503, "The gateway cannot check this key's limits right now (timeout); retry.") from None
     except Exception as exc:
         # Fail closed: a limit that cannot be checked is not waived. 503 tells SDKs to retry.
         logger.exception("admission failed", extra={"request_id": exchange.request_id})
@@ -190,26 +213,25 @@ def _count_request(record: KeyRecord, now: datetime) -> None:
     raise GatewayError(429, f"{message} Retry in {wait} s.", headers={"retry-after": str(wait)})
 
 
-def reserve_whole(record: KeyRecord, amount: Decimal) -> Decimal | None:
-    """Reserve `amount` on the key's budget only if all of it fits in the headroom (blocking), else GatewayError
-    (402 when it does not fit). What was reserved, or None when the key has no budget. Released by a spend write
-    with `spend_increments(cost, usage, reserved, ...)`. Used by batches.py for a whole batch's estimate."""
-    admission = Admission(key_id=record.key_id)
-    _reserve(record, admission, amount, keys.utcnow(), whole=True)
-    return admission.reserved
-
-
-def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: datetime, whole: bool = False) -> None:
-    """Take `estimate` out of the budget headroom, on the condition that some headroom is left (`whole`: that
-    all of `estimate` fits in it).
+def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: datetime) -> None:
+    """Take `estimate` out of the budget headroom, on the condition that some headroom is left, recorded as the
+    reservation `admission.request_id` with a lease.
 
     The same condition refuses keys that were blocked, deleted or regenerated meanwhile (the record's token must
     still be the one presented), so for budgeted keys those changes apply at once on every instance.
     """
+    _hold_budget(record, admission, estimate, now, RESERVATION_LEASE_SECONDS)
+
+
+def _hold_budget(
+    record: KeyRecord, admission: Admission, amount: Decimal, now: datetime, lease: int, whole: bool = False
+) -> None:
+    """`whole`: only if all of `amount` fits in the headroom (a batch), not merely some headroom is left."""
     condition = (
         ("#headroom >= :estimate AND " if whole else "")
         + "#headroom > :zero AND #token = :token AND (attribute_not_exists(#blocked) OR #blocked = :no)"
-        " AND (attribute_not_exists(#reset) OR #reset > :now)"
+        " AND (attribute_not_exists(#reset) OR #reset > :now) AND attribute_exists(#res)"
+        " AND attribute_not_exists(#res.#rid)"
     )
     names = {
         "#headroom": "budget_headroom",
@@ -217,21 +239,31 @@ def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: da
         "#token": "token",
         "#blocked": "blocked",
         "#reset": "budget_reset_at",
+        "#res": "reservations",
+        "#rid": admission.request_id,
     }
     values = {
-        ":minus": -estimate,
-        ":estimate": estimate,
+        ":minus": -amount,
+        ":estimate": amount,
         ":zero": 0,
         ":token": record.token,
         ":no": False,
         ":now": keys.iso_seconds(now),
+        ":lease": {"amount": amount, "until": int(now.timestamp()) + lease},
     }
-    update = "ADD #headroom :minus, #reserved :estimate"
-    for _ in range(3):
-        item = table.update_if(keys.record_pk(record.key_id), "KEY", update, condition, names, values)
+    update = "ADD #headroom :minus, #reserved :estimate SET #res.#rid = :lease"
+    # Held from here on as far as settle knows: if the write applies but its answer is lost, settle still
+    # releases it, and releasing a reservation that was never written changes nothing.
+    admission.reserved = amount
+    pk = keys.record_pk(record.key_id)
+    for _ in range(4):
+        item = table.update_if(pk, "KEY", update, condition, names, values)
         if item is None:
-            admission.reserved = estimate
             return
+        reservations = item.get("reservations")
+        if isinstance(reservations, dict) and admission.request_id in reservations:
+            return  # botocore retried our write after it had applied
+        admission.reserved = None
         if item.get("token") != record.token:  # deleted or regenerated
             keys.key_cache.invalidate(record.token)
             raise GatewayError(401, "Invalid API key.")
@@ -240,10 +272,46 @@ def _reserve(record: KeyRecord, admission: Admission, estimate: Decimal, now: da
             raise GatewayError(401, "This key is blocked.")
         if item.get("max_budget") is None:
             return  # the budget was removed since this process cached the record
+        admission.reserved = amount
+        if not isinstance(reservations, dict):  # a record from before reservations had leases
+            table.update_if(
+                pk, "KEY", "SET #res = :empty", "attribute_not_exists(#res)", {"#res": "reservations"}, {":empty": {}}
+            )
+            continue
         if reset_budget_if_due(item, now):
             continue
+        if _sweep_expired(record.key_id, reservations, int(now.timestamp())):
+            continue
+        admission.reserved = None
         raise _budget_exceeded(item)
+    admission.reserved = None
     raise GatewayError(503, "The key's budget is being reset; retry the request.")
+
+
+def _sweep_expired(key_id: str, reservations: dict[str, object], now_ts: int) -> bool:
+    """Release reservations whose lease has passed (their process died); whether any was."""
+    expired = [
+        (rid, lease["amount"])
+        for rid, lease in reservations.items()
+        if isinstance(lease, dict) and lease.get("until", 0) < now_ts
+    ][:25]
+    for rid, amount in expired:
+        _release_reservation(key_id, rid, Decimal(amount))
+    if expired:
+        logger.info("expired budget reservations released", extra={"count": len(expired)})
+    return bool(expired)
+
+
+def _release_reservation(key_id: str, reservation_id: str, amount: Decimal) -> None:
+    """Give a reservation back to the headroom, if it is still held: safe to repeat, and against the sweep."""
+    table.update_if(
+        keys.record_pk(key_id),
+        "KEY",
+        "REMOVE #res.#rid ADD #reserved :minus, #headroom :amount",
+        "attribute_exists(#res.#rid)",
+        {"#res": "reservations", "#rid": reservation_id, "#reserved": "reserved", "#headroom": "budget_headroom"},
+        {":minus": -amount, ":amount": amount},
+    )
 
 
 def _budget_exceeded(item: table.Item) -> GatewayError:
@@ -289,13 +357,15 @@ def _take_slot(record: KeyRecord, admission: Admission, slot: str, now: datetime
     now_ts = int(now.timestamp())
     lease, ttl = now_ts + PARALLEL_SLOT_LEASE_SECONDS, now_ts + 2 * PARALLEL_SLOT_LEASE_SECONDS
     pk, names = keys.record_pk(record.key_id), {"#slots": "slots", "#slot": slot, "#ttl": "ttl"}
+    admission.slot = slot  # held as far as settle knows, until refused: a write whose answer was lost is released
     for _ in range(4):
         update, condition = "SET #slots.#slot = :lease, #ttl = :ttl", "attribute_exists(#slots) AND size(#slots) < :max"
         seen = table.update_if(pk, "PARALLEL", update, condition, names, {":lease": lease, ":ttl": ttl, ":max": limit})
         if seen is None:
-            admission.slot = slot
             return
         slots = seen.get("slots")
+        if isinstance(slots, dict) and slot in slots:
+            return  # botocore retried our write after it had applied
         if slots is None:
             if limit < 1:
                 break
@@ -308,13 +378,13 @@ def _take_slot(record: KeyRecord, admission: Admission, slot: str, now: datetime
                 {":slots": {slot: lease}, ":ttl": ttl},
             )
             if created is None:
-                admission.slot = slot
                 return
             continue
         stale = [name for name, until in slots.items() if until < now_ts]
         if not stale:
             break
         _release_slots(record.key_id, stale[:50])
+    admission.slot = None
     raise GatewayError(
         429,
         f"Too many parallel requests: this key may have {limit} in flight at once. Retry in 1 s.",
@@ -332,64 +402,94 @@ def _release_slots(key_id: str, slots: list[str]) -> None:
 
 
 async def settle(exchange: Exchange, cost: Decimal) -> None:
-    """Write the request's spend and tokens, release its reservation and slot. Never raises."""
+    """Write the request's spend and tokens, release its reservation and slot. Never raises: what cannot be
+    written now is handed to the ledger and retried (each step applies once)."""
     record = exchange.principal.record if exchange.principal else None
     if record is None:
         return
     admission = exchange.admission if isinstance(exchange.admission, Admission) else None
+    if admission is not None and admission.late is not None:
+        await asyncio.gather(admission.late, return_exceptions=True)  # bounded by the client config
     # Only requests that got an answer from Anthropic count; refusals by the gateway itself do not.
     forwarded = exchange.status is not None and exchange.error_source != "gateway"
     usage = exchange.usage
     holds = admission is not None and (admission.reserved is not None or admission.slot is not None)
     if not (forwarded or usage or holds):
         return
-    reserved = admission.reserved if admission else None
-    if reserved is None and (forwarded or usage):
+    budgeted = admission is not None and admission.reserved is not None
+    counters = spend_increments(cost, usage, forwarded) if forwarded or usage else {}
+    if not budgeted and counters:
         # Nothing held on the record: the counters can wait for the ledger's next flush.
-        increments = spend_increments(cost, usage, _ZERO, forwarded)
-        ledger.add(keys.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
-    counts_tokens = record.tpm_limit is not None and usage is not None and usage.total_tokens > 0
-    if reserved is None and not counts_tokens and not (admission and admission.slot):
+        ledger.add(keys.record_pk(record.key_id), "KEY", counters, only_if_exists=True)
+    write = settle_write(record, admission, counters if budgeted else {}, usage)
+    if write is None:
         return
     try:
-        await anyio.to_thread.run_sync(_settle, record, admission, cost, usage, forwarded)
-    except Exception:
-        logger.exception("key settle failed", extra={"request_id": exchange.request_id})
+        await aws.run(write.apply)
+    except Exception as exc:
+        logger.warning(
+            "key settle failed; the ledger retries it",
+            extra={"request_id": exchange.request_id, "error": type(exc).__name__},
+        )
+        ledger.retry_later(write)
 
 
-def _settle(
-    record: KeyRecord, admission: Admission | None, cost: Decimal, usage: Usage | None, forwarded: bool
+def settle_write(
+    record: KeyRecord, admission: Admission | None, counters: dict[str, Number], usage: Usage | None
+) -> Write | None:
+    """The writes that cannot wait, as one Write whose every step is safe to repeat, in this order:
+    1. the key's counters (spend, headroom -cost) once, by operation id: before the release, so the headroom
+       is never more than the invariant allows while the two are apart;
+    2. tokens toward tpm, once;
+    3. the reservation released, if still held (conditional on its entry);
+    4. the parallel slot released (REMOVE of a map entry).
+    """
+    request_id = admission.request_id if admission else "gwreq_" + secrets.token_hex(12)
+    steps: list[Callable[[], None]] = []
+    marker_ttl = int(time.time()) + table.OPERATION_MARKER_SECONDS
+    pk = keys.record_pk(record.key_id)
+    if counters:
+        steps.append(lambda: _add_once(f"settle-{request_id}", pk, "KEY", counters, marker_ttl, only_if_exists=True))
+    if record.tpm_limit is not None and usage is not None and usage.total_tokens:
+        window = _window(keys.utcnow())
+        tokens: dict[str, Number] = {"tokens": usage.total_tokens}
+        ttl = window + 2 * RATE_WINDOW_SECONDS
+        steps.append(lambda: _add_once(f"tpm-{request_id}", pk, f"RATE#{window}", tokens, marker_ttl, ttl=ttl))
+    if admission is not None and admission.reserved is not None:
+        amount = admission.reserved
+        steps.append(lambda: _release_reservation(record.key_id, request_id, amount))
+    if admission is not None and admission.slot:
+        slot = admission.slot
+        steps.append(lambda: _release_slots(record.key_id, [slot]))
+    if not steps:
+        return None
+
+    def apply() -> None:
+        for step in steps:
+            step()
+
+    return Write(f"settle {request_id}", apply)
+
+
+def _add_once(
+    operation: str,
+    pk: str,
+    sk: str,
+    increments: dict[str, Number],
+    marker_ttl: int,
+    *,
+    only_if_exists: bool = False,
+    ttl: int | None = None,
 ) -> None:
-    """The writes that cannot wait, each on its own: one failing must not keep the others from being released."""
-    failures: list[Exception] = []
-    reserved = admission.reserved if admission else None
-    if reserved is not None:
-        try:
-            _add_spend(record.key_id, spend_increments(cost, usage, reserved, forwarded))
-        except Exception as exc:
-            failures.append(exc)
-    if record.tpm_limit is not None and usage and usage.total_tokens:
-        try:
-            _add_tokens(record.key_id, usage.total_tokens)
-        except Exception as exc:
-            failures.append(exc)
-    if admission and admission.slot:
-        try:
-            _release_slots(record.key_id, [admission.slot])
-        except Exception as exc:
-            failures.append(exc)
-    if failures:
-        raise failures[0]
+    if not table.add_counters_once(
+        operation, pk, sk, increments, marker_ttl=marker_ttl, only_if_exists=only_if_exists, ttl=ttl
+    ):
+        logger.info("spend not recorded: the key was deleted while the request ran")
 
 
-def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forwarded: bool) -> dict[str, Number]:
+def spend_increments(cost: Decimal, usage: Usage | None, forwarded: bool) -> dict[str, Number]:
     """What one request adds to its key record; keeps budget_headroom = max_budget - spend - reserved."""
-    increments: dict[str, Number] = {
-        "spend": cost,
-        "total_spend": cost,
-        "budget_headroom": reserved - cost,
-        "reserved": -reserved,
-    }
+    increments: dict[str, Number] = {"spend": cost, "total_spend": cost, "budget_headroom": -cost}
     if forwarded:
         increments["requests"] = 1
     if usage is not None:
@@ -397,17 +497,43 @@ def spend_increments(cost: Decimal, usage: Usage | None, reserved: Decimal, forw
     return {name: amount for name, amount in increments.items() if amount}
 
 
-def _add_spend(key_id: str, increments: dict[str, Number]) -> None:
-    """One atomic ADD on the key record, at once: it releases a budget reservation."""
-    if not increments:  # a zero reservation, released by a request refused after admission: nothing to write
+# -- holds for other callers (batches) ---------------------------------------------------------------------------
+
+
+async def reserve_budget(
+    record: KeyRecord, amount: Decimal, reservation_id: str, *, lease_seconds: int, whole: bool = False
+) -> None:
+    """Hold `amount` on the key's budget under `reservation_id` (unique, e.g. the batch id) for up to
+    `lease_seconds` (past it, an admission that finds the budget exhausted releases it). Raises GatewayError:
+    402 when the budget is spent, 401 for a key blocked/deleted meanwhile, 503 when DynamoDB does not answer.
+    Safe to repeat with the same id. A key without a budget holds nothing."""
+    if record.max_budget is None:
         return
-    if not table.add_counters(keys.record_pk(key_id), "KEY", increments, only_if_exists=True):
-        logger.info("spend not recorded: the key was deleted while the request ran")
+    admission = Admission(key_id=record.key_id, request_id=reservation_id)
+    try:
+        await aws.call(_hold_budget, record, admission, amount, keys.utcnow(), lease_seconds, whole)
+    except GatewayError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, aws.Unavailable) and exc.late is not None:
+            await asyncio.gather(exc.late, return_exceptions=True)
+        # Whatever the write did, the hold is released: the caller refuses the work.
+        await settle_budget(record, reservation_id, amount, _ZERO)
+        raise GatewayError(503, "The gateway cannot check this key's budget right now; retry.") from None
 
 
-def _add_tokens(key_id: str, tokens: int) -> None:
-    """Tokens count toward tpm in the minute the request ends (that is when Anthropic reports them)."""
-    window = _window(keys.utcnow())
-    table.add_counters(
-        keys.record_pk(key_id), f"RATE#{window}", {"tokens": tokens}, ttl=window + 2 * RATE_WINDOW_SECONDS
-    )
+async def settle_budget(
+    record: KeyRecord, reservation_id: str, reserved: Decimal, cost: Decimal, usage: Usage | None = None
+) -> None:
+    """Record `cost` (and `usage`) on the key once for `reservation_id`, then release its hold of `reserved`.
+    Never raises; what DynamoDB does not take now the ledger retries. Safe to call again (it applies once)."""
+    admission = Admission(key_id=record.key_id, request_id=reservation_id, reserved=reserved)
+    counters = spend_increments(cost, usage, forwarded=False) if cost or usage else {}
+    write = settle_write(record, admission, counters, None)
+    if write is None:
+        return
+    try:
+        await aws.run(write.apply)
+    except Exception:
+        logger.warning("budget settle failed; the ledger retries it", extra={"reservation": reservation_id})
+        ledger.retry_later(write)

@@ -142,6 +142,7 @@ class KeyRecord:
     def to_item(self) -> table.Item:
         item = {name: table.stored(value) for name, value in asdict(self).items() if value is not None}
         item["budget_headroom"] = (self.max_budget or _ZERO) - self.spend - self.reserved
+        item["reservations"] = {}  # request id -> {amount, until}: the budget holds in flight (governance.py)
         item.update(pk=record_pk(self.key_id), sk="KEY", gsi1pk="KEY", gsi1sk=f"{self.created_at}#{self.key_id}")
         return item
 
@@ -195,11 +196,15 @@ def put_new(record: KeyRecord) -> None:
             }
         )
     try:
-        table.transact(actions)
+        # The token makes DynamoDB answer a retry (botocore's, after a lost answer) as the success it was.
+        table.transact(actions, token=hashlib.sha256(f"{record.key_id}#{record.created_at}".encode()).hexdigest()[:36])
     except table.Cancelled as exc:
-        if 0 in exc.failed:
-            raise KeyExists() from None
-        raise AliasTaken(record.key_alias) from None
+        stored = _get(record_pk(record.key_id)) if 0 in exc.failed else None
+        if stored is None or stored.get("created_at") != record.created_at:  # else: our own write, retried
+            if 0 in exc.failed:
+                raise KeyExists() from None
+            raise AliasTaken(record.key_alias) from None
+    key_directory.add(record.token)  # works at once here; elsewhere within KEY_CACHE_TTL
 
 
 def _get(pk: str) -> table.Item | None:
@@ -335,6 +340,7 @@ def regenerate(record: KeyRecord, new_plain: str) -> KeyRecord:
             raise KeyExists() from None
         raise Conflict() from None
     record.token, record.key_name, record.updated_at = new_token, key_name(new_plain), now
+    key_directory.add(new_token)
     return record
 
 
@@ -370,7 +376,8 @@ class KeyCache:
     Changes made through this process (update, block, delete, regenerate) call `invalidate` and apply at once;
     changes made on another Lambda instance reach this one within `KEY_CACHE_TTL` seconds. Unknown keys are
     cached too, so a client retrying a bad key does not hammer the table; the size bound keeps random keys from
-    filling memory.
+    filling memory. When DynamoDB cannot be read, a record past its TTL keeps serving for up to `AWS_STALE_SECONDS`
+    more (`stale`).
     """
 
     def __init__(self, max_entries: int = 10_000):
@@ -384,6 +391,15 @@ class KeyCache:
             if entry is None or time.monotonic() - entry[0] > get_settings().key_cache_ttl:
                 return False, None
             return True, entry[1]
+
+    def stale(self, token: str) -> KeyRecord | None:
+        """The record cached for `token`, expired no longer than AWS_STALE_SECONDS ago: for outages only."""
+        settings = get_settings()
+        with self._lock:
+            entry = self._entries.get(token)
+        if entry is None or time.monotonic() - entry[0] > settings.key_cache_ttl + settings.stale_seconds:
+            return None
+        return entry[1]
 
     def put(self, token: str, record: KeyRecord | None) -> None:
         with self._lock:
@@ -401,12 +417,96 @@ class KeyCache:
                 self._entries.pop(token, None)
 
 
+class KeyDirectory:
+    """Every valid key hash, so a flood of unknown keys is refused without a GetItem each (issue 9).
+
+    In normal times an unknown key costs one GetItem (then its negative cache entry, KEY_CACHE_TTL). Once
+    `FLOOD_MISSES` unknown keys arrive within KEY_CACHE_TTL, the directory takes over: it is loaded with one paged
+    Query of the gsi1 index (the current `token` of every record), at most once per KEY_CACHE_TTL, and keys it does
+    not hold are refused without a read. However many distinct unknown keys arrive, they then cost one directory
+    read per KEY_CACHE_TTL per instance. A key created or regenerated here is added at once; during a flood one
+    created elsewhere works from the next reload, within KEY_CACHE_TTL. Memory: about 100 bytes per key.
+    """
+
+    FLOOD_MISSES = 20
+
+    def __init__(self) -> None:
+        self._tokens: set[str] = set()
+        self._added: dict[str, float] = {}  # token -> when added here (kept across a reload that may miss it)
+        self._loaded_at: float | None = None
+        self._window_start, self._misses, self._flooded = 0.0, 0, False
+        self._lock = threading.Lock()
+
+    def refuses(self, token: str) -> bool:
+        """Whether `token` is surely unknown: during a flood, a fresh directory does not hold it."""
+        with self._lock:
+            now, ttl = time.monotonic(), get_settings().key_cache_ttl
+            fresh = self._loaded_at is not None and now - self._loaded_at <= ttl
+            return self._flooded and fresh and token not in self._tokens
+
+    def note_miss(self) -> None:
+        """Blocking. An unknown key was read from the table: count it, and during a flood reload the directory."""
+        with self._lock:
+            now, ttl = time.monotonic(), get_settings().key_cache_ttl
+            if now - self._window_start > ttl:
+                # A flood lasts while each KEY_CACHE_TTL window sees FLOOD_MISSES misses (or directory refusals).
+                self._flooded = self._misses >= self.FLOOD_MISSES and now - self._window_start <= 2 * ttl
+                self._window_start, self._misses = now, 0
+            self._misses += 1
+            if self._misses >= self.FLOOD_MISSES:
+                self._flooded = True
+            flooded = self._flooded
+        if flooded:
+            self.reload_if_stale()
+
+    def reload_if_stale(self) -> None:
+        """Blocking. Read every key's hash again, unless the directory is younger than KEY_CACHE_TTL."""
+        with self._lock:
+            if self._loaded_at is not None and time.monotonic() - self._loaded_at <= get_settings().key_cache_ttl:
+                return
+        from boto3.dynamodb.conditions import Key
+
+        started = time.monotonic()
+        items = table.query_all(
+            IndexName="gsi1",
+            KeyConditionExpression=Key("gsi1pk").eq("KEY"),
+            ProjectionExpression="#token",
+            ExpressionAttributeNames={"#token": "token"},
+        )
+        with self._lock:
+            # Keys added here while the query ran stay: the query may have missed them.
+            added_since = {token for token, at in self._added.items() if at >= started}
+            self._tokens = {item["token"] for item in items if "token" in item} | added_since
+            self._added = {}
+            self._loaded_at = started
+
+    def add(self, token: str) -> None:
+        with self._lock:
+            self._tokens.add(token)
+            self._added[token] = time.monotonic()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tokens, self._added, self._loaded_at = set(), {}, None
+            self._window_start, self._misses, self._flooded = 0.0, 0, False
+
+
 key_cache = KeyCache()
+key_directory = KeyDirectory()
 
 
 def cached_load(token: str) -> KeyRecord | None:
+    """Blocking. The record for `token` through the cache; an unknown key costs a GetItem only when the key
+    directory cannot already tell (see KeyDirectory)."""
     hit, record = key_cache.get(token)
-    if not hit:
-        record = load(token)
-        key_cache.put(token, record)
+    if hit:
+        return record
+    if key_directory.refuses(token):
+        key_directory.note_miss()
+        key_cache.put(token, None)
+        return None
+    record = load(token)
+    if record is None:
+        key_directory.note_miss()
+    key_cache.put(token, record)
     return record

@@ -1,39 +1,76 @@
-"""Coalesced counters: many requests' increments to one DynamoDB item become one atomic ADD.
+"""Coalesced counters, written exactly once, and kept until they are written.
 
 Spend, request and token counters only ever grow by ADD, which commutes, so the increments of many requests can
 be summed in memory and written together. A request then costs a dict update instead of an UpdateItem (about
 1 ms of boto3 CPU that would otherwise compete with the next request). A flush runs `SPEND_FLUSH_SECONDS` after
-the first pending increment, and at every `flush` (the app's `drain`). What must reach the table before the next
-admission decision (budget reservations, tpm tokens, parallel slots) is not coalesced: governance writes it
-directly.
+the first pending increment, and at every `flush` (the app's `drain`: the buffered door's end of invocation, the
+streaming door's shutdown). What must reach the table before the next admission decision (budget reservations,
+tpm tokens, parallel slots) is not coalesced: governance writes it directly, and hands it here when that fails.
 
-If a process dies between two flushes, the increments it held are lost; `SPEND_FLUSH_SECONDS` bounds them.
+Exactly once: each item's sum becomes a write with an operation id of its own (`table.add_counters_once`), fixed
+when the sum is taken; a write that fails is retried with the same id, so a write whose answer was lost is never
+applied twice. Writes that fail are kept (oldest first, at most `LEDGER_MAX_ENTRIES`; newer ones beyond that are
+dropped and counted in a log line) and retried with backoff (`LEDGER_RETRY_SECONDS`, doubling up to 30 s), at
+every flush, and so as soon as DynamoDB answers again.
+
+What a crash can lose: the increments summed since the last flush (`SPEND_FLUSH_SECONDS`), and the writes kept
+for retry when the process dies during a DynamoDB outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 
-import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import table
+from . import aws, table
 from .settings import get_settings
 
 logger = Logger(child=True)
 
 Number = int | Decimal
+_MAX_RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Write:
+    """A write that is safe to repeat (it applies at most once), named for the logs."""
+
+    name: str
+    apply: Callable[[], None]  # blocking; raises when it could not be written
+
+
+def counters_write(pk: str, sk: str, increments: Mapping[str, Number], *, only_if_exists: bool) -> Write:
+    """ADD `increments` to the item once, however often the write is retried."""
+    operation = "ctr-" + secrets.token_hex(12)
+    marker_ttl = int(time.time()) + table.OPERATION_MARKER_SECONDS
+
+    def apply() -> None:
+        added = table.add_counters_once(
+            operation, pk, sk, dict(increments), marker_ttl=marker_ttl, only_if_exists=only_if_exists
+        )
+        if not added:
+            logger.info("counters not recorded: the item was deleted meanwhile", extra={"sk": sk})
+
+    return Write(f"counters {sk}", apply)
 
 
 class Ledger:
     def __init__(self) -> None:
         # (pk, sk) -> (increments, only if the item exists)
         self._pending: dict[tuple[str, str], tuple[dict[str, Number], bool]] = {}
+        self._failed: list[Write] = []  # oldest first
+        self._dropped = 0
         self._lock = threading.Lock()
         self._flush_scheduled = False
+        self._retry_delay = 0.0  # 0: no retry scheduled
         self._timed_flushes: set[asyncio.Task[None]] = set()
 
     def add(self, pk: str, sk: str, increments: Mapping[str, Number], *, only_if_exists: bool = False) -> None:
@@ -49,13 +86,25 @@ class Ledger:
         if schedule:
             asyncio.get_running_loop().call_later(get_settings().spend_flush_seconds, self._flush_in_background)
 
+    def retry_later(self, write: Write) -> None:
+        """Keep a write that failed elsewhere (governance's settle) and retry it with the ledger's; on the loop."""
+        self._keep([write])
+        self._schedule_retry()
+
+    @property
+    def backlog(self) -> int:
+        """Writes waiting for a retry (tests and the shutdown log)."""
+        with self._lock:
+            return len(self._failed)
+
     def _flush_in_background(self) -> None:
         task = asyncio.ensure_future(self._write_pending())
         self._timed_flushes.add(task)
         task.add_done_callback(self._timed_flushes.discard)
 
     async def flush(self) -> None:
-        """Write every increment queued so far, including those a timed flush is writing right now."""
+        """Write every increment queued so far (and retry what failed before), including what a timed flush is
+        writing right now. What still fails stays queued for the next retry."""
         await self._write_pending()
         loop = asyncio.get_running_loop()  # tests run several loops, one per server; Lambda one
         while flushes := [t for t in list(self._timed_flushes) if t.get_loop() is loop and not t.done()]:
@@ -65,19 +114,97 @@ class Ledger:
         with self._lock:
             batch, self._pending = self._pending, {}
             self._flush_scheduled = False
-        if batch:
-            await anyio.to_thread.run_sync(_write, batch)
+            retries, self._failed = self._failed, []
+        writes = retries + [
+            counters_write(pk, sk, increments, only_if_exists=only_if_exists)
+            for (pk, sk), (increments, only_if_exists) in batch.items()
+            if increments
+        ]
+        if not writes:
+            return
+        failed = await aws.run(_apply_all, writes)
+        self._keep(failed)
+        if failed:
+            self._schedule_retry()
+        else:
+            self._retry_delay = 0.0
+
+    def _keep(self, failed: list[Write]) -> None:
+        if not failed:
+            return
+        with self._lock:
+            kept = failed + self._failed  # what failed now is older than what failed since it was taken
+            limit = get_settings().ledger_max_entries
+            dropped = len(kept) - limit
+            self._failed = kept[:limit]
+            if dropped > 0:
+                self._dropped += dropped
+        if dropped > 0:
+            logger.error(
+                "counter writes dropped: the retry queue is full",
+                extra={"dropped": dropped, "dropped_total": self._dropped},
+            )
+
+    def _schedule_retry(self) -> None:
+        if self._retry_delay:  # one retry at a time
+            return
+        self._retry_delay = get_settings().ledger_retry_seconds
+        asyncio.get_running_loop().call_later(self._retry_delay, self._retry)
+
+    def _retry(self) -> None:
+        delay = self._retry_delay
+        task = asyncio.ensure_future(self._write_pending())
+        self._timed_flushes.add(task)
+        task.add_done_callback(self._timed_flushes.discard)
+        task.add_done_callback(partial(self._after_retry, delay))
+
+    def _after_retry(self, delay: float, _: object) -> None:
+        if self.backlog:  # still failing: back off
+            self._retry_delay = min(delay * 2, _MAX_RETRY_SECONDS)
+            asyncio.get_running_loop().call_later(self._retry_delay, self._retry)
+        else:
+            self._retry_delay = 0.0
 
 
-def _write(batch: dict[tuple[str, str], tuple[dict[str, Number], bool]]) -> None:
-    for (pk, sk), (increments, only_if_exists) in batch.items():
-        if not increments:
-            continue
+def _apply_all(writes: list[Write]) -> list[Write]:
+    """Apply the writes in order (blocking); the ones not written. The first that fails for want of DynamoDB
+    stops the run: the rest would each wait out the same timeouts. A write DynamoDB refuses for what it is can
+    never succeed: it is logged and dropped instead of blocking the queue."""
+    for index, write in enumerate(writes):
         try:
-            if not table.add_counters(pk, sk, increments, only_if_exists=only_if_exists):
-                logger.info("counters not recorded: the item was deleted meanwhile", extra={"sk": sk})
-        except Exception:  # one item failing must not lose the others; botocore has already retried this one
-            logger.exception("counter flush failed", extra={"sk": sk})
+            write.apply()
+        except Exception as exc:
+            if _refused_for_good(exc):
+                logger.exception("counter write refused by DynamoDB; dropped", extra={"write": write.name})
+                continue
+            logger.warning(
+                "counter writes failed; kept for retry",
+                extra={"write": write.name, "error": type(exc).__name__, "kept": len(writes) - index},
+            )
+            return writes[index:]
+    return []
+
+
+def _refused_for_good(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+    code = exc.response.get("Error", {}).get("Code", "")
+    return status == 400 and "Throttl" not in code and code not in _TRANSIENT_CODES
+
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "TransactionConflictException",
+        "TransactionInProgressException",
+        "LimitExceededException",
+        "TransactionCanceledException",
+    }
+)
 
 
 ledger = Ledger()

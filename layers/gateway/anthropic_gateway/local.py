@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets as random
+import signal
 import socket
+from types import FrameType
 from typing import Any
+
+import uvicorn
 
 # The key schema of template.yaml's GatewayTable (tests/test_deploy_* check they match).
 TABLE_SCHEMA: dict[str, Any] = {
@@ -81,7 +85,6 @@ def create_resources(upstream_key: str, master_key: str) -> None:
 
 
 def serve() -> None:
-    import uvicorn
 
     from .settings import SettingsError, get_settings
 
@@ -109,7 +112,16 @@ def serve() -> None:
     print(f"  AWS: {'real AWS (default credentials)' if real_aws else 'embedded moto (DynamoDB, Secrets Manager)'}")
     if generated_master:
         print(f"  master key (generated, shown once): {generated_master}")
-    uvicorn.run(
+    run_uvicorn(host, port)
+
+
+def run_uvicorn(host: str, port: int) -> None:
+    """uvicorn as functions/proxy/run.sh runs it on Lambda, with the same bounded stop: at SIGTERM, streams still
+    open get SHUTDOWN_GRACE_SECONDS to finish, are then cut (their accounting still runs: what was relayed is
+    billed), the app drains (accounting, ledger flush) and the process exits. A second SIGTERM exits at once."""
+    from .settings import get_settings
+
+    config = uvicorn.Config(
         "anthropic_gateway.app:app",
         host=host,
         port=port,
@@ -117,4 +129,15 @@ def serve() -> None:
         server_header=False,
         date_header=False,  # the upstream's Date is forwarded; a second one would be wrong
         proxy_headers=True,
+        timeout_graceful_shutdown=max(1, round(get_settings().shutdown_grace_seconds)),
     )
+    _ImpatientServer(config).run()
+
+
+class _ImpatientServer(uvicorn.Server):
+    """uvicorn's Server, where a second SIGTERM (not only a second Ctrl-C) forces the exit."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGTERM:
+            self.force_exit = True
+        super().handle_exit(sig, frame)

@@ -42,6 +42,16 @@ class Settings:
     bedrock_model_ids: str  # raw JSON merged over the shipped table (bedrock.load_model_ids); checked here
     bedrock_api_key_secret: str | None  # a Bedrock API key instead of SigV4 with the function's role
     bedrock_failover_on_429: bool
+    # AWS faults (aws.py, ledger.py, keys.py, secrets.py)
+    aws_connect_timeout: float
+    aws_read_timeout: float
+    aws_max_attempts: int
+    aws_deadline: float
+    aws_threads: int
+    stale_seconds: float
+    ledger_max_entries: int
+    ledger_retry_seconds: float
+    shutdown_grace_seconds: float
 
 
 class SettingsError(ValueError):
@@ -112,6 +122,20 @@ def get_settings() -> Settings:
         # Anthropic's 429 is a rate limit the client (or the organisation) hit, not an outage: failing over spends
         # Bedrock capacity on traffic Anthropic asked to slow down, so the operator opts in.
         bedrock_failover_on_429=_flag("BEDROCK_FAILOVER_ON_429", env("BEDROCK_FAILOVER_ON_429", "false")),
+        # AWS faults: one call is bounded by about attempts x (connect + read) s; a request's AWS work by the deadline,
+        # after which it answers 503 (docs/operations.md has the measured outage behaviour).
+        aws_connect_timeout=_float("AWS_CONNECT_TIMEOUT", 1.0),
+        aws_read_timeout=_float("AWS_READ_TIMEOUT", 1.0),
+        aws_max_attempts=int(_float("AWS_MAX_ATTEMPTS", 2)),
+        aws_deadline=_float("AWS_DEADLINE", 2.5),
+        aws_threads=int(_float("AWS_THREADS", 16)),
+        # How long past its TTL a cached key record or secret keeps serving while AWS cannot be reached.
+        stale_seconds=_float("AWS_STALE_SECONDS", 300.0),
+        # Counter writes kept for retry while DynamoDB fails (oldest kept, newer ones dropped and logged beyond).
+        ledger_max_entries=int(_float("LEDGER_MAX_ENTRIES", 10_000)),
+        ledger_retry_seconds=_float("LEDGER_RETRY_SECONDS", 0.5),  # first retry; doubles up to 30 s
+        # SIGTERM: how long open streams may finish before the process flushes and exits (Lambda gives ~2 s).
+        shutdown_grace_seconds=_float("SHUTDOWN_GRACE_SECONDS", 1.5),
     )
 
 

@@ -5,7 +5,11 @@ Key records (keys.py), admission counters (governance.py), spend per tag (tag_sp
 shared pattern themselves:
   - `add_counters`: one atomic ADD of many counters (optionally only on an item that exists, with a TTL);
   - `update_if`: a conditional UpdateItem whose failure is an answer (the item as it was), not an exception;
-  - `transact`: TransactWriteItems, with the indexes of the actions whose condition failed.
+  - `transact`: TransactWriteItems, with the indexes of the actions whose condition failed;
+  - `add_counters_once`: `add_counters` that applies at most once per operation id, however often it is retried.
+
+Every call is bounded (aws.config(): short timeouts, few attempts); a retried write never applies twice: counters
+go through `add_counters_once`, everything else is conditional on the state it changes.
 
 Numbers are exact Decimal both ways, and go on the wire in plain notation (0.0000001, never 1E-7): DynamoDB reads
 both, but moto's UpdateItem arithmetic reads only the plain form, and tests run against moto.
@@ -13,11 +17,13 @@ both, but moto's UpdateItem arithmetic reads only the plain form, and tests run 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from . import aws
 from .settings import get_settings
 
 if TYPE_CHECKING:
@@ -29,6 +35,9 @@ Number = int | Decimal
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
 TRANSACTION_CANCELLED = "TransactionCanceledException"
+# How long an operation marker (OP#<id>) stays: far longer than any retry of its write can come (DynamoDB's own
+# ClientRequestToken window is 10 minutes; a frozen Lambda instance can retry hours later).
+OPERATION_MARKER_SECONDS = 7 * 86400
 _SERIALIZE_EVENT, _SERIALIZE_ID = "before-parameter-build.dynamodb", "dynamodb-attr-value-input"
 
 
@@ -58,7 +67,7 @@ def open_table(name: str) -> Table:
     import boto3  # deferred: keeps boto3 out of the cold-start path of /health
     from boto3.dynamodb.transform import TransformationInjector
 
-    table = boto3.resource("dynamodb").Table(name)
+    table = boto3.resource("dynamodb", config=aws.config()).Table(name)
     # The resource turns request values into AttributeValues in one event handler registered under this id; ours is
     # the same handler with a serializer that differs only in how it writes numbers (tests/test_table.py checks it).
     events = table.meta.client.meta.events
@@ -207,7 +216,50 @@ def add_counters(
     return True
 
 
-def transact(actions: list[dict[str, Any]]) -> None:
+def add_counters_once(
+    operation: str,
+    pk: str,
+    sk: str,
+    increments: Mapping[str, Number],
+    *,
+    marker_ttl: int,
+    only_if_exists: bool = False,
+    ttl: int | None = None,
+) -> bool:
+    """`add_counters`, applied at most once for `operation` (a unique id the caller keeps across its retries).
+
+    One transaction puts the marker item OP#<operation> (only if absent) and ADDs the increments: both apply or
+    neither. A retry of a write that did apply (its answer was lost to a timeout) finds the marker and changes
+    nothing. The ClientRequestToken makes real DynamoDB answer such a retry within 10 minutes with success
+    instead; the marker covers every later retry and stores that do not honour the token (moto). Retries must
+    pass the same `marker_ttl`, so the request is identical. False when `only_if_exists` and the item is gone.
+    """
+    names = {f"#n{i}": name for i, name in enumerate(increments)}
+    values: dict[str, Any] = {f":v{i}": amount for i, amount in enumerate(increments.values())}
+    update = "ADD " + ", ".join(f"#n{i} :v{i}" for i in range(len(increments)))
+    if ttl is not None:
+        names["#ttl"], values[":ttl"] = "ttl", ttl
+        update += " SET #ttl = :ttl"
+    change: dict[str, Any] = {
+        "Key": {"pk": pk, "sk": sk},
+        "UpdateExpression": update,
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+    if only_if_exists:
+        change["ConditionExpression"] = "attribute_exists(pk)"
+    marker = {"pk": f"OP#{operation}", "sk": "OP", "ttl": marker_ttl}
+    actions = [{"Put": {"Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}, {"Update": change}]
+    try:
+        transact(actions, token=hashlib.sha256(operation.encode()).hexdigest()[:36])
+    except Cancelled as exc:
+        # The marker's condition failed: applied before (a retry whose first answer was lost). Otherwise only
+        # the item's condition failed: it is gone.
+        return 0 in exc.failed
+    return True
+
+
+def transact(actions: list[dict[str, Any]], *, token: str | None = None) -> None:
     """TransactWriteItems of actions in resource form ({"Put": {"Item": ...}}, without TableName). A cancelled
     transaction raises Cancelled with the indexes of the actions whose condition failed, or Conflict when it met
     another write to one of its items."""
@@ -217,7 +269,10 @@ def transact(actions: list[dict[str, Any]]) -> None:
     items = [{kind: dict(spec, TableName=table.name) for kind, spec in action.items()} for action in actions]
     try:
         # The resource's client takes resource-form values: the handle's serializer is registered on it.
-        table.meta.client.transact_write_items(TransactItems=items)  # type: ignore[arg-type]
+        request: dict[str, Any] = {"TransactItems": items}
+        if token is not None:  # DynamoDB answers a repeat within 10 minutes without applying it again
+            request["ClientRequestToken"] = token
+        table.meta.client.transact_write_items(**request)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != TRANSACTION_CANCELLED:
             raise

@@ -1,0 +1,259 @@
+"""AWS faults: a gateway (its own process, like a Lambda instance) reaches moto through a TCP proxy that can stall,
+drop or lose answers at run time (support/fault_proxy.py). Keys are made and counters read through the session's
+gateway and moto directly, never through the proxy.
+
+Each scenario asserts: every answer within its bound, only 502/503/504 among 5xx and in Anthropic's shape, and
+after recovery the counters equal what the fake upstream served, with no reservation or slot left held.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from anthropic_gateway import keys, table
+from support.fault_proxy import FaultProxy
+from support.servers import answers, free_port
+from support.waiting import eventually
+from tests.test_governance import HELLO, MODEL, cost, usage_header
+
+ROOT = Path(__file__).resolve().parent.parent
+BOUND = 3.0  # the issue's bound for an answer during an outage
+USAGE = {"input_tokens": 100, "output_tokens": 20}
+# Short bounds so the suite stays fast; the defaults are in settings.py.
+FAST_FAULTS = {
+    "AWS_CONNECT_TIMEOUT": "0.3",
+    "AWS_READ_TIMEOUT": "0.5",
+    "AWS_MAX_ATTEMPTS": "2",
+    "AWS_DEADLINE": "2.5",
+    "KEY_CACHE_TTL": "0.3",
+    "SECRETS_MAX_AGE": "2",
+    "LEDGER_RETRY_SECONDS": "0.2",
+    "SPEND_FLUSH_SECONDS": "0.05",
+}
+
+
+@pytest.fixture(scope="module")
+def proxy(aws):
+    with FaultProxy(urlparse(os.environ["AWS_ENDPOINT_URL"]).port or 0) as running:
+        yield running
+
+
+@pytest.fixture
+def start_gateway(proxy):
+    """`uvicorn anthropic_gateway.app:app` in a child process whose AWS is the proxy."""
+    started = []
+
+    def start(**env: str) -> str:
+        port = free_port()
+        environment = {
+            **os.environ,
+            **FAST_FAULTS,
+            **env,
+            "AWS_ENDPOINT_URL": proxy.url,
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "gateway"), str(ROOT)]),
+        }
+        command = [sys.executable, "-m", "uvicorn", "anthropic_gateway.app:app", "--port", str(port)]
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed at teardown, after the process)
+        command += ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]
+        process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=errors)
+        started.append((process, errors))
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                errors.seek(0)
+                raise RuntimeError(errors.read().decode()[-2000:])
+            return answers(url + "/health")
+
+        eventually(healthy, timeout=60, interval=0.05, what="faulty gateway healthy")
+        return url
+
+    yield start
+    proxy.mode = "pass"
+    for process, errors in started:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        errors.close()
+
+
+def ask(url: str, key: str, **extra: str) -> tuple[httpx.Response, float]:
+    """One Messages request; the response and how long it took. Checks the shape of any 5xx."""
+    started = time.monotonic()
+    response = httpx.post(
+        url + "/anthropic/v1/messages",
+        headers={"x-api-key": key, "anthropic-version": "2023-06-01", **usage_header(**USAGE), **extra},
+        json={"model": MODEL, "max_tokens": 20, "messages": HELLO},
+        timeout=30,
+    )
+    took = time.monotonic() - started
+    if response.status_code >= 500:
+        assert response.status_code in (502, 503, 504), response.text
+        body = response.json()
+        assert body["type"] == "error" and body["error"]["type"] in ("api_error", "timeout_error"), body
+    return response, took
+
+
+def warm_up(url: str, key: str) -> None:
+    """The first request of a new process imports boto3 and opens its clients: on a busy machine that alone can
+    pass the AWS deadline. This one is not counted by the scenarios (it is settled before they start)."""
+    eventually(lambda: ask(url, key)[0].status_code == 200, what="first request served")
+
+
+def record_of(key: str) -> dict:
+    return table.handle().get_item(Key={"pk": keys.record_pk(keys.hash_key(key)), "sk": "KEY"})["Item"]
+
+
+def settled_to(key: str, served: int) -> bool:
+    """The key's counters say exactly `served` requests, and nothing is held."""
+    item = record_of(key)
+    return (
+        item.get("requests", 0) == served
+        and item.get("input_tokens", 0) == served * USAGE["input_tokens"]
+        and item.get("output_tokens", 0) == served * USAGE["output_tokens"]
+        and item.get("spend", 0) == served * cost(**USAGE)
+        and item.get("reserved", 0) == 0
+        and not item.get("reservations")
+    )
+
+
+@pytest.mark.parametrize("fault", ["stall", "drop"])
+def test_dynamodb_down_at_admission_is_a_fast_503_and_recovers(fault, proxy, start_gateway, make_key):
+    url = start_gateway()
+    budgeted = make_key(max_budget=10.0, max_parallel_requests=5)
+    warm_up(url, budgeted)  # key and secrets cached
+
+    proxy.mode = fault
+    refused, took = ask(url, budgeted)
+    never_seen, took_unknown = ask(url, make_key())
+    assert (refused.status_code, never_seen.status_code) == (503, 503)
+    assert took < BOUND and took_unknown < BOUND
+
+    proxy.mode = "pass"
+    eventually(lambda: ask(url, budgeted)[0].status_code == 200, what="recovered by itself")
+    served = 2
+    eventually(lambda: settled_to(budgeted, served), what="counters complete, nothing held")
+    parallel = table.handle().get_item(Key={"pk": keys.record_pk(keys.hash_key(budgeted)), "sk": "PARALLEL"})
+    assert parallel["Item"]["slots"] == {}
+
+
+def test_dynamodb_losing_answers_at_settle_counts_each_request_exactly_once(proxy, start_gateway, make_key):
+    """Writes apply but their answers never come: every retry must find them applied, not apply them again."""
+    url = start_gateway()
+    budgeted, plain = make_key(max_budget=10.0), make_key()
+    for key in (budgeted, plain):
+        warm_up(url, key)
+
+    # A stream admitted while AWS answers, finishing (and settling) while DynamoDB's answers are lost.
+    slow = {"x-fake-chunks": "6", "x-fake-delay-ms": "150"}
+    with httpx.Client(timeout=30) as client:
+        streams = []
+        for key in (budgeted, plain):
+            request = client.build_request(
+                "POST",
+                url + "/anthropic/v1/messages",
+                headers={"x-api-key": key, "anthropic-version": "2023-06-01", **usage_header(**USAGE), **slow},
+                json={"model": MODEL, "max_tokens": 20, "messages": HELLO, "stream": True},
+            )
+            streams.append(client.send(request, stream=True))
+        proxy.mode = "lose_answers"
+        for stream in streams:
+            assert stream.status_code == 200
+            stream.read()
+            stream.close()
+        before = proxy.forwarded
+        eventually(lambda: proxy.forwarded > before + 2, what="settle writes reached DynamoDB, answers lost")
+
+    proxy.mode = "pass"
+    # A barrier: a new request's counters are written after every write kept for retry (the ledger writes in
+    # order), so once they show, any duplicate would have shown too.
+    eventually(lambda: ask(url, plain)[0].status_code == 200, what="recovered")
+    eventually(lambda: settled_to(budgeted, 2) and settled_to(plain, 3), timeout=30, what="retries written")
+    assert ask(url, plain)[0].status_code == 200  # and once more, after every write in flight has ended
+    eventually(lambda: record_of(plain).get("requests", 0) >= 4, timeout=30, what="barrier written")
+    assert settled_to(budgeted, 2) and settled_to(plain, 4)
+
+
+def test_secrets_manager_down_at_cold_start_is_a_503_then_recovers(proxy, start_gateway, make_key):
+    key = make_key()
+    proxy.mode = "drop"
+    url = start_gateway()
+    refused, took = ask(url, key)
+    assert refused.status_code == 503 and took < BOUND
+    proxy.mode = "pass"
+    eventually(lambda: ask(url, key)[0].status_code == 200, what="recovered by itself")
+
+
+def test_secrets_and_keys_keep_serving_stale_through_an_outage(proxy, start_gateway, make_key):
+    url = start_gateway()
+    key = make_key()
+    warm_up(url, key)
+    proxy.mode = "stall"
+    # Past SECRETS_MAX_AGE and KEY_CACHE_TTL: both are refreshed from AWS, which does not answer.
+    outage_ends = time.monotonic() + float(FAST_FAULTS["SECRETS_MAX_AGE"]) + 1
+    served = 1
+    while time.monotonic() < outage_ends:
+        response, took = ask(url, key)
+        assert response.status_code == 200 and took < BOUND, response.text
+        served += 1
+    proxy.mode = "pass"
+    eventually(lambda: settled_to(key, served), timeout=30, what="spend of the outage recorded")
+
+
+def test_sigterm_mid_stream_exits_within_the_grace_and_flushes(aws, fake_upstream, make_key):
+    """A stream from a silent upstream is cut after the grace period; what it relayed is billed; exit is bounded."""
+    key = make_key()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "USE_REAL_AWS": "1",
+        "SHUTDOWN_GRACE_SECONDS": "1",
+        "SPEND_FLUSH_SECONDS": "30",  # nothing is written before the drain at exit
+        "PYTHONPATH": str(ROOT / "layers" / "gateway"),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anthropic_gateway", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        eventually(lambda: answers(url + "/health"), timeout=60, interval=0.05, what="gateway up")
+        silent = {"x-fake-chunks": "5", "x-fake-delay-ms": "60000"}
+        with httpx.Client(timeout=30) as client:
+            request = client.build_request(
+                "POST",
+                url + "/anthropic/v1/messages",
+                headers={"x-api-key": key, "anthropic-version": "2023-06-01", **usage_header(**USAGE), **silent},
+                json={"model": MODEL, "max_tokens": 20, "messages": HELLO, "stream": True},
+            )
+            stream = client.send(request, stream=True)
+            first = next(stream.iter_raw())
+            assert b"message_start" in first
+            started = time.monotonic()
+            process.terminate()
+            process.wait(10)
+            took = time.monotonic() - started
+            stream.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert took < 5, took  # grace 1 s + the drain
+    item = record_of(key)
+    assert item.get("requests") == 1 and item.get("input_tokens") == USAGE["input_tokens"]
+    assert item["spend"] > Decimal(0)
