@@ -28,5 +28,7 @@ async def wait() -> None:
 
 
 def _of_this_loop(tasks: set[asyncio.Task[None]]) -> list[asyncio.Task[None]]:
+    # Only the unfinished: a finished task stays in the set until its discard callback runs, and gathering finished
+    # tasks completes without yielding to the loop, so that callback would never run (a spin).
     loop = asyncio.get_running_loop()
-    return [task for task in list(tasks) if task.get_loop() is loop]  # list(): one atomic copy, threads add too
+    return [task for task in list(tasks) if task.get_loop() is loop and not task.done()]  # list(): atomic copy

@@ -58,7 +58,7 @@ class Ledger:
         """Write every increment queued so far, including those a timed flush is writing right now."""
         await self._write_pending()
         loop = asyncio.get_running_loop()  # tests run several loops, one per server; Lambda one
-        while flushes := [task for task in list(self._timed_flushes) if task.get_loop() is loop]:
+        while flushes := [t for t in list(self._timed_flushes) if t.get_loop() is loop and not t.done()]:
             await asyncio.gather(*flushes, return_exceptions=True)
 
     async def _write_pending(self) -> None:
