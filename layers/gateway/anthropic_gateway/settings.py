@@ -30,6 +30,7 @@ class Settings:
     unknown_model_rate: str
     public_base_url: str | None
     spend_flush_seconds: float
+    metric_tags: tuple[str, ...]
 
 
 def _float(name: str, default: float) -> float:
@@ -57,4 +58,7 @@ def get_settings() -> Settings:
         public_base_url=env("GATEWAY_PUBLIC_URL") or None,
         # How long per-request counters (spend, tokens, tag spend) are summed in memory before one write.
         spend_flush_seconds=_float("SPEND_FLUSH_SECONDS", 0.5),
+        # Metric dimensions: which request tags get a `Tag` dimension value of their own (each distinct value is a
+        # billed custom metric). Comma-separated tags and `prefix*` patterns, besides each key's default tags.
+        metric_tags=tuple(tag.strip() for tag in env("METRIC_TAGS", "").split(",") if tag.strip()),
     )
