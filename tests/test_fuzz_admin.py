@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -167,3 +168,45 @@ def test_the_fuzzers_reach_the_storage_layer(master):
     assert_admin_reads_still_work(master, token)
     assert master.get("/key/info", params={"key": token}).json()["info"]["metadata"]["n"] == 1e-130
     master.post("/key/delete", json={"keys": [token]})
+
+
+# -- schemathesis: every admin route and parameter the OpenAPI schema describes ------------------------------------
+
+
+def _admin_schema() -> dict[str, Any]:
+    """The admin API's OpenAPI document, built here: production serves none (`openapi_url=None` in app.py).
+
+    The POST routes read their JSON body by hand (any content-type, as curl -d sends), so FastAPI cannot see it;
+    their request models are put into the document as the bodies they are.
+    """
+    from fastapi.openapi.utils import get_openapi
+
+    from anthropic_gateway import key_routes
+    from anthropic_gateway.app import app
+
+    document = get_openapi(title="admin", version="test", routes=app.routes)
+    bodies = {
+        "/key/generate": key_routes.GenerateRequest,
+        "/key/update": key_routes.UpdateRequest,
+        "/key/regenerate": key_routes.RegenerateRequest,
+        "/key/block": key_routes.KeyRef,
+        "/key/unblock": key_routes.KeyRef,
+        "/key/delete": key_routes.DeleteRequest,
+    }
+    for path, model in bodies.items():
+        content = {"application/json": {"schema": model.model_json_schema()}}
+        document["paths"][path]["post"]["requestBody"] = {"required": True, "content": content}
+    return document
+
+
+admin_schema = schemathesis.openapi.from_dict(_admin_schema()).include(path_regex=r"^/(key|spend)/")
+
+
+@admin_schema.parametrize()
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+def test_schemathesis_admin_api(case, gateway):
+    response = case.call(base_url=gateway.url, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30)
+    assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
+    if response.status_code >= 400:
+        body = response.json()
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body

@@ -24,6 +24,7 @@ from .errors import GatewayError, invalid_request
 from .keys import KeyRecord
 
 MAX_LIST_SIZE = 100
+MAX_DELETE = 100  # keys (and aliases) per /key/delete: each is a read, and the call must answer within seconds
 MAX_MODELS = 100
 # Metadata is stored as one DynamoDB map on the key's item. 16 KB of JSON keeps the whole item (models, tags and
 # counters included) far below DynamoDB's 400 KB item limit; DynamoDB nests at most 32 levels, and the item itself
@@ -150,8 +151,8 @@ class RegenerateRequest(KeyRef):
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    keys: Annotated[list[str], Field(max_length=1000)] | None = None
-    key_aliases: Annotated[list[Alias], Field(max_length=1000)] | None = None
+    keys: Annotated[list[str], Field(max_length=MAX_DELETE)] | None = None
+    key_aliases: Annotated[list[Alias], Field(max_length=MAX_DELETE)] | None = None
 
 
 async def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
