@@ -12,12 +12,31 @@ import pytest
 from anthropic_gateway import keys, metrics, pricing
 from anthropic_gateway.exchange import Exchange
 from anthropic_gateway.settings import get_settings
-from anthropic_gateway.usage import Usage
+from anthropic_gateway.usage import Usage, UsageTap
 from support.captured_lines import dimension_sets, metric_values, stored_key
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
 MODEL = "claude-sonnet-4-5"
 USAGE = {"input_tokens": 1234, "output_tokens": 56, "cache_creation_input_tokens": 789, "cache_read_input_tokens": 4321}
+
+
+# The tags these tests send get Tag values of their own; test_unlisted_tags_* covers everything else.
+LISTED_TAGS = "team:m,app:json,stream:full,stream:cut,e:up,s:json,conc:*,t*"
+
+
+@pytest.fixture(autouse=True)
+def metric_tags(monkeypatch):
+    """METRIC_TAGS as a stack would set it, read afresh; `set_to(value)` changes it within a test."""
+
+    def set_to(value: str) -> None:
+        monkeypatch.setenv("METRIC_TAGS", value)
+        get_settings.cache_clear()
+        monkeypatch.setattr(metrics, "_pattern_tags", set())
+
+    set_to(LISTED_TAGS)
+    yield set_to
+    monkeypatch.undo()
+    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -286,9 +305,82 @@ def test_namespace_comes_from_settings(monkeypatch):
 
 def test_model_dimension_never_takes_arbitrary_client_input():
     exchange = Exchange(method="POST", path="/v1/messages", model="x" * 300)
-    assert metrics.model_dimension(exchange) == metrics.UNKNOWN_MODEL
+    assert metrics.model_dimension(exchange) == metrics.OTHER
     exchange.model = "claude-sonnet-4-5-20250929"
     assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-sonnet-4-5-20250929")
+    assert metrics.model_dimension(Exchange(method="GET", path="/v1/models")) == metrics.UNKNOWN_MODEL
+
+
+# -- issue 9: one key holder must not be able to grow the operator's CloudWatch bill -------------------------------
+
+
+def test_invented_models_all_count_as_other(gw, captured):
+    """A model name per request (each would have been a new Model value, 10 custom metrics) is one value."""
+    seen = set()
+    for index in range(5):
+        invented = f"claude-made-up-{uuid.uuid4().hex[:8]}-{index}"
+        response = gw.post("/v1/messages", json={**message(), "model": invented})
+        assert response.status_code == 200  # the fake answers any model, echoing it
+        lines = captured.for_request(response.headers["x-gateway-request-id"])
+        assert lines.access["model"] == invented  # the access log keeps what happened
+        seen.add(lines.overall()["Model"])
+    assert seen == {metrics.OTHER}
+
+
+def test_the_model_the_upstream_answered_with_is_a_dimension_value_only_when_known():
+    """The upstream's answer wins over the request, but an unknown answered id is `other` too (a hostile or
+    misconfigured upstream could otherwise echo any string into a dimension)."""
+    exchange = Exchange(method="POST", path="/v1/messages", model=MODEL)
+    exchange.tap = UsageTap(content_type="application/json", model="evil-model-" + uuid.uuid4().hex)
+    assert metrics.model_dimension(exchange) == metrics.OTHER
+    exchange.tap.model = "claude-opus-4-1-20250805"
+    assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-opus-4-1-20250805") != MODEL
+    exchange.tap.model = "claude-opus-4-1-" + "x" * 5000  # a known prefix: billed, and shown, as that model
+    assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-opus-4-1")
+
+
+def test_unlisted_tags_count_once_under_other_but_are_logged_and_spent(gateway, captured, admin, metric_tags):
+    metric_tags("team:*,app:listed")
+    key = stored_key(tags=["dept:default"])
+    invented = [f"u{uuid.uuid4().hex[:12]}" for _ in range(3)]
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30) as client:
+        response = client.post(
+            "/v1/messages", json=message(), headers={"x-litellm-tags": ",".join([*invented, "app:listed", "team:x"])}
+        )
+    assert response.status_code == 200
+    lines = captured.for_request(response.headers["x-gateway-request-id"])
+
+    assert list(lines.by_tag()) == [metrics.OTHER, "app:listed", "team:x", "dept:default"]
+    assert metric_values(lines.by_tag()[metrics.OTHER])["Requests"] == 1  # one request, however many tags
+    assert lines.access["tags"] == [*invented, "app:listed", "team:x", "dept:default"]
+    spend = admin.get("/spend/tags").json()
+    assert set(invented) <= {row["individual_request_tag"] for row in spend}
+
+
+def test_pattern_tags_are_capped_per_process(metric_tags, monkeypatch):
+    metric_tags("team:*")
+    monkeypatch.setattr(metrics, "MAX_PATTERN_TAG_VALUES", 3)
+    values = [metrics.tag_dimension(f"team:{index}", []) for index in range(6)]
+    assert values == ["team:0", "team:1", "team:2", metrics.OTHER, metrics.OTHER, metrics.OTHER]
+    assert metrics.tag_dimension("team:1", []) == "team:1"  # one seen before keeps its value
+    assert metrics.tag_dimension("app:x", ["app:x"]) == "app:x"  # the key's default tags need no pattern
+    assert metrics.tag_dimension("app:x", []) == metrics.OTHER
+
+
+def test_distinct_dimension_values_stay_bounded_under_a_flood(gw, captured, metric_tags, monkeypatch):
+    """200 requests, each with new tags and a new model: at most the listed values plus `other` reach CloudWatch."""
+    metric_tags("flood:*")
+    monkeypatch.setattr(metrics, "MAX_PATTERN_TAG_VALUES", 5)
+    for index in range(40):
+        tags = f"flood:{index},junk{uuid.uuid4().hex[:8]}"
+        response = gw.post("/v1/messages", json={**message(), "model": f"m-{index}"}, headers={"x-litellm-tags": tags})
+        assert response.status_code == 200
+    captured.for_request(response.headers["x-gateway-request-id"])
+    records = captured.records()
+    tag_values = {record["Tag"] for record in records if "Tag" in record}
+    model_values = {record["Model"] for record in records if "Model" in record}
+    assert tag_values == {*(f"flood:{i}" for i in range(5)), metrics.OTHER}
+    assert model_values == {metrics.OTHER}
 
 
 def test_exported_names_cover_what_is_emitted():

@@ -119,7 +119,8 @@ def test_tags_from_body_header_and_key_reach_the_metrics(gateway, fake_upstream,
     lines = captured.for_request(response.headers["x-gateway-request-id"])
 
     assert lines.access["tags"] == ["team:a", "app:x", "env:prod", "cc:42"]
-    assert list(lines.by_tag()) == ["team:a", "app:x", "env:prod", "cc:42"]
+    # Metric dimensions: the key's default tags; the others (not in METRIC_TAGS) count once under `other`.
+    assert list(lines.by_tag()) == ["team:a", "other", "cc:42"]
     forwarded = fake_upstream.requests[-1]
     assert "litellm_metadata" not in forwarded.json()
     assert forwarded.header("x-litellm-tags") is None

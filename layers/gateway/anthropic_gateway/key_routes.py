@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from datetime import datetime
-from typing import Annotated, Any, Self
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Self, get_args, get_origin
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from . import governance, keys, secrets, table, tags
 from .auth import master_only
@@ -24,8 +25,21 @@ from .keys import KeyRecord
 from .settings import parse_upstreams
 
 MAX_LIST_SIZE = 100
-MAX_METADATA_BYTES = 16 * 1024
+MAX_DELETE = 100  # keys (and aliases) per /key/delete: each is a read, and the call must answer within seconds
 MAX_MODELS = 100
+# Metadata is stored as one DynamoDB map on the key's item. 16 KB of JSON keeps the whole item (models, tags and
+# counters included) far below DynamoDB's 400 KB item limit; DynamoDB nests at most 32 levels, and the item itself
+# and the `metadata` attribute take two of them.
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 30
+# A key or budget period longer than this is a typo, and `now + duration` must stay a date Python can write.
+MAX_DURATION = timedelta(days=100 * 365)
+# Budgets are USD: above a trillion or below a billionth of a dollar (other than 0) is a mistake, and the smallest
+# stays far inside the range DynamoDB numbers have (1e-130), whatever headroom arithmetic does with it.
+MAX_BUDGET = 1e12
+MIN_NONZERO_BUDGET = 1e-9
+MAX_LIMIT = 10**12
+MAX_KEY_TAGS = tags.MAX_TAGS  # a name of its own: inside KeySettings, `tags` is the field
 
 
 router = APIRouter(prefix="/key", dependencies=[Depends(master_only)])
@@ -35,13 +49,20 @@ router = APIRouter(prefix="/key", dependencies=[Depends(master_only)])
 
 
 def _duration(value: str) -> str:
-    keys.parse_duration(value)  # ValueError names the accepted forms
+    if keys.parse_duration(value) > MAX_DURATION:  # ValueError names the accepted forms
+        raise ValueError(f"at most 100 years ({MAX_DURATION.days}d)")
     return value
 
 
-def _alias(value: str) -> str:
+def _printable(value: str) -> str:
     if not value.isprintable():
         raise ValueError("must be printable characters")
+    return value
+
+
+def _budget(value: float) -> float:
+    if 0 < value < MIN_NONZERO_BUDGET:
+        raise ValueError(f"must be 0 or at least {MIN_NONZERO_BUDGET:.9f} (USD)")
     return value
 
 
@@ -51,14 +72,13 @@ def _tags(value: list[str]) -> list[str]:
             tags.validate(tag)
         except GatewayError as exc:
             raise ValueError(exc.message) from None
-    if len(set(value)) > tags.MAX_TAGS:
-        raise ValueError(f"at most {tags.MAX_TAGS} tags")
     return list(dict.fromkeys(value))
 
 
 def _metadata(value: dict[str, Any]) -> dict[str, Any]:
     if len(json.dumps(value)) > MAX_METADATA_BYTES:
         raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON")
+    _check_storable_map(value, depth=1)
     try:  # DynamoDB's number range is narrower than JSON's (and floats must become exact decimals)
         table.check_storable(value)
     except Exception:
@@ -66,20 +86,40 @@ def _metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-Duration = Annotated[str, AfterValidator(_duration)]
-Alias = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_alias)]
-ModelName = Annotated[str, Field(min_length=1, max_length=256)]
-Limit = Annotated[int, Field(ge=0, le=10**12)]
+def _check_storable_map(value: Any, depth: int) -> None:
+    """Refuse what DynamoDB cannot hold in a map: empty keys (at any depth), nesting past its 32 levels, and
+    non-finite numbers (boto3's own check lets -Infinity through, and DynamoDB then refuses the whole write)."""
+    if depth > MAX_METADATA_DEPTH and isinstance(value, dict | list):
+        raise ValueError(f"maps and lists nested more than {MAX_METADATA_DEPTH} levels deep")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    if isinstance(value, dict):
+        if "" in value:
+            raise ValueError("keys must not be empty strings")
+        for item in value.values():
+            _check_storable_map(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_storable_map(item, depth + 1)
+
+
+Duration = Annotated[str, Field(max_length=16), AfterValidator(_duration)]
+# Aliases are DynamoDB key values (ALIAS#<alias>): bounded, printable, whether they name a new key or look one up.
+Alias = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
+ModelName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
+Limit = Annotated[int, Field(ge=0, le=MAX_LIMIT)]
+Budget = Annotated[float, Field(ge=0, le=MAX_BUDGET, allow_inf_nan=False), AfterValidator(_budget)]
 
 
 class KeySettings(BaseModel):
-    """What /key/generate and /key/update accept. Unknown fields and wrong types are a 400 naming the field."""
+    """What /key/generate and /key/update accept. Unknown fields, wrong types and values out of range are a 400
+    naming the field (docs/keys.md lists the ranges)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     key_alias: Alias | None = None
     models: Annotated[list[ModelName], Field(max_length=MAX_MODELS)] | None = None
-    max_budget: Annotated[float, Field(ge=0, allow_inf_nan=False, le=1e12)] | None = None
+    max_budget: Budget | None = None
     budget_duration: Duration | None = None
     duration: Duration | None = None
     rpm_limit: Limit | None = None
@@ -88,7 +128,7 @@ class KeySettings(BaseModel):
     # Failover order, e.g. ["anthropic", "bedrock"]; null: the deployment's DEFAULT_UPSTREAMS (docs/bedrock.md).
     upstreams: Annotated[list[str], AfterValidator(parse_upstreams)] | None = None
     metadata: Annotated[dict[str, Any], AfterValidator(_metadata)] | None = None
-    tags: Annotated[list[str], AfterValidator(_tags)] | None = None
+    tags: Annotated[list[str], Field(max_length=MAX_KEY_TAGS), AfterValidator(_tags)] | None = None
     blocked: bool | None = None
 
 
@@ -104,7 +144,7 @@ class KeyRef(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     key: str | None = None
-    key_alias: str | None = None
+    key_alias: Alias | None = None
 
 
 class RegenerateRequest(KeyRef):
@@ -114,8 +154,8 @@ class RegenerateRequest(KeyRef):
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    keys: Annotated[list[str], Field(max_length=1000)] | None = None
-    key_aliases: Annotated[list[str], Field(max_length=1000)] | None = None
+    keys: Annotated[list[str], Field(max_length=MAX_DELETE)] | None = None
+    key_aliases: Annotated[list[Alias], Field(max_length=MAX_DELETE)] | None = None
 
 
 async def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
@@ -164,9 +204,38 @@ class KeyInfo(BaseModel):
 
     @classmethod
     def of(cls, record: KeyRecord, **extra: Any) -> Self:
-        """The record's fields of the same name, and `extra` (a subclass's own fields)."""
-        same_name = {name: getattr(record, name) for name in KeyInfo.model_fields if name != "reserved_spend"}
-        return cls(**same_name, reserved_spend=float(record.reserved), **extra)
+        """The record's fields of the same name, and `extra` (a subclass's own fields).
+
+        A stored record the API would not write (edited by hand, or from an older version) still renders: each
+        field that does not fit its type is shown empty, so one bad item never breaks /key/list for every key.
+        """
+        fields: dict[str, Any] = {name: getattr(record, name, None) for name in KeyInfo.model_fields}
+        fields["reserved_spend"] = getattr(record, "reserved", 0)
+        try:
+            info = cls(**fields, **extra)
+            info.model_dump_json()  # what the response will do: bytes or odd values in metadata fail only here
+            return info
+        except (ValidationError, PydanticSerializationError, TypeError, ValueError):
+            return cls(**{name: _renderable(name, value) for name, value in fields.items()}, **extra)
+
+
+def _renderable(name: str, value: Any) -> Any:
+    """`value` if it is valid JSON output for KeyInfo field `name`, else the field's empty value."""
+    adapter = _FIELD_ADAPTERS[name]
+    try:
+        adapter.dump_json(adapter.validate_python(value))
+        return value
+    except (ValidationError, PydanticSerializationError, TypeError, ValueError):
+        annotation = KeyInfo.model_fields[name].annotation
+        if type(None) in get_args(annotation):
+            return None
+        empty: dict[Any, Any] = {list: [], dict: {}, int: 0, float: 0.0, str: "", bool: False}
+        return empty[get_origin(annotation) or annotation]
+
+
+_FIELD_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(field.annotation) for name, field in KeyInfo.model_fields.items()
+}
 
 
 class _Key(BaseModel):
@@ -308,12 +377,17 @@ async def key_info(key: str | None = None) -> KeyInfoResponse:
 
 def _info(key: str) -> KeyRecord:
     record = _find(key, None)
-    # A budget period that ended while the key was idle: start the new one, so spend shows what counts now.
-    if governance.reset_budget_if_due(
-        {"key_id": record.key_id, "budget_duration": record.budget_duration, "budget_reset_at": record.budget_reset_at},
-        keys.utcnow(),
-    ):
-        record = keys.load(record.token) or record
+    period = {
+        "key_id": record.key_id,
+        "budget_duration": record.budget_duration,
+        "budget_reset_at": record.budget_reset_at,
+    }
+    try:
+        # A budget period that ended while the key was idle: start the new one, so spend shows what counts now.
+        if governance.reset_budget_if_due(period, keys.utcnow()):
+            record = keys.load(record.token) or record
+    except (TypeError, ValueError, OverflowError):  # a stored period this version cannot read: show the key as is
+        pass
     return record
 
 
@@ -426,7 +500,9 @@ async def list_keys(
     return_full_object: bool = False,
 ) -> KeyList:
     if key_alias is not None:
-        found = await anyio.to_thread.run_sync(keys.load_by_alias, key_alias)
+        # Only a valid alias can name a key; anything else (too long for a DynamoDB key) simply matches none.
+        valid = 0 < len(key_alias) <= 256 and key_alias.isprintable()
+        found = await anyio.to_thread.run_sync(keys.load_by_alias, key_alias) if valid else None
         records = [found] if found else []
     else:
         records = await anyio.to_thread.run_sync(keys.list_records)

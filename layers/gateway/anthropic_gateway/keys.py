@@ -239,7 +239,7 @@ def list_records() -> list[KeyRecord]:
     from boto3.dynamodb.conditions import Key
 
     items = table.query_all(IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq("KEY"), ScanIndexForward=False)
-    return [KeyRecord.from_item(item) for item in items]
+    return [KeyRecord.from_item(item) for item in items if "token" in item]  # a record without one opens nothing
 
 
 def update(

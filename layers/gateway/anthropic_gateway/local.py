@@ -51,6 +51,7 @@ def start_moto() -> object:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-call access log drowns our output
+    _moto_plain_arithmetic()
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -65,6 +66,32 @@ def start_moto() -> object:
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         os.environ.pop(name, None)
     return server
+
+
+def _moto_plain_arithmetic() -> None:
+    """Make moto write the results of its own number arithmetic (`SET a = a - :x`, `ADD a :x`) in plain notation.
+
+    moto formats them with str(Decimal), which is exponent notation below 1e-6 ("2E-7"), and its next arithmetic
+    on that attribute fails (it reads a number without "." as an int): a $0.0000001 budget then made every request
+    a 503 after retries (issue 9). DynamoDB itself has no such problem; the gateway writes plain notation too.
+    """
+    from decimal import Decimal
+
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    for name in ("__add__", "__sub__"):
+        original = getattr(DynamoType, name)
+        if getattr(original, "plain_notation", False):
+            continue
+
+        def plain(self: DynamoType, other: DynamoType, _original: Any = original) -> DynamoType:
+            result: DynamoType = _original(self, other)
+            if result.is_number():
+                result.value = format(Decimal(result.value), "f")
+            return result
+
+        plain.plain_notation = True  # type: ignore[attr-defined]
+        setattr(DynamoType, name, plain)
 
 
 def create_resources(upstream_key: str, master_key: str) -> None:

@@ -10,6 +10,9 @@ Logs Insights, never dimensions):
     dimension set into one flat object), so tags cannot share a blob;
   - one with [service, StatusClass] carrying only Requests and the two error counts: errors by 2xx/4xx/5xx
     without multiplying every token metric by the status classes.
+Dimension values are bounded, whatever clients send (each distinct value is a custom metric, billed monthly):
+`Model` is a model id pricing.json knows (`other` for any other, `unknown` when there is none), and `Tag` is a
+tag the operator chose (the key's default tags, METRIC_TAGS) or `other`; see `model_dimension`, `tag_dimension`.
 Each blob is built by its own Powertools provider (`EphemeralMetrics`), so requests running concurrently
 never mix; `Metrics` keeps one class-level pool for the whole process and would.
 """
@@ -18,8 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
+import threading
 import time
 from decimal import Decimal
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -56,7 +59,10 @@ METRIC_NAMES = (
 DIMENSION_NAMES = ("service", "Model", "Tag", "StatusClass")
 DIMENSION_SETS = (("service",), ("service", "Model"), ("service", "Tag"), ("service", "StatusClass"))
 STATUS_METRICS = ("Requests", "UpstreamErrors", "GatewayErrors")  # the only ones emitted per StatusClass
-UNKNOWN_MODEL = "unknown"
+UNKNOWN_MODEL = "unknown"  # no model named or answered (a 401, GET /v1/models)
+OTHER = "other"  # the one value for every model and tag that does not get its own
+# Distinct tags that METRIC_TAGS patterns (`team:*`) may turn into Tag values per process; later ones are `other`.
+MAX_PATTERN_TAG_VALUES = 100
 
 _TOKENS = (
     ("InputTokens", "input_tokens"),
@@ -64,8 +70,8 @@ _TOKENS = (
     ("CacheCreationInputTokens", "cache_creation_input_tokens"),
     ("CacheReadInputTokens", "cache_read_input_tokens"),
 )
-# A model id as Anthropic spells them; anything else is not used as a dimension value.
-_MODEL_ID = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
+_pattern_tags: set[str] = set()  # tags given a Tag value of their own through a METRIC_TAGS pattern
+_pattern_tags_lock = threading.Lock()
 
 
 class _Stdout:
@@ -112,7 +118,7 @@ def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) 
     if (record := _record(exchange)) and record.key_alias:
         metadata["key_alias"] = record.key_alias
     blobs = [_blob({}, {"Model": model_dimension(exchange)}, values, metadata, timestamp)]
-    blobs += [_blob({"Tag": tag}, None, values, metadata, timestamp) for tag in exchange.tags]
+    blobs += [_blob({"Tag": tag}, None, values, metadata, timestamp) for tag in tag_dimensions(exchange)]
     by_status = [value for value in values if value[0] in STATUS_METRICS]
     blobs.append(_blob({"StatusClass": status_class(exchange.status)}, None, by_status, metadata, timestamp))
     return blobs
@@ -153,15 +159,41 @@ def _values(exchange: Exchange, cost: float) -> MetricValues:
 
 
 def model_dimension(exchange: Exchange) -> str:
-    """The model as a dimension value: the one the upstream answered with, else the requested one if we price it.
+    """The model as a dimension value: the pricing.json id of the model the upstream answered with (else of the
+    one requested); `other` for a model pricing.json does not know, `unknown` when there is none.
 
-    Never arbitrary client input: every distinct value is a billed custom metric.
+    Never arbitrary input, from the client or echoed by the upstream: every distinct value is a billed custom metric.
     """
-    answered = exchange.tap.model if exchange.tap else None
-    if answered and _MODEL_ID.fullmatch(answered):
-        return answered
-    known = pricing.resolve_model(exchange.model) if exchange.model else None
-    return known or UNKNOWN_MODEL
+    model = exchange.response_model
+    if not model:
+        return UNKNOWN_MODEL
+    return pricing.resolve_model(model[:256]) or OTHER
+
+
+def tag_dimensions(exchange: Exchange) -> list[str]:
+    """The request's tags as Tag dimension values, each once (so `other` counts a request once, however many of
+    its tags it stands for). The access log and /spend/tags keep every tag as sent."""
+    record = _record(exchange)
+    defaults = record.tags if record and isinstance(record.tags, list) else []
+    return list(dict.fromkeys(tag_dimension(tag, defaults) for tag in exchange.tags))
+
+
+def tag_dimension(tag: str, key_defaults: list[str]) -> str:
+    """`tag` when the operator chose it as a metric dimension, else `other`.
+
+    Chosen: the key's default tags (set by an admin), a tag listed in METRIC_TAGS, or one matching a `prefix*`
+    pattern there while fewer than MAX_PATTERN_TAG_VALUES distinct tags have matched in this process.
+    """
+    allowed = get_settings().metric_tags
+    if tag in key_defaults or tag in allowed:
+        return tag
+    if not any(pattern.endswith("*") and tag.startswith(pattern[:-1]) for pattern in allowed):
+        return OTHER
+    with _pattern_tags_lock:
+        if tag in _pattern_tags or len(_pattern_tags) < MAX_PATTERN_TAG_VALUES:
+            _pattern_tags.add(tag)
+            return tag
+    return OTHER
 
 
 def status_class(status: int | None) -> str:

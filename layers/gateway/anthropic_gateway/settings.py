@@ -52,6 +52,8 @@ class Settings:
     ledger_max_entries: int
     ledger_retry_seconds: float
     shutdown_grace_seconds: float
+    # Which request tags get a CloudWatch `Tag` dimension value of their own (metrics.py).
+    metric_tags: tuple[str, ...]
 
 
 class SettingsError(ValueError):
@@ -136,6 +138,9 @@ def get_settings() -> Settings:
         ledger_retry_seconds=_float("LEDGER_RETRY_SECONDS", 0.5),  # first retry; doubles up to 30 s
         # SIGTERM: how long open streams may finish before the process flushes and exits (Lambda gives ~2 s).
         shutdown_grace_seconds=_float("SHUTDOWN_GRACE_SECONDS", 1.5),
+        # Metric dimensions: which request tags get a `Tag` dimension value of their own (each distinct value is a
+        # billed custom metric). Comma-separated tags and `prefix*` patterns, besides each key's default tags.
+        metric_tags=tuple(tag.strip() for tag in env("METRIC_TAGS", "").split(",") if tag.strip()),
     )
 
 
