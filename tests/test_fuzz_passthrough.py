@@ -55,6 +55,8 @@ message_bodies = st.fixed_dictionaries(
 ).map(lambda body: json.dumps(body).encode())
 # Nesting far past Python's recursion limit: once it was a RecursionError -> 500 with no access-log line.
 MAX_DEPTH = 100_000
+# Such bodies have a large repr, which Hypothesis warns about when it prints an example: fine here.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning")
 raw_bodies = (
     message_bodies
     | st.binary(max_size=200)
@@ -105,11 +107,16 @@ def raw_request(port: int, method: str, target: str, headers: dict[str, str], bo
     lines += [f"{name}: {value}" for name, value in headers.items()]
     lines.append(f"content-length: {len(body)}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    chunks = []
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(head + body)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
+        try:
+            sock.sendall(head + body)
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            # The server answered without reading a large body and closed: the kernel resets the connection,
+            # which can discard the answer before we read it. Status 0: the caller checks what it still can.
+            return 0, {}, b""
     raw = b"".join(chunks)
     head_bytes, _, payload = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
@@ -161,7 +168,9 @@ def test_any_request_gets_no_gateway_5xx_leaks_nothing_and_holds_nothing(
         gateway.port, method, target, {**headers, "x-api-key": limited_key}, body
     )
     forwarded = fake_upstream.requests
-    if "x-gateway-request-id" not in response_headers:
+    if status == 0:  # answered early, the answer lost to the reset (see raw_request): nothing may have gone upstream
+        assert forwarded == [], (target, [(r.method, r.path) for r in forwarded])
+    elif "x-gateway-request-id" not in response_headers:
         # Refused by the HTTP server before the app (uvicorn's "Invalid HTTP request received."; on Lambda the
         # Function URL or API Gateway does the same): a 400 of its own, and nothing reached the gateway's code.
         assert status == 400 and forwarded == [], (status, target, payload[:300])

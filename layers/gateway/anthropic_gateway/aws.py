@@ -41,9 +41,25 @@ _failed_at: float | None = None
 _FAILURE_MEMORY_SECONDS = 1.0
 
 
+_on_recovery: list[Callable[[], None]] = []
+
+
 def note_failure() -> None:
     global _failed_at
     _failed_at = time.monotonic()
+
+
+def on_recovery(callback: Callable[[], None]) -> None:
+    """Run `callback` on the event loop when an AWS call succeeds after a failure (the ledger flushes then)."""
+    _on_recovery.append(callback)
+
+
+def _note_success() -> None:
+    global _failed_at
+    if _failed_at is not None:
+        _failed_at = None
+        for callback in _on_recovery:
+            callback()
 
 
 def recently_failed() -> bool:
@@ -96,7 +112,7 @@ async def call[T](function: Callable[..., T], *args: Any) -> T:
         raise Unavailable(None)
     work = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args, limiter=limiter()))
     try:
-        return await asyncio.wait_for(asyncio.shield(work), deadline - now)
+        result = await asyncio.wait_for(asyncio.shield(work), deadline - now)
     except (BotoCoreError, ClientError):
         note_failure()
         raise
@@ -106,6 +122,8 @@ async def call[T](function: Callable[..., T], *args: Any) -> T:
         work.add_done_callback(_late.discard)
         work.add_done_callback(_retrieve)
         raise Unavailable(work) from None
+    _note_success()
+    return result
 
 
 async def run[T](function: Callable[..., T], *args: Any) -> T:

@@ -145,6 +145,11 @@ class Ledger:
                 extra={"dropped": dropped, "dropped_total": self._dropped},
             )
 
+    def retry_now(self) -> None:
+        """DynamoDB answers again: write what failed at once instead of waiting out the backoff (on the loop)."""
+        if self.backlog:
+            self._flush_in_background()
+
     def _schedule_retry(self) -> None:
         if self._retry_delay:  # one retry at a time
             return
@@ -208,3 +213,4 @@ _TRANSIENT_CODES = frozenset(
 
 
 ledger = Ledger()
+aws.on_recovery(ledger.retry_now)  # flushes at recovery: what failed is written as soon as DynamoDB answers again
