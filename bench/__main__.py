@@ -51,14 +51,15 @@ def _environment(moto_port: int, upstream_port: int) -> dict[str, str]:
         AWS_DEFAULT_REGION="us-east-1",
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}",
         ANTHROPIC_API_BASE=f"http://127.0.0.1:{upstream_port}",
+        BEDROCK_BASE_URL=f"http://127.0.0.1:{upstream_port}/anthropic",  # the fast upstream stands in for Bedrock
         POWERTOOLS_METRICS_NAMESPACE="AnthropicGatewayBench",
     )
 
 
-def _virtual_key(gateway_port: int) -> str:
+def _virtual_key(gateway_port: int, **settings: object) -> str:
     created = httpx.post(
         f"http://127.0.0.1:{gateway_port}/key/generate",
-        json={},
+        json=settings,
         headers={"Authorization": f"Bearer {MASTER_KEY}"},
         timeout=30,
     )
@@ -84,6 +85,8 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
         gateway_headers = {"x-api-key": _virtual_key(gateway_port), **VERSION}
         direct = (f"{direct_base}/v1/messages", {"x-api-key": UPSTREAM_KEY, **VERSION})
         via = (f"{gateway_base}/anthropic/v1/messages", gateway_headers)
+        bedrock_headers = {"x-api-key": _virtual_key(gateway_port, upstreams=["bedrock"]), **VERSION}
+        via_bedrock = (f"{gateway_base}/anthropic/v1/messages", bedrock_headers)
 
         _step(f"latency at concurrency 1: {config.latency_rounds} + {config.first_byte_rounds} requests per side")
         with httpx.Client(timeout=60) as http:
@@ -91,6 +94,10 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
             latency.messages(http, *via, 50)
             direct_ms, gateway_ms = latency.interleaved(latency.messages, http, direct, via, config.latency_rounds)
             direct_fb, gateway_fb = latency.interleaved(latency.first_byte, http, direct, via, config.first_byte_rounds)
+            _step("the same through the Bedrock path (SigV4 signing + model rewrite)")
+            latency.messages(http, *via_bedrock, 50)
+            _, bedrock_ms = latency.interleaved(latency.messages, http, direct, via_bedrock, config.latency_rounds)
+            _, bedrock_fb = latency.interleaved(latency.first_byte, http, direct, via_bedrock, config.first_byte_rounds)
             _step("50 MB download")
             rss_before = processes.rss_kib(gateway.pid) / 1024
             download = f"{gateway_base}/anthropic/v1/files/file_big_{DOWNLOAD_BYTES}/content"
@@ -129,6 +136,8 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
         soak=soak,
         cold_start=None,
         load_average=(load_average_start, []),
+        bedrock_ms=bedrock_ms,
+        bedrock_first_byte_ms=bedrock_fb,
     )
 
 

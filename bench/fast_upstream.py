@@ -126,7 +126,9 @@ class _Connection(asyncio.Protocol):
             body = bytes(self._buffer[end + 4 : end + 4 + length])
             del self._buffer[: end + 4 + length]
             method, _, rest = head.partition(" ")
-            target = rest.partition(" ")[0].encode()
+            # Also Bedrock's Anthropic endpoint for the Bedrock-path row (BEDROCK_BASE_URL=<this>/anthropic); it does
+            # not check signatures, so what the row shows is the gateway's signing and rewrite cost.
+            target = rest.partition(" ")[0].encode().removeprefix(b"/anthropic")
             if method == "post" and target == b"/v1/messages":
                 if b'"stream":true' in body.replace(b" ", b""):
                     delay = float(_header(head, "x-fake-delay-ms") or 0) / 1000

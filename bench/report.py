@@ -37,6 +37,9 @@ class Results:
     soak: SoakResult
     cold_start: ColdStartResult | None
     load_average: tuple[list[float], list[float]]  # 1/5/15-minute load, at the start and at the end
+    # Through the Bedrock path (a ["bedrock"] key: model rewrite + SigV4) to the same fast upstream; empty: not run.
+    bedrock_ms: list[float] = dataclasses.field(default_factory=list)
+    bedrock_first_byte_ms: list[float] = dataclasses.field(default_factory=list)
 
     def added(self) -> dict[str, float]:
         p50 = statistics.median
@@ -75,6 +78,21 @@ def _latency_rows(r: Results) -> list[Row]:
                 added[key] <= target if target else None,
             )
         )
+    return rows + _bedrock_rows(r)
+
+
+def _bedrock_rows(r: Results) -> list[Row]:
+    """Added latency and stream first byte through the Bedrock path: the signing and rewrite cost, no target."""
+    rows: list[Row] = []
+    for name, direct, via in (
+        ("Messages through the Bedrock path (SigV4 + model rewrite), p50", r.direct_ms, r.bedrock_ms),
+        ("Stream time to first byte through the Bedrock path, p50", r.direct_first_byte_ms, r.bedrock_first_byte_ms),
+    ):
+        if via:
+            added = statistics.median(via) - statistics.median(direct)
+            rows.append(
+                (name, _ms(statistics.median(direct)), _ms(statistics.median(via)), f"{added:+.2f} ms", "", None)
+            )
     return rows
 
 

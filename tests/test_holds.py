@@ -149,12 +149,12 @@ def test_upstream_cut_mid_body_releases(gateway, admin, held_key, key_http, upst
 def test_an_unexpected_error_after_admission_is_a_502_and_releases(
     gateway, admin, held_key, key_http, monkeypatch, captured
 ):
-    from anthropic_gateway import forwarding
+    from anthropic_gateway import routing
 
     async def broken(*args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(forwarding, "forward", broken)
+    monkeypatch.setattr(routing, "forward", broken)
     response = key_http.post("/v1/messages", json=MESSAGE)
     assert response.status_code == 502
     assert response.json() == {

@@ -27,16 +27,18 @@ from . import (
     key_routes,
     key_spend,
     request_body,
-    secrets,
+    routing,
     tag_spend,
     tags,
 )
 from .auth import authenticate
 from .batches import admit as admit_batch
+from .bedrock import get_bedrock
 from .errors import GatewayError, error_response, invalid_request, render
 from .exchange import Exchange
 from .ledger import ledger
 from .responses import BufferedResponse
+from .settings import get_settings
 
 logger = Logger()
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
@@ -55,9 +57,18 @@ async def drain() -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    check_settings()
     yield
     await drain()
     await forwarding.close_pool()
+
+
+def check_settings() -> None:
+    """Read the settings and build the Bedrock upstream at start, so a bad setting fails the Lambda Web Adapter's
+    readiness check (and `serve`) instead of every request; /health stays cheap. Bedrock is built whatever
+    DEFAULT_UPSTREAMS says, since any key may list it: that is local work only (no network, no credentials)."""
+    get_settings()
+    get_bedrock()
 
 
 app = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -84,8 +95,8 @@ async def anthropic_passthrough(request: Request) -> Response:
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
             await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
             await admit_batch(exchange, body.raw)  # a batch create reserves its whole estimate (402 when it cannot)
-            upstream_key = await secrets.upstream_key()
-            response = await _until_disconnect(request, forwarding.forward(request, body.raw, exchange, upstream_key))
+            # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py
+            response = await _until_disconnect(request, routing.forward(request, body.raw, exchange))
         except GatewayError as exc:
             response = _error(exchange, exc)
         except _ClientGone:  # nobody reads this answer; it is what the access log shows (nginx's 499)
@@ -108,7 +119,10 @@ async def anthropic_passthrough(request: Request) -> Response:
 def _error(exchange: Exchange, exc: GatewayError) -> Response:
     exchange.status, exchange.error_source = exc.status, "gateway"
     error = render(exc)
-    return BufferedResponse(exchange, bytes(error.body), error.status_code, error.raw_headers)
+    headers = error.raw_headers
+    if exchange.upstream:  # the upstream could not be reached, or cannot serve this request (a Bedrock-only key)
+        headers = [*headers, (forwarding.UPSTREAM_HEADER, exchange.upstream.encode())]
+    return BufferedResponse(exchange, bytes(error.body), error.status_code, headers)
 
 
 class _ClientGone(Exception):

@@ -39,6 +39,8 @@ class Exchange:
     completed: bool = False  # the upstream body ended normally (not cut off)
     admission: Admission | None = None  # what governance.admit reserved for this request, released at settle
     batch: BatchState | None = None  # a batch create's reservation, batches seen ended, or a results tap (batches.py)
+    upstream: str | None = None  # "anthropic" or "bedrock": the one that answered (or was tried last)
+    failover_cause: str | None = None  # why the first upstream's answer was not used (routing.py), else None
 
     @property
     def usage(self) -> Usage | None:
@@ -46,6 +48,10 @@ class Exchange:
 
     @property
     def response_model(self) -> str | None:
+        """The model as Anthropic names it. Bedrock answers with its own id for the model the client asked for,
+        so for Bedrock that is the client's model (what prices, budgets and logs know)."""
+        if self.upstream == "bedrock" and self.model:
+            return self.model
         return (self.tap.model if self.tap else None) or self.model
 
     @property

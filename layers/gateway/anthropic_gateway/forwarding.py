@@ -2,7 +2,8 @@
 
 Bodies go through byte for byte. The only edits are the ones Anthropic clients need from a gateway: the
 credentials (the client's key out, the upstream key in), `litellm_metadata` out of JSON bodies, and batch
-`results_url`s pointed back at the gateway so `batches.results()` keeps using the virtual key.
+`results_url`s pointed back at the gateway so `batches.results()` keeps using the virtual key. Amazon Bedrock
+(`bedrock.py`) also gets its model id in place of the client's; `routing.py` picks the upstream and fails over.
 """
 
 from __future__ import annotations
@@ -11,19 +12,25 @@ import asyncio
 import re
 import ssl
 import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.types import Scope
 
-from . import batches
+from . import batches, secrets
+from .bedrock import get_bedrock
+from .bedrock_errors import anthropic_error
 from .errors import GatewayError
 from .exchange import Exchange
 from .responses import BufferedResponse, RelayResponse
 from .settings import Settings, get_settings
-from .upstream_http import UpstreamError, UpstreamPool, UpstreamTimeout
+from .upstream_http import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 from .usage import UsageTap
 
 PREFIX = "/anthropic"
+UPSTREAM_HEADER = b"x-gateway-upstream"  # on every pass-through response: which upstream answered
+MAX_ERROR_BODY = 64 * 1024  # bytes of a Bedrock error read for translation; its errors are a short JSON object
 
 _HOP_BY_HOP = frozenset(
     {
@@ -102,8 +109,8 @@ def _invalid_path() -> GatewayError:
     return GatewayError(400, "Invalid path: only plain path segments can be forwarded to Anthropic.")
 
 
-def upstream_headers(scope: Scope, upstream_key: str) -> list[tuple[bytes, bytes]]:
-    """The client's headers minus credentials and hop-by-hop ones, plus the upstream key."""
+def upstream_headers(scope: Scope, upstream_key: str | None) -> list[tuple[bytes, bytes]]:
+    """The client's headers minus credentials and hop-by-hop ones, plus the upstream key (Anthropic's only)."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     named_in_connection = {
         token.strip().lower()
@@ -123,86 +130,146 @@ def upstream_headers(scope: Scope, upstream_key: str) -> list[tuple[bytes, bytes
         headers.append((b"anthropic-version", get_settings().default_anthropic_version.encode()))
     # Ask for the body as-is: it is streamed through untouched and read for usage on the way.
     headers.append((b"accept-encoding", b"identity"))
-    headers.append((b"x-api-key", upstream_key.encode()))
+    if upstream_key is not None:
+        headers.append((b"x-api-key", upstream_key.encode()))
     return headers
 
 
-# -- the shared upstream client ------------------------------------------------------------------------------------
+# -- the shared upstream clients -----------------------------------------------------------------------------------
 
-_pool: tuple[asyncio.AbstractEventLoop, Settings, UpstreamPool] | None = None
+_pools: dict[str, tuple[asyncio.AbstractEventLoop, Settings, str, UpstreamPool]] = {}
 
 
-def pool() -> UpstreamPool:
-    """One keep-alive pool per process (per event loop: tests run several), built from the settings.
+def pool(upstream: str = "anthropic") -> UpstreamPool:
+    """One keep-alive pool per upstream origin and process (per event loop: tests run several), from the settings.
 
     It carries no per-user state: no cookies, no redirects, no proxy from the environment, no decompression.
     """
-    global _pool
     loop, settings = asyncio.get_running_loop(), get_settings()
-    if _pool is None or _pool[0] is not loop or _pool[1] != settings:
-        context = None
-        if settings.upstream_ca_bundle:  # tests: the CA they made; deployments use certifi's trust store
-            context = ssl.create_default_context(cafile=settings.upstream_ca_bundle)
-            context.set_alpn_protocols(["http/1.1"])
-        _pool = (
-            loop,
-            settings,
-            UpstreamPool(
-                settings.anthropic_api_base,
-                ssl_context=context,
-                max_connections=1000,
-                max_idle=100,
-                connect_timeout=settings.upstream_connect_timeout,
-                read_timeout=settings.upstream_read_timeout,
-                write_timeout=settings.upstream_write_timeout,
-                pool_timeout=settings.upstream_pool_timeout,
-            ),
-        )
-    return _pool[2]
+    base_url = settings.anthropic_api_base if upstream == "anthropic" else get_bedrock().base_url
+    held = _pools.get(upstream)
+    if held is None or held[0] is not loop or held[1] != settings or held[2] != base_url:
+        held = _pools[upstream] = (loop, settings, base_url, _new_pool(base_url, settings))
+    return held[3]
+
+
+def _new_pool(base_url: str, settings: Settings) -> UpstreamPool:
+    context = None
+    if settings.upstream_ca_bundle:  # tests: the CA they made; deployments use certifi's trust store
+        context = ssl.create_default_context(cafile=settings.upstream_ca_bundle)
+        context.set_alpn_protocols(["http/1.1"])
+    return UpstreamPool(
+        base_url,
+        ssl_context=context,
+        max_connections=1000,
+        max_idle=100,
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        write_timeout=settings.upstream_write_timeout,
+        pool_timeout=settings.upstream_pool_timeout,
+    )
 
 
 async def close_pool() -> None:
-    global _pool
-    if _pool is not None and _pool[0] is asyncio.get_running_loop():
-        await _pool[2].aclose()
-    _pool = None
+    loop = asyncio.get_running_loop()
+    held = list(_pools.values())
+    _pools.clear()
+    for pool_loop, _, _, upstream_pool in held:
+        if pool_loop is loop:
+            await upstream_pool.aclose()
+
+
+# -- sending ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """An upstream's answer whose head has arrived and of which no byte has gone to the client yet."""
+
+    upstream: str  # "anthropic" or "bedrock"
+    response: UpstreamResponse
+    status: int  # what the client would get: a Bedrock error's status after translation
+    error_body: bytes | None = None  # a Bedrock error, read whole and in Anthropic's shape
+
+
+async def ask(upstream: str, request: Request, body: bytes, exchange: Exchange) -> Answer:
+    """Send the request to one upstream and wait for its answer's head. Raises UpstreamError when the upstream
+    cannot be reached or does not answer in time, GatewayError when the request cannot go there at all."""
+    query: bytes = request.scope["query_string"]
+    try:
+        if upstream == "bedrock":
+            return await _ask_bedrock(request, body, exchange, query)
+        upstream_pool = pool()
+        target = upstream_pool.base_path + exchange.path.encode("ascii") + (b"?" + query if query else b"")
+        headers = upstream_headers(request.scope, await secrets.upstream_key())
+        response = await upstream_pool.request(request.method, target, headers, body)
+        return Answer(upstream, response, response.status)
+    except ValueError:  # a query or header the client sent that would break HTTP framing
+        raise GatewayError(400, "The request's query string or headers cannot be forwarded.") from None
+
+
+async def _ask_bedrock(request: Request, body: bytes, exchange: Exchange, query: bytes) -> Answer:
+    """The same request to Amazon Bedrock: its model id and SigV4 (bedrock.py); its errors read and translated."""
+    headers = upstream_headers(request.scope, None)
+    url, headers, content = await get_bedrock().prepare(request.method, exchange.path, query, headers, body)
+    parts = urlsplit(url)
+    target = (parts.path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
+    response = await pool("bedrock").request(request.method, target, headers, content)
+    if response.status < 400:
+        return Answer("bedrock", response, response.status)
+    raw = await _read_capped(response)
+    names = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in response.headers}
+    translated = anthropic_error(response.status, names, raw)
+    if translated is None:  # already Anthropic's shape (the native endpoint's own validation errors)
+        return Answer("bedrock", response, response.status, raw)
+    return Answer("bedrock", response, translated.status, translated.body)
+
+
+async def _read_capped(response: UpstreamResponse) -> bytes:
+    """At most MAX_ERROR_BODY bytes of an error body; what a broken-off body left is translated by status."""
+    chunks, size = [], 0
+    try:
+        async for chunk in response.aiter_raw():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= MAX_ERROR_BODY:
+                break
+    except UpstreamError:
+        pass
+    finally:
+        await response.aclose()
+    return b"".join(chunks)[:MAX_ERROR_BODY]
 
 
 # -- response side -------------------------------------------------------------------------------------------------
 
 
-async def forward(
-    request: Request, body: bytes, exchange: Exchange, upstream_key: str
-) -> RelayResponse | BufferedResponse:
-    """Send the request upstream; the response relays its answer back and ends the exchange (`responses.py`).
-
-    The target is the configured base path, the canonical path and the client's query string byte for byte.
-    """
-    upstream_pool = pool()
-    query: bytes = request.scope["query_string"]
-    target = upstream_pool.base_path + exchange.path.encode("ascii") + (b"?" + query if query else b"")
-    try:
-        upstream = await upstream_pool.request(
-            request.method, target, upstream_headers(request.scope, upstream_key), body
-        )
-    except UpstreamError as exc:
-        raise _upstream_failure(exc, "could not be reached") from None
-    except ValueError:  # a query or header the client sent that would break HTTP framing
-        raise GatewayError(400, "The request's query string or headers cannot be forwarded.") from None
-
-    exchange.status = upstream.status
-    if upstream.status >= 400:
+async def respond(request: Request, exchange: Exchange, answer: Answer) -> RelayResponse | BufferedResponse:
+    """The response that relays the chosen answer back and ends the exchange (`responses.py`)."""
+    upstream = answer.response
+    exchange.upstream = answer.upstream
+    exchange.status = answer.status
+    if answer.status >= 400:
         exchange.error_source = "upstream"
     content_type = next((v for n, v in upstream.headers if n.lower() == b"content-type"), b"").decode("latin-1")
-    exchange.tap = tap = batches.results_tap(exchange, upstream.status, content_type) or UsageTap(content_type)
     headers = [(n, v) for n, v in upstream.headers if n.decode("latin-1").lower() not in _DROP_RESPONSE]
+    headers.append((UPSTREAM_HEADER, answer.upstream.encode()))
 
+    if answer.error_body is not None:  # Bedrock's error, already read: Anthropic's shape, Anthropic's status
+        exchange.first_byte_at = time.perf_counter()
+        exchange.completed = True
+        headers = [(n, v) for n, v in headers if n.lower() != b"content-type"]
+        return BufferedResponse(
+            exchange, answer.error_body, answer.status, [*headers, (b"content-type", b"application/json")]
+        )
+
+    exchange.tap = tap = batches.results_tap(exchange, upstream.status, content_type) or UsageTap(content_type)
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:
             content = _rewrite_results_url(await upstream.aread(), _gateway_base(request))
         except UpstreamError as exc:
-            raise _upstream_failure(exc, "broke off its answer") from None
+            raise upstream_failure(exc, answer.upstream, "broke off its answer") from None
         finally:
             await upstream.aclose()
         await batches.observe(exchange, content)  # remembers a created batch, notes ended ones
@@ -213,10 +280,13 @@ async def forward(
     return RelayResponse(exchange, upstream, tap, headers)
 
 
-def _upstream_failure(exc: UpstreamError, what: str) -> GatewayError:
+_NAMES = {"anthropic": "The upstream Anthropic API", "bedrock": "Amazon Bedrock"}
+
+
+def upstream_failure(exc: UpstreamError, upstream: str, what: str = "could not be reached") -> GatewayError:
     if isinstance(exc, UpstreamTimeout):
-        return GatewayError(504, "The upstream Anthropic API did not answer in time.")
-    return GatewayError(502, f"The upstream Anthropic API {what} ({type(exc).__name__}).")
+        return GatewayError(504, f"{_NAMES[upstream]} did not answer in time.")
+    return GatewayError(502, f"{_NAMES[upstream]} {what} ({type(exc).__name__}).")
 
 
 def _gateway_base(request: Request) -> str:

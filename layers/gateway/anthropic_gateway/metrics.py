@@ -9,7 +9,10 @@ Logs Insights, never dimensions):
   - one per tag with [service, Tag]. An EMF blob gives each dimension one value (Powertools merges every
     dimension set into one flat object), so tags cannot share a blob;
   - one with [service, StatusClass] carrying only Requests and the two error counts: errors by 2xx/4xx/5xx
-    without multiplying every token metric by the status classes.
+    without multiplying every token metric by the status classes;
+  - one with [service, Upstream] (anthropic or bedrock: which one answered) carrying the request's metrics, once
+    a request reached the routing step; and one with [service, Cause] carrying Failovers = 1 when the request
+    failed over (routing.py). Their own sets, so no other metric is multiplied by upstreams or causes.
 Dimension values are bounded, whatever clients send (each distinct value is a custom metric, billed monthly):
 `Model` is a model id pricing.json knows (`other` for any other, `unknown` when there is none), and `Tag` is a
 tag the operator chose (the key's default tags, METRIC_TAGS) or `other`; see `model_dimension`, `tag_dimension`.
@@ -55,9 +58,19 @@ METRIC_NAMES = (
     "TimeToFirstByte",
     "UpstreamErrors",
     "GatewayErrors",
+    "Failovers",
 )
-DIMENSION_NAMES = ("service", "Model", "Tag", "StatusClass")
-DIMENSION_SETS = (("service",), ("service", "Model"), ("service", "Tag"), ("service", "StatusClass"))
+DIMENSION_NAMES = ("service", "Model", "Tag", "StatusClass", "Upstream", "Cause")
+DIMENSION_SETS = (
+    ("service",),
+    ("service", "Model"),
+    ("service", "Tag"),
+    ("service", "StatusClass"),
+    ("service", "Upstream"),
+    ("service", "Cause"),
+)
+UPSTREAMS = ("anthropic", "bedrock")  # the only Upstream values
+FAILOVER_CAUSES = ("status_529", "status_5xx", "status_429", "unreachable", "timeout")  # the only Cause values
 STATUS_METRICS = ("Requests", "UpstreamErrors", "GatewayErrors")  # the only ones emitted per StatusClass
 UNKNOWN_MODEL = "unknown"  # no model named or answered (a 401, GET /v1/models)
 OTHER = "other"  # the one value for every model and tag that does not get its own
@@ -104,8 +117,9 @@ def publish(exchange: Exchange, cost: Decimal) -> None:
     usd = float(cost)  # exact until here: EMF and the log line are JSON numbers
     try:
         if not is_metrics_disabled():
-            lines = "".join(json.dumps(blob, separators=(",", ":")) + "\n" for blob in emf_blobs(exchange, usd))
-            output.write(lines)
+            timestamp = int(time.time() * 1000)
+            blobs = [*emf_blobs(exchange, usd, timestamp), *routing_blobs(exchange, usd, timestamp)]
+            output.write("".join(json.dumps(blob, separators=(",", ":")) + "\n" for blob in blobs))
     except Exception:
         logger.exception("metrics failed", extra={"request_id": exchange.request_id})
     logger.info("gateway request", extra=access_fields(exchange, usd))
@@ -121,6 +135,19 @@ def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) 
     blobs += [_blob({"Tag": tag}, None, values, metadata, timestamp) for tag in tag_dimensions(exchange)]
     by_status = [value for value in values if value[0] in STATUS_METRICS]
     blobs.append(_blob({"StatusClass": status_class(exchange.status)}, None, by_status, metadata, timestamp))
+    return blobs
+
+
+def routing_blobs(exchange: Exchange, cost: float, timestamp: int) -> list[CloudWatchEMFOutput]:
+    """The request's metrics by the upstream that answered, and a failover by its cause (routing.py)."""
+    metadata = {"request_id": exchange.request_id}
+    blobs = []
+    if exchange.upstream in UPSTREAMS:
+        values = _values(exchange, cost)
+        blobs.append(_blob({"Upstream": exchange.upstream}, None, values, metadata, timestamp))
+    if exchange.failover_cause in FAILOVER_CAUSES:
+        failover: MetricValues = [("Failovers", MetricUnit.Count, 1)]
+        blobs.append(_blob({"Cause": exchange.failover_cause}, None, failover, metadata, timestamp))
     return blobs
 
 
@@ -233,4 +260,6 @@ def access_fields(exchange: Exchange, cost: float) -> dict[str, Any]:
         "auth": None if principal is None else "master" if principal.is_master else "virtual_key",
         "key_alias": record.key_alias if record else None,
         "key_hash_prefix": record.token[:12] if record else None,  # of the SHA-256 hash, never of the key
+        "upstream": exchange.upstream,  # anthropic or bedrock: which answered (None: refused before routing)
+        "failover_cause": exchange.failover_cause,  # set when the first upstream's answer was not used
     }
