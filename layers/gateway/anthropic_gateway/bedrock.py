@@ -14,18 +14,18 @@ import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
-import botocore.session
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 
 from . import secrets
 from .errors import GatewayError
 from .request_body import top_level_members
 from .settings import Settings, get_settings
+
+if TYPE_CHECKING:  # botocore is imported on first use: it would add a third to the cold start of every request
+    from botocore.credentials import Credentials, ReadOnlyCredentials
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -150,6 +150,8 @@ def _process_credentials() -> Credentials | None:
     global _default_credentials
     with _session_lock:
         if _default_credentials is None:
+            import botocore.session
+
             _default_credentials = botocore.session.Session().get_credentials()
         return _default_credentials
 
@@ -168,6 +170,9 @@ def sign(
     method: str, url: str, headers: Headers, body: bytes, *, credentials: ReadOnlyCredentials, service: str, region: str
 ) -> Headers:
     """`headers` plus SigV4 authorization for exactly these method, URL and body bytes. Pure CPU, no I/O."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
     signed = AWSRequest(method=method, url=url, data=body)
     for name, value in headers:
         if name.decode("latin-1").lower() in _SIGNED:
@@ -245,6 +250,8 @@ class Bedrock:
             with anyio.fail_after(_CREDENTIALS_WAIT):
                 if credentials is None:
                     credentials = await anyio.to_thread.run_sync(_process_credentials, abandon_on_cancel=True)
+                from botocore.credentials import RefreshableCredentials
+
                 if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
                     # botocore renews them on this call: network I/O, so in a worker thread.
                     return await anyio.to_thread.run_sync(credentials.get_frozen_credentials, abandon_on_cancel=True)
