@@ -41,7 +41,7 @@ from .batches import admit as admit_batch
 from .errors import GatewayError, error_response, invalid_request, render
 from .exchange import Exchange
 from .ledger import ledger
-from .responses import BufferedResponse
+from .responses import BufferedResponse, DisconnectWatch, RelayResponse
 
 logger = Logger()
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -140,25 +140,27 @@ class _ClientGone(Exception):
 
 async def _until_disconnect(request: Request, forwarding_call: Awaitable[Response]) -> Response:
     """Await the upstream's answer, but give up (cancel) as soon as the client disconnects: nobody would read it,
-    and the request's holds are released at once rather than when the upstream gets round to answering."""
+    and the request's holds are released at once rather than when the upstream gets round to answering. A relayed
+    answer keeps the same watch until its last byte."""
     task = asyncio.current_task()
     assert task is not None  # an ASGI app always runs in a task
-    watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, task))
+    watch = DisconnectWatch(request.receive, task)
     try:
-        return await forwarding_call
+        response = await forwarding_call
     except asyncio.CancelledError:
-        if not (watcher.done() and not watcher.cancelled()):
+        if not watch.fired:
+            watch.stop()
             raise  # cancelled by someone else (server shutdown): not ours to swallow
         task.uncancel()
         raise _ClientGone from None
-    finally:
-        watcher.cancel()
-
-
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[object]) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    task.cancel()
+    except BaseException:
+        watch.stop()
+        raise
+    if isinstance(response, RelayResponse):
+        response.watch = watch  # the relay runs in this same task (GatewayApp), so the watch still targets it
+    else:
+        watch.stop()
+    return response
 
 
 @api.exception_handler(GatewayError)
