@@ -184,7 +184,7 @@ def _admin_schema() -> dict[str, Any]:
     from anthropic_gateway import key_routes
     from anthropic_gateway.app import app
 
-    document = get_openapi(title="admin", version="test", routes=app.routes)
+    document = get_openapi(title="admin", version="test", routes=app.api.routes)
     bodies = {
         "/key/generate": key_routes.GenerateRequest,
         "/key/update": key_routes.UpdateRequest,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -389,3 +390,42 @@ def test_exported_names_cover_what_is_emitted():
     assert len(set(metrics.METRIC_NAMES)) == len(metrics.METRIC_NAMES) <= 100
     assert {name for dims in metrics.DIMENSION_SETS for name in dims} == set(metrics.DIMENSION_NAMES)
     assert set(metrics.STATUS_METRICS) <= set(metrics.METRIC_NAMES)
+
+
+def _powertools_blob(blob: dict) -> dict:
+    """The same blob built through Powertools' own provider: the reference `metrics._blob` is checked against."""
+    from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+    directive = blob["_aws"]["CloudWatchMetrics"][0]
+    primary, *extra = directive["Dimensions"]
+    provider = EphemeralMetrics(namespace=directive["Namespace"], service=metrics.SERVICE)
+    for name in primary:
+        provider.add_dimension(name=name, value=blob[name])
+    for dimension_set in extra:
+        provider.add_dimensions(**{name: blob[name] for name in dimension_set})
+    for metric in directive["Metrics"]:
+        provider.add_metric(name=metric["Name"], unit=MetricUnit(metric["Unit"]), value=blob[metric["Name"]][0])
+    names = {"_aws", *(name for names in directive["Dimensions"] for name in names)}
+    names |= {metric["Name"] for metric in directive["Metrics"]}
+    for name in blob.keys() - names:
+        provider.add_metadata(key=name, value=blob[name])
+    provider.set_timestamp(blob["_aws"]["Timestamp"])
+    return dict(provider.serialize_metric_set())
+
+
+def test_blobs_serialise_as_powertools_would():
+    exchange = Exchange(method="POST", path="/v1/messages", status=429, error_source="upstream")
+    exchange.tags = ["team:m", "app:json", "unlisted"]
+    exchange.tap = UsageTap("text/event-stream")
+    blobs = metrics.emf_blobs(exchange, 0.25)
+    assert len(blobs) == 5
+    for blob in blobs:
+        assert json.dumps(blob) == json.dumps(_powertools_blob(blob))  # same members, same order
+
+
+def test_access_line_has_the_powertools_logger_shape():
+    line = metrics.access_line({"request_id": "r1", "status": 200, "model": None}, now=1_700_000_000.5)
+    assert list(line)[:5] == ["level", "location", "message", "timestamp", "service"]
+    assert line["message"] == "gateway request" and line["level"] == "INFO" and line["service"] == metrics.SERVICE
+    assert line["timestamp"].startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_700_000_000)) + ",500")
+    assert line["request_id"] == "r1" and "model" not in line  # None left out, as Powertools' formatter does

@@ -18,6 +18,9 @@
 # - --timeout-graceful-shutdown 1: at SIGTERM (Lambda's shutdown phase gives about 2 s), streams still open get
 #   1 s to finish, are then cut (what they relayed is still billed), and the app drains its accounting and ledger
 #   in the second that is left (docs/operations.md).
+# - --http httptools --loop asyncio: llhttp's C parser under uvicorn (it was chosen only when importable, now it is
+#   required: the layer ships it for both architectures); asyncio's own loop, as uvloop did not pay for its size
+#   (issue 11).
 set -euo pipefail
 
 export PYTHONPATH="/opt/python${PYTHONPATH:+:$PYTHONPATH}"
@@ -30,4 +33,6 @@ exec python3 -m uvicorn \
     --no-access-log \
     --timeout-keep-alive 900 \
     --timeout-graceful-shutdown 1 \
+    --http httptools \
+    --loop asyncio \
     anthropic_gateway.app:app

@@ -67,12 +67,13 @@ class RelayResponse(_ExchangeResponse):
     def __init__(self, exchange: Exchange, upstream: UpstreamResponse, tap: UsageTap, headers: Headers) -> None:
         super().__init__(exchange, upstream.status, headers)
         self._upstream, self._tap = upstream, tap
+        self.watch: DisconnectWatch | None = None  # the request's watch, when the app hands it over
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         upstream, exchange, tap = self._upstream, self.exchange, self._tap
         relay = asyncio.current_task()
         assert relay is not None  # an ASGI app always runs in a task
-        watcher = asyncio.create_task(_cancel_on_disconnect(receive, relay))
+        watch = self.watch or DisconnectWatch(receive, relay)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in upstream.aiter_raw():
@@ -83,7 +84,7 @@ class RelayResponse(_ExchangeResponse):
             exchange.completed = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not watcher.done() or watcher.cancelled():
+            if not watch.fired:
                 raise  # cancelled by someone else (server shutdown): not ours to swallow
             relay.uncancel()  # the client went away; the relay ends here
         except UpstreamError:
@@ -92,15 +93,32 @@ class RelayResponse(_ExchangeResponse):
         except OSError:
             pass  # the client went away while we were sending
         finally:
-            watcher.cancel()
+            watch.stop()
             exchange.finished_at = time.perf_counter()  # the last byte, not the close below
             await upstream.aclose()  # synchronous inside: nothing a cancellation could interrupt
             tap.close()
             self._finish()
 
 
-async def _cancel_on_disconnect(receive: Receive, relay: asyncio.Task[object]) -> None:
-    """A plain asyncio task rather than an anyio task group: this runs for every request, and is far cheaper."""
+class DisconnectWatch:
+    """Cancels `task` as soon as the client disconnects: nobody would read the answer, and the upstream request
+    and the holds go at once. One plain asyncio task (far cheaper than an anyio task group), started once the
+    request body is read; the app hands it on to the relay, so a request has one watcher from upstream call to
+    last byte (issue 11)."""
+
+    def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
+        self._watcher = asyncio.create_task(_cancel_on_disconnect(receive, task))
+
+    @property
+    def fired(self) -> bool:
+        """The client disconnected and `task` was cancelled for it (not by anyone else)."""
+        return self._watcher.done() and not self._watcher.cancelled()
+
+    def stop(self) -> None:
+        self._watcher.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[object]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-    relay.cancel()
+    task.cancel()

@@ -36,13 +36,12 @@ def _provider() -> SecretsProvider:
     return SecretsProvider(boto3_client=boto3.client("secretsmanager", config=aws.config()))
 
 
-def _get(name: str, *, fetch: bool) -> str:
+def _fetch(name: str) -> str:
     started = time.monotonic()
-    value = _provider().get(name, max_age=get_settings().secrets_max_age, force_fetch=fetch)
+    value = _provider().get(name, max_age=get_settings().secrets_max_age, force_fetch=True)
     text = value if isinstance(value, str) else bytes(value).decode() if isinstance(value, bytes) else str(value)
-    if fetch:  # Powertools' entry now expires max_age after a moment no earlier than `started`
-        _fetched_at[name] = started
-        _last_good[name] = text
+    _fetched_at[name] = started  # Powertools' entry expires max_age after a moment no earlier than this
+    _last_good[name] = text
     return text
 
 
@@ -52,10 +51,12 @@ async def _secret(name: str) -> str:
     servable = fetched is not None and name in _last_good and time.monotonic() - fetched < max_age + _stale_seconds()
     try:
         if fetched is not None and time.monotonic() - fetched < max_age - 1:
-            return _get(name, fetch=False)  # in Powertools' in-memory cache: no I/O, no thread hop
+            # What Powertools' cache holds too, read from here: its lookup cost more than the rest of a request's
+            # authentication (issue 11).
+            return _last_good[name]
         if servable and aws.recently_failed():
             return _last_good[name]  # AWS failed a moment ago: serve what we have instead of waiting again
-        return await aws.call(partial(_get, name, fetch=True))
+        return await aws.call(partial(_fetch, name))
     except Exception as exc:  # the reason may name the secret; never its value
         reason = "timeout" if isinstance(exc, aws.Unavailable) else type(exc).__name__
         if servable:
