@@ -299,7 +299,7 @@ def test_namespace_comes_from_settings(monkeypatch):
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "TeamGateway")
     get_settings.cache_clear()
     try:
-        blobs = metrics.emf_blobs(exchange, 0.0)
+        blobs = [json.loads(line) for line in metrics.emf_blobs(exchange, 0.0)]
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
@@ -417,9 +417,10 @@ def test_blobs_serialise_as_powertools_would():
     exchange = Exchange(method="POST", path="/v1/messages", status=429, error_source="upstream")
     exchange.tags = ["team:m", "app:json", "unlisted"]
     exchange.tap = UsageTap("text/event-stream")
-    blobs = metrics.emf_blobs(exchange, 0.25)
-    assert len(blobs) == 5
-    for blob in blobs:
+    lines = metrics.emf_blobs(exchange, 0.25)
+    assert len(lines) == 5 and all(line.endswith("}\n") and line.count("\n") == 1 for line in lines)
+    for line in lines:
+        blob = json.loads(line)
         assert json.dumps(blob) == json.dumps(_powertools_blob(blob))  # same members, same order
 
 

@@ -24,6 +24,7 @@ tests/test_metrics.py checks the blobs against Powertools' own serialisation.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -34,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled as _is_metrics_disabled
 
 from . import pricing
 from .exchange import Exchange
@@ -44,22 +45,23 @@ from .usage import Usage
 if TYPE_CHECKING:
     from .keys import KeyRecord
 
-MetricValues = list[tuple[str, MetricUnit, float]]
+MetricValues = list[tuple[str, float]]  # (metric name, value); a metric's unit is its own (METRIC_UNITS)
 
 # Everything the gateway emits; template.yaml's dashboard is checked against these (tests/test_deploy_*).
-METRIC_NAMES = (
-    "Requests",
-    "InputTokens",
-    "OutputTokens",
-    "CacheCreationInputTokens",
-    "CacheReadInputTokens",
-    "CostUSD",
-    "Latency",
-    "TimeToFirstByte",
-    "UpstreamErrors",
-    "GatewayErrors",
-    "Failovers",
-)
+METRIC_UNITS = {
+    "Requests": MetricUnit.Count,
+    "InputTokens": MetricUnit.Count,
+    "OutputTokens": MetricUnit.Count,
+    "CacheCreationInputTokens": MetricUnit.Count,
+    "CacheReadInputTokens": MetricUnit.Count,
+    "CostUSD": MetricUnit.NoUnit,
+    "Latency": MetricUnit.Milliseconds,
+    "TimeToFirstByte": MetricUnit.Milliseconds,
+    "UpstreamErrors": MetricUnit.Count,
+    "GatewayErrors": MetricUnit.Count,
+    "Failovers": MetricUnit.Count,
+}
+METRIC_NAMES = tuple(METRIC_UNITS)
 DIMENSION_NAMES = ("service", "Model", "Tag", "StatusClass", "Upstream", "Cause")
 DIMENSION_SETS = (
     ("service",),
@@ -111,6 +113,8 @@ if isinstance(logger.logger_handler, logging.StreamHandler) and logger.logger_ha
     logger.logger_handler.setStream(output)
 SERVICE = logger.service
 ACCESS_MESSAGE = "gateway request"
+# POWERTOOLS_METRICS_DISABLED / POWERTOOLS_DEV, read once like every other setting (get_settings), not per request.
+is_metrics_disabled = functools.lru_cache(maxsize=1)(_is_metrics_disabled)
 
 
 def publish(exchange: Exchange, cost: Decimal) -> None:
@@ -119,8 +123,7 @@ def publish(exchange: Exchange, cost: Decimal) -> None:
     try:
         if not is_metrics_disabled():
             timestamp = int(time.time() * 1000)
-            blobs = [*emf_blobs(exchange, usd, timestamp), *routing_blobs(exchange, usd, timestamp)]
-            output.write("".join(_json_line(blob) for blob in blobs))
+            output.write("".join([*emf_blobs(exchange, usd, timestamp), *routing_blobs(exchange, usd, timestamp)]))
     except Exception:
         logger.exception("metrics failed", extra={"request_id": exchange.request_id})
     if logging.getLogger(logger.name).isEnabledFor(logging.INFO):  # the Powertools logger's level (LOG_LEVEL)
@@ -138,11 +141,17 @@ def access_line(fields: dict[str, Any], now: float | None = None) -> dict[str, A
     return line
 
 
+# One encoder for every line: json.dumps with separators builds a new JSONEncoder per call.
+_encoder = json.JSONEncoder(separators=(",", ":"))
+_quote = json.encoder.encode_basestring_ascii  # a str as a JSON string, as the encoder writes it (C)
+
+
 def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":")) + "\n"
+    return _encoder.encode(record) + "\n"
 
 
-def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[dict[str, Any]]:
+def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[str]:
+    """The request's EMF blobs, one JSON line each (see the module's docstring for which)."""
     timestamp = timestamp_ms or int(time.time() * 1000)
     values = _values(exchange, cost)
     metadata = {"request_id": exchange.request_id}
@@ -155,7 +164,7 @@ def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) 
     return blobs
 
 
-def routing_blobs(exchange: Exchange, cost: float, timestamp: int) -> list[dict[str, Any]]:
+def routing_blobs(exchange: Exchange, cost: float, timestamp: int) -> list[str]:
     """The request's metrics by the upstream that answered, and a failover by its cause (routing.py)."""
     metadata = {"request_id": exchange.request_id}
     blobs = []
@@ -163,7 +172,7 @@ def routing_blobs(exchange: Exchange, cost: float, timestamp: int) -> list[dict[
         values = _values(exchange, cost)
         blobs.append(_blob({"Upstream": exchange.upstream}, None, values, metadata, timestamp))
     if exchange.failover_cause in FAILOVER_CAUSES:
-        failover: MetricValues = [("Failovers", MetricUnit.Count, 1)]
+        failover: MetricValues = [("Failovers", 1)]
         blobs.append(_blob({"Cause": exchange.failover_cause}, None, failover, metadata, timestamp))
     return blobs
 
@@ -174,39 +183,47 @@ def _blob(
     values: MetricValues,
     metadata: dict[str, str],
     timestamp: int,
-) -> dict[str, Any]:
-    """One EMF blob (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html):
+) -> str:
+    """One EMF blob as a JSON line (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html):
     the dimension set [service, *dimensions], and [service, *extra_set] beside it when given; each value a
-    one-element list of a float, metadata as plain members; what Powertools' provider writes for the same calls."""
+    one-element list of a float, metadata as plain members; what Powertools' provider writes for the same calls.
+    The `_aws` directive depends only on the blob's shape, so its JSON is built once per shape (`_aws_prefix`)."""
     primary = {"service": SERVICE, **{name: value for name, value in dimensions.items() if value.strip()}}
-    dimension_sets = [list(primary)]
-    every_dimension = dict(primary)
+    strings = dict(primary)
+    extra_names: tuple[str, ...] = ()
     if extra_set:
         extra = {"service": SERVICE, **{name: value for name, value in extra_set.items() if value.strip()}}
-        dimension_sets.append(list(extra))
-        every_dimension.update(extra)
+        extra_names = tuple(extra)
+        strings.update(extra)
+    strings.update(metadata)
+    prefix = _aws_prefix(get_settings().metrics_namespace, tuple(primary), extra_names, tuple(n for n, _ in values))
+    members = [f"{_quote(name)}:{_quote(value)}" for name, value in strings.items()]
+    members += [f'"{name}":[{float(value)!r}]' for name, value in values]  # a name is ours; repr is json's float
+    return prefix % timestamp + ",".join(members) + "}\n"
+
+
+@functools.lru_cache(maxsize=256)  # shapes: the dimension sets times the metric lists (TimeToFirstByte or not)
+def _aws_prefix(namespace: str, primary: tuple[str, ...], extra: tuple[str, ...], metrics: tuple[str, ...]) -> str:
+    """The blob's JSON up to its first member after `_aws`, with `%d` where the timestamp goes."""
     directive = {
-        "Namespace": get_settings().metrics_namespace,
-        "Dimensions": dimension_sets,
-        "Metrics": [{"Name": name, "Unit": unit.value} for name, unit, _ in values],
+        "Namespace": namespace,
+        "Dimensions": [list(primary), list(extra)] if extra else [list(primary)],
+        "Metrics": [{"Name": name, "Unit": METRIC_UNITS[name].value} for name in metrics],
     }
-    blob: dict[str, Any] = {"_aws": {"Timestamp": timestamp, "CloudWatchMetrics": [directive]}}
-    blob.update(every_dimension)
-    blob.update(metadata)
-    blob.update((name, [float(value)]) for name, _, value in values)
-    return blob
+    directive_json = _encoder.encode(directive).replace("%", "%%")
+    return '{"_aws":{"Timestamp":%d,"CloudWatchMetrics":[' + directive_json + "]},"
 
 
 def _values(exchange: Exchange, cost: float) -> MetricValues:
     usage = exchange.usage or Usage()
-    values: MetricValues = [("Requests", MetricUnit.Count, 1)]
-    values += [(metric, MetricUnit.Count, getattr(usage, field)) for metric, field in _TOKENS]
-    values += [("CostUSD", MetricUnit.NoUnit, cost), ("Latency", MetricUnit.Milliseconds, exchange.latency_ms)]
+    values: MetricValues = [("Requests", 1)]
+    values += [(metric, getattr(usage, field)) for metric, field in _TOKENS]
+    values += [("CostUSD", cost), ("Latency", exchange.latency_ms)]
     # Only streams: for a JSON body the first byte comes with the last, and would blur the streaming percentiles.
     if is_stream(exchange) and exchange.time_to_first_byte_ms is not None:
-        values.append(("TimeToFirstByte", MetricUnit.Milliseconds, exchange.time_to_first_byte_ms))
-    values.append(("UpstreamErrors", MetricUnit.Count, int(exchange.error_source == "upstream")))
-    values.append(("GatewayErrors", MetricUnit.Count, int(exchange.error_source == "gateway")))
+        values.append(("TimeToFirstByte", exchange.time_to_first_byte_ms))
+    values.append(("UpstreamErrors", int(exchange.error_source == "upstream")))
+    values.append(("GatewayErrors", int(exchange.error_source == "gateway")))
     return values
 
 
