@@ -95,3 +95,32 @@ class ThreadedUvicorn:
     def __exit__(self, *exc_info: object) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=10)
+
+
+class CuttingUpstream:
+    """An upstream that answers every request with `reply` (a head and the start of a body) and then closes the
+    connection: a body cut off partway, as a broken upstream or network does it."""
+
+    def __init__(self, reply: bytes) -> None:
+        self._reply = reply
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> CuttingUpstream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._listener.close()
+        self._thread.join(5)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with connection:
+                connection.recv(65536)
+                connection.sendall(self._reply)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import anthropic
@@ -131,3 +132,25 @@ def http(gateway, virtual_key):
 def client(gateway, virtual_key):
     """The real Anthropic SDK, pointed at the gateway with a virtual key."""
     return anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=virtual_key, max_retries=0)
+
+
+@pytest.fixture
+def run_cli(gateway, monkeypatch, capsys):
+    """Run the CLI (`python -m anthropic_gateway keys ...`) in-process against the test gateway; returns
+    (exit status, parsed stdout or stderr). The master key never shows in its output."""
+    from anthropic_gateway import cli
+
+    monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
+    monkeypatch.setenv("GATEWAY_URL", gateway.url)
+
+    def invoke(*argv: str) -> tuple[int, object]:
+        status = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        assert MASTER_KEY not in out + err
+        text = out if status == 0 else err
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    return invoke

@@ -18,25 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "Hello"}]
 
 
-@pytest.fixture
-def run(gateway, monkeypatch, capsys):
-    """Run the CLI in-process against the test gateway; returns (exit status, parsed stdout or stderr)."""
-    monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
-    monkeypatch.setenv("GATEWAY_URL", gateway.url)
-
-    def invoke(*argv: str) -> tuple[int, object]:
-        status = cli.main(list(argv))
-        out, err = capsys.readouterr()
-        assert MASTER_KEY not in out + err
-        text = out if status == 0 else err
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text
-
-    return invoke
-
-
 def works(gateway, key: str) -> bool:
     client = anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=key, max_retries=0)
     try:
@@ -47,9 +28,9 @@ def works(gateway, key: str) -> bool:
         gateway.drain()  # the request's accounting settles after the response: read the key once it has
 
 
-def test_key_lifecycle(run, gateway):
+def test_key_lifecycle(run_cli, gateway):
     alias = "cli-" + keys.new_key()[-8:]
-    status, created = run(
+    status, created = run_cli(
         "generate",
         "--key-alias",
         alias,
@@ -73,12 +54,12 @@ def test_key_lifecycle(run, gateway):
     assert created["tags"] == ["team:search", "env:prod"] and created["metadata"] == {"team": "search"}
     assert works(gateway, key)
 
-    status, info = run("info", token)
+    status, info = run_cli("info", token)
     assert status == 0 and info["key"] == token and info["info"]["requests"] >= 0
-    assert run("info", key) == (0, info)  # a plain key is hashed by the CLI before it goes in the URL
+    assert run_cli("info", key) == (0, info)  # a plain key is hashed by the CLI before it goes in the URL
     assert cli.request_for(cli.build_parser().parse_args(["info", key]))[2] == {"key": token}
 
-    status, updated = run(
+    status, updated = run_cli(
         "update",
         "--key-alias",
         alias,
@@ -92,31 +73,31 @@ def test_key_lifecycle(run, gateway):
     assert status == 0
     assert (updated["tpm_limit"], updated["rpm_limit"], updated["max_parallel_requests"]) == (5000, None, 3)
 
-    assert run("block", token)[1]["blocked"] is True
+    assert run_cli("block", token)[1]["blocked"] is True
     assert not works(gateway, key)
-    assert run("unblock", "--key-alias", alias)[1]["blocked"] is False
+    assert run_cli("unblock", "--key-alias", alias)[1]["blocked"] is False
     assert works(gateway, key)
 
-    status, listed = run("list", "--key-alias", alias, "--full")
+    status, listed = run_cli("list", "--key-alias", alias, "--full")
     assert status == 0 and [k["token"] for k in listed["keys"]] == [token]
 
-    status, regenerated = run("regenerate", token)
+    status, regenerated = run_cli("regenerate", token)
     assert status == 0 and regenerated["key"] != key
     assert not works(gateway, key) and works(gateway, regenerated["key"])
 
-    status, deleted = run("delete", "--key-alias", alias)
+    status, deleted = run_cli("delete", "--key-alias", alias)
     assert status == 0 and deleted == {"deleted_keys": [keys.hash_key(regenerated["key"])]}
     assert not works(gateway, regenerated["key"])
 
 
-def test_errors_go_to_stderr_with_exit_status_1(run):
-    status, error = run("info", "sk-" + "q" * 40)
+def test_errors_go_to_stderr_with_exit_status_1(run_cli):
+    status, error = run_cli("info", "sk-" + "q" * 40)
     assert status == 1 and error["error"]["type"] == "not_found_error"
-    status, error = run("generate", "--json", '{"team_id": "x"}')
+    status, error = run_cli("generate", "--json", '{"team_id": "x"}')
     assert status == 1 and "team_id" in error["error"]["message"]
 
 
-def test_bad_arguments_are_refused_before_any_request(run, capsys):
+def test_bad_arguments_are_refused_before_any_request(run_cli, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["generate", "--metadata", "[1, 2]"])
     assert exited.value.code == 2

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -17,7 +16,7 @@ import pytest
 
 from anthropic_gateway import keys, table
 from support.captured_lines import ACCESS_MESSAGE
-from support.servers import free_port
+from support.servers import CuttingUpstream, free_port
 from support.waiting import eventually
 
 MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}
@@ -111,29 +110,12 @@ def test_refused_upstream_is_a_502_and_releases(gateway, admin, held_key, key_ht
 @pytest.fixture
 def upstream_cutting_its_stream(monkeypatch) -> Iterator[None]:
     """An upstream that starts an SSE stream (chunked) and drops the connection partway through it."""
-    listener = socket.create_server(("127.0.0.1", 0))
     start = {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": {"input_tokens": 5}}}
     event = b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n"
-
-    def serve() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return  # closed: the test is over
-            with connection:
-                connection.recv(65536)
-                chunk = b"%x\r\n%s\r\n" % (len(event), event)
-                connection.sendall(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + chunk
-                )
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    _settings_patch(monkeypatch, anthropic_api_base=f"http://127.0.0.1:{listener.getsockname()[1]}")
-    yield
-    listener.close()
-    thread.join(5)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    with CuttingUpstream(head + b"%x\r\n%s\r\n" % (len(event), event)) as upstream:
+        _settings_patch(monkeypatch, anthropic_api_base=upstream.url)
+        yield
 
 
 def test_upstream_cut_mid_body_releases(gateway, admin, held_key, key_http, upstream_cutting_its_stream, captured):

@@ -6,8 +6,6 @@ gateway's own event loop returns once every after-response task has finished and
 
 from __future__ import annotations
 
-import socket
-import threading
 from dataclasses import replace
 
 import httpx
@@ -15,6 +13,7 @@ import pytest
 
 from anthropic_gateway import keys
 from support.captured_lines import ACCESS_MESSAGE, stored_key
+from support.servers import CuttingUpstream
 
 BATCH = {
     "requests": [
@@ -90,26 +89,11 @@ def upstream_cutting_off_its_json(monkeypatch):
     """An upstream that promises a JSON body and closes the connection partway through it."""
     from anthropic_gateway import forwarding
 
-    listener = socket.create_server(("127.0.0.1", 0))
     head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
-
-    def serve() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return  # closed: the test is over
-            with connection:
-                connection.recv(65536)
-                connection.sendall(head + b'{"id": "msgbatch_')
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    settings = replace(forwarding.get_settings(), anthropic_api_base=f"http://127.0.0.1:{listener.getsockname()[1]}")
-    monkeypatch.setattr(forwarding, "get_settings", lambda: settings)
-    yield
-    listener.close()
-    thread.join(5)
+    with CuttingUpstream(head + b'{"id": "msgbatch_') as upstream:
+        settings = replace(forwarding.get_settings(), anthropic_api_base=upstream.url)
+        monkeypatch.setattr(forwarding, "get_settings", lambda: settings)
+        yield
 
 
 def test_a_batch_body_cut_off_upstream_is_a_502_accounted_once(

@@ -4,7 +4,6 @@ and the CLI, the deployment's settings (DEFAULT_UPSTREAMS, BEDROCK_*), and signi
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -100,25 +99,14 @@ def test_bad_upstreams_are_a_400_that_names_the_field(admin, upstreams, reason):
 # -- the CLI -----------------------------------------------------------------------------------------------------
 
 
-def test_cli_sets_and_unsets_upstreams(gateway, monkeypatch, capsys):
-    from anthropic_gateway import cli
-    from tests.conftest import MASTER_KEY
-
-    monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
-    monkeypatch.setenv("GATEWAY_URL", gateway.url)
-
-    def run(*argv: str) -> tuple[int, dict]:
-        status = cli.main(list(argv))
-        out, err = capsys.readouterr()
-        return status, json.loads(out if status == 0 else err)
-
-    status, created = run("generate", "--upstreams", "anthropic,bedrock")
+def test_cli_sets_and_unsets_upstreams(run_cli):
+    status, created = run_cli("generate", "--upstreams", "anthropic,bedrock")
     assert status == 0 and created["upstreams"] == ["anthropic", "bedrock"]
-    status, updated = run("update", created["token"], "--upstreams", "bedrock")
+    status, updated = run_cli("update", created["token"], "--upstreams", "bedrock")
     assert status == 0 and updated["upstreams"] == ["bedrock"]
-    status, refused = run("update", created["token"], "--upstreams", "anthropic,azure")
+    status, refused = run_cli("update", created["token"], "--upstreams", "anthropic,azure")
     assert status == 1 and "unknown upstream 'azure'" in refused["error"]["message"]
-    status, unset = run("update", created["token"], "--unset", "upstreams")
+    status, unset = run_cli("update", created["token"], "--unset", "upstreams")
     assert status == 0 and unset["upstreams"] is None
 
 
