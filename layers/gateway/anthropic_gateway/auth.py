@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from functools import partial
 
 from aws_lambda_powertools import Logger
 from starlette.datastructures import Headers
@@ -57,7 +58,7 @@ async def _lookup(key: str) -> KeyRecord | None:
     if stale is not None and aws.recently_failed():
         return stale  # AWS failed a moment ago: no request waits out the deadline again for a known key
     try:
-        return await aws.call(keys.cached_load, token)
+        return await aws.call_shared(("key", token), partial(keys.cached_load, token))
     except Exception as exc:  # DynamoDB unreachable or too slow: a key seen lately keeps working for a while
         if stale is not None:
             logger.warning("key served from the expired cache", extra={"error": type(exc).__name__})

@@ -14,12 +14,13 @@ stall into a minute-long hang that holds a worker thread the whole time. Here:
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.to_thread
@@ -33,7 +34,15 @@ if TYPE_CHECKING:
 _deadline: ContextVar[float | None] = ContextVar("aws_deadline", default=None)
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
 _late: set[asyncio.Future[Any]] = set()  # abandoned calls, kept alive until they end
+# Reads in flight by key, per event loop (call_shared).
+_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, asyncio.Future[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
+
+# boto3's default session is not thread-safe: clients and resources are created under this lock, since on a cold
+# instance the first requests' worker threads may all want one at the same moment.
+boto3_lock = threading.Lock()
 
 _failed_at: float | None = None
 # After a failure, reads that have a stale value to serve skip AWS for this long instead of each waiting out the
@@ -103,6 +112,26 @@ async def call[T](function: Callable[..., T], *args: Any) -> T:
     The deadline starts at the request's first call: each request runs in a task of its own, so the ContextVar
     is the request's. Errors of `function` are raised as they are.
     """
+    deadline = _request_deadline()
+    return await _wait(asyncio.ensure_future(anyio.to_thread.run_sync(function, *args, limiter=limiter())), deadline)
+
+
+async def call_shared[T](key: Hashable, function: Callable[[], T]) -> T:
+    """`call(function)` for a read, shared: callers asking for the same `key` while its call runs wait for that
+    one call (each until its own deadline) instead of making their own. A burst of requests on a cold instance
+    then reads a secret or a key record once, not once per request, and no request waits behind the others'
+    copies of the same read."""
+    deadline = _request_deadline()
+    loop = asyncio.get_running_loop()
+    in_flight = _in_flight.setdefault(loop, {})
+    work = in_flight.get(key)
+    if work is None:
+        work = in_flight[key] = asyncio.ensure_future(anyio.to_thread.run_sync(function, limiter=limiter()))
+        work.add_done_callback(lambda done: in_flight.pop(key, None) if in_flight.get(key) is done else None)
+    return cast("T", await _wait(work, deadline))
+
+
+def _request_deadline() -> float:
     now = time.monotonic()
     deadline = _deadline.get()
     if deadline is None:
@@ -110,9 +139,12 @@ async def call[T](function: Callable[..., T], *args: Any) -> T:
         _deadline.set(deadline)
     if deadline <= now:
         raise Unavailable(None)
-    work = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args, limiter=limiter()))
+    return deadline
+
+
+async def _wait[T](work: asyncio.Future[T], deadline: float) -> T:
     try:
-        result = await asyncio.wait_for(asyncio.shield(work), deadline - now)
+        result = await asyncio.wait_for(asyncio.shield(work), deadline - time.monotonic())
     except (BotoCoreError, ClientError):
         note_failure()
         raise

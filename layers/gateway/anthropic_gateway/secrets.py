@@ -33,7 +33,8 @@ def _provider() -> SecretsProvider:
     import boto3
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
-    return SecretsProvider(boto3_client=boto3.client("secretsmanager", config=aws.config()))
+    with aws.boto3_lock:
+        return SecretsProvider(boto3_client=boto3.client("secretsmanager", config=aws.config()))
 
 
 def _fetch(name: str) -> str:
@@ -56,7 +57,7 @@ async def _secret(name: str) -> str:
             return _last_good[name]
         if servable and aws.recently_failed():
             return _last_good[name]  # AWS failed a moment ago: serve what we have instead of waiting again
-        return await aws.call(partial(_fetch, name))
+        return await aws.call_shared(("secret", name), partial(_fetch, name))
     except Exception as exc:  # the reason may name the secret; never its value
         reason = "timeout" if isinstance(exc, aws.Unavailable) else type(exc).__name__
         if servable:

@@ -67,7 +67,8 @@ def open_table(name: str) -> Table:
     import boto3  # deferred: keeps boto3 out of the cold-start path of /health
     from boto3.dynamodb.transform import TransformationInjector
 
-    table = boto3.resource("dynamodb", config=aws.config()).Table(name)
+    with aws.boto3_lock:
+        table = boto3.resource("dynamodb", config=aws.config()).Table(name)
     # The resource turns request values into AttributeValues in one event handler registered under this id; ours is
     # the same handler with a serializer that differs only in how it writes numbers (tests/test_table.py checks it).
     events = table.meta.client.meta.events
