@@ -134,11 +134,17 @@ def access_line(fields: dict[str, Any], now: float | None = None) -> dict[str, A
     """The access log record as the Powertools Logger writes one (its default keys first, None values left out),
     built directly: the logging machinery and Powertools' formatter were most of the cost of a request's line."""
     moment = time.time() if now is None else now
-    local = time.localtime(moment)
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", local) + f",{int(moment % 1 * 1000):03d}" + time.strftime("%z", local)
+    date, zone = _local_second(int(moment))
+    stamp = f"{date},{int(moment % 1 * 1000):03d}{zone}"
     line = {"level": "INFO", "location": "publish", "message": ACCESS_MESSAGE, "timestamp": stamp, "service": SERVICE}
     line.update((name, value) for name, value in fields.items() if value is not None)
     return line
+
+
+@functools.lru_cache(maxsize=2)  # formatted once per second, not per request
+def _local_second(second: int) -> tuple[str, str]:
+    local = time.localtime(second)
+    return time.strftime("%Y-%m-%d %H:%M:%S", local), time.strftime("%z", local)
 
 
 # One encoder for every line: json.dumps with separators builds a new JSONEncoder per call.
