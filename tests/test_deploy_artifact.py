@@ -31,6 +31,7 @@ EVENTS = ROOT / "events"
 MASTER_KEY = "sk-master-test-0123456789abcdef"  # what tests/conftest.py stores in moto, and events/ send
 SIZE_LIMIT_MB = 30
 RESULT = "@@invoke-result@@ "
+MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
 
 # Invokes the built handler like the Lambda runtime does: one event per stdin line, the result on stdout
 # behind a marker (the app's own stdout lines, logs and EMF metrics, come through unmarked).
@@ -249,23 +250,36 @@ def test_buffered_door_emits_the_dashboards_metrics(api_function):
 # -- the streaming door: run.sh under the adapter's conditions -----------------------------------------------------
 
 
+class _Proxy:
+    """The built run.sh serving on `url`; `lines`: what it has written to stdout so far, line by line."""
+
+    def __init__(self, url: str, process: subprocess.Popen) -> None:
+        self.url, self.lines = url, []
+        self._reader = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:  # until run.sh exits: a pipe that is read never fills
+            self.lines.append(line.decode(errors="replace"))
+
+
 @pytest.fixture(scope="module")
 def proxy(aws, sam_build, support_dir):
     port = free_port()
     env = sam_artifact.proxy_env(sam_build, support_dir, port)
-    process = sam_artifact.start_proxy(sam_build, env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = sam_artifact.start_proxy(sam_build, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         sam_artifact.wait_healthy(f"http://127.0.0.1:{port}", process)
     except RuntimeError:
         sam_artifact.stop(process)
         raise AssertionError(process.stderr.read().decode(errors="replace")) from None
-    yield f"http://127.0.0.1:{port}"
+    yield _Proxy(f"http://127.0.0.1:{port}", process)
     sam_artifact.stop(process)
     process.stderr.close()
 
 
 def test_built_run_sh_streams_events_as_the_upstream_sends_them(proxy):
-    with httpx.Client(base_url=proxy, timeout=30) as http:
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
         delay_ms, chunks = 250, 6
         body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
                 "messages": [{"role": "user", "content": "Count slowly."}]}  # fmt: skip
@@ -297,7 +311,7 @@ def test_built_run_sh_streams_events_as_the_upstream_sends_them(proxy):
 def test_built_run_sh_accounts_the_streamed_request(proxy):
     from anthropic_gateway import keys
 
-    with httpx.Client(base_url=proxy, timeout=30) as http:
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
         key = http.post("/key/generate", json={}, headers={"authorization": f"Bearer {MASTER_KEY}"}).json()["key"]
         body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "stream": True,
                 "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
@@ -311,6 +325,23 @@ def test_built_run_sh_accounts_the_streamed_request(proxy):
 
     record = eventually(accounted, timeout=10, interval=0.05, what="the streamed request accounted")
     assert record.requests == 1 and record.output_tokens > 0
+
+
+def test_built_run_sh_ships_each_requests_lines_at_once(proxy):
+    """Lambda ships what run.sh writes to stdout (a pipe: Python buffers it in blocks unless told otherwise) to
+    CloudWatch Logs. A request's metrics and access line must leave the process when the request is accounted,
+    not when 8 KB have piled up or the process exits: on a quiet function that can be hours."""
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
+        response = http.post("/anthropic/v1/messages", json=MESSAGE, headers={"x-api-key": MASTER_KEY})
+    assert response.status_code == 200
+    request_id = response.headers["x-gateway-request-id"]
+
+    def shipped() -> list[dict] | None:
+        records = [json.loads(line) for line in list(proxy.lines) if request_id in line]
+        return records if any(record.get("message") == "gateway request" for record in records) else None
+
+    records = eventually(shipped, timeout=10, interval=0.05, what=f"the lines of {request_id} on run.sh's stdout")
+    assert any("_aws" in record for record in records)  # its EMF metrics too
 
 
 def test_python_shim_keeps_the_virtualenv_out(aws, sam_build, support_dir):

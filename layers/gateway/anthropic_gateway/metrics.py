@@ -118,16 +118,23 @@ is_metrics_disabled = functools.lru_cache(maxsize=1)(_is_metrics_disabled)
 
 
 def publish(exchange: Exchange, cost: Decimal) -> None:
-    """Write the request's EMF blobs, then its access log line; a failure of the first still logs the second."""
+    """Write the request's EMF blobs, then its access log line (a failure of the first still logs the second), in
+    one write, flushed: on the streaming door stdout is a pipe that Python buffers in blocks, and what sits in the
+    buffer reaches CloudWatch only when 8 KB have piled up or the process ends (the Powertools logger's handler
+    flushes its own lines; these bypass it)."""
     usd = float(cost)  # exact until here: EMF and the log line are JSON numbers
+    lines: list[str] = []
     try:
         if not is_metrics_disabled():
             timestamp = int(time.time() * 1000)
-            output.write("".join([*emf_blobs(exchange, usd, timestamp), *routing_blobs(exchange, usd, timestamp)]))
+            lines += [*emf_blobs(exchange, usd, timestamp), *routing_blobs(exchange, usd, timestamp)]
     except Exception:
         logger.exception("metrics failed", extra={"request_id": exchange.request_id})
     if logging.getLogger(logger.name).isEnabledFor(logging.INFO):  # the Powertools logger's level (LOG_LEVEL)
-        output.write(_json_line(access_line(access_fields(exchange, usd))))
+        lines.append(_json_line(access_line(access_fields(exchange, usd))))
+    if lines:
+        output.write("".join(lines))
+        output.flush()
 
 
 def access_line(fields: dict[str, Any], now: float | None = None) -> dict[str, Any]:
