@@ -154,3 +154,30 @@ def run_cli(gateway, monkeypatch, capsys):
             return status, text
 
     return invoke
+
+
+@pytest.fixture
+def own_table(monkeypatch):
+    """A fresh table of its own in moto's in-process mock; `table.handle()` points at it for the test.
+
+    mock_aws shares moto's backends with the session's moto server, so it must neither reset them on start nor
+    wipe them on stop: that would delete the gateway's own table under the other tests.
+    """
+    import boto3
+    from moto import mock_aws
+
+    from anthropic_gateway import keys, local, table
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    mock = mock_aws()
+    mock.start(reset=False)
+    try:
+        name = f"own-table-{keys.new_key()[-8:]}"
+        boto3.resource("dynamodb").create_table(TableName=name, **local.TABLE_SCHEMA)
+        opened = table.open_table(name)
+        monkeypatch.setattr(table, "handle", lambda: opened)
+        yield opened
+        opened.delete()
+    finally:
+        mock.stop(remove_data=False)

@@ -129,31 +129,9 @@ def test_estimate_without_a_readable_body_still_reserves_something():
 
 
 @pytest.fixture
-def table(monkeypatch):
-    """A fresh table of its own in moto's in-process mock; gateway_table.handle() points at it for the test.
-
-    mock_aws shares moto's backends with the session's moto server (tests/conftest.py), so it must neither reset
-    them on start nor wipe them on stop: that would delete the gateway's own table under the other tests.
-    """
-    import boto3
-    from moto import mock_aws
-
-    from anthropic_gateway import local
-
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    mock = mock_aws()
-    mock.start(reset=False)
-    try:
-        dynamodb = boto3.resource("dynamodb")
-        name = f"governance-units-{keys.new_key()[-8:]}"
-        dynamodb.create_table(TableName=name, **local.TABLE_SCHEMA)
-        mock_table = gateway_table.open_table(name)
-        monkeypatch.setattr(gateway_table, "handle", lambda: mock_table)
-        yield mock_table
-        mock_table.delete()
-    finally:
-        mock.stop(remove_data=False)
+def table(own_table):
+    """A fresh table of its own (conftest's own_table)."""
+    return own_table
 
 
 def new_record(**settings) -> keys.KeyRecord:

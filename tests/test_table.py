@@ -7,34 +7,13 @@ from decimal import Decimal
 import pytest
 from botocore.exceptions import ClientError
 
-from anthropic_gateway import keys, table
+from anthropic_gateway import table
 
 
 @pytest.fixture
-def handle(monkeypatch):
-    """A fresh table in moto's in-process mock; table.handle() points at it for the test.
-
-    Like tests/test_governance_units.py: mock_aws shares moto's backends with the session's moto server, so it must
-    neither reset them on start nor wipe them on stop.
-    """
-    import boto3
-    from moto import mock_aws
-
-    from anthropic_gateway import local
-
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    mock = mock_aws()
-    mock.start(reset=False)
-    try:
-        name = f"table-units-{keys.new_key()[-8:]}"
-        boto3.resource("dynamodb").create_table(TableName=name, **local.TABLE_SCHEMA)
-        opened = table.open_table(name)
-        monkeypatch.setattr(table, "handle", lambda: opened)
-        yield opened
-        opened.delete()
-    finally:
-        mock.stop(remove_data=False)
+def handle(own_table):
+    """A fresh table of its own (conftest's own_table)."""
+    return own_table
 
 
 def test_numbers_are_serialized_in_plain_notation():
