@@ -5,6 +5,7 @@ Raw HTTP through uvicorn, the fake upstream and moto, as an attacker would send 
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from contextlib import ExitStack
@@ -23,11 +24,11 @@ def _message(model: str, **extra: object) -> dict:
     return {"model": model, "max_tokens": 1000, "messages": [{"role": "user", "content": "Hi"}], **extra}
 
 
-def _raw(port: int, request_line: str, key: str, body: bytes) -> tuple[int, bytes]:
+def _raw(port: int, request_line: str, key: str, body: bytes, extra_headers: str = "") -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(
             f"{request_line} HTTP/1.1\r\nHost: gw\r\nx-api-key: {key}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            f"{extra_headers}content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
             + body
         )
         reply = b""
@@ -47,6 +48,22 @@ def test_an_encoded_path_meets_the_same_allowlist(gateway, make_key, fake_upstre
     status, _ = _raw(gateway.port, f"POST /anthropic{path}", key, json.dumps(_message(HAIKU)).encode())
     assert status == 200
     assert fake_upstream.requests[-1].path == "/v1/messages"  # the canonical path is the one sent
+
+
+@pytest.mark.parametrize("coding", ["gzip", "identity, gzip", "br", "deflate"])
+@pytest.mark.parametrize("settings", [{"models": [HAIKU]}, {"max_budget": 1}, {}])
+def test_a_compressed_body_is_refused_not_forwarded_unread(gateway, make_key, fake_upstream, settings, coding):
+    """An upstream that decodes Content-Encoding would read a model and a max_tokens no check saw."""
+    key = make_key(**settings)
+    compressed = gzip.compress(json.dumps(_message(OPUS, max_tokens=64000)).encode())
+    status, body = _raw(gateway.port, "POST /anthropic/v1/messages", key, compressed, f"content-encoding: {coding}\r\n")
+    assert status == 400, body
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert fake_upstream.requests == []
+
+    plain = json.dumps(_message(HAIKU)).encode()
+    status, _ = _raw(gateway.port, "POST /anthropic/v1/messages", key, plain, "content-encoding: identity\r\n")
+    assert status == 200  # identity is no encoding
 
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/%6dessages"])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 
 from .errors import GatewayError
@@ -78,8 +79,18 @@ async def read(request: Request) -> RequestBody:
     Parsed here only when it may carry `litellm_metadata` (its name, or a `\\u` escape that could spell it);
     a body the gateway cannot read goes through untouched for the upstream to judge, unless it names
     `litellm_metadata` (then it must be read: too deep is a 400). Checks that need the JSON parse it later, once.
+    A body with a Content-Encoding is refused: the upstream would decode it into something no check read.
     """
+    _refuse_encoded(request.headers)
     return await prepare(await _read_bytes(request))
+
+
+def _refuse_encoded(headers: Headers) -> None:
+    """400 for a body sent compressed (Content-Encoding: gzip, br, ...). The checks read the bytes as they are; an
+    upstream that decodes them would read a model, a max_tokens and a litellm_metadata the gateway never saw."""
+    codings = [token.strip().lower() for value in headers.getlist("content-encoding") for token in value.split(",")]
+    if any(coding not in ("", "identity") for coding in codings):
+        raise GatewayError(400, "The gateway takes no compressed request bodies (Content-Encoding): send it plain.")
 
 
 async def prepare(raw: bytes) -> RequestBody:
