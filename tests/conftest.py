@@ -181,3 +181,23 @@ def own_table(monkeypatch):
         opened.delete()
     finally:
         mock.stop(remove_data=False)
+
+
+@pytest.fixture
+def aws_calls(gateway):
+    """AWS calls the gateway makes from now on: (operation, request body), from botocore's before-call events on
+    its Secrets Manager and DynamoDB clients."""
+    from anthropic_gateway import secrets, table
+
+    calls: list[tuple[str, bytes]] = []
+
+    def count(model, params, **_) -> None:
+        body = params.get("body") or b""
+        calls.append((model.name, body if isinstance(body, bytes) else str(body).encode()))
+
+    clients = [secrets._provider().client, table.handle().meta.client]
+    for client in clients:
+        client.meta.events.register("before-call.*.*", count)
+    yield calls
+    for client in clients:
+        client.meta.events.unregister("before-call.*.*", count)

@@ -13,27 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from anthropic_gateway import keys, secrets, table
+from anthropic_gateway import keys, secrets
 
 BURST = 32
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}
-
-
-@pytest.fixture
-def aws_calls() -> Iterator[list[tuple[str, bytes]]]:
-    """AWS calls the gateway makes from now on: (operation, request body), from botocore's before-call events."""
-    calls: list[tuple[str, bytes]] = []
-
-    def count(model, params, **_) -> None:
-        body = params.get("body") or b""
-        calls.append((model.name, body if isinstance(body, bytes) else str(body).encode()))
-
-    clients = [secrets._provider().client, table.handle().meta.client]
-    for client in clients:
-        client.meta.events.register("before-call.*.*", count)
-    yield calls
-    for client in clients:
-        client.meta.events.unregister("before-call.*.*", count)
 
 
 @pytest.fixture
