@@ -18,7 +18,7 @@ from anthropic_gateway import bedrock as bedrock_module
 from anthropic_gateway import pricing
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
-from support.captured_lines import metric_values
+from support.captured_lines import dimension_sets, metric_values
 from support.fake_bedrock import FakeBedrock
 from support.servers import free_port
 
@@ -194,6 +194,7 @@ def test_an_anthropic_outage_status_fails_over_to_bedrock(
     assert [(blob["Cause"], metric_values(blob)) for blob in failovers] == [(cause, {"Failovers": 1})]
     [by_upstream] = [blob for blob in lines.blobs if "Upstream" in blob]
     assert by_upstream["Upstream"] == "bedrock" and metric_values(by_upstream)["Requests"] == 1
+    assert ["service", "Upstream"] in dimension_sets(by_upstream)
 
 
 def test_an_unreachable_anthropic_fails_over_to_bedrock(gateway, make_key, bedrock, captured, monkeypatch):

@@ -107,8 +107,8 @@ def test_json_response_metrics_equal_the_upstream_usage(gw, captured, key, alias
     assert values["CostUSD"] == pytest.approx(expected_cost(USAGE), rel=1e-12) and values["CostUSD"] > 0
     assert values["Latency"] > 0
     assert "TimeToFirstByte" not in values  # JSON: first byte and last byte arrive together
-    assert dimension_sets(overall) == [["service"], ["service", "Model"]]
-    assert overall["Model"] == MODEL and overall["service"] == metrics.SERVICE
+    assert dimension_sets(overall) == [["service"], ["service", "Model"], ["service", "Upstream"]]
+    assert overall["Model"] == MODEL and overall["Upstream"] == "anthropic" and overall["service"] == metrics.SERVICE
     assert overall["key_alias"] == alias
 
     by_tag = lines.by_tag()
@@ -119,8 +119,8 @@ def test_json_response_metrics_equal_the_upstream_usage(gw, captured, key, alias
     status = lines.by_status()
     assert status["StatusClass"] == "2xx"
     assert metric_values(status) == {"Requests": 1, "UpstreamErrors": 0, "GatewayErrors": 0}
-    # overall, two tags, status class, upstream (no failover: no Failovers blob)
-    assert len(lines.blobs) == 5 and len({blob["_aws"]["Timestamp"] for blob in lines.blobs}) == 1
+    # overall (by model and by upstream), two tags, status class (no failover: no Failovers blob)
+    assert len(lines.blobs) == 4 and len({blob["_aws"]["Timestamp"] for blob in lines.blobs}) == 1
     for blob in lines.blobs:
         assert_valid_emf(blob)
 
@@ -267,7 +267,7 @@ def test_ten_tags_stay_within_emf_limits(gw, captured):
     lines = captured.for_request(response.headers["x-gateway-request-id"])
 
     assert list(lines.by_tag()) == tags
-    assert len(lines.blobs) == 13  # overall, ten tags, status class, upstream
+    assert len(lines.blobs) == 12  # overall (by model and by upstream), ten tags, status class
     for blob in lines.blobs:
         assert_valid_emf(blob)
         assert len(json.dumps(blob)) < 256 * 1024  # CloudWatch Logs' event size limit
@@ -417,8 +417,10 @@ def test_blobs_serialise_as_powertools_would():
     exchange = Exchange(method="POST", path="/v1/messages", status=429, error_source="upstream")
     exchange.tags = ["team:m", "app:json", "unlisted"]
     exchange.tap = UsageTap("text/event-stream")
+    exchange.upstream, exchange.failover_cause = "bedrock", "status_529"
     lines = metrics.emf_blobs(exchange, 0.25)
-    assert len(lines) == 5 and all(line.endswith("}\n") and line.count("\n") == 1 for line in lines)
+    # by model and upstream, three tags, status class, failover cause
+    assert len(lines) == 6 and all(line.endswith("}\n") and line.count("\n") == 1 for line in lines)
     for line in lines:
         blob = json.loads(line)
         assert json.dumps(blob) == json.dumps(_powertools_blob(blob))  # same members, same order

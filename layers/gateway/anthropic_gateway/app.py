@@ -5,7 +5,8 @@ else (/key/*, /spend/*, /ui, /health) and the lifespan. Its router, middleware s
 cost a tenth of the pass-through's time for nothing it uses (issue 11).
 
 A pass-through request reads top to bottom: authenticate -> read and check the body -> forward -> stream ->
-account (after the last byte: the response that ends the request starts `accounting.settle`, see responses.py).
+account (after the last byte: the response that ends the request calls `accounting.after_response`, see
+responses.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from contextlib import asynccontextmanager
 from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as PlainRequest
 from starlette.responses import Response
@@ -42,7 +42,7 @@ from .bedrock import get_bedrock
 from .errors import GatewayError, error_response, invalid_request, render
 from .exchange import Exchange
 from .ledger import ledger
-from .responses import BufferedResponse, DisconnectWatch, RelayResponse
+from .responses import BufferedResponse, DisconnectWatch, ExchangeResponse, RelayResponse
 from .settings import get_settings
 
 logger = Logger()
@@ -56,6 +56,7 @@ async def drain() -> None:
     (functions/api/handler.py), the streaming door at shutdown (uvicorn's lifespan; the Lambda Web Adapter is an
     extension, so Lambda sends SIGTERM before it ends the environment).
     """
+    accounting.settle_queued(asyncio.get_running_loop())
     await background.wait()
     await ledger.flush()
 
@@ -107,9 +108,9 @@ class GatewayApp:
 _PASS_THROUGH = forwarding.PREFIX + "/"
 
 
-async def anthropic_passthrough(request: Request) -> Response:
+async def anthropic_passthrough(request: Request) -> ExchangeResponse:
     exchange = Exchange(method=request.method, path="")
-    response: Response | None = None
+    response: ExchangeResponse | None = None
     try:
         try:
             exchange.principal = await authenticate(request.headers)
@@ -133,13 +134,13 @@ async def anthropic_passthrough(request: Request) -> Response:
             # Cancelled before any response existed (the server is stopping, or anything else that is not an
             # Exception): account here all the same, so the holds admission took are released.
             exchange.status, exchange.error_source = exchange.status or 499, exchange.error_source or "gateway"
-            background.spawn(accounting.settle(exchange))
-    # Started by the response once it has ended, however it ended: every pass-through request is accounted once.
-    response.background = BackgroundTask(accounting.settle, exchange)
+            accounting.after_response(exchange)
+    # Called by the response once it has ended, however it ended: every pass-through request is accounted once.
+    response.after_response = accounting.after_response
     return response
 
 
-def _error(exchange: Exchange, exc: GatewayError) -> Response:
+def _error(exchange: Exchange, exc: GatewayError) -> ExchangeResponse:
     exchange.status, exchange.error_source = exc.status, "gateway"
     error = render(exc)
     headers = error.raw_headers
@@ -152,7 +153,7 @@ class _ClientGone(Exception):
     """The client disconnected before the upstream's answer began."""
 
 
-async def _until_disconnect(request: Request, forwarding_call: Awaitable[Response]) -> Response:
+async def _until_disconnect(request: Request, forwarding_call: Awaitable[ExchangeResponse]) -> ExchangeResponse:
     """Await the upstream's answer, but give up (cancel) as soon as the client disconnects: nobody would read it,
     and the request's holds are released at once rather than when the upstream gets round to answering. A relayed
     answer keeps the same watch until its last byte."""

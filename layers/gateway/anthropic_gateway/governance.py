@@ -404,32 +404,49 @@ def _release_slots(key_id: str, slots: list[str]) -> None:
 async def settle(exchange: Exchange, cost: Decimal) -> None:
     """Write the request's spend and tokens, release its reservation and slot. Never raises: what cannot be
     written now is handed to the ledger and retried (each step applies once)."""
-    record = exchange.principal.record if exchange.principal else None
-    if record is None:
-        return
     admission = exchange.admission if isinstance(exchange.admission, Admission) else None
     if admission is not None and admission.late is not None:
         await asyncio.gather(admission.late, return_exceptions=True)  # bounded by the client config
+    if (write := settle_now(exchange, cost)) is not None:
+        await apply(write, exchange.request_id)
+
+
+def settle_waits(exchange: Exchange) -> bool:
+    """Whether settling must first wait for admission work that outlived its deadline (`settle` does)."""
+    admission = exchange.admission
+    return isinstance(admission, Admission) and admission.late is not None
+
+
+def settle_now(exchange: Exchange, cost: Decimal) -> Write | None:
+    """`settle` without I/O, for a request whose admission has finished: counters that can wait go to the ledger;
+    what cannot (held on the key record: the budget's spend, a reservation, a slot, tpm tokens) is returned as
+    one Write for `apply`."""
+    record = exchange.principal.record if exchange.principal else None
+    if record is None:
+        return None
+    admission = exchange.admission if isinstance(exchange.admission, Admission) else None
     # Only requests that got an answer from Anthropic count; refusals by the gateway itself do not.
     forwarded = exchange.status is not None and exchange.error_source != "gateway"
     usage = exchange.usage
     holds = admission is not None and (admission.reserved is not None or admission.slot is not None)
     if not (forwarded or usage or holds):
-        return
+        return None
     budgeted = admission is not None and admission.reserved is not None
     counters = spend_increments(cost, usage, forwarded) if forwarded or usage else {}
     if not budgeted and counters:
         # Nothing held on the record: the counters can wait for the ledger's next flush.
         ledger.add(keys.record_pk(record.key_id), "KEY", counters, only_if_exists=True)
-    write = settle_write(record, admission, counters if budgeted else {}, usage)
-    if write is None:
-        return
+    return settle_write(record, admission, counters if budgeted else {}, usage)
+
+
+async def apply(write: Write, operation: str) -> None:
+    """Apply a settle write (of a request or a reservation: `operation`) in a worker thread; if DynamoDB does not
+    take it, the ledger retries it. Never raises."""
     try:
         await aws.run(write.apply)
     except Exception as exc:
         logger.warning(
-            "key settle failed; the ledger retries it",
-            extra={"request_id": exchange.request_id, "error": type(exc).__name__},
+            "key settle failed; the ledger retries it", extra={"operation": operation, "error": type(exc).__name__}
         )
         ledger.retry_later(write)
 
@@ -529,11 +546,5 @@ async def settle_budget(
     Never raises; what DynamoDB does not take now the ledger retries. Safe to call again (it applies once)."""
     admission = Admission(key_id=record.key_id, request_id=reservation_id, reserved=reserved)
     counters = spend_increments(cost, usage, forwarded=False) if cost or usage else {}
-    write = settle_write(record, admission, counters, None)
-    if write is None:
-        return
-    try:
-        await aws.run(write.apply)
-    except Exception:
-        logger.warning("budget settle failed; the ledger retries it", extra={"reservation": reservation_id})
-        ledger.retry_later(write)
+    if (write := settle_write(record, admission, counters, None)) is not None:
+        await apply(write, reservation_id)

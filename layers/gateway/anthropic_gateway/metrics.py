@@ -1,18 +1,18 @@
 """Per-request CloudWatch metrics (EMF on stdout) and the access log line, written once a request is over.
 
 Lambda ships stdout to CloudWatch Logs, which turns every EMF blob into metrics: no agent, no API call, and
-nothing in front of the response (accounting.settle calls `publish` after the last byte).
+nothing in front of the response (accounting writes each request's `lines` after its last byte).
 
 The blobs of one request share a timestamp and carry its request id and key alias as metadata (searchable in
 Logs Insights, never dimensions):
-  - one with dimension sets [service] and [service, Model]: the totals, and the per-model view;
+  - one with dimension sets [service], [service, Model] and [service, Upstream] (anthropic or bedrock: which one
+    answered, once a request reached the routing step): the totals, the per-model and the per-upstream view;
   - one per tag with [service, Tag]. An EMF blob gives each dimension one value (Powertools merges every
     dimension set into one flat object), so tags cannot share a blob;
   - one with [service, StatusClass] carrying only Requests and the two error counts: errors by 2xx/4xx/5xx
     without multiplying every token metric by the status classes;
-  - one with [service, Upstream] (anthropic or bedrock: which one answered) carrying the request's metrics, once
-    a request reached the routing step; and one with [service, Cause] carrying Failovers = 1 when the request
-    failed over (routing.py). Their own sets, so no other metric is multiplied by upstreams or causes.
+  - one with [service, Cause] carrying Failovers = 1 when the request failed over (routing.py). Its own set, so no
+    other metric is multiplied by causes.
 Dimension values are bounded, whatever clients send (each distinct value is a custom metric, billed monthly):
 `Model` is a model id pricing.json knows (`other` for any other, `unknown` when there is none), and `Tag` is a
 tag the operator chose (the key's default tags, METRIC_TAGS) or `other`; see `model_dimension`, `tag_dimension`.
@@ -117,21 +117,25 @@ ACCESS_MESSAGE = "gateway request"
 is_metrics_disabled = functools.lru_cache(maxsize=1)(_is_metrics_disabled)
 
 
-def publish(exchange: Exchange, cost: Decimal) -> None:
-    """Write the request's EMF blobs, then its access log line (a failure of the first still logs the second), in
-    one write, flushed: on the streaming door stdout is a pipe that Python buffers in blocks, and what sits in the
-    buffer reaches CloudWatch only when 8 KB have piled up or the process ends (the Powertools logger's handler
-    flushes its own lines; these bypass it)."""
+def lines(exchange: Exchange, cost: Decimal) -> list[str]:
+    """The request's EMF blobs, then its access log line (a failure of the first still gives the second), as JSON
+    lines for `write`."""
     usd = float(cost)  # exact until here: EMF and the log line are JSON numbers
     lines: list[str] = []
     try:
         if not is_metrics_disabled():
-            timestamp = int(time.time() * 1000)
-            lines += [*emf_blobs(exchange, usd, timestamp), *routing_blobs(exchange, usd, timestamp)]
+            lines += emf_blobs(exchange, usd)
     except Exception:
         logger.exception("metrics failed", extra={"request_id": exchange.request_id})
     if logging.getLogger(logger.name).isEnabledFor(logging.INFO):  # the Powertools logger's level (LOG_LEVEL)
         lines.append(_json_line(access_line(access_fields(exchange, usd))))
+    return lines
+
+
+def write(lines: list[str]) -> None:
+    """Write `lines` (of any number of requests) in one write, flushed: on the streaming door stdout is a pipe that
+    Python buffers in blocks, and what sits in the buffer reaches CloudWatch only when 8 KB have piled up or the
+    process ends (the Powertools logger's handler flushes its own lines; these bypass it)."""
     if lines:
         output.write("".join(lines))
         output.flush()
@@ -164,67 +168,80 @@ def _json_line(record: dict[str, Any]) -> str:
 
 
 def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[str]:
-    """The request's EMF blobs, one JSON line each (see the module's docstring for which)."""
+    """The request's EMF blobs, one JSON line each (see the module's docstring for which). Its metric values are
+    serialised once and shared by the blobs that carry them all."""
     timestamp = timestamp_ms or int(time.time() * 1000)
+    namespace = get_settings().metrics_namespace
+    metadata = _metadata(exchange)
     values = _values(exchange, cost)
-    metadata = {"request_id": exchange.request_id}
-    if (record := _record(exchange)) and record.key_alias:
-        metadata["key_alias"] = record.key_alias
-    blobs = [_blob({}, {"Model": model_dimension(exchange)}, values, metadata, timestamp)]
-    blobs += [_blob({"Tag": tag}, None, values, metadata, timestamp) for tag in tag_dimensions(exchange)]
-    by_status = [value for value in values if value[0] in STATUS_METRICS]
-    blobs.append(_blob({"StatusClass": status_class(exchange.status)}, None, by_status, metadata, timestamp))
-    return blobs
+    names, numbers = tuple(name for name, _ in values), _numbers(values)
 
-
-def routing_blobs(exchange: Exchange, cost: float, timestamp: int) -> list[str]:
-    """The request's metrics by the upstream that answered, and a failover by its cause (routing.py)."""
-    metadata = {"request_id": exchange.request_id}
-    blobs = []
+    dimensions, sets = {"Model": model_dimension(exchange)}, _MAIN_SETS
     if exchange.upstream in UPSTREAMS:
-        values = _values(exchange, cost)
-        blobs.append(_blob({"Upstream": exchange.upstream}, None, values, metadata, timestamp))
+        dimensions["Upstream"], sets = exchange.upstream, _MAIN_SETS_WITH_UPSTREAM
+    blobs = [_blob(namespace, sets, dimensions, names, metadata + numbers, timestamp)]
+    for tag in tag_dimensions(exchange):
+        blobs.append(_blob(namespace, _TAG_SETS, {"Tag": tag}, names, metadata + numbers, timestamp))
+    by_status = [value for value in values if value[0] in STATUS_METRICS]
+    status = {"StatusClass": status_class(exchange.status)}
+    status_names = tuple(name for name, _ in by_status)
+    blobs.append(_blob(namespace, _STATUS_SETS, status, status_names, metadata + _numbers(by_status), timestamp))
     if exchange.failover_cause in FAILOVER_CAUSES:
         failover: MetricValues = [("Failovers", 1)]
-        blobs.append(_blob({"Cause": exchange.failover_cause}, None, failover, metadata, timestamp))
+        cause = {"Cause": exchange.failover_cause}
+        blobs.append(_blob(namespace, _CAUSE_SETS, cause, ("Failovers",), metadata + _numbers(failover), timestamp))
     return blobs
+
+
+DimensionSets = tuple[tuple[str, ...], ...]
+_MAIN_SETS: DimensionSets = (("service",), ("service", "Model"))
+_MAIN_SETS_WITH_UPSTREAM: DimensionSets = (*_MAIN_SETS, ("service", "Upstream"))
+_TAG_SETS: DimensionSets = (("service", "Tag"),)
+_STATUS_SETS: DimensionSets = (("service", "StatusClass"),)
+_CAUSE_SETS: DimensionSets = (("service", "Cause"),)
 
 
 def _blob(
+    namespace: str,
+    sets: DimensionSets,
     dimensions: dict[str, str],
-    extra_set: dict[str, str] | None,
-    values: MetricValues,
-    metadata: dict[str, str],
+    names: tuple[str, ...],
+    rest: str,
     timestamp: int,
 ) -> str:
-    """One EMF blob as a JSON line (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html):
-    the dimension set [service, *dimensions], and [service, *extra_set] beside it when given; each value a
-    one-element list of a float, metadata as plain members; what Powertools' provider writes for the same calls.
-    The `_aws` directive depends only on the blob's shape, so its JSON is built once per shape (`_aws_prefix`)."""
-    primary = {"service": SERVICE, **{name: value for name, value in dimensions.items() if value.strip()}}
-    strings = dict(primary)
-    extra_names: tuple[str, ...] = ()
-    if extra_set:
-        extra = {"service": SERVICE, **{name: value for name, value in extra_set.items() if value.strip()}}
-        extra_names = tuple(extra)
-        strings.update(extra)
-    strings.update(metadata)
-    prefix = _aws_prefix(get_settings().metrics_namespace, tuple(primary), extra_names, tuple(n for n, _ in values))
-    members = [f"{_quote(name)}:{_quote(value)}" for name, value in strings.items()]
-    members += [f'"{name}":[{float(value)!r}]' for name, value in values]  # a name is ours; repr is json's float
-    return prefix % timestamp + ",".join(members) + "}\n"
+    """One blob: the `_aws` directive for its shape, service and the `dimensions`' values, then `rest` (metadata and
+    values, already serialised)."""
+    members = "".join([f",{_quote(name)}:{_quote(value)}" for name, value in dimensions.items()])
+    return _aws_prefix(namespace, sets, names) % timestamp + members + rest
+
+
+def _metadata(exchange: Exchange) -> str:
+    """The blob members after its dimensions: request id and key alias (plain members, never dimensions)."""
+    members = ',"request_id":' + _quote(exchange.request_id)
+    if (record := _record(exchange)) and record.key_alias:
+        members += ',"key_alias":' + _quote(record.key_alias)
+    return members
+
+
+def _numbers(values: MetricValues) -> str:
+    """The metric members and the blob's end: each value a one-element list of a float, as Powertools writes it."""
+    return "".join([f',"{name}":[{float(value)!r}]' for name, value in values]) + "}\n"  # names are ours
 
 
 @functools.lru_cache(maxsize=256)  # shapes: the dimension sets times the metric lists (TimeToFirstByte or not)
-def _aws_prefix(namespace: str, primary: tuple[str, ...], extra: tuple[str, ...], metrics: tuple[str, ...]) -> str:
-    """The blob's JSON up to its first member after `_aws`, with `%d` where the timestamp goes."""
+def _aws_prefix(namespace: str, dimension_sets: DimensionSets, metrics: tuple[str, ...]) -> str:
+    """A blob's JSON (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html)
+    up to the service member, with `%d` where the timestamp goes: the `_aws` directive depends only on the blob's
+    shape, so it is built once per shape. Members follow in the order Powertools' provider writes them: dimensions,
+    metadata, metrics."""
     directive = {
         "Namespace": namespace,
-        "Dimensions": [list(primary), list(extra)] if extra else [list(primary)],
+        "Dimensions": [list(names) for names in dimension_sets],
         "Metrics": [{"Name": name, "Unit": METRIC_UNITS[name].value} for name in metrics],
     }
     directive_json = _encoder.encode(directive).replace("%", "%%")
-    return '{"_aws":{"Timestamp":%d,"CloudWatchMetrics":[' + directive_json + "]},"
+    service = _quote(SERVICE).replace("%", "%%")
+    return '{"_aws":{"Timestamp":%d,"CloudWatchMetrics":[' + directive_json + ']},"service":' + service
 
 
 def _values(exchange: Exchange, cost: float) -> MetricValues:

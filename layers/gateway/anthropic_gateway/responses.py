@@ -1,9 +1,9 @@
 """The responses that end a pass-through request, and the one place its after-response work is scheduled.
 
-As with Starlette's `Response(background=...)`, the app sets `background` (accounting) on whichever response ends
-the request, and the response starts it once its body is out. Unlike Starlette, it is started as a task from a
-`finally`: it does not hold back the end of the response, and a response cut short (client gone, upstream broken
-off, server shutting down) still starts it, exactly once.
+As with Starlette's `Response(background=...)`, the app sets `after_response` (accounting) on whichever response
+ends the request, and the response calls it once its body is out. Unlike Starlette, it is called from a `finally`
+and only schedules the work (accounting.py): it does not hold back the end of the response, and a response cut
+short (client gone, upstream broken off, server shutting down) still calls it, exactly once.
   - `RelayResponse` streams the upstream body through chunk by chunk: every pass-through response but two kinds;
   - `BufferedResponse` sends a body already in hand: a batch's JSON with its results_url rewritten, and the
     gateway's own error responses.
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .background import spawn
 from .exchange import Exchange
 from .upstream_http import UpstreamError, UpstreamResponse
 from .usage import UsageTap
@@ -25,23 +25,23 @@ from .usage import UsageTap
 Headers = list[tuple[bytes, bytes]]
 
 
-class _ExchangeResponse(Response):
+class ExchangeResponse(Response):
     """A response for one `Exchange`: tagged with its request id, and ending it (latency, after-response work)."""
 
     def __init__(self, exchange: Exchange, status_code: int, headers: Headers) -> None:
         self.exchange = exchange
         self.status_code = status_code
         self.raw_headers = [*headers, (b"x-gateway-request-id", exchange.request_id.encode())]
-        self.background = None
+        self.after_response: Callable[[Exchange], None] | None = None  # schedules work; must not raise
 
     def _finish(self) -> None:
         """Called exactly once, from the `finally` of `__call__`, whatever happened before."""
         self.exchange.finished_at = self.exchange.finished_at or time.perf_counter()
-        if self.background is not None:
-            spawn(self.background())
+        if self.after_response is not None:
+            self.after_response(self.exchange)
 
 
-class BufferedResponse(_ExchangeResponse):
+class BufferedResponse(ExchangeResponse):
     """A small body already read whole: `content-length` is its own, whatever the headers said."""
 
     def __init__(self, exchange: Exchange, content: bytes, status_code: int, headers: Headers) -> None:
@@ -57,7 +57,7 @@ class BufferedResponse(_ExchangeResponse):
             self._finish()
 
 
-class RelayResponse(_ExchangeResponse):
+class RelayResponse(ExchangeResponse):
     """Streams the upstream body to the client chunk by chunk, feeding the usage tap on the way.
 
     Whatever happens (normal end, upstream cut off, client gone before or during the body), the upstream
