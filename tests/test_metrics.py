@@ -417,6 +417,7 @@ def test_blobs_serialise_as_powertools_would():
     exchange = Exchange(method="POST", path="/v1/messages", status=429, error_source="upstream")
     exchange.tags = ["team:m", "app:json", "unlisted"]
     exchange.tap = UsageTap("text/event-stream")
+    exchange.tap.usage, exchange.tap.seen_usage = Usage(input_tokens=123_456_789, output_tokens=7), True
     exchange.upstream, exchange.failover_cause = "bedrock", "status_529"
     lines = metrics.emf_blobs(exchange, 0.25)
     # by model and upstream, three tags, status class, failover cause

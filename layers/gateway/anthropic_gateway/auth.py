@@ -33,14 +33,23 @@ logger = Logger(child=True)
 
 
 def presented_key(headers: Headers) -> str | None:
-    """The credential a client sent, the ways Anthropic and LiteLLM clients send it."""
-    for name in ("x-litellm-api-key", "x-api-key"):
-        if value := headers.get(name, "").strip():
-            return value
-    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    """The credential a client sent, the ways Anthropic and LiteLLM clients send it: x-litellm-api-key, else
+    x-api-key, else Authorization: Bearer (of each name, the first header counts)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers.raw:  # one pass over the headers, not one per name
+        lower = name.lower()
+        if lower in _KEY_HEADERS and lower not in found:
+            found[lower] = value
+    for name in (b"x-litellm-api-key", b"x-api-key"):
+        if key := found.get(name, b"").decode("latin-1").strip():
+            return key
+    scheme, _, credentials = found.get(b"authorization", b"").decode("latin-1").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     return None
+
+
+_KEY_HEADERS = frozenset({b"x-litellm-api-key", b"x-api-key", b"authorization"})
 
 
 def _is_master(key: str, master: str) -> bool:

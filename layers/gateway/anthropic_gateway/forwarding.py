@@ -34,29 +34,29 @@ MAX_ERROR_BODY = 64 * 1024  # bytes of a Bedrock error read for translation; its
 
 _HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
 # Never sent upstream: the client's credentials, what the HTTP client sets itself, the gateway's own headers,
 # and the invocation context the Lambda Web Adapter adds (it names the AWS account, function and caller).
 _DROP_REQUEST = _HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "x-api-key",
-    "authorization",
-    "x-litellm-api-key",
-    "x-litellm-tags",
-    "accept-encoding",
-    "x-amzn-request-context",
-    "x-amzn-lambda-context",
+    b"host",
+    b"content-length",
+    b"x-api-key",
+    b"authorization",
+    b"x-litellm-api-key",
+    b"x-litellm-tags",
+    b"accept-encoding",
+    b"x-amzn-request-context",
+    b"x-amzn-lambda-context",
 }
 _DROP_RESPONSE = _HOP_BY_HOP
 # Only unreserved characters or percent-escapes: Anthropic's paths need nothing more.
@@ -80,13 +80,23 @@ def canonical_path(scope: Scope) -> str:
     configured upstream or its path prefix.
     """
     raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    if (known := _canonical_paths.get(raw)) is not None:
+        return known
     segments = raw.decode("latin-1").split("?", 1)[0].split("/")
     if segments[0] != "":
         raise _invalid_path()
     canonical = "/" + "/".join(_canonical_segment(segment) for segment in segments[1:])
     if not canonical.startswith(PREFIX + "/") or canonical == PREFIX + "/":
         raise GatewayError(404, f"Not found: pass-through paths start with {PREFIX}/.")
-    return canonical[len(PREFIX) :]
+    if len(_canonical_paths) >= _CANONICAL_PATHS_KEPT:
+        _canonical_paths.clear()  # clients choose paths: what they can fill stays bounded
+    path = _canonical_paths[raw] = canonical[len(PREFIX) :]
+    return path
+
+
+# Paths decided lately, raw -> canonical: a few paths serve nearly every request (issue 11).
+_canonical_paths: dict[bytes, str] = {}
+_CANONICAL_PATHS_KEPT = 1000
 
 
 def _canonical_segment(segment: str) -> str:
@@ -113,18 +123,15 @@ def upstream_headers(scope: Scope, upstream_key: str | None) -> list[tuple[bytes
     """The client's headers minus credentials and hop-by-hop ones, plus the upstream key (Anthropic's only)."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     named_in_connection = {
-        token.strip().lower()
-        for name, value in raw
-        if name.lower() == b"connection"
-        for token in value.decode("latin-1").split(",")
+        token.strip().lower() for name, value in raw if name.lower() == b"connection" for token in value.split(b",")
     }
     headers = []
     has_version = False
     for name, value in raw:
-        lower = name.decode("latin-1").lower()
+        lower = name.lower()
         if lower in _DROP_REQUEST or lower in named_in_connection:
             continue
-        has_version = has_version or lower == "anthropic-version"
+        has_version = has_version or lower == b"anthropic-version"
         headers.append((name, value))
     if not has_version:
         headers.append((b"anthropic-version", get_settings().default_anthropic_version.encode()))
@@ -252,7 +259,7 @@ async def respond(request: Request, exchange: Exchange, answer: Answer) -> Relay
     if answer.status >= 400:
         exchange.error_source = "upstream"
     content_type = next((v for n, v in upstream.headers if n.lower() == b"content-type"), b"").decode("latin-1")
-    headers = [(n, v) for n, v in upstream.headers if n.decode("latin-1").lower() not in _DROP_RESPONSE]
+    headers = [(n, v) for n, v in upstream.headers if n.lower() not in _DROP_RESPONSE]
     headers.append((UPSTREAM_HEADER, answer.upstream.encode()))
 
     if answer.error_body is not None:  # Bedrock's error, already read: Anthropic's shape, Anthropic's status

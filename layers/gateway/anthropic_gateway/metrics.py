@@ -148,7 +148,9 @@ def access_line(fields: dict[str, Any], now: float | None = None) -> dict[str, A
     date, zone = _local_second(int(moment))
     stamp = f"{date},{int(moment % 1 * 1000):03d}{zone}"
     line = {"level": "INFO", "location": "publish", "message": ACCESS_MESSAGE, "timestamp": stamp, "service": SERVICE}
-    line.update((name, value) for name, value in fields.items() if value is not None)
+    for name, value in fields.items():
+        if value is not None:
+            line[name] = value
     return line
 
 
@@ -158,8 +160,9 @@ def _local_second(second: int) -> tuple[str, str]:
     return time.strftime("%Y-%m-%d %H:%M:%S", local), time.strftime("%z", local)
 
 
-# One encoder for every line: json.dumps with separators builds a new JSONEncoder per call.
-_encoder = json.JSONEncoder(separators=(",", ":"))
+# One encoder for every line: json.dumps with separators builds a new JSONEncoder per call. No circular check: the
+# records are built here, flat.
+_encoder = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _quote = json.encoder.encode_basestring_ascii  # a str as a JSON string, as the encoder writes it (C)
 
 
@@ -225,7 +228,17 @@ def _metadata(exchange: Exchange) -> str:
 
 def _numbers(values: MetricValues) -> str:
     """The metric members and the blob's end: each value a one-element list of a float, as Powertools writes it."""
-    return "".join([f',"{name}":[{float(value)!r}]' for name, value in values]) + "}\n"  # names are ours
+    return _numbers_format(tuple(name for name, _ in values)) % tuple(value for _, value in values)
+
+
+@functools.lru_cache(maxsize=64)
+def _numbers_format(names: tuple[str, ...]) -> str:
+    """A format for the values of `names`: counts are whole numbers, written as json writes their float (1 is
+    1.0, below 2**53); the others are floats, %r as json writes them. Names are ours: nothing to escape."""
+    return "".join(f',"{name}":[%d.0]' if name in _COUNTS else f',"{name}":[%r]' for name in names) + "}\n"
+
+
+_COUNTS = frozenset(name for name, unit in METRIC_UNITS.items() if unit is MetricUnit.Count)
 
 
 @functools.lru_cache(maxsize=256)  # shapes: the dimension sets times the metric lists (TimeToFirstByte or not)

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio.to_thread
 from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from .errors import GatewayError
 from .settings import get_settings
@@ -182,15 +182,19 @@ async def _read_bytes(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
+    chunks: list[bytes] = []
+    size = 0
+    while True:  # what Request.stream() does, without an async generator per request (issue 11)
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(400, "The client disconnected while sending the request body.")
+        if chunk := message.get("body", b""):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
                 raise _too_large(limit)
-    except ClientDisconnect:
-        raise GatewayError(400, "The client disconnected while sending the request body.") from None
-    return bytes(body)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(limit: int) -> GatewayError:

@@ -85,8 +85,8 @@ class UsageTap:
             self._estimate_output()
         if self._json:
             try:
-                message = json.loads(self._json)
-            except ValueError:
+                message = json.loads(self._json.decode())  # str: json.loads would first guess the bytes' encoding
+            except ValueError:  # UnicodeDecodeError too
                 message = None
             self._json = None
             if isinstance(message, dict):
