@@ -4,9 +4,12 @@ Each party runs in its own process: moto as AWS, a fast canned upstream (bench/f
 the upstream is not the bottleneck), the gateway under uvicorn started with the streaming door's own flags (read
 from functions/proxy/run.sh), wrk as the load generator, and this client. In one run:
 
-1. added latency at concurrency 1 (non-streamed and stream time to first byte), direct and gateway batches alternated;
+1. added latency at concurrency 1 (non-streamed and stream time to first byte), direct and gateway batches alternated,
+   also through the Bedrock path and through the floor relay (bench/floor_relay.py: the least a Python relay on
+   this stack does);
 2. gateway RSS around a 50 MB streamed download;
-3. throughput at 32 connections (wrk), directly and through the gateway, with the gateway's CPU per request;
+3. throughput at 32 connections (wrk): directly, through the gateway and through the floor relay, with CPU per
+   request;
 4. 1,000 concurrent slow streams held by the gateway: RSS before / peak / after;
 5. a 100,000-request soak sampling the gateway's RSS and open fds;
 6. cold start and deployment size of the `sam build` artifact (bench/cold_start.py).
@@ -87,6 +90,10 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
         via = (f"{gateway_base}/anthropic/v1/messages", gateway_headers)
         bedrock_headers = {"x-api-key": _virtual_key(gateway_port, upstreams=["bedrock"]), **VERSION}
         via_bedrock = (f"{gateway_base}/anthropic/v1/messages", bedrock_headers)
+        floor_port = free_port()
+        floor_args = processes.uvicorn_args(floor_port, app="bench.floor_relay:app")
+        floor = processes.start(stack, [python, *floor_args], env, f"http://127.0.0.1:{floor_port}/health")
+        via_floor = (f"http://127.0.0.1:{floor_port}/anthropic/v1/messages", direct[1])
 
         _step(f"latency at concurrency 1: {config.latency_rounds} + {config.first_byte_rounds} requests per side")
         with httpx.Client(timeout=60) as http:
@@ -98,6 +105,10 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
             latency.messages(http, *via_bedrock, 50)
             _, bedrock_ms = latency.interleaved(latency.messages, http, direct, via_bedrock, config.latency_rounds)
             _, bedrock_fb = latency.interleaved(latency.first_byte, http, direct, via_bedrock, config.first_byte_rounds)
+            _step("the same through the floor relay (a bare ASGI app with the gateway's upstream client)")
+            latency.messages(http, *via_floor, 50)
+            _, floor_ms = latency.interleaved(latency.messages, http, direct, via_floor, config.latency_rounds)
+            _, floor_fb = latency.interleaved(latency.first_byte, http, direct, via_floor, config.first_byte_rounds)
             _step("50 MB download")
             rss_before = processes.rss_kib(gateway.pid) / 1024
             download = f"{gateway_base}/anthropic/v1/files/file_big_{DOWNLOAD_BYTES}/content"
@@ -111,6 +122,7 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
         _step(f"throughput: wrk, {config.connections} connections, {config.duration_s:g} s per side")
         direct_load = load.throughput(*direct, upstream.pid, **wrk)  # type: ignore[arg-type]
         gateway_load = load.throughput(*via, gateway.pid, **wrk)  # type: ignore[arg-type]
+        floor_load = load.throughput(*via_floor, floor.pid, **wrk)  # type: ignore[arg-type]
 
         _step(f"{config.slow_streams} concurrent slow streams")
         streams = slow_streams.run(
@@ -138,6 +150,9 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
         load_average=(load_average_start, []),
         bedrock_ms=bedrock_ms,
         bedrock_first_byte_ms=bedrock_fb,
+        floor_ms=floor_ms,
+        floor_first_byte_ms=floor_fb,
+        floor_load=floor_load,
     )
 
 

@@ -24,9 +24,10 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def uvicorn_args(port: int, run_sh: Path = RUN_SH) -> list[str]:
+def uvicorn_args(port: int, run_sh: Path = RUN_SH, app: str | None = None) -> list[str]:
     """The streaming door's uvicorn command line, read from functions/proxy/run.sh so the bench serves the gateway
-    exactly as Lambda does; only the port is ours (and the host, which run.sh pins to 127.0.0.1 already)."""
+    exactly as Lambda does; only the port is ours (and the host, which run.sh pins to 127.0.0.1 already). `app`:
+    another ASGI app served the same way (the bench's floor relay) instead of the gateway."""
     text = run_sh.read_text().replace("\\\n", " ")
     line = next(line for line in text.splitlines() if "-m uvicorn" in line and not line.lstrip().startswith("#"))
     words = shlex.split(line)
@@ -40,6 +41,8 @@ def uvicorn_args(port: int, run_sh: Path = RUN_SH) -> list[str]:
             skip = True
         elif not word.startswith(("--host=", "--port=")):
             kept.append(word)
+    if app is not None:
+        kept[-1] = app  # the app is uvicorn's one positional argument, after the options
     return ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), *kept]
 
 

@@ -40,6 +40,10 @@ class Results:
     # Through the Bedrock path (a ["bedrock"] key: model rewrite + SigV4) to the same fast upstream; empty: not run.
     bedrock_ms: list[float] = dataclasses.field(default_factory=list)
     bedrock_first_byte_ms: list[float] = dataclasses.field(default_factory=list)
+    # Through the floor relay (bench/floor_relay.py), to see what the gateway adds above a bare Python relay.
+    floor_ms: list[float] = dataclasses.field(default_factory=list)
+    floor_first_byte_ms: list[float] = dataclasses.field(default_factory=list)
+    floor_load: WrkResult | None = None
 
     def added(self) -> dict[str, float]:
         p50 = statistics.median
@@ -82,12 +86,16 @@ def _latency_rows(r: Results) -> list[Row]:
 
 
 def _bedrock_rows(r: Results) -> list[Row]:
-    """Added latency and stream first byte through the Bedrock path: the signing and rewrite cost, no target."""
+    """Added latency and stream first byte through the Bedrock path (the signing and rewrite cost) and through the
+    floor relay (a Python relay's own cost): no target, for comparison."""
     rows: list[Row] = []
     for name, direct, via in (
         ("Messages through the Bedrock path (SigV4 + model rewrite), p50", r.direct_ms, r.bedrock_ms),
         ("Stream time to first byte through the Bedrock path, p50", r.direct_first_byte_ms, r.bedrock_first_byte_ms),
-    ):
+        ("Floor: messages through a bare ASGI relay (same uvicorn, same upstream client), p50", r.direct_ms,
+         r.floor_ms),
+        ("Floor: stream time to first byte through that relay, p50", r.direct_first_byte_ms, r.floor_first_byte_ms),
+    ):  # fmt: skip
         if via:
             added = statistics.median(via) - statistics.median(direct)
             rows.append(
@@ -111,6 +119,19 @@ def _load_rows(r: Results) -> list[Row]:
         ("… CPU per request (process's utime + stime / requests)", _ms(d.cpu_ms_per_request or 0),
          f"**{_ms(g.cpu_ms_per_request or 0)}**", "", f"≤ {CPU_MS_PER_REQUEST:g} ms",
          (g.cpu_ms_per_request or 0) <= CPU_MS_PER_REQUEST),
+        *_floor_load_rows(r),
+    ]  # fmt: skip
+
+
+def _floor_load_rows(r: Results) -> list[Row]:
+    d, f = r.direct_load, r.floor_load
+    if f is None:
+        return []
+    return [
+        ("Floor: throughput through the bare ASGI relay, same wrk run", f"{d.requests_per_s:,.0f} req/s",
+         f"{f.requests_per_s:,.0f} req/s", "", "", None),
+        ("… its CPU per request (errors: non-2xx / socket)", _ms(d.cpu_ms_per_request or 0),
+         f"{_ms(f.cpu_ms_per_request or 0)} ({f.non_2xx} / {f.socket_errors})", "", "", None),
     ]  # fmt: skip
 
 
@@ -193,7 +214,11 @@ def write_json(r: Results, path: Path) -> None:
             },
         },
         "download_rss_mb": {"before": r.download_rss_mb[0], "after": r.download_rss_mb[1]},
-        "throughput": {"direct": dataclasses.asdict(r.direct_load), "gateway": dataclasses.asdict(r.gateway_load)},
+        "throughput": {
+            "direct": dataclasses.asdict(r.direct_load),
+            "gateway": dataclasses.asdict(r.gateway_load),
+            "floor": dataclasses.asdict(r.floor_load) if r.floor_load else None,
+        },
         "slow_streams": dataclasses.asdict(s) | {"rss_growth_mb": s.rss_growth_mb},
         "soak": dataclasses.asdict(soak) | {"rss_flat": soak.rss_flat, "fds_flat": soak.fds_flat},
         "cold_start": dataclasses.asdict(r.cold_start) if r.cold_start else None,

@@ -65,6 +65,8 @@ def test_gateway_is_started_with_the_streaming_doors_uvicorn_flags(tmp_path: Pat
     )
     assert processes.uvicorn_args(1, run_sh) == ["-m", "uvicorn", "--host", "127.0.0.1", "--port", "1", "--http",
                                                  "httptools", "app:app"]  # fmt: skip
+    floor = processes.uvicorn_args(8123, app="bench.floor_relay:app")  # the floor relay: same server, same flags
+    assert floor == [*args[:-1], "bench.floor_relay:app"] and args[-1] == "anthropic_gateway.app:app"
 
 
 def test_fast_upstream_streams_anthropics_event_order() -> None:

@@ -213,9 +213,9 @@ def test_the_body_streams_as_it_arrives():
             chunks = []
             async with await pool.request("POST", b"/v1/messages", [], b"{}") as response:
                 async for chunk in response.aiter_raw():
-                    chunks.append(chunk)
+                    chunks.append((chunk, response.body_read))  # body_read: this chunk was the body's last
                     received_first.set()
-            assert chunks == [b"event1", b"event2"]
+            assert chunks == [(b"event1", False), (b"event2", True)]
             await pool.aclose()
 
     run(test())

@@ -155,9 +155,13 @@ def pool(upstream: str = "anthropic") -> UpstreamPool:
     loop, settings = asyncio.get_running_loop(), get_settings()
     base_url = settings.anthropic_api_base if upstream == "anthropic" else get_bedrock().base_url
     held = _pools.get(upstream)
-    if held is None or held[0] is not loop or held[1] != settings or held[2] != base_url:
+    if held is None or held[0] is not loop or _changed(held[1], settings) or held[2] != base_url:
         held = _pools[upstream] = (loop, settings, base_url, _new_pool(base_url, settings))
     return held[3]
+
+
+def _changed(held: Settings, settings: Settings) -> bool:
+    return held is not settings and held != settings  # identity first: comparing every field costs microseconds
 
 
 def _new_pool(base_url: str, settings: Settings) -> UpstreamPool:
@@ -258,8 +262,13 @@ async def respond(request: Request, exchange: Exchange, answer: Answer) -> Relay
     exchange.status = answer.status
     if answer.status >= 400:
         exchange.error_source = "upstream"
-    content_type = next((v for n, v in upstream.headers if n.lower() == b"content-type"), b"").decode("latin-1")
-    headers = [(n, v) for n, v in upstream.headers if n.lower() not in _DROP_RESPONSE]
+    content_type, headers = "", []
+    for name, value in upstream.headers:
+        lower = name.lower()
+        if lower not in _DROP_RESPONSE:
+            headers.append((name, value))
+        if lower == b"content-type" and not content_type:
+            content_type = value.decode("latin-1")
     headers.append((UPSTREAM_HEADER, answer.upstream.encode()))
 
     if answer.error_body is not None:  # Bedrock's error, already read: Anthropic's shape, Anthropic's status

@@ -76,13 +76,16 @@ class RelayResponse(ExchangeResponse):
         watch = self.watch or DisconnectWatch(receive, relay)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            ended = False
             async for chunk in upstream.aiter_raw():
                 if exchange.first_byte_at is None:
                     exchange.first_byte_at = time.perf_counter()
                 tap.feed(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ended = upstream.body_read  # the last chunk ends the response: no empty send after it
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
             exchange.completed = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watch.fired:
                 raise  # cancelled by someone else (server shutdown): not ours to swallow

@@ -103,6 +103,11 @@ class Connection(asyncio.Protocol):
             await self._wait(timeout, ReadTimeout, "the upstream stopped sending the body")
 
     @property
+    def body_read(self) -> bool:
+        """The response has ended and `read_body` has handed out all of its body."""
+        return self.body_done and not self._chunks
+
+    @property
     def reusable(self) -> bool:
         """Ended cleanly, keep-alive, the whole body read and the whole request sent (an early answer such as 413
         can come before the upload has gone out)."""

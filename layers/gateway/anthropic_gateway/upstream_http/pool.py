@@ -239,6 +239,11 @@ class UpstreamResponse:
             raise
         self._finish(reuse=True)
 
+    @property
+    def body_read(self) -> bool:
+        """The whole body has been handed out by `aiter_raw`: it yields nothing more (and then ends)."""
+        return self._conn.body_read
+
     async def aread(self) -> bytes:
         """The whole body: only for responses known to be small."""
         return b"".join([chunk async for chunk in self.aiter_raw()])
