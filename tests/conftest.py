@@ -78,7 +78,8 @@ def gateway(aws):
     """The gateway app served by uvicorn, as `make dev` and the Lambda Web Adapter run it."""
     from anthropic_gateway.app import app, drain
 
-    with ThreadedUvicorn(app, app_drain=drain, proxy_headers=True) as server:
+    protocol = "anthropic_gateway.server_protocol:OneWritePerTurn"  # run.sh's --http
+    with ThreadedUvicorn(app, app_drain=drain, proxy_headers=True, http=protocol, loop="asyncio") as server:
         yield server
 
 

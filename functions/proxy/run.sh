@@ -18,9 +18,9 @@
 # - --timeout-graceful-shutdown 1: at SIGTERM (Lambda's shutdown phase gives about 2 s), streams still open get
 #   1 s to finish, are then cut (what they relayed is still billed), and the app drains its accounting and ledger
 #   in the second that is left (docs/operations.md).
-# - --http httptools --loop asyncio: llhttp's C parser under uvicorn (it was chosen only when importable, now it is
-#   required: the layer ships it for both architectures); asyncio's own loop, as uvloop did not pay for its size
-#   (issue 11).
+# - --http anthropic_gateway.server_protocol:OneWritePerTurn: uvicorn's httptools protocol (llhttp's C parser; the
+#   layer ships it for both architectures) with a response's head and body sent in one write, not two
+#   (server_protocol.py, issue 11). --loop asyncio: asyncio's own loop, as uvloop did not pay for its size.
 set -euo pipefail
 
 export PYTHONPATH="/opt/python${PYTHONPATH:+:$PYTHONPATH}"
@@ -33,6 +33,6 @@ exec python3 -m uvicorn \
     --no-access-log \
     --timeout-keep-alive 900 \
     --timeout-graceful-shutdown 1 \
-    --http httptools \
+    --http anthropic_gateway.server_protocol:OneWritePerTurn \
     --loop asyncio \
     anthropic_gateway.app:app

@@ -156,8 +156,8 @@ def run_uvicorn(host: str, port: int) -> None:
         server_header=False,
         date_header=False,  # the upstream's Date is forwarded; a second one would be wrong
         proxy_headers=True,
-        http="httptools",  # as run.sh: llhttp's parser, asyncio's own loop
-        loop="asyncio",
+        http="anthropic_gateway.server_protocol:OneWritePerTurn",  # as run.sh: httptools, one write per turn
+        loop="asyncio",  # as run.sh: asyncio's own loop
         timeout_graceful_shutdown=max(1, round(get_settings().shutdown_grace_seconds)),
     )
     _ImpatientServer(config).run()
