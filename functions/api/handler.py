@@ -3,8 +3,9 @@
 The app and every route live in the gateway layer (`anthropic_gateway`); this module only adapts the event.
 `lifespan="off"`: an invocation has no server lifecycle, and the app creates what it needs on first use.
 
-The app accounts for a request (spend, counters, metrics) in a task its response starts once complete.
-Lambda freezes the process as soon as the handler returns, so the handler lets that work finish first (`drain`);
+The app accounts for a request (spend, counters, metrics) once its response is complete, on the event loop's next
+turn (accounting.py). Lambda freezes the process as soon as the handler returns, so the handler lets that work
+finish first (`drain`);
 it costs the caller the few milliseconds of a DynamoDB write, and no request goes unaccounted.
 """
 

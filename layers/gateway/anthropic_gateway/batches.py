@@ -243,7 +243,8 @@ def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTa
 
 
 async def settle(exchange: Exchange) -> None:
-    """What a finished batch request leaves to do (accounting.settle calls it for every request). Never raises."""
+    """What a finished batch request leaves to do (accounting calls it for every request with batch state).
+    Never raises."""
     state = exchange.batch
     record = exchange.principal.record if exchange.principal else None
     try:
