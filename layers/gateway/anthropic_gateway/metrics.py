@@ -177,7 +177,7 @@ def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) 
     namespace = get_settings().metrics_namespace
     metadata = _metadata(exchange)
     values = _values(exchange, cost)
-    names, numbers = tuple(name for name, _ in values), _numbers(values)
+    names, numbers = _metric_members(values)
 
     dimensions, sets = {"Model": model_dimension(exchange)}, _MAIN_SETS
     if exchange.upstream in UPSTREAMS:
@@ -185,14 +185,13 @@ def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) 
     blobs = [_blob(namespace, sets, dimensions, names, metadata + numbers, timestamp)]
     for tag in tag_dimensions(exchange):
         blobs.append(_blob(namespace, _TAG_SETS, {"Tag": tag}, names, metadata + numbers, timestamp))
-    by_status = [value for value in values if value[0] in STATUS_METRICS]
+    status_names, status_numbers = _metric_members([value for value in values if value[0] in STATUS_METRICS])
     status = {"StatusClass": status_class(exchange.status)}
-    status_names = tuple(name for name, _ in by_status)
-    blobs.append(_blob(namespace, _STATUS_SETS, status, status_names, metadata + _numbers(by_status), timestamp))
+    blobs.append(_blob(namespace, _STATUS_SETS, status, status_names, metadata + status_numbers, timestamp))
     if exchange.failover_cause in FAILOVER_CAUSES:
-        failover: MetricValues = [("Failovers", 1)]
+        failover_names, failover_numbers = _metric_members([("Failovers", 1)])
         cause = {"Cause": exchange.failover_cause}
-        blobs.append(_blob(namespace, _CAUSE_SETS, cause, ("Failovers",), metadata + _numbers(failover), timestamp))
+        blobs.append(_blob(namespace, _CAUSE_SETS, cause, failover_names, metadata + failover_numbers, timestamp))
     return blobs
 
 
@@ -226,9 +225,11 @@ def _metadata(exchange: Exchange) -> str:
     return members
 
 
-def _numbers(values: MetricValues) -> str:
-    """The metric members and the blob's end: each value a one-element list of a float, as Powertools writes it."""
-    return _numbers_format(tuple(name for name, _ in values)) % tuple(value for _, value in values)
+def _metric_members(values: MetricValues) -> tuple[tuple[str, ...], str]:
+    """The metrics' names (for the blob's directive) and their members with the blob's end: each value a
+    one-element list of a float, as Powertools writes it."""
+    names = tuple(name for name, _ in values)
+    return names, _numbers_format(names) % tuple(value for _, value in values)
 
 
 @functools.lru_cache(maxsize=64)
