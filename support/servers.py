@@ -112,15 +112,19 @@ class CuttingUpstream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        # shutdown() wakes the thread blocked in accept() (close() alone does not, on Linux: the join would wait
+        # out its timeout); the thread then returns at once.
+        self._listener.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
         self._listener.close()
-        self._thread.join(5)
+        assert not self._thread.is_alive(), "CuttingUpstream's thread did not stop"
 
     def _serve(self) -> None:
         while True:
             try:
                 connection, _ = self._listener.accept()
             except OSError:
-                return  # closed: the test is over
+                return  # shut down: the test is over
             with connection:
                 connection.recv(65536)
                 connection.sendall(self._reply)
