@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import anthropic
@@ -88,6 +89,32 @@ def test_key_lifecycle(run_cli, gateway):
     status, deleted = run_cli("delete", "--key-alias", alias)
     assert status == 0 and deleted == {"deleted_keys": [keys.hash_key(regenerated["key"])]}
     assert not works(gateway, regenerated["key"])
+
+
+@pytest.mark.parametrize(
+    ("sent", "written"),
+    [("0.1", "0.1"), ("0.3", "0.3"), ("123456789.123456789", "123456789.123456789"), ("1e-7", "0.0000001")],
+)
+def test_budgets_go_and_come_back_exactly(gateway, monkeypatch, capsys, sent, written):
+    monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
+    monkeypatch.setenv("GATEWAY_URL", gateway.url)
+    assert cli.main(["generate", "--max-budget", sent]) == 0
+    printed = capsys.readouterr().out
+    assert f'"max_budget": {written},' in printed  # as the gateway wrote it: no float, no exponent
+    token = json.loads(printed)["token"]
+
+    assert cli.main(["update", token, "--json", f'{{"max_budget": {sent}, "metadata": {{"n": 1}}}}']) == 0
+    assert json.loads(capsys.readouterr().out, parse_float=Decimal)["max_budget"] == Decimal(written)
+    assert cli.main(["info", token]) == 0
+    assert json.loads(capsys.readouterr().out, parse_float=Decimal)["info"]["max_budget"] == Decimal(written)
+
+
+def test_a_budget_the_gateway_cannot_keep_exactly_is_its_400_on_stderr(run_cli):
+    status, error = run_cli("generate", "--max-budget", "12345678901.234567891")  # 20 significant digits
+    assert status == 1 and error["error"]["type"] == "invalid_request_error"
+    assert "max_budget" in error["error"]["message"] and "significant digits" in error["error"]["message"]
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["generate", "--max-budget", "NaN"])
 
 
 def test_errors_go_to_stderr_with_exit_status_1(run_cli):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import timedelta
+from decimal import Decimal
 
 import anthropic
+import boto3
 import pytest
 
 from anthropic_gateway import keys, table
+from anthropic_gateway.settings import get_settings
 from tests.conftest import MASTER_KEY
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -193,6 +197,64 @@ def test_key_api_needs_the_master_key(gateway, virtual_key):
         assert (status, kind) == (403, "permission_error")
         status, kind, _ = error_of(http.post("/key/generate", json={}, headers={"x-api-key": "sk-" + "w" * 40}))
         assert (status, kind) == (401, "authentication_error")
+
+
+# -- money, exactly ---------------------------------------------------------------------------------------------
+
+
+def exact(response) -> dict:
+    """The JSON answer with every number that has a fraction read as the exact Decimal written."""
+    assert response.status_code == 200, response.text
+    return json.loads(response.text, parse_float=Decimal)
+
+
+def stored_number(token: str, name: str) -> str:
+    """A number of the key's item as DynamoDB holds it on the wire (the digits that were written)."""
+    item = boto3.client("dynamodb").get_item(
+        TableName=get_settings().table_name, Key={"pk": {"S": f"KEY#{token}"}, "sk": {"S": "KEY"}}
+    )["Item"]
+    return item[name]["N"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "written"),
+    [("0.1", "0.1"), ("0.3", "0.3"), ("123456789.123456789", "123456789.123456789"), ("1e-7", "0.0000001")],
+)
+def test_a_budget_is_stored_and_answered_exactly_as_sent(admin, sent, written):
+    created = admin.post("/key/generate", content=f'{{"max_budget": {sent}}}')
+    assert f'"max_budget":{written},' in created.text  # a plain number: no float rounding, no exponent
+    token = exact(created)["token"]
+    assert exact(created)["max_budget"] == Decimal(written)
+    assert stored_number(token, "max_budget") == written
+    assert exact(admin.get("/key/info", params={"key": token}))["info"]["max_budget"] == Decimal(written)
+
+    updated = admin.post("/key/update", content=f'{{"key": "{token}", "max_budget": {written}0}}')  # 0.10: the same
+    assert exact(updated)["max_budget"] == Decimal(written) and f'"max_budget":{written},' in updated.text
+    listed = exact(admin.get("/key/list", params={"size": 100, "return_full_object": True}))
+    assert {k["token"]: k["max_budget"] for k in listed["keys"]}[token] == Decimal(written)
+    # 0.1 + 0.2 is 0.3 here: what governs the key is the decimal sent, not the float nearest to it.
+    assert Decimal(stored_number(token, "budget_headroom")) == Decimal(written)
+
+
+def test_a_budget_with_more_digits_than_can_be_kept_exactly_is_a_400(admin, make_key):
+    token = keys.hash_key(make_key(max_budget=5))
+    for path, extra in (("/key/generate", ""), ("/key/update", f', "key": "{token}"')):
+        refused = admin.post(path, content=f'{{"max_budget": 12345678901.234567891{extra}}}')  # 20 digits
+        status, kind, message = error_of(refused)
+        assert (status, kind) == (400, "invalid_request_error")
+        assert "max_budget" in message and "at most 18 significant digits (got 20)" in message, message
+    assert exact(admin.get("/key/info", params={"key": token}))["info"]["max_budget"] == 5
+
+
+def test_spend_is_answered_exactly_as_stored(admin, gateway, make_key):
+    key = make_key(max_budget=1)
+    call(gateway, key)
+    gateway.drain()
+    response = admin.get("/key/info", params={"key": keys.hash_key(key)})
+    info = exact(response)["info"]
+    stored = stored_number(keys.hash_key(key), "spend")
+    assert info["spend"] == info["total_spend"] == Decimal(stored) > 0
+    assert f'"spend":{stored},' in response.text and "e-" not in stored.lower()  # written plain, like 0.000048
 
 
 # -- update -----------------------------------------------------------------------------------------------------

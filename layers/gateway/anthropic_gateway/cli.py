@@ -1,7 +1,8 @@
 """`python -m anthropic_gateway keys ...`: the key API from a terminal, against a local or deployed gateway.
 
 A client, not part of the gateway: it reads its own environment (MASTER_KEY, GATEWAY_URL) and talks HTTP to
-the gateway like curl would. Responses are printed as JSON (errors on stderr, exit status 1).
+the gateway like curl would. Responses are printed as JSON (errors on stderr, exit status 1). Amounts are exact
+both ways: `--max-budget 0.1` is sent as 0.1 and printed as the gateway wrote it, never through a float.
 
     export MASTER_KEY=sk-master-...
     python -m anthropic_gateway keys generate --key-alias search-team --max-budget 50 --budget-duration 30d
@@ -12,23 +13,36 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
+
+from . import money
 
 DEFAULT_URL = "http://localhost:4000"
 
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except ValueError as exc:
+        value = money.loads(text)  # numbers with a fraction as the exact Decimal written
+    except (ValueError, RecursionError) as exc:
         raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _amount(text: str) -> Decimal:
+    """A number as written (25, 0.1, 1e-7), exactly; the gateway decides whether it is a budget it accepts."""
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
     return value
 
 
@@ -40,7 +54,7 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
     """The key settings, as flags named after the JSON fields they set."""
     parser.add_argument("--key-alias", help="unique human-readable name")
     parser.add_argument("--models", type=_names, help="allowed models, comma-separated ('' = all models)")
-    parser.add_argument("--max-budget", type=float, help="USD per budget period (or in total)")
+    parser.add_argument("--max-budget", type=_amount, help="USD per budget period (or in total)")
     parser.add_argument("--budget-duration", help="budget period: 30s, 1h, 1d, 30d...")
     parser.add_argument("--duration", help="expires after: 1h, 30d... (never, if not given)")
     parser.add_argument("--rpm-limit", type=int, help="requests per minute")
@@ -174,15 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     url = (getattr(args, "url", None) or os.environ.get("GATEWAY_URL") or DEFAULT_URL).rstrip("/")
     method, path, query, body = request_for(args)
+    # The body written by money.dumps: httpx's `json=` would refuse Decimal (or round it, through a float).
+    content = None if body is None else money.dumps(body).encode()
+    json_type = None if body is None else {"Content-Type": "application/json"}
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {master_key}"}, timeout=60) as http:
-            response = http.request(method, path, params=query, json=body)
+            response = http.request(method, path, params=query, content=content, headers=json_type)
     except httpx.HTTPError as exc:
         print(f"Cannot reach the gateway at {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     try:
-        output = json.dumps(response.json(), indent=2)
-    except ValueError:
+        output = money.dumps(money.loads(response.content), indent=2, ensure_ascii=True)
+    except (ValueError, RecursionError):
         output = response.text
     print(output, file=sys.stdout if response.is_success else sys.stderr)
     return 0 if response.is_success else 1

@@ -7,21 +7,30 @@ applies here at once; other instances see it within KEY_CACHE_TTL seconds (docs/
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Self, get_args, get_origin
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic_core import PydanticSerializationError
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
-from . import governance, keys, secrets, table, tags
+from . import governance, keys, money, secrets, table, tags
 from .auth import master_only
 from .errors import GatewayError, invalid_request
 from .keys import KeyRecord
+from .money import Amount, MoneyJSONResponse
 from .settings import parse_upstreams
 
 MAX_LIST_SIZE = 100
@@ -34,10 +43,10 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_METADATA_DEPTH = 30
 # A key or budget period longer than this is a typo, and `now + duration` must stay a date Python can write.
 MAX_DURATION = timedelta(days=100 * 365)
-# Budgets are USD: above a trillion or below a billionth of a dollar (other than 0) is a mistake, and the smallest
-# stays far inside the range DynamoDB numbers have (1e-130), whatever headroom arithmetic does with it.
-MAX_BUDGET = 1e12
-MIN_NONZERO_BUDGET = 1e-9
+# Budgets are USD, exact (money.py: at most 18 significant digits): above a trillion or below a billionth of a
+# dollar (other than 0) is a mistake.
+MAX_BUDGET = Decimal(10) ** 12
+MIN_NONZERO_BUDGET = Decimal("0.000000001")
 MAX_LIMIT = 10**12
 MAX_KEY_TAGS = tags.MAX_TAGS  # a name of its own: inside KeySettings, `tags` is the field
 
@@ -60,10 +69,14 @@ def _printable(value: str) -> str:
     return value
 
 
-def _budget(value: float) -> float:
-    if 0 < value < MIN_NONZERO_BUDGET:
-        raise ValueError(f"must be 0 or at least {MIN_NONZERO_BUDGET:.9f} (USD)")
-    return value
+def _budget(value: object) -> Decimal:
+    """A JSON number (an int, or the Decimal `money.loads` read) as an exact budget; ValueError says why not."""
+    budget = money.amount(value)  # MoneyError is a ValueError
+    if budget > MAX_BUDGET:
+        raise ValueError(f"must be at most {money.plain(MAX_BUDGET)} (USD)")
+    if 0 < budget < MIN_NONZERO_BUDGET:
+        raise ValueError(f"must be 0 or at least {money.plain(MIN_NONZERO_BUDGET)} (USD)")
+    return budget
 
 
 def _tags(value: list[str]) -> list[str]:
@@ -76,23 +89,22 @@ def _tags(value: list[str]) -> list[str]:
 
 
 def _metadata(value: dict[str, Any]) -> dict[str, Any]:
-    if len(json.dumps(value)) > MAX_METADATA_BYTES:
-        raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON")
     _check_storable_map(value, depth=1)
-    try:  # DynamoDB's number range is narrower than JSON's (and floats must become exact decimals)
+    try:  # DynamoDB's number range is narrower than JSON's
         table.check_storable(value)
     except Exception:
         raise ValueError("cannot be stored: numbers need at most 38 digits, within 1e-130..1e125") from None
+    # Measured once the numbers are known to be storable: 1e999999999 written out in full would be a gigabyte.
+    if len(money.dumps(value, ensure_ascii=True)) > MAX_METADATA_BYTES:
+        raise ValueError(f"at most {MAX_METADATA_BYTES} bytes of JSON")
     return value
 
 
 def _check_storable_map(value: Any, depth: int) -> None:
-    """Refuse what DynamoDB cannot hold in a map: empty keys (at any depth), nesting past its 32 levels, and
-    non-finite numbers (boto3's own check lets -Infinity through, and DynamoDB then refuses the whole write)."""
+    """Refuse what DynamoDB cannot hold in a map: empty keys (at any depth) and nesting past its 32 levels.
+    (Non-finite numbers never get here: `money.loads` refuses NaN and Infinity in the body.)"""
     if depth > MAX_METADATA_DEPTH and isinstance(value, dict | list):
         raise ValueError(f"maps and lists nested more than {MAX_METADATA_DEPTH} levels deep")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("numbers must be finite")
     if isinstance(value, dict):
         if "" in value:
             raise ValueError("keys must not be empty strings")
@@ -108,7 +120,12 @@ Duration = Annotated[str, Field(max_length=16), AfterValidator(_duration)]
 Alias = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
 Limit = Annotated[int, Field(ge=0, le=MAX_LIMIT)]
-Budget = Annotated[float, Field(ge=0, le=MAX_BUDGET, allow_inf_nan=False), AfterValidator(_budget)]
+# A JSON string is not a budget ("10" is refused), nor a bool; its schema is the number it is on the wire.
+Budget = Annotated[
+    Decimal,
+    PlainValidator(_budget),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": float(MAX_BUDGET)}),
+]
 
 
 class KeySettings(BaseModel):
@@ -159,10 +176,21 @@ class DeleteRequest(BaseModel):
 
 
 async def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
-    """The JSON body as `model`, whatever content-type the client sent (curl -d sends a form type)."""
+    """The JSON body as `model`, whatever content-type the client sent (curl -d sends a form type).
+
+    Read with `money.loads`, not pydantic's JSON parser: that one reads every number as a binary float, so a
+    budget of 0.1 would be whatever the float says, and 123456789.123456789 would lose digits.
+    """
     raw = await request.body()
     try:
-        return model.model_validate_json(raw or b"{}")
+        data = money.loads(raw or b"{}")
+    except money.MoneyError as exc:
+        raise GatewayError(400, f"Invalid request: body: {exc} (JSON has no NaN or Infinity)") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+        reason = str(exc)[:200] if isinstance(exc, ValueError) else "nested too deeply"
+        raise GatewayError(400, f"Invalid request: body: not valid JSON ({reason}).") from None
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
         raise invalid_request(exc.errors()) from None
 
@@ -179,10 +207,10 @@ class KeyInfo(BaseModel):
     token: str
     key_name: str  # sk-...<last characters>, for display
     key_alias: str | None
-    spend: float  # in the current budget period (all time without budget_duration)
-    total_spend: float
-    reserved_spend: float  # estimates held by requests still in flight
-    max_budget: float | None
+    spend: Amount  # in the current budget period (all time without budget_duration)
+    total_spend: Amount
+    reserved_spend: Amount  # estimates held by requests still in flight
+    max_budget: Amount | None
     budget_duration: str | None
     budget_reset_at: str | None
     expires: str | None
@@ -213,9 +241,9 @@ class KeyInfo(BaseModel):
         fields["reserved_spend"] = getattr(record, "reserved", 0)
         try:
             info = cls(**fields, **extra)
-            info.model_dump_json()  # what the response will do: bytes or odd values in metadata fail only here
+            money.dumps(info.model_dump())  # what the response will do: bytes or odd values in metadata fail here
             return info
-        except (ValidationError, PydanticSerializationError, TypeError, ValueError):
+        except (ValidationError, TypeError, ValueError):
             return cls(**{name: _renderable(name, value) for name, value in fields.items()}, **extra)
 
 
@@ -223,13 +251,13 @@ def _renderable(name: str, value: Any) -> Any:
     """`value` if it is valid JSON output for KeyInfo field `name`, else the field's empty value."""
     adapter = _FIELD_ADAPTERS[name]
     try:
-        adapter.dump_json(adapter.validate_python(value))
+        money.dumps(adapter.dump_python(adapter.validate_python(value)))
         return value
-    except (ValidationError, PydanticSerializationError, TypeError, ValueError):
+    except (ValidationError, TypeError, ValueError):
         annotation = KeyInfo.model_fields[name].annotation
         if type(None) in get_args(annotation):
             return None
-        empty: dict[Any, Any] = {list: [], dict: {}, int: 0, float: 0.0, str: "", bool: False}
+        empty: dict[Any, Any] = {list: [], dict: {}, int: 0, Decimal: Decimal(0), str: "", bool: False}
         return empty[get_origin(annotation) or annotation]
 
 
@@ -261,6 +289,12 @@ class KeyList(BaseModel):
     total_count: int
     current_page: int
     total_pages: int
+
+
+def _answer(model: BaseModel) -> Response:
+    """`model` as the JSON answer, money in it written exactly: FastAPI's own serialisation (which a route's
+    `response_model` still documents) would write each Decimal as a string."""
+    return MoneyJSONResponse(model.model_dump())
 
 
 # -- finding keys -----------------------------------------------------------------------------------------------
@@ -319,8 +353,8 @@ async def _check_new_key(key: str, field: str) -> str:
 # -- routes -----------------------------------------------------------------------------------------------------
 
 
-@router.post("/generate")
-async def generate_key(http_request: Request) -> KeyWithInfo:
+@router.post("/generate", response_model=KeyWithInfo)
+async def generate_key(http_request: Request) -> Response:
     request = await parse_body(http_request, GenerateRequest)
     plain = await _check_new_key(request.key, "key") if request.key is not None else keys.new_key()
     now = keys.utcnow()
@@ -335,7 +369,7 @@ async def generate_key(http_request: Request) -> KeyWithInfo:
         models=request.models or [],
         tags=request.tags or [],
         metadata=request.metadata or {},
-        max_budget=keys.money(request.max_budget),
+        max_budget=request.max_budget,
         budget_duration=request.budget_duration,
         budget_reset_at=_next_reset(request.budget_duration, now),
         rpm_limit=request.rpm_limit,
@@ -356,7 +390,7 @@ async def generate_key(http_request: Request) -> KeyWithInfo:
             error_type="invalid_request_error",
         ) from None
     keys.key_cache.invalidate(record.token)  # it may be cached as unknown from an earlier attempt
-    return KeyWithInfo.of(record, key=plain)
+    return _answer(KeyWithInfo.of(record, key=plain))
 
 
 def _expiry(duration: str | None, now: datetime) -> str | None:
@@ -367,12 +401,12 @@ def _next_reset(budget_duration: str | None, now: datetime) -> str | None:
     return keys.iso_seconds(now + keys.parse_duration(budget_duration)) if budget_duration else None
 
 
-@router.get("/info")
-async def key_info(key: str | None = None) -> KeyInfoResponse:
+@router.get("/info", response_model=KeyInfoResponse)
+async def key_info(key: str | None = None) -> Response:
     if not key:
         raise GatewayError(400, "key: required (the key or, better, its hash: /key/info?key=<hash>).")
     record = await anyio.to_thread.run_sync(_info, key)
-    return KeyInfoResponse(key=record.token, info=KeyInfo.of(record))
+    return _answer(KeyInfoResponse(key=record.token, info=KeyInfo.of(record)))
 
 
 def _info(key: str) -> KeyRecord:
@@ -391,8 +425,8 @@ def _info(key: str) -> KeyRecord:
     return record
 
 
-@router.post("/update")
-async def update_key(http_request: Request) -> KeyWithInfo:
+@router.post("/update", response_model=KeyWithInfo)
+async def update_key(http_request: Request) -> Response:
     request = await parse_body(http_request, UpdateRequest)
     given = request.model_fields_set - {"key"}
     if request.key is None:
@@ -424,27 +458,27 @@ async def update_key(http_request: Request) -> KeyWithInfo:
         record = await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
     except keys.AliasTaken:
         raise GatewayError(400, f"key_alias {changes.get('key_alias')!r} is already in use.") from None
-    return KeyWithInfo.of(record, key=record.token)
+    return _answer(KeyWithInfo.of(record, key=record.token))
 
 
-@router.post("/block")
-async def block_key(http_request: Request) -> KeyInfo:
+@router.post("/block", response_model=KeyInfo)
+async def block_key(http_request: Request) -> Response:
     return await _set_blocked(http_request, True)
 
 
-@router.post("/unblock")
-async def unblock_key(http_request: Request) -> KeyInfo:
+@router.post("/unblock", response_model=KeyInfo)
+async def unblock_key(http_request: Request) -> Response:
     return await _set_blocked(http_request, False)
 
 
-async def _set_blocked(http_request: Request, blocked: bool) -> KeyInfo:
+async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     request = await parse_body(http_request, KeyRef)
     record = await anyio.to_thread.run_sync(
         _retrying,
         lambda: _find(request.key, request.key_alias),
         lambda record: keys.update(record, {"blocked": blocked}),
     )
-    return KeyInfo.of(record)
+    return _answer(KeyInfo.of(record))
 
 
 @router.post("/delete")
@@ -492,13 +526,13 @@ def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
     return deleted
 
 
-@router.get("/list")
+@router.get("/list", response_model=KeyList)
 async def list_keys(
     page: Annotated[int, Query(ge=1)] = 1,
     size: Annotated[int, Query(ge=1, le=MAX_LIST_SIZE)] = 10,
     key_alias: str | None = None,
     return_full_object: bool = False,
-) -> KeyList:
+) -> Response:
     if key_alias is not None:
         # Only a valid alias can name a key; anything else (too long for a DynamoDB key) simply matches none.
         valid = 0 < len(key_alias) <= 256 and key_alias.isprintable()
@@ -507,16 +541,17 @@ async def list_keys(
     else:
         records = await anyio.to_thread.run_sync(keys.list_records)
     shown = records[(page - 1) * size : page * size]
-    return KeyList(
+    listed = KeyList(
         keys=[KeyInfo.of(r) for r in shown] if return_full_object else [r.token for r in shown],
         total_count=len(records),
         current_page=page,
         total_pages=math.ceil(len(records) / size),
     )
+    return _answer(listed)
 
 
-@router.post("/regenerate")
-async def regenerate_key(http_request: Request) -> KeyWithInfo:
+@router.post("/regenerate", response_model=KeyWithInfo)
+async def regenerate_key(http_request: Request) -> Response:
     request = await parse_body(http_request, RegenerateRequest)
     plain = await _check_new_key(request.new_key, "new_key") if request.new_key is not None else keys.new_key()
     old: list[str] = []
@@ -536,4 +571,4 @@ async def regenerate_key(http_request: Request) -> KeyWithInfo:
         raise GatewayError(
             409, "The key was deleted while it was being regenerated.", error_type="invalid_request_error"
         )
-    return KeyWithInfo.of(record, key=plain)
+    return _answer(KeyWithInfo.of(record, key=plain))

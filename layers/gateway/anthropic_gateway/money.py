@@ -87,54 +87,54 @@ def plain(value: Decimal) -> str:
     return format(value, "f")
 
 
-def dumps(value: Any, *, indent: int | None = None) -> str:
-    """`value` as JSON like `json.dumps(value, ensure_ascii=False, allow_nan=False)`, and Decimals as plain
-    numbers with every digit they have (no float in between). Compact without `indent`, as Starlette writes JSON.
+def dumps(value: Any, *, indent: int | None = None, ensure_ascii: bool = False) -> str:
+    """`value` as JSON like `json.dumps(value, indent=..., ensure_ascii=..., allow_nan=False)`, and Decimals as
+    plain numbers with every digit they have (no float in between). Compact without `indent`, as Starlette writes.
 
     TypeError for a value JSON cannot hold (bytes, sets, ...), ValueError for NaN and infinities.
     """
-    parts: list[str] = []
-    _write(value, parts, indent, 0)
-    return "".join(parts)
+    writer = _Writer(indent, ensure_ascii)
+    writer.write(value, 0)
+    return "".join(writer.parts)
 
 
-def _write(value: Any, parts: list[str], indent: int | None, level: int) -> None:
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{value} is not a JSON number")
-        parts.append(plain(value))
-    elif isinstance(value, dict):
-        items = list(value.items())
-        for key, _ in items:
-            if not isinstance(key, str):
-                raise TypeError(f"JSON object keys are strings, not {type(key).__name__}")
-        _container("{", "}", items, parts, indent, level, pair=True)
-    elif isinstance(value, list | tuple):
-        _container("[", "]", list(value), parts, indent, level, pair=False)
-    elif value is None or isinstance(value, str | int | float):  # bool is an int
-        parts.append(json.dumps(value, ensure_ascii=False, allow_nan=False))
-    else:
-        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+class _Writer:
+    def __init__(self, indent: int | None, ensure_ascii: bool) -> None:
+        self.indent, self.ensure_ascii = indent, ensure_ascii
+        self.parts: list[str] = []
 
+    def write(self, value: Any, level: int) -> None:
+        if isinstance(value, Decimal):
+            if not value.is_finite():
+                raise ValueError(f"{value} is not a JSON number")
+            self.parts.append(plain(value))
+        elif isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    raise TypeError(f"JSON object keys are strings, not {type(key).__name__}")
+            self._container("{", "}", list(value.items()), level, pairs=True)
+        elif isinstance(value, list | tuple):
+            self._container("[", "]", list(value), level, pairs=False)
+        elif value is None or isinstance(value, str | int | float):  # bool is an int
+            self.parts.append(json.dumps(value, ensure_ascii=self.ensure_ascii, allow_nan=False))
+        else:
+            raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-def _container(
-    opening: str, closing: str, items: list[Any], parts: list[str], indent: int | None, level: int, *, pair: bool
-) -> None:
-    if not items:
-        parts.append(opening + closing)
-        return
-    inner = "" if indent is None else "\n" + " " * (indent * (level + 1))
-    separator = "," + inner
-    parts.append(opening + inner)
-    for index, item in enumerate(items):
-        if index:
-            parts.append(separator)
-        if pair:
-            key, item = item
-            parts.append(json.dumps(key, ensure_ascii=False) + (":" if indent is None else ": "))
-        _write(item, parts, indent, level + 1)
-    parts.append("" if indent is None else "\n" + " " * (indent * level))
-    parts.append(closing)
+    def _container(self, opening: str, closing: str, items: list[Any], level: int, *, pairs: bool) -> None:
+        if not items:
+            self.parts.append(opening + closing)
+            return
+        inner = "" if self.indent is None else "\n" + " " * (self.indent * (level + 1))
+        self.parts.append(opening + inner)
+        for index, item in enumerate(items):
+            if index:
+                self.parts.append("," + inner)
+            if pairs:
+                key, item = item
+                colon = ":" if self.indent is None else ": "
+                self.parts.append(json.dumps(key, ensure_ascii=self.ensure_ascii) + colon)
+            self.write(item, level + 1)
+        self.parts.append(("" if self.indent is None else "\n" + " " * (self.indent * level)) + closing)
 
 
 class MoneyJSONResponse(JSONResponse):
