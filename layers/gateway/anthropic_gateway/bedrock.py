@@ -122,16 +122,9 @@ def _skip_blanks(text: str, pos: int) -> int:
     return pos
 
 
-def rewrite_model(body: bytes, model_id: str) -> bytes | None:
-    """The body with only its top-level "model" string replaced by `model_id`; None where model_span is None.
-
-    Bytes are spliced, not text re-encoded: every byte before and after the value is the client's.
-    """
-    span = model_span(body)
-    return None if span is None else _splice(body, span, model_id)
-
-
 def _splice(body: bytes, span: tuple[str, int, int], model_id: str) -> bytes:
+    """The body with only the value at `span` replaced by `model_id`: bytes are spliced, not text re-encoded, so
+    every byte before and after the value is the client's."""
     return body[: span[1]] + json.dumps(model_id).encode() + body[span[2] :]
 
 
