@@ -113,6 +113,7 @@ if isinstance(logger.logger_handler, logging.StreamHandler) and logger.logger_ha
     logger.logger_handler.setStream(output)
 SERVICE = logger.service
 ACCESS_MESSAGE = "gateway request"
+_LOCATION = "access_line"  # where Powertools says a line was logged (its funcName): the function that builds this one
 # POWERTOOLS_METRICS_DISABLED / POWERTOOLS_DEV, read once like every other setting (get_settings), not per request.
 is_metrics_disabled = functools.lru_cache(maxsize=1)(_is_metrics_disabled)
 
@@ -147,7 +148,7 @@ def access_line(fields: dict[str, Any], now: float | None = None) -> dict[str, A
     moment = time.time() if now is None else now
     date, zone = _local_second(int(moment))
     stamp = f"{date},{int(moment % 1 * 1000):03d}{zone}"
-    line = {"level": "INFO", "location": "publish", "message": ACCESS_MESSAGE, "timestamp": stamp, "service": SERVICE}
+    line = {"level": "INFO", "location": _LOCATION, "message": ACCESS_MESSAGE, "timestamp": stamp, "service": SERVICE}
     for name, value in fields.items():
         if value is not None:
             line[name] = value

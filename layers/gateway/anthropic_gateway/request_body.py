@@ -1,8 +1,11 @@
-"""The pass-through request body: read once, parsed at most once, and the same bytes checked and forwarded.
+"""The pass-through request body: read once, and the same bytes checked and forwarded.
 
 Every check (the models allowlist, the budget estimate, tags from `litellm_metadata`) reads `RequestBody.parsed`,
-which is the JSON of `RequestBody.raw`: the bytes that go upstream. The gateway parses a body only when it must
-(a check needs it, or it may carry `litellm_metadata`); otherwise it goes through untouched, however deep or odd.
+which is the JSON of `RequestBody.raw`: the bytes that go upstream. The checks parse a body at most once between
+them, and only when one must (a check needs it, or it may carry `litellm_metadata`); otherwise it goes through
+untouched, however deep or odd. Two readers scan the same bytes again for what they need: a request Bedrock may
+serve, for the byte span of its `model` (`bedrock.model_span`, when routing and again when sending to Bedrock),
+and a batch create, for its cost estimate (`batches.estimate_batch`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Every setting the gateway reads, in one place, read once from the environment.
 
 The SAM template sets these for the Lambda functions and `python -m anthropic_gateway serve` sets them for
-local runs; nothing else in the package touches `os.environ`.
+local runs. Below the doors no other module of the package reads `os.environ`; the doors do (`local` sets what a
+local run needs, `cli` reads its own MASTER_KEY and GATEWAY_URL), and so do the libraries, for their own settings
+(boto3: credentials and AWS_ENDPOINT_URL; Powertools: POWERTOOLS_* and LOG_LEVEL).
 """
 
 from __future__ import annotations
