@@ -11,27 +11,29 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from anthropic_gateway import keys
 
 ACCESS_MESSAGE = "gateway request"
+Record = dict[str, Any]  # one JSON line: an EMF blob or a log record
 
 
 @dataclass
 class RequestLines:
-    blobs: list[dict]  # EMF blobs carrying the request id as metadata, in the order written
-    access: dict  # the access log line
+    blobs: list[Record]  # EMF blobs carrying the request id as metadata, in the order written
+    access: Record  # the access log line
 
-    def overall(self) -> dict:
+    def overall(self) -> Record:
         return self._one(lambda blob: "Model" in blob)
 
-    def by_tag(self) -> dict[str, dict]:
+    def by_tag(self) -> dict[str, Record]:
         return {blob["Tag"]: blob for blob in self.blobs if "Tag" in blob}
 
-    def by_status(self) -> dict:
+    def by_status(self) -> Record:
         return self._one(lambda blob: "StatusClass" in blob)
 
-    def _one(self, match) -> dict:
+    def _one(self, match: Callable[[Record], bool]) -> Record:
         found = [blob for blob in self.blobs if match(blob)]
         assert len(found) == 1, found
         return found[0]
@@ -53,7 +55,7 @@ class Lines:
     def flush(self) -> None:
         pass
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[Record]:
         with self._lock:
             lines = list(self.lines)
         return [json.loads(line) for line in lines if line.strip()]
@@ -71,7 +73,7 @@ class Lines:
         return RequestLines(blobs=[r for r in records if "_aws" in r], access=access[0])
 
 
-def metric_values(blob: dict) -> dict[str, float]:
+def metric_values(blob: Record) -> dict[str, float]:
     """{metric name: value} of an EMF blob (Powertools writes each value as a one-element list)."""
     names = [metric["Name"] for directive in blob["_aws"]["CloudWatchMetrics"] for metric in directive["Metrics"]]
     values = {}
@@ -81,17 +83,17 @@ def metric_values(blob: dict) -> dict[str, float]:
     return values
 
 
-def dimension_sets(blob: dict) -> list[list[str]]:
+def dimension_sets(blob: Record) -> list[list[str]]:
     return [dims for directive in blob["_aws"]["CloudWatchMetrics"] for dims in directive["Dimensions"]]
 
 
-def stored_key(**fields) -> str:
+def stored_key(**fields: Any) -> str:
     """A virtual key whose record (alias, default tags...) is written straight to the table.
 
     Independent of the key API's request shapes, which these tests are not about. Needs moto (the `aws` fixture).
     """
     plain = keys.new_key()
-    now = keys.iso(keys.utcnow())
+    now = keys.utcnow().isoformat()
     record = keys.KeyRecord(
         token=keys.hash_key(plain), key_name=keys.key_name(plain), created_at=now, updated_at=now, **fields
     )

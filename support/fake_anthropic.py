@@ -42,13 +42,15 @@ import re
 import secrets
 import string
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from support.servers import ThreadedUvicorn
+
+Json = dict[str, Any]  # a JSON object as the API sends and takes it
 
 FILES_BETA = "files-api-2025-04-14"
 BIG_FILE_CHUNK = 64 * 1024
@@ -97,20 +99,20 @@ def _texts(value: Any) -> Iterator[str]:
             yield from _texts(value["content"])
 
 
-def expected_input_tokens(body: dict) -> int:
+def expected_input_tokens(body: Json) -> int:
     """input_tokens the fake reports: characters of all text in `system` and `messages` // 4, at least 1."""
     chars = sum(len(text) for text in _texts(body.get("system"))) + sum(len(t) for t in _texts(body.get("messages")))
     return max(1, chars // 4)
 
 
-def reply_text(body: dict) -> str:
+def reply_text(body: Json) -> str:
     """The assistant text: "Echo: " + the text of the last user message (first 1000 characters)."""
     users = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
     said = " ".join(_texts(users[-1].get("content"))) if users else ""
     return "Echo: " + (said[:1000] or "(no text)")
 
 
-def expected_output_tokens(body: dict) -> int:
+def expected_output_tokens(body: Json) -> int:
     """output_tokens the fake reports unless overridden: len(reply_text(body)) // 4, at least 1."""
     return max(1, len(reply_text(body)) // 4)
 
@@ -177,7 +179,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _error_body(status: int, message: str, request_id: str) -> dict:
+def _error_body(status: int, message: str, request_id: str) -> Json:
     error_type = ERROR_TYPES.get(status, ("api_error", ""))[0]
     return {"type": "error", "error": {"type": error_type, "message": message}, "request_id": request_id}
 
@@ -198,7 +200,7 @@ def _ratelimit_headers(remaining: int = 3999) -> dict[str, str]:
     }
 
 
-def _sse(event: str, data: dict) -> bytes:
+def _sse(event: str, data: Json) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
@@ -209,7 +211,7 @@ def _split(text: str, count: int) -> list[str]:
     return [text[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
-def _json_body(record: RecordedRequest) -> dict:
+def _json_body(record: RecordedRequest) -> Json:
     try:
         body = json.loads(record.body)
     except ValueError:
@@ -237,7 +239,7 @@ def _number_header(record: RecordedRequest, name: str, default: float) -> float:
         raise ApiError(400, f"{name}: not a number") from None
 
 
-def _model_info(index: int, model_id: str) -> dict:
+def _model_info(index: int, model_id: str) -> Json:
     stem, _, date = model_id.rpartition("-")
     if not (date.isdigit() and len(date) == 8):
         stem, date = model_id, (dt.date(2026, 6, 1) - dt.timedelta(days=10 * index)).strftime("%Y%m%d")
@@ -260,7 +262,7 @@ def _model_info(index: int, model_id: str) -> dict:
 MODELS = [_model_info(i, model_id) for i, model_id in enumerate(MODEL_IDS)]
 
 
-def _paginate(items: list[dict], query: dict[str, str]) -> tuple[list[dict], int, bool]:
+def _paginate(items: list[Json], query: dict[str, str]) -> tuple[list[Json], int, bool]:
     """Anthropic's cursor pagination: `limit` (1-1000, default 20), `after_id` xor `before_id`."""
     try:
         limit = int(query.get("limit", 20))
@@ -283,7 +285,7 @@ def _paginate(items: list[dict], query: dict[str, str]) -> tuple[list[dict], int
     return items[start : start + limit], start, start + limit < len(items)
 
 
-def _page_body(page: list[dict], has_more: bool) -> dict:
+def _page_body(page: list[Json], has_more: bool) -> Json:
     first, last = (page[0]["id"], page[-1]["id"]) if page else (None, None)
     return {"data": page, "has_more": has_more, "first_id": first, "last_id": last}
 
@@ -335,11 +337,12 @@ class FakeAnthropic:
         self._lock = threading.Lock()
         self._records: list[RecordedRequest] = []
         self._faults: list[list[Any]] = []  # [remaining times, status, headers, body]
-        self._batches: dict[str, dict] = {}
-        self._files: dict[str, dict] = {}
+        self._batches: dict[str, Json] = {}
+        self._files: dict[str, Json] = {}
         self._server: ThreadedUvicorn | None = None
         self._stopping = False
-        self._routes = [
+        # (method, path pattern, handler): a handler takes the request and the pattern's named groups.
+        self._routes: list[tuple[str, str, Callable[..., Awaitable[Response]]]] = [
             ("POST", r"/v1/messages", self._create_message),
             ("POST", r"/v1/messages/count_tokens", self._count_tokens),
             ("POST", r"/v1/messages/batches", self._create_batch),
@@ -361,6 +364,7 @@ class FakeAnthropic:
 
     def start(self) -> FakeAnthropic:
         self._stopping = False
+        tls: dict[str, Any] = {"ssl_certfile": self._tls[0], "ssl_keyfile": self._tls[1]} if self._tls else {}
         self._server = ThreadedUvicorn(
             self._asgi,
             port=self._port,
@@ -371,7 +375,7 @@ class FakeAnthropic:
             proxy_headers=False,
             date_header=True,
             timeout_graceful_shutdown=2,
-            **({"ssl_certfile": self._tls[0], "ssl_keyfile": self._tls[1]} if self._tls else {}),
+            **tls,
         ).__enter__()
         self.url = self._server.url.replace("http://", "https://") if self._tls else self._server.url
         return self
@@ -416,7 +420,7 @@ class FakeAnthropic:
         status: int = 429,
         *,
         headers: dict[str, str] | None = None,
-        body: bytes | str | dict | None = None,
+        body: bytes | str | Json | None = None,
         times: int = 1,
     ) -> None:
         """Answer the next `times` authenticated requests with `status` (Anthropic-shaped body unless given)."""
@@ -429,7 +433,7 @@ class FakeAnthropic:
 
     # ASGI plumbing --------------------------------------------------------------------------------------------
 
-    async def _asgi(self, scope: dict, receive: Any, send: Any) -> None:
+    async def _asgi(self, scope: Json, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         chunks = []
@@ -500,7 +504,7 @@ class FakeAnthropic:
 
     # Messages -----------------------------------------------------------------------------------------------------
 
-    def _usage(self, body: dict, override: str | None) -> dict[str, int]:
+    def _usage(self, body: Json, override: str | None) -> dict[str, int]:
         """Predictable usage for `body`, with the fields an x-fake-usage header gives replaced."""
         usage = {
             "input_tokens": expected_input_tokens(body),
@@ -516,7 +520,7 @@ class FakeAnthropic:
         return usage
 
     @staticmethod
-    def _message(model: str, text: str, usage: dict[str, int], service_tier: str = "standard") -> dict:
+    def _message(model: str, text: str, usage: dict[str, int], service_tier: str = "standard") -> Json:
         return {
             "id": _new_id("msg_"),
             "type": "message",
@@ -618,13 +622,13 @@ class FakeAnthropic:
 
     # Message batches: they end as soon as they are created, unless x-fake-batch-status asks otherwise -------------
 
-    def _batch_view(self, batch: dict) -> dict:
+    def _batch_view(self, batch: Json) -> Json:
         view = dict(batch["object"])
         if view["processing_status"] == "ended":
             view["results_url"] = f"{self.public_base}/v1/messages/batches/{view['id']}/results"
         return view
 
-    def _find_batch(self, batch_id: str) -> dict:
+    def _find_batch(self, batch_id: str) -> Json:
         batch = self._batches.get(batch_id)
         if batch is None:
             raise ApiError(404, f"message_batch: {batch_id}")
@@ -648,8 +652,9 @@ class FakeAnthropic:
             "canceled": 0,
             "expired": 0,
         }
+        batch_id = _new_id("msgbatch_")
         batch_object = {
-            "id": _new_id("msgbatch_"),
+            "id": batch_id,
             "type": "message_batch",
             "processing_status": "in_progress" if pending else "ended",
             "request_counts": counts,
@@ -661,12 +666,12 @@ class FakeAnthropic:
             "results_url": None,
         }
         with self._lock:
-            self._batches[batch_object["id"]] = {
+            self._batches[batch_id] = {
                 "object": batch_object,
                 "requests": requests,
                 "usage_override": record.header("x-fake-usage"),  # applies to every result
             }
-        return JSONResponse(self._batch_view(self._batches[batch_object["id"]]))
+        return JSONResponse(self._batch_view(self._batches[batch_id]))
 
     async def _list_batches(self, record: RecordedRequest) -> Response:
         newest_first = [self._batch_view(batch) for batch in reversed(list(self._batches.values()))]
@@ -709,7 +714,7 @@ class FakeAnthropic:
         for item in batch["requests"]:
             params = item["params"]
             if batch.get("canceled"):
-                result: dict = {"type": "canceled"}
+                result: Json = {"type": "canceled"}
             else:
                 usage = self._usage(params, batch["usage_override"])
                 message = self._message(params["model"], reply_text(params), usage, service_tier="batch")
@@ -731,7 +736,7 @@ class FakeAnthropic:
 
     # Files (beta) -------------------------------------------------------------------------------------------------
 
-    def _file(self, record: RecordedRequest, file_id: str | None = None) -> dict:
+    def _file(self, record: RecordedRequest, file_id: str | None = None) -> Json:
         """Checks the beta header like Anthropic does; returns the stored file (synthesizes file_big_<N>)."""
         betas = [beta.strip() for beta in (record.header("anthropic-beta") or "").split(",")]
         if FILES_BETA not in betas:
@@ -759,8 +764,9 @@ class FakeAnthropic:
     async def _upload_file(self, record: RecordedRequest) -> Response:
         self._file(record)
         filename, mime_type, content = _multipart_file(record)
+        file_id = _new_id("file_")
         meta = {
-            "id": _new_id("file_"),
+            "id": file_id,
             "type": "file",
             "filename": filename,
             "mime_type": mime_type,
@@ -769,7 +775,7 @@ class FakeAnthropic:
             "downloadable": True,
         }
         with self._lock:
-            self._files[meta["id"]] = {"meta": meta, "content": content}
+            self._files[file_id] = {"meta": meta, "content": content}
         return JSONResponse(meta)
 
     async def _list_files(self, record: RecordedRequest) -> Response:

@@ -175,7 +175,8 @@ class FakeBedrock:
             headers=[(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in request.headers.raw],
             body=await request.body(),
         )
-        auth, signed, payload_hash = None, (), None
+        signed: tuple[str, ...] = ()
+        auth, payload_hash = None, None
         try:
             auth, signed, payload_hash = self._authenticate(record)
             self._check_model(record)

@@ -57,6 +57,9 @@ class FaultProxy:
             await self._stop.wait()
             server.close()
 
+    def _mode(self) -> Mode:
+        return self.mode
+
     async def _connection(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         if self.mode == "drop":
             _reset(client_writer)
@@ -65,9 +68,10 @@ class FaultProxy:
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             while data := await client_reader.read(65536):
-                if self.mode == "drop":
+                mode = self._mode()  # set by the test's thread at any time: read it afresh for every chunk
+                if mode == "drop":
                     break
-                if self.mode == "stall":
+                if mode == "stall":
                     continue  # swallowed: the client waits for an answer that never comes
                 if upstream_writer is None:
                     upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)

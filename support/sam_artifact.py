@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -46,13 +47,13 @@ def sam_env() -> dict[str, str]:
     return env
 
 
-def sam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def sam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sam_executable(), *args], cwd=ROOT, env=sam_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
-def build(build_dir: Path, cache_dir: Path, architecture: str = "x86_64") -> subprocess.CompletedProcess:
+def build(build_dir: Path, cache_dir: Path, architecture: str = "x86_64") -> subprocess.CompletedProcess[str]:
     """`sam build` of template.yaml into build_dir (the repo's .aws-sam is left alone)."""
     return sam(
         "build",
@@ -67,6 +68,7 @@ def lambda_runtime_dir(where: Path) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     for name in RUNTIME_MODULES:
         module = __import__(name)
+        assert module.__file__ is not None  # a regular package, not a namespace one
         source = Path(module.__file__)
         source = source.parent if source.name == "__init__.py" else source
         target = where / source.name
@@ -100,13 +102,13 @@ def proxy_env(build_dir: Path, support_dir: Path, port: int, extra: dict[str, st
     return env
 
 
-def start_proxy(build_dir: Path, env: dict[str, str], **popen) -> subprocess.Popen:
+def start_proxy(build_dir: Path, env: dict[str, str], **popen: Any) -> subprocess.Popen[bytes]:
     """Start the built run.sh as the adapter's wrapper does (exec of $LAMBDA_TASK_ROOT/$_HANDLER)."""
     run_sh = build_dir / PROXY_ID / "run.sh"
     return subprocess.Popen([str(run_sh)], cwd=build_dir / PROXY_ID, env=env, **popen)
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30, interval: float = 0.002) -> float:
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30, interval: float = 0.002) -> float:
     """Poll GET /health like the adapter's readiness check; returns when it first answers 200."""
     with httpx.Client(timeout=1) as http:  # one client: bench/cold_start.py times this
 
@@ -121,7 +123,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30, inter
         return eventually(ready, timeout=timeout, interval=interval, what=f"{url}/health answers")
 
 
-def stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
         try:

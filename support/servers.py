@@ -40,7 +40,9 @@ class ThreadedUvicorn:
     def __init__(
         self, app: Any, port: int = 0, *, app_drain: Callable[[], Awaitable[None]] | None = None, **config: Any
     ) -> None:
-        self._config = dict(log_level="warning", access_log=False, server_header=False, date_header=False) | config
+        self._config: dict[str, Any] = (
+            dict(log_level="warning", access_log=False, server_header=False, date_header=False) | config
+        )
         self._app, self._port, self._app_drain = app, port, app_drain
         self._loop: asyncio.AbstractEventLoop | None = None
         self.url = ""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 
-def eventually[T](probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:
+def eventually[T](probe: Callable[[], T | None], *, timeout: float = 15.0, interval: float = 0.02, what: str = "") -> T:
     """probe()'s first truthy result, trying every `interval` seconds; AssertionError after `timeout` seconds.
 
     A probe may raise to give up early (a child process that exited will never answer).

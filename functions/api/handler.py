@@ -10,15 +10,17 @@ it costs the caller the few milliseconds of a DynamoDB write, and no request goe
 """
 
 import asyncio
+from typing import Any
 
 from mangum import Mangum
+from mangum.types import LambdaContext, LambdaEvent
 
 from anthropic_gateway.app import app, drain
 
 _adapter = Mangum(app, lifespan="off")
 
 
-def handler(event: dict, context: object) -> dict:
+def handler(event: LambdaEvent, context: LambdaContext) -> dict[str, Any]:
     try:
         return _adapter(event, context)
     finally:
