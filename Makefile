@@ -24,6 +24,7 @@ dev: venv
 test: venv $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The console's browser tests (tests/test_console.py) drive Debian's Chromium through Playwright. Never skipped:
@@ -54,10 +55,12 @@ $(WRK):
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk
 
+# lint-imports: the package's layers and no import cycles (pyproject.toml's [tool.importlinter]).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

@@ -156,7 +156,10 @@ def _upstreams(name: str, raw: str) -> tuple[str, ...]:
 def _model_ids(raw: str) -> str:
     """BEDROCK_MODEL_IDS as given, once the table it makes is known to load (a bad one stops the start)."""
     if raw.strip():
-        from .bedrock import BedrockConfigError, load_model_ids  # deferred: bedrock imports this module
+        # Deferred: bedrock imports this module (the circle pyproject.toml's import contracts still except). Once the
+        # table and its error live in bedrock_models (base layer, importing nothing above it), this is a top-level
+        # `from .bedrock_models import BedrockConfigError, load_model_ids` and both exceptions go.
+        from .bedrock import BedrockConfigError, load_model_ids
 
         try:
             load_model_ids(raw)
