@@ -81,7 +81,12 @@ def parse_upstreams(names: Iterable[str]) -> list[str]:
 
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw[:40]!r}: expected a number") from None
 
 
 @lru_cache(maxsize=1)
