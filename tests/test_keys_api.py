@@ -159,6 +159,17 @@ def test_generate_refuses_bodies_that_are_not_a_json_object(admin, raw):
     assert (status, kind) == (400, "invalid_request_error")
 
 
+def test_type_errors_name_json_types(admin):
+    """The body is JSON: an error says array and object, as JSON calls them, not list and dictionary."""
+    for body, said in (
+        (b"[1, 2]", "body: Input should be an object"),
+        (b'{"models": "claude-haiku-4-5"}', "models: Input should be a valid array"),
+        (b'{"metadata": "owner"}', "metadata: Input should be an object"),
+    ):
+        status, _, message = error_of(admin.post("/key/generate", content=body))
+        assert status == 400 and said in message, message
+
+
 def test_caller_chosen_key_works_and_must_look_like_a_key(admin, gateway):
     chosen = "sk-" + keys.new_key()[3:30]
     created = admin.post("/key/generate", json={"key": chosen})

@@ -192,7 +192,16 @@ async def parse_body[M: BaseModel](request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise invalid_request(exc.errors()) from None
+        errors = [{**error, "msg": _JSON_WORDING.get(error["type"], error["msg"])} for error in exc.errors()]
+        raise invalid_request(errors) from None
+
+
+# Validated as Python values, pydantic names a few types as Python does ("a valid list"); the client sent JSON.
+_JSON_WORDING = {
+    "list_type": "Input should be a valid array",
+    "dict_type": "Input should be an object",
+    "model_type": "Input should be an object",
+}
 
 
 # -- responses --------------------------------------------------------------------------------------------------
