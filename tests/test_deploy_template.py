@@ -458,7 +458,11 @@ def test_every_app_route_is_reachable_through_the_rest_api(resources):
     """The REST API door serves what the Function URL serves: the pass-through, the admin API, /ui and /health."""
     from anthropic_gateway.app import app
 
-    api_paths = list(resources["RestApi"]["Properties"]["DefinitionBody"]["paths"])
+    properties = resources["RestApi"]["Properties"]
+    # Its integrations name the function through !If, which SAM's change detection does not see: without a new
+    # deployment on every update, switching ComputeMode would leave the stage calling the deleted function.
+    assert properties["AlwaysDeploy"] is True
+    api_paths = list(properties["DefinitionBody"]["paths"])
     app_paths = [*_route_paths(app.api.routes), app.PASS_THROUGH_PATH]
     missing = [path for path in app_paths if not _reachable(path, api_paths)]
     assert not missing, f"app routes without a REST API route in template.yaml: {missing}"
