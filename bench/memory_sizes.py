@@ -55,8 +55,8 @@ FULL_VCPU_MB = 1769  # Lambda: "at 1,769 MB, a function has the equivalent of on
 PERIOD_US = 100_000
 DELTAS = 100  # text deltas of the stream whose CPU is measured: a few hundred tokens of answer
 PACED_DELTAS, PACED_GAP_MS = 50, 20  # the paced stream: about a second of upstream time
-# Lambda on demand, arm64, us-east-1, first pricing tier (aws.amazon.com/lambda/pricing, read 2026-07): USD per
-# GB-second. Only to put the sizes side by side here; docs/cost.md has every price with its date.
+# Lambda on demand, arm64, us-east-1, first pricing tier (aws.amazon.com/lambda/pricing; AWS Price List published
+# 2026-09-19): USD per GB-second. Only to put the sizes side by side here; docs/cost.md has every price and its date.
 ARM64_GB_SECOND_USD = 0.0000133334
 STREAM_SECONDS = (2, 20, 120)
 MASTER_KEY = "sk-master-bench-0123456789"
