@@ -12,7 +12,10 @@ from functions/proxy/run.sh), wrk as the load generator, and this client. In one
    request;
 4. 1,000 concurrent slow streams held by the gateway: RSS before / peak / after;
 5. a 100,000-request soak sampling the gateway's RSS and open fds;
-6. cold start and deployment size of the `sam build` artifact (bench/cold_start.py).
+6. cold start and deployment size of the `sam build` artifact (bench/cold_start.py);
+7. the streaming door at the CPU share Lambda gives 256, 512, 1,024 and 1,769 MB: import-to-ready, first answer
+   after start, CPU and added billed time per stream, log bytes per request (bench/memory_sizes.py; needs root for
+   its cgroups, else the step is skipped and says why).
 
 Prints the README's markdown table and writes the results to .bench/results.json. BENCH_QUICK=1 for a short run;
 the knobs are in bench/config.py.
@@ -29,7 +32,7 @@ from contextlib import ExitStack
 
 import httpx
 
-from bench import cold_start, latency, load, processes, report, slow_streams
+from bench import cold_start, latency, load, memory_sizes, processes, report, slow_streams
 from bench.config import BenchConfig
 from support.servers import free_port
 
@@ -163,8 +166,13 @@ def main() -> int:
     results = measure_serving(config, list(os.getloadavg()))
     _step(f"cold start ({config.cold_start_runs} runs) and size: sam build")
     cold = cold_start.measure(config.cold_start_runs, skip_arm64=config.quick)
+    _step(f"memory sizes ({config.memory_size_runs} runs per size): the streaming door at Lambda's CPU shares")
+    sizes = memory_sizes.measure(config.memory_size_runs, config.memory_size_requests)
     results = dataclasses.replace(
-        results, cold_start=cold, load_average=(results.load_average[0], list(os.getloadavg()))
+        results,
+        cold_start=cold,
+        memory_sizes=sizes,
+        load_average=(results.load_average[0], list(os.getloadavg())),
     )
     print(report.markdown(results))
     report.write_json(results, RESULTS)

@@ -29,6 +29,8 @@ class BenchConfig:
     soak_requests: int
     soak_sample_s: float  # RSS and fd sampling interval during the soak
     cold_start_runs: int
+    memory_size_runs: int  # fresh processes per memory size (bench/memory_sizes.py)
+    memory_size_requests: int  # streams per size for CPU per request
 
     @classmethod
     def from_env(cls) -> BenchConfig:
@@ -46,4 +48,6 @@ class BenchConfig:
             soak_requests=int(_number("BENCH_SOAK_REQUESTS", 10_000 if quick else 100_000)),
             soak_sample_s=_number("BENCH_SOAK_SAMPLE_S", 1 if quick else 5),
             cold_start_runs=int(_number("BENCH_COLD_START_RUNS", 3 if quick else 10)),
+            memory_size_runs=int(_number("BENCH_MEMORY_SIZE_RUNS", 2 if quick else 5)),
+            memory_size_requests=int(_number("BENCH_MEMORY_SIZE_REQUESTS", 50 if quick else 200)),
         )

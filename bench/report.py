@@ -12,6 +12,8 @@ from typing import Any
 from bench.cold_start import COLD_START_TARGET_S, SIZE_TARGET_MB, ColdStartResult
 from bench.latency import percentile
 from bench.load import SoakResult, WrkResult
+from bench.memory_sizes import MemorySizesResult
+from bench.memory_sizes import markdown as memory_sizes_markdown
 from bench.slow_streams import SlowStreamsResult
 
 MB = 1024 * 1024
@@ -44,6 +46,8 @@ class Results:
     floor_ms: list[float] = dataclasses.field(default_factory=list)
     floor_first_byte_ms: list[float] = dataclasses.field(default_factory=list)
     floor_load: WrkResult | None = None
+    # The streaming door at Lambda's CPU share per memory size (bench/memory_sizes.py); None: not measured here.
+    memory_sizes: MemorySizesResult | None = None
 
     def added(self) -> dict[str, float]:
         p50 = statistics.median
@@ -192,6 +196,8 @@ def markdown(r: Results) -> str:
         f"Load average (1/5/15 min) at start {' '.join(f'{x:.2f}' for x in start)}, at end "
         f"{' '.join(f'{x:.2f}' for x in end)}; the gateway, the upstream, wrk and the client share the machine's cores."
     )
+    if r.memory_sizes is not None:
+        lines += ["", memory_sizes_markdown(r.memory_sizes)]
     return "\n".join(lines)
 
 
@@ -222,6 +228,7 @@ def write_json(r: Results, path: Path) -> None:
         "slow_streams": dataclasses.asdict(s) | {"rss_growth_mb": s.rss_growth_mb},
         "soak": dataclasses.asdict(soak) | {"rss_flat": soak.rss_flat, "fds_flat": soak.fds_flat},
         "cold_start": dataclasses.asdict(r.cold_start) if r.cold_start else None,
+        "memory_sizes": dataclasses.asdict(r.memory_sizes) if r.memory_sizes else None,
         "met": {name: met for name, *_, met in rows(r) if met is not None},
     }
     path.parent.mkdir(parents=True, exist_ok=True)

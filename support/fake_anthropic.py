@@ -23,6 +23,7 @@ Test-control request headers (a gateway forwards unknown headers, so they work e
     x-fake-header-delay-ms: N  wait N ms before sending the response's headers (a slow or silent upstream)
     x-fake-final-delay-ms: N   wait N ms before a stream's message_delta (its final usage)
     x-fake-chunks: N        number of text_delta events (text is padded with "." if shorter than N)
+    x-fake-hold: NAME       a stream stops after message_start until the test calls `fake.release(NAME)`
     x-fake-unknown-event: 1 emit an ``event: future_event`` after the ping
     x-fake-error: 400|403|404|413|429|500|529  answer with that Anthropic error (any status works);
                   ``midstream`` (streaming requests only): some deltas, then an SSE overloaded_error
@@ -341,6 +342,7 @@ class FakeAnthropic:
         self._files: dict[str, Json] = {}
         self._server: ThreadedUvicorn | None = None
         self._stopping = False
+        self._gates: dict[str, asyncio.Event] = {}  # x-fake-hold: streams wait here; touched on the server's loop only
         # (method, path pattern, handler): a handler takes the request and the pattern's named groups.
         self._routes: list[tuple[str, str, Callable[..., Awaitable[Response]]]] = [
             ("POST", r"/v1/messages", self._create_message),
@@ -414,6 +416,14 @@ class FakeAnthropic:
             self._faults.clear()
             self._batches.clear()
             self._files.clear()
+
+    def release(self, gate: str) -> None:
+        """Let every stream held at `gate` (x-fake-hold) go on, and the ones that reach it later pass."""
+        assert self._server is not None and self._server._loop is not None, "not started"
+        self._server._loop.call_soon_threadsafe(lambda: self._gate(gate).set())
+
+    def _gate(self, name: str) -> asyncio.Event:
+        return self._gates.setdefault(name, asyncio.Event())
 
     def fail_next(
         self,
@@ -577,6 +587,8 @@ class FakeAnthropic:
 
         async def message_events() -> Any:
             yield _sse("message_start", {"type": "message_start", "message": start})
+            if hold := record.header("x-fake-hold"):
+                await self._gate(hold).wait()
             await asyncio.sleep(delay)
             yield _sse(
                 "content_block_start",

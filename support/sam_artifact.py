@@ -1,10 +1,12 @@
-"""Build the SAM application and run its built streaming door the way Lambda does (tests and bench/cold_start.py).
+"""Build the SAM application and run its built streaming door the way Lambda does (tests and bench/).
 
 On Lambda, the Web Adapter's wrapper runs the ProxyFunction's run.sh with the layer at /opt/python and the
 runtime's own boto3 on the interpreter's path. Here, run.sh runs from the `sam build` output with:
   - `python3` resolving to this interpreter started with -S, so nothing from this virtualenv leaks in;
   - PYTHONPATH = the built layer, then a directory holding only what the Lambda Python runtime ships
-    (boto3 and its dependencies), linked from this environment.
+    (boto3 and its dependencies), linked from this environment;
+  - the environment the built template gives the function (its literal values, and parameters' defaults), under
+    this process's own (the tests' moto and fake upstream stand in for AWS and Anthropic).
 A module missing from the layer therefore fails here as it would on Lambda.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from samcli.yamlhelper import yaml_parse
 
 from support.waiting import eventually
 
@@ -86,9 +89,25 @@ def python_shim_dir(where: Path) -> Path:
     return where
 
 
+def template_env(build_dir: Path, function: str = PROXY_ID) -> dict[str, str]:
+    """The environment the built template gives `function` where it is known before deploying: literal values, and
+    parameters' defaults (a resource's name or ARN, or a value chosen by a condition, exists only once deployed)."""
+    template = yaml_parse((build_dir / "template.yaml").read_text())
+    defaults = {name: spec.get("Default") for name, spec in template["Parameters"].items()}
+    env: dict[str, str] = {}
+    for scope in (template["Globals"]["Function"], template["Resources"][function]["Properties"]):
+        for name, value in scope.get("Environment", {}).get("Variables", {}).items():
+            if isinstance(value, dict) and set(value) == {"Ref"}:
+                value = defaults.get(value["Ref"])
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                env[name] = str(value)
+    return env
+
+
 def proxy_env(build_dir: Path, support_dir: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment run.sh gets on Lambda, as far as it matters here."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV")) and k != "PATH"}
+    env = template_env(build_dir)
+    env |= {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV")) and k != "PATH"}
     env.update(
         PATH=f"{python_shim_dir(support_dir / 'bin')}{os.pathsep}/usr/bin:/bin",
         PYTHONPATH=f"{build_dir / LAYER_ID / 'python'}{os.pathsep}{lambda_runtime_dir(support_dir / 'runtime')}",

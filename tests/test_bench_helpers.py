@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bench import fast_upstream, load, processes
+from bench import fast_upstream, load, memory_sizes, processes
 
 WRK_REPORT = """Running 15s test @ http://127.0.0.1:1234/anthropic/v1/messages
   1 threads and 32 connections
@@ -91,3 +91,18 @@ def test_fast_upstream_answers_keep_alive_requests_in_order() -> None:
         return received
 
     assert asyncio.run(exchange()) == fast_upstream.MESSAGE_RESPONSE + fast_upstream.NOT_FOUND
+
+
+def test_memory_sizes_report_shares_and_lambda_duration() -> None:
+    """The memory bench's table: each size's CPU share of a full vCPU (1,769 MB), and a stream billed for the
+    upstream's time plus what the gateway added, in GB-seconds of the size."""
+    size = memory_sizes.SizeResult(
+        memory_mb=512, cpu_share=512 / 1769, ready_s=[2.0, 2.2, 1.8], first_answer_s=[0.9], cpu_ms_per_request=1.5,
+        first_byte_ms=2.3, added_ms_per_stream=20.0, throttled_periods=86, rss_mb=73.0,
+    )  # fmt: skip
+    assert size.gb_seconds_per_stream(20) == 0.5 * 20.02
+    result = memory_sizes.MemorySizesResult(5, 200, 1095.0, 2004.0, [size], ([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]))
+    row = next(memory_sizes.rows(result))
+    assert row[:4] == ["512 MB", "28.9%", "2,000 ms", "900 ms"]
+    assert row[-1] == "$13 / $133 / $800"  # 0.5 GB x 2.02 / 20.02 / 120.02 s at the arm64 GB-second price
+    assert "512 MB 86" in memory_sizes.markdown(result)

@@ -1,10 +1,14 @@
 """The `sam build` output is what runs: both doors, started from the build the way Lambda starts them.
 
-One build per session (x86_64, into a temporary directory). Then:
+One build per session (x86_64, into a temporary directory). `sam build` does not decide the template's conditions
+(it builds every function, ManagedProxyFunction with the default ComputeMode too), so this one build is the build
+of every combination of the stack's parameters; the built template is checked for each. Then:
   - the buffered door: the built ApiFunction handler invoked with every events/*.json, in a process that sees
     only the build and what the Lambda runtime ships (moto as AWS, the fake upstream as Anthropic);
-  - the streaming door: the built run.sh started as the Web Adapter starts it, a streamed message driven
-    through it over HTTP, its first SSE event arriving while the upstream is still sending.
+  - the streaming door: the built run.sh started as the Web Adapter starts it, with the environment the built
+    template gives it, a streamed message driven through it over HTTP, its first SSE event arriving while the
+    upstream is still sending; and requests carrying the request context the adapter forwards from a Function
+    URL or a REST API.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from samcli.yamlhelper import yaml_parse
 
 from support import sam_artifact
+from support.cfn_stack import COMBINATIONS, Stack, combination_id, references, translate
 from support.servers import free_port
 from support.waiting import eventually
 
@@ -86,6 +92,30 @@ def test_build_holds_the_pinned_layer_and_both_functions(sam_build):
             assert installed[name].removesuffix(".dist-info").endswith(f"-{version}"), installed[name]
     # boto3 comes with the Lambda runtime; bundling it would add ~25 MB to every deployment.
     assert not (site / "boto3").exists() and not (site / "botocore").exists()
+
+
+def test_build_holds_both_streaming_functions_with_the_same_code(sam_build):
+    """ComputeMode picks ProxyFunction or ManagedProxyFunction at deploy time: the build must hold both, alike."""
+    on_demand, managed = (sam_build / name for name in ("ProxyFunction", "ManagedProxyFunction"))
+    files = {path.relative_to(on_demand): path.read_bytes() for path in on_demand.rglob("*") if path.is_file()}
+    assert files == {path.relative_to(managed): path.read_bytes() for path in managed.rglob("*") if path.is_file()}
+    assert os.access(managed / "run.sh", os.X_OK)
+
+
+@pytest.mark.parametrize("values", COMBINATIONS, ids=combination_id)
+def test_built_template_deploys_every_combination(sam_build, values):
+    """What `sam deploy` uploads: the built template, each local CodeUri a built directory; decided for every
+    combination, every function and layer it deploys is in the build and nothing it names is missing."""
+    built = yaml_parse((sam_build / "template.yaml").read_text())
+    for name, resource in built["Resources"].items():
+        uri = resource.get("Properties", {}).get("CodeUri") or resource.get("Properties", {}).get("ContentUri")
+        if isinstance(uri, str):
+            assert (sam_build / uri).is_dir(), f"{name}: {uri} is not in the build"
+    stack = Stack(translate(built), values)
+    if stack.refused:
+        return  # CloudFormation refuses these before deploying anything (tests/test_deploy_template.py)
+    for name, resource in [*stack.resources.items(), *stack.outputs.items()]:
+        assert not references(resource) - set(stack.resources) - set(stack.parameters), name
 
 
 def test_layer_ships_only_what_lambda_runs(sam_build):
@@ -342,6 +372,45 @@ def test_built_run_sh_ships_each_requests_lines_at_once(proxy):
 
     records = eventually(shipped, timeout=10, interval=0.05, what=f"the lines of {request_id} on run.sh's stdout")
     assert any("_aws" in record for record in records)  # its EMF metrics too
+
+
+@pytest.mark.parametrize(
+    ("context", "door", "client_ip"),
+    [
+        ({"requestId": "fn-url-1", "domainName": "abc.lambda-url.us-east-1.on.aws",
+          "http": {"method": "POST", "path": "/anthropic/v1/messages", "sourceIp": "203.0.113.7"}},
+         "function_url", "203.0.113.7"),
+        ({"requestId": "rest-1", "stage": "gateway", "path": "/gateway/anthropic/v1/messages",
+          "identity": {"sourceIp": "198.51.100.23"}}, "rest_api", "198.51.100.23"),
+    ],
+)  # fmt: skip
+def test_built_run_sh_logs_which_door_and_which_client(proxy, context, door, client_ip):
+    """Behind the adapter, either front door: the access line names the door and the client's address from the
+    request context the adapter forwards (x-amzn-request-context), not the adapter's loopback connection."""
+    headers = {"x-api-key": MASTER_KEY, "x-amzn-request-context": json.dumps(context)}
+    with httpx.Client(base_url=proxy.url, timeout=30) as http:
+        response = http.post("/anthropic/v1/messages", json=MESSAGE, headers=headers)
+    assert response.status_code == 200
+    request_id = response.headers["x-gateway-request-id"]
+
+    def access_line() -> dict | None:
+        for line in list(proxy.lines):
+            if request_id in line and '"gateway request"' in line:
+                return json.loads(line)
+        return None
+
+    line = eventually(access_line, timeout=10, interval=0.05, what=f"the access line of {request_id}")
+    assert (line["door"], line["client_ip"], line["edge_request_id"]) == (door, client_ip, context["requestId"])
+
+
+def test_run_sh_gets_the_environment_the_template_gives_the_function(aws, sam_build, support_dir):
+    """The simulation starts run.sh with what the template sets for ProxyFunction, the SnapStart hooks included,
+    under the tests' own stand-ins for AWS and Anthropic."""
+    env = sam_artifact.proxy_env(sam_build, support_dir, 8123)
+    assert env["AWS_LWA_INVOKE_MODE"] == "response_stream" and env["UPSTREAM_READ_TIMEOUT"] == "840"
+    assert env["AWS_LWA_SNAPSTART_BEFORE_CHECKPOINT_PATH"].startswith("/")
+    assert env["AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH"].startswith("/")
+    assert env["AWS_LWA_PORT"] == "8123" and env["ANTHROPIC_API_BASE"] == os.environ["ANTHROPIC_API_BASE"]
 
 
 def test_python_shim_keeps_the_virtualenv_out(aws, sam_build, support_dir):

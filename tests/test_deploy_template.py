@@ -20,10 +20,9 @@ from pathlib import Path
 import boto3
 import pytest
 from samcli.yamlhelper import yaml_parse
-from samtranslator.parser.parser import Parser
-from samtranslator.translator.translator import Translator
 
 from support import sam_artifact
+from support.cfn_stack import COMBINATIONS, DOMAIN, Stack, combination_id, references, translate
 from support.servers import answers, free_port
 from support.waiting import eventually
 
@@ -46,13 +45,7 @@ def resources(template) -> dict:
 @pytest.fixture(scope="module")
 def transformed(template) -> dict:
     """The CloudFormation template SAM deploys (local CodeUri/ContentUri stand in as S3 URIs)."""
-    sam = copy.deepcopy(template)
-    for resource in sam["Resources"].values():
-        for uri in ("CodeUri", "ContentUri"):
-            if uri in resource.get("Properties", {}):
-                resource["Properties"][uri] = "s3://bucket/key"
-    translator = Translator(None, Parser(), boto_session=boto3.Session(region_name="us-east-1"))
-    return translator.translate(sam, {}, get_managed_policy_map=lambda: {})
+    return translate(template)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +78,9 @@ def test_sam_validate_lint_is_clean():
 
 
 def test_sections_are_in_the_documented_order(template):
-    order = [key for key in template if key in ("Parameters", "Conditions", "Globals", "Resources", "Outputs")]
-    assert order == ["Parameters", "Conditions", "Globals", "Resources", "Outputs"]
+    sections = ("Parameters", "Rules", "Conditions", "Globals", "Resources", "Outputs")
+    order = [key for key in template if key in sections]
+    assert order == list(sections)
     names = list(template["Resources"])
     assert names.index("GatewayTable") < names.index("GatewayLayer") < names.index("ProxyFunction")
     assert names.index("ApiFunction") < names.index("GatewayDashboard")
@@ -159,7 +153,7 @@ def test_environment_points_at_the_stack_resources(global_env, template):
     assert template["Parameters"]["LocalAwsEndpointUrl"]["Default"] == ""
 
 
-@pytest.mark.parametrize("function", ["ProxyFunction", "ApiFunction"])
+@pytest.mark.parametrize("function", ["ProxyFunction", "ManagedProxyFunction", "ApiFunction"])
 def test_each_doors_upstream_waits_end_before_its_function_timeout(template, resources, function):
     """A silent upstream must get the gateway's own 504 (which settles the request and releases its holds), not
     Lambda's timeout (which kills the process with them held): each wait the gateway makes on the upstream before
@@ -282,10 +276,15 @@ def test_iam_has_no_wildcards_and_no_broad_managed_policies(transformed):
                 if bedrock and field == "Resource" and value.get("Fn::Sub") in _BEDROCK_RESOURCES:
                     continue
                 assert "*" not in json.dumps(value), f"wildcard in {field}: {statement}"
+    operator_role = transformed["Resources"]["GatewayCapacityProvider"]["Properties"]["PermissionsConfig"]
     for name, resource in transformed["Resources"].items():
         if resource["Type"] == "AWS::IAM::Role":
             for arn in resource["Properties"].get("ManagedPolicyArns", []):
-                assert arn == {"Ref": "GatewayDataAccessPolicy"}, f"{name} attaches {arn}"
+                if operator_role["CapacityProviderOperatorRoleArn"] == {"Fn::GetAtt": [name, "Arn"]}:
+                    # The role Lambda runs Managed Instances' EC2 capacity with: AWS's policy for that, nothing else.
+                    assert arn == "arn:aws:iam::aws:policy/AWSLambdaManagedEC2ResourceOperator", arn
+                else:
+                    assert arn == {"Ref": "GatewayDataAccessPolicy"}, f"{name} attaches {arn}"
 
 
 def test_iam_scopes_data_access_to_the_table_and_the_two_secrets(resources):
@@ -297,7 +296,11 @@ def test_iam_scopes_data_access_to_the_table_and_the_two_secrets(resources):
     ]
     assert by_sid["ReadOwnSecrets"]["Action"] == "secretsmanager:GetSecretValue"
     assert by_sid["ReadOwnSecrets"]["Resource"] == [{"Ref": "UpstreamKeySecret"}, {"Ref": "MasterKeySecret"}]
-    for function, log_group in (("ProxyFunction", "ProxyLogGroup"), ("ApiFunction", "ApiLogGroup")):
+    for function, log_group in (
+        ("ProxyFunction", "ProxyLogGroup"),
+        ("ManagedProxyFunction", "ProxyLogGroup"),
+        ("ApiFunction", "ApiLogGroup"),
+    ):
         props = resources[function]["Properties"]
         role = resources[props["Role"]["Fn::GetAtt"][0]]["Properties"]
         assert role["Policies"][0]["PolicyDocument"]["Statement"][0]["Resource"] == {"Fn::GetAtt": [log_group, "Arn"]}
@@ -327,22 +330,69 @@ def test_iam_grants_bedrock_inference_for_anthropic_models_only(resources):
 # -- the two doors -------------------------------------------------------------------------------------------------
 
 
-def test_streaming_door_is_wired_for_the_web_adapter(resources, transformed):
-    props = resources["ProxyFunction"]["Properties"]
-    env = props["Environment"]["Variables"]
-    assert props["Handler"] == "run.sh" and props["Timeout"] == 900
-    assert env["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
-    assert env["AWS_LWA_INVOKE_MODE"] == "response_stream"
-    assert props["FunctionUrlConfig"] == {"AuthType": "NONE", "InvokeMode": "RESPONSE_STREAM"}
-    # The public Function URL needs both permissions (Lambda's authorization model since October 2025).
-    actions = {
-        r["Properties"]["Action"] for r in transformed["Resources"].values()
-        if r["Type"] == "AWS::Lambda::Permission" and r["Properties"]["FunctionName"] == {"Ref": "ProxyFunction"}
-    }  # fmt: skip
-    assert actions == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}
-    adapter = props["Layers"][1]["Fn::Sub"]
-    assert adapter[0] == "arn:aws:lambda:${AWS::Region}:753240598075:layer:${AdapterLayer}:${LambdaWebAdapterVersion}"
-    assert adapter[1]["AdapterLayer"] == {"Fn::If": ["IsArm64", "LambdaAdapterLayerArm64", "LambdaAdapterLayerX86"]}
+STREAMING_FUNCTIONS = ("ProxyFunction", "ManagedProxyFunction")  # on demand, on Managed Instances (ComputeMode)
+ADAPTER_LAYER = "${AdapterLayer}:${LambdaWebAdapterVersion}"
+
+
+def test_streaming_door_is_wired_for_the_web_adapter(template, resources):
+    for function in STREAMING_FUNCTIONS:
+        props = resources[function]["Properties"]
+        env = props["Environment"]["Variables"]
+        assert props["Handler"] == "run.sh" and props["Timeout"] == 900
+        assert env["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
+        assert env["AWS_LWA_INVOKE_MODE"] == "response_stream"
+        # Clients reach a published version: SnapStart and Managed Instances run nothing else.
+        assert props["AutoPublishAlias"] == "live" and props["AutoPublishAliasAllProperties"] is True
+        adapter = props["Layers"][1]["Fn::Sub"]
+        assert adapter[0] == f"arn:aws:lambda:${{AWS::Region}}:753240598075:layer:{ADAPTER_LAYER}"
+        assert adapter[1]["AdapterLayer"] == {"Fn::If": ["IsArm64", "LambdaAdapterLayerArm64", "LambdaAdapterLayerX86"]}
+    # Layer 30 is the adapter's v1.1.0, the first that calls SnapStart hooks (v1.0.0 brought Managed Instances).
+    version = template["Parameters"]["LambdaWebAdapterVersion"]
+    assert version["Default"] >= 30 and version["MinValue"] >= 30
+
+
+def test_the_two_streaming_functions_differ_only_in_where_they_run(resources):
+    """ComputeMode swaps one function for the other: whatever serves a stream must not depend on which runs."""
+    on_demand, managed = (dict(resources[name]["Properties"]) for name in STREAMING_FUNCTIONS)
+    hooks = {"AWS_LWA_SNAPSTART_BEFORE_CHECKPOINT_PATH", "AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH"}
+    on_demand_env = on_demand.pop("Environment")["Variables"]
+    assert {k: v for k, v in on_demand_env.items() if k not in hooks} == managed.pop("Environment")["Variables"]
+    assert on_demand.pop("SnapStart") == {"ApplyOn": {"Fn::If": ["UseSnapStart", "PublishedVersions", "None"]}}
+    assert managed.pop("CapacityProviderConfig") == {
+        "Arn": {"Fn::GetAtt": ["GatewayCapacityProvider", "Arn"]},
+        "PerExecutionEnvironmentMaxConcurrency": {"Ref": "MaxConcurrencyPerEnvironment"},
+        "ExecutionEnvironmentMemoryGiBPerVCpu": 2,
+    }
+    # Managed Instances' smallest environment; at 2 GB per vCPU, the one vCPU a uvicorn process can use.
+    assert managed.pop("MemorySize") == 2048
+    on_demand.pop("Description"), managed.pop("Description")
+    assert on_demand == managed
+
+
+def test_snapstart_hooks_are_paths_the_adapter_accepts(resources):
+    """The adapter refuses, at start, hook paths it cannot guard (a `%` once decoded, the root, its pass-through
+    path /events), and answers 403 to outside requests for the ones it accepts."""
+    env = resources["ProxyFunction"]["Properties"]["Environment"]["Variables"]
+    paths = [env["AWS_LWA_SNAPSTART_BEFORE_CHECKPOINT_PATH"], env["AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH"]]
+    for path in paths:
+        assert re.fullmatch(r"(/[a-z0-9_-]+)+", path), path
+        assert path != "/events" and not path.startswith(("/anthropic/", "/key/", "/spend/", "/ui"))
+    assert len(set(paths)) == 2
+
+
+def test_a_new_gateway_layer_publishes_a_new_streaming_version(template):
+    """The gateway's code ships in the layer, not in the functions' CodeUri: a layer change must move the `live`
+    alias to a new version, or the streaming door keeps serving the old code."""
+
+    def versions(layer_uri: str) -> set[str]:
+        sam = copy.deepcopy(template)
+        sam["Resources"]["GatewayLayer"]["Properties"]["ContentUri"] = {"Bucket": "bucket", "Key": layer_uri}
+        translated = translate(sam, code_uri="s3://bucket/code")
+        return {name for name, r in translated["Resources"].items() if r["Type"] == "AWS::Lambda::Version"}
+
+    before, after = versions("layer-1.zip"), versions("layer-2.zip")
+    assert len(before) == len(after) == 2
+    assert not before & after, "a new layer left a streaming function's published version unchanged"
 
 
 def test_readiness_check_path_answers_without_auth(resources):
@@ -375,6 +425,17 @@ def _route_paths(routes, prefix: str = ""):
             yield prefix + route.path
 
 
+def _reachable(path: str, api_paths: list[str]) -> bool:
+    for api_path in api_paths:
+        if api_path.endswith("/{proxy+}"):
+            prefix = api_path.removesuffix("{proxy+}")
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return True
+        elif api_path == path:
+            return True
+    return False
+
+
 def test_every_app_route_is_reachable_through_the_http_api(resources):
     from anthropic_gateway.app import app
 
@@ -384,23 +445,30 @@ def test_every_app_route_is_reachable_through_the_http_api(resources):
         if event["Type"] == "HttpApi"
     ]
 
-    def reachable(path: str) -> bool:
-        for api_path in api_paths:
-            if api_path.endswith("/{proxy+}"):
-                prefix = api_path.removesuffix("{proxy+}")
-                if path.startswith(prefix) and len(path) > len(prefix):
-                    return True
-            elif api_path == path:
-                return True
-        return False
-
     app_paths = [*_route_paths(app.api.routes), app.PASS_THROUGH_PATH]  # the pass-through is in front of FastAPI
     assert "/health" in app_paths and "/anthropic/{path:path}" in app_paths
-    missing = [path for path in app_paths if not reachable(path)]
+    missing = [path for path in app_paths if not _reachable(path, api_paths)]
     assert not missing, f"app routes without an HttpApi route in template.yaml: {missing}"
     for api_path in api_paths:
         prefix = api_path.removesuffix("{proxy+}")
         assert any(path.startswith(prefix) for path in app_paths), f"HttpApi route {api_path} serves no app route"
+
+
+def test_every_app_route_is_reachable_through_the_rest_api(resources):
+    """The REST API door serves what the Function URL serves: the pass-through, the admin API, /ui and /health."""
+    from anthropic_gateway.app import app
+
+    properties = resources["RestApi"]["Properties"]
+    # Its integrations name the function through !If, which SAM's change detection does not see: without a new
+    # deployment on every update, switching ComputeMode would leave the stage calling the deleted function.
+    assert properties["AlwaysDeploy"] is True
+    api_paths = list(properties["DefinitionBody"]["paths"])
+    app_paths = [*_route_paths(app.api.routes), app.PASS_THROUGH_PATH]
+    missing = [path for path in app_paths if not _reachable(path, api_paths)]
+    assert not missing, f"app routes without a REST API route in template.yaml: {missing}"
+    for api_path in api_paths:
+        prefix = api_path.removesuffix("{proxy+}")
+        assert any(path.startswith(prefix) for path in app_paths), f"REST API route {api_path} serves no app route"
 
 
 def test_api_handler_is_mangum_over_the_shared_app():
@@ -410,12 +478,105 @@ def test_api_handler_is_mangum_over_the_shared_app():
     assert "run_until_complete(drain())" in source  # accounting finishes before Lambda freezes the process
 
 
+# -- every combination of the streaming door's parameters ---------------------------------------------------------
+
+
+def _running_alias(stack: Stack) -> dict:
+    function = "ProxyFunction" if stack.parameters["ComputeMode"] == "OnDemand" else "ManagedProxyFunction"
+    return {"Ref": f"{function}Aliaslive"}
+
+
+@pytest.mark.parametrize("values", COMBINATIONS, ids=combination_id)
+def test_every_combination_is_a_whole_stack_or_refused_by_a_rule(transformed, values):
+    stack = Stack(transformed, values)
+    if values["SnapStart"] == "true" and values["ComputeMode"] == "ManagedInstances":
+        assert stack.refused == ["SnapStart=true needs ComputeMode=OnDemand (Managed Instances do not use SnapStart)."]
+        return
+    assert stack.refused == []
+    resources, outputs = stack.resources, stack.outputs
+    # Everything named exists: a resource left out by a condition is never referred to.
+    for name, resource in [*resources.items(), *outputs.items()]:
+        dangling = references(resource) - set(resources) - set(stack.parameters)
+        assert not dangling, f"{name} refers to {sorted(dangling)}, which does not exist here"
+        for dependency in _as_list(resource.get("DependsOn", [])):
+            assert dependency in resources, f"{name} depends on {dependency}"
+
+    on_demand = values["ComputeMode"] == "OnDemand"
+    functions = {name for name, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
+    assert functions == {"ApiFunction", "ProxyFunction" if on_demand else "ManagedProxyFunction"}
+    assert ("GatewayCapacityProvider" in resources) is not on_demand
+    if on_demand:
+        snapstart = resources["ProxyFunction"]["Properties"]["SnapStart"]["ApplyOn"]
+        assert snapstart == ("PublishedVersions" if values["SnapStart"] == "true" else "None")
+
+    alias = _running_alias(stack)
+    door = values["StreamingDoor"]
+    assert ("ProxyFunctionUrl" in resources) is (door != "RestApi") is ("StreamingUrl" in outputs)
+    assert ("RestApi" in resources) is (door != "FunctionUrl") is ("RestApiUrl" in outputs)
+    if door != "RestApi":  # the URL and both its permissions are on the alias clients reach
+        assert resources["ProxyFunctionUrl"]["Properties"]["TargetFunctionArn"] == alias
+        for permission in ("ProxyFunctionUrlPublicAccess", "ProxyFunctionUrlInvokeAccess"):
+            assert resources[permission]["Properties"]["FunctionName"] == alias
+    else:  # nothing public but the REST API, so nothing gets past its WAF
+        assert not [r for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"
+                    and r["Properties"]["Principal"] == "*"]  # fmt: skip
+    if door != "FunctionUrl":
+        assert resources["RestApiInvokeAccess"]["Properties"]["FunctionName"] == alias
+        paths = resources["RestApi"]["Properties"]["Body"]["paths"]
+        for path, methods in paths.items():
+            for integration in (m["x-amazon-apigateway-integration"] for m in methods.values()):
+                assert (integration["type"], integration["responseTransferMode"]) == ("aws_proxy", "STREAM"), path
+                assert integration["timeoutInMillis"] == 900_000  # a stream's 15 minutes
+                uri, variables = integration["uri"]["Fn::Sub"]
+                assert uri.endswith(":lambda:path/2021-11-15/functions/${Alias}/response-streaming-invocations")
+                assert variables == {"Alias": alias}, path
+        assert resources["RestApi"]["Properties"]["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
+    with_domain = "RestApiDomainName" in values
+    assert ("RestApiDomain" in resources) is ("RestApiDomainMapping" in resources) is with_domain
+    assert ("RestApiWebAcl" in resources) is with_domain
+    assert "AnthropicBaseUrl" in outputs
+
+
+def test_parameters_that_cannot_work_together_are_refused(transformed):
+    refused = {
+        "ManagedInstances without a VPC": {"ComputeMode": "ManagedInstances"},
+        "a domain without a certificate": {"StreamingDoor": "RestApi", "RestApiDomainName": "gw.example.com"},
+        "a domain without a REST API": {**DOMAIN, "StreamingDoor": "FunctionUrl"},
+        "a WAF without a REST API": {"RestApiWebAclArn": DOMAIN["RestApiWebAclArn"]},
+    }
+    for what, values in refused.items():
+        assert Stack(transformed, values).refused, what
+
+
+@pytest.mark.parametrize("values", COMBINATIONS, ids=combination_id)
+def test_every_combination_passes_cfn_lint(transformed, values):
+    """`sam validate --lint` lints the template before its conditions are decided; this lints what CloudFormation
+    deploys for each combination, decided: cfn-lint's own checks, with every value resolved."""
+    from cfnlint.api import ManualArgs, lint
+
+    stack = Stack(transformed, values)
+    if stack.refused:
+        return
+    # W2001: parameters that only decided conditions are unused once the conditions are decided.
+    matches = lint(json.dumps(stack.template()), config=ManualArgs(regions=["us-east-1"], ignore_checks=["W2001"]))
+    assert not matches, [str(match) for match in matches]
+
+
 # -- observability -------------------------------------------------------------------------------------------------
 
 
+# Whichever streaming function ComputeMode runs: the dashboard's and the alarms' name for it.
+_STREAMING_FUNCTION = {"Fn::If": ["OnManagedInstances", {"Ref": "ManagedProxyFunction"}, {"Ref": "ProxyFunction"}]}
+
+
+def _dashboard_body(resources) -> str:
+    body, variables = resources["GatewayDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert variables == {"StreamingFunction": _STREAMING_FUNCTION}
+    return body
+
+
 def _dashboard(resources) -> dict:
-    body = resources["GatewayDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
-    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: f"<{m.group(1)}>", body))
+    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: f"<{m.group(1)}>", _dashboard_body(resources)))
 
 
 def _searches(dashboard: dict) -> list[tuple[tuple[str, ...], str, str]]:
@@ -461,14 +622,15 @@ def test_dashboard_shows_every_metric_the_code_emits(resources):
 
 
 def test_dashboard_and_alarms_watch_both_doors(template, resources):
-    body = resources["GatewayDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    body = _dashboard_body(resources)
     for needle in (
-        '"Url5xxCount", "FunctionName", "${ProxyFunction}"',
+        '"Url5xxCount", "FunctionName", "${StreamingFunction}"',
         '"Throttles", "FunctionName", "${ApiFunction}"',
-        '"Duration", "FunctionName", "${ProxyFunction}"',
+        '"Duration", "FunctionName", "${StreamingFunction}"',
         '"5xx", "ApiId", "${HttpApi}"',
     ):
         assert needle in body
+    assert "${ProxyFunction}" not in body, "the dashboard would show nothing with ComputeMode=ManagedInstances"
     alarms = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
     watched = set()
     for props in alarms.values():
@@ -477,11 +639,16 @@ def test_dashboard_and_alarms_watch_both_doors(template, resources):
             [{"MetricName": props["MetricName"], "Dimensions": props["Dimensions"]}] if "MetricName" in props else []
         )
         watched |= {(s["MetricName"], json.dumps(s["Dimensions"][0]["Value"])) for s in stats}
-    for function in ("ProxyFunction", "ApiFunction"):
-        ref = json.dumps({"Ref": function})
+    for function in (_STREAMING_FUNCTION, {"Ref": "ApiFunction"}):
+        ref = json.dumps(function)
         assert {("Errors", ref), ("Throttles", ref), ("Duration", ref)} <= watched, function
-    assert ("Url5xxCount", json.dumps({"Ref": "ProxyFunction"})) in watched
+    assert ("Url5xxCount", json.dumps(_STREAMING_FUNCTION)) in watched
     assert ("5xx", json.dumps({"Ref": "HttpApi"})) in watched
+    assert ("5XXError", json.dumps({"Fn::Sub": "${AWS::StackName}-streaming"})) in watched  # the REST API door
+    assert resources["RestApi"]["Properties"]["Name"] == {"Fn::Sub": "${AWS::StackName}-streaming"}
+    # Each door's alarm exists when its door does.
+    assert resources["ProxyUrl5xxRateAlarm"]["Condition"] == "HasFunctionUrl"
+    assert resources["RestApi5xxRateAlarm"]["Condition"] == "HasRestApi"
     for function, alarm in (
         ("ProxyFunction", "ProxyDurationNearTimeoutAlarm"),
         ("ApiFunction", "ApiDurationNearTimeoutAlarm"),
@@ -493,7 +660,13 @@ def test_dashboard_and_alarms_watch_both_doors(template, resources):
 def test_outputs_give_both_urls_the_secrets_and_the_table(template):
     outputs = template["Outputs"]
     assert outputs["StreamingUrl"]["Value"] == {"Fn::GetAtt": ["ProxyFunctionUrl", "FunctionUrl"]}
-    assert outputs["AnthropicBaseUrl"]["Value"] == {"Fn::Sub": "${ProxyFunctionUrl.FunctionUrl}anthropic"}
+    # The Function URL when there is one (the default door), else the REST API (its domain when it has one).
+    by_door = outputs["AnthropicBaseUrl"]["Value"]["Fn::If"]
+    assert by_door[:2] == ["HasFunctionUrl", {"Fn::Sub": "${ProxyFunctionUrl.FunctionUrl}anthropic"}]
+    assert by_door[2]["Fn::If"][1:] == [
+        {"Fn::Sub": "https://${RestApiDomainName}/anthropic"},
+        {"Fn::Sub": "https://${RestApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${RestApi.Stage}/anthropic"},
+    ]
     assert outputs["UpstreamKeySecretArn"]["Value"] == {"Ref": "UpstreamKeySecret"}
     assert outputs["MasterKeySecretArn"]["Value"] == {"Ref": "MasterKeySecret"}
     assert outputs["TableName"]["Value"] == {"Ref": "GatewayTable"}

@@ -41,6 +41,7 @@ from .batches import admit as admit_batch
 from .bedrock import get_bedrock
 from .errors import GatewayError, error_response, invalid_request, render
 from .exchange import Exchange
+from .front_door import Arrival
 from .ledger import ledger
 from .responses import BufferedResponse, DisconnectWatch, ExchangeResponse, RelayResponse
 from .settings import get_settings
@@ -109,7 +110,7 @@ _PASS_THROUGH = forwarding.PREFIX + "/"
 
 
 async def anthropic_passthrough(request: Request) -> ExchangeResponse:
-    exchange = Exchange(method=request.method, path="")
+    exchange = Exchange(method=request.method, path="", arrival=Arrival.of(request.scope))
     response: ExchangeResponse | None = None
     try:
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from .auth import Principal
+from .front_door import Arrival
 from .usage import Usage, UsageTap
 
 if TYPE_CHECKING:  # governance and batches build on Exchange; only their types are needed here
@@ -43,6 +44,7 @@ class Exchange:
     batch: BatchState | None = None  # a batch create's reservation, batches seen ended, or a results tap (batches.py)
     upstream: str | None = None  # "anthropic" or "bedrock": the one that answered (or was tried last)
     failover_cause: str | None = None  # why the first upstream's answer was not used (routing.py), else None
+    arrival: Arrival | None = None  # which front door, from which client (front_door.py)
 
     @property
     def usage(self) -> Usage | None:

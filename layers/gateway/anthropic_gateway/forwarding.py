@@ -23,6 +23,7 @@ from .bedrock import get_bedrock
 from .bedrock_errors import anthropic_error
 from .errors import GatewayError
 from .exchange import Exchange
+from .front_door import Arrival
 from .responses import BufferedResponse, RelayResponse
 from .settings import Settings, get_settings
 from .upstream_http import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
@@ -307,8 +308,11 @@ def upstream_failure(exc: UpstreamError, upstream: str, what: str = "could not b
 
 def _gateway_base(request: Request) -> str:
     configured = get_settings().public_base_url
-    base = configured.rstrip("/") if configured else str(request.base_url).rstrip("/")
-    return base + PREFIX
+    if configured:
+        return configured.rstrip("/") + PREFIX
+    # Through a REST API's own URL the public path starts with the stage, which the app never sees in its path.
+    stage = Arrival.of(request.scope).front_door().path_prefix
+    return str(request.base_url).rstrip("/") + stage + PREFIX
 
 
 def _rewrite_results_url(content: bytes, gateway_base: str) -> bytes:

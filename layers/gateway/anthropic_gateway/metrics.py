@@ -349,4 +349,14 @@ def access_fields(exchange: Exchange, cost: float) -> dict[str, Any]:
         "key_hash_prefix": record.token[:12] if record else None,  # of the SHA-256 hash, never of the key
         "upstream": exchange.upstream,  # anthropic or bedrock: which answered (None: refused before routing)
         "failover_cause": exchange.failover_cause,  # set when the first upstream's answer was not used
+        **_front_door_fields(exchange),
     }
+
+
+def _front_door_fields(exchange: Exchange) -> dict[str, str | None]:
+    """Which door (function_url, rest_api, http_api, direct), the client's address as that door saw it, and the
+    door's own request id (its logs show it): front_door.py."""
+    door = exchange.arrival.front_door() if exchange.arrival else None
+    if door is None:
+        return {"door": None, "client_ip": None, "edge_request_id": None}
+    return {"door": door.door, "client_ip": door.client_ip, "edge_request_id": door.edge_request_id}
