@@ -235,11 +235,11 @@ class Cascade:
         return True
 
 
-def delete_keys(pk: str, cascade: Cascade, unfinished: Refused) -> Refused | None:
-    """Delete the keys indexed under `pk` (a team's or a user's), each in its own record's transaction
-    (keys.delete: pointers, alias and index items too). `unfinished` when the cascade's bound stopped it first,
-    CONFLICT when a key kept changing under it."""
-    for key_id in key_links.key_ids(pk):
+def delete_keys(pk: str, cascade: Cascade, unfinished: Refused, **owner: str) -> Refused | None:
+    """Delete the keys indexed under `pk` (a team's or a user's; only `owner`'s, as key_links.key_ids), each in
+    its own record's transaction (keys.delete: pointers, alias and index items too). `unfinished` when the
+    cascade's bound stopped it first, CONFLICT when a key kept changing under it."""
+    for key_id in key_links.key_ids(pk, **owner):
         if not cascade.take():
             return unfinished
         for _ in range(_ATTEMPTS):
