@@ -17,12 +17,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from . import keys
+from . import keys, org_api
 from .auth import master_only
 from .errors import GatewayError
 from .key_routes import MAX_KEY_TAGS, Duration, Identifier, _tags
 from .org_api import (
-    MAX_CASCADE,
     MAX_PER_CALL,
     Email,
     Metadata,
@@ -190,7 +189,7 @@ async def delete_teams(http_request: Request) -> Response:
         if missing:
             shown = ", ".join(repr(team_id) for team_id in missing)
             raise GatewayError(404, f"Nothing deleted; no team {shown}.")
-        cascade = Cascade(remaining=MAX_CASCADE)
+        cascade = Cascade(remaining=org_api.MAX_CASCADE)
         now = keys.utcnow().isoformat()
         for team_id in team_ids:
             refused = teams.delete(team_id, cascade, now)
@@ -246,6 +245,8 @@ async def member_add(http_request: Request) -> Response:
 
     def add() -> Any:
         team = _team(request.team_id)
+        if team.deleting:
+            raise admin_error(Refused("deleting", "team", team.team_id))
         joining = _joining(team, added, request.max_budget_in_team, request.budget_duration, now)
         refuse_unless_done(teams.add_members(team.team_id, joining, now.isoformat()))
         view = team_view(teams.get(team.team_id) or team)
@@ -297,7 +298,7 @@ async def member_delete(http_request: Request) -> Response:
         # Not a member any more, but with keys left in the team by an earlier call stopped at the bound: carry on.
         if refused is not None and not (refused.reason == "missing" and key_links.key_ids(pk, user_id=user_id)):
             raise admin_error(refused)
-        cascade = Cascade(remaining=MAX_CASCADE)
+        cascade = Cascade(remaining=org_api.MAX_CASCADE)
         unfinished = Refused("unfinished", "member", user_id, team=team.team_id)
         if (refused := delete_keys(pk, cascade, unfinished, user_id=user_id)) is not None:
             raise _partial(refused, cascade)

@@ -16,13 +16,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from . import keys
+from . import keys, org_api
 from .auth import master_only
 from .errors import GatewayError
 from .key_routes import MAX_LIST_SIZE, Alias, Duration, Identifier, KeyWithInfo
 from .keys import KeyRecord
 from .org_api import (
-    MAX_CASCADE,
     MAX_PER_CALL,
     Email,
     Metadata,
@@ -161,7 +160,7 @@ async def delete_users(http_request: Request) -> Response:
         missing = [user_id for user_id in user_ids if users.get(user_id) is None]
         if missing:
             raise GatewayError(404, f"Nothing deleted; no user {', '.join(repr(u) for u in missing)}.")
-        cascade = Cascade(remaining=MAX_CASCADE)
+        cascade = Cascade(remaining=org_api.MAX_CASCADE)
         now = keys.utcnow().isoformat()
         for user_id in user_ids:
             refused = users.delete(user_id, cascade, now)
