@@ -289,6 +289,8 @@ def test_member_add_refusals(admin):
     )
     twice = [{"user_id": "dup-" + team["team_id"]}, {"user_id": "dup-" + team["team_id"]}]
     assert error_of(admin.post("/team/member_add", json={"team_id": team["team_id"], "member": twice}))[0] == 400
+    same_email = [{"user_email": "Same@x.example"}, {"user_id": unique("other"), "user_email": "same@X.example"}]
+    assert error_of(admin.post("/team/member_add", json={"team_id": team["team_id"], "member": same_email}))[0] == 400
     assert error_of(admin.post("/team/member_add", json={"team_id": team["team_id"], "member": {}}))[0] == 400
     many = [{"user_id": f"m{i}"} for i in range(org_api.MAX_PER_CALL + 1)]
     assert error_of(admin.post("/team/member_add", json={"team_id": team["team_id"], "member": many}))[0] == 400

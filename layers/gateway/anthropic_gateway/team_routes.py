@@ -358,9 +358,10 @@ def _joining(
                 updated_at=now.isoformat(),
             )
         user_id = user.user_id if user is not None else new_user.user_id if new_user is not None else ""
-        if user_id in seen:
-            raise GatewayError(400, f"member: user {user_id!r} is named more than once.")
-        seen.add(user_id)
+        email = (new_user.user_email or "").lower() if new_user is not None else ""
+        if user_id in seen or (email and email in seen):
+            raise GatewayError(400, f"member: user {email or user_id!r} is named more than once.")
+        seen.update({user_id, email} - {""})
         membership = Membership(
             team_id=team.team_id,
             user_id=user_id,

@@ -32,6 +32,8 @@ ZERO = Decimal(0)
 MONEY = frozenset({"max_budget", "spend", "total_spend", "reserved"})
 # A transaction's attempts when it meets another write to one of its items (a budget hold on a team, say).
 _ATTEMPTS = 3
+
+
 # -- records ------------------------------------------------------------------------------------------------------
 
 
@@ -64,10 +66,6 @@ class ScopeRecord:
         item["budget_headroom"] = (self.max_budget or ZERO) - self.spend - self.reserved
         item["reservations"] = {}
         return item
-
-    @property
-    def headroom(self) -> Decimal:
-        return (self.max_budget or ZERO) - self.spend - self.reserved
 
 
 # -- changes ------------------------------------------------------------------------------------------------------
@@ -123,12 +121,6 @@ def apply(update: Mapping[str, Any]) -> bool:
         )
         is None
     )
-
-
-def period_changes(budget_duration: str | None, now: datetime) -> dict[str, Any]:
-    """budget_duration with the budget_reset_at it starts: the first period ends one duration from now."""
-    reset_at = keys.iso_seconds(now + keys.parse_duration(budget_duration)) if budget_duration else None
-    return {"budget_duration": budget_duration, "budget_reset_at": reset_at}
 
 
 def reset_if_due(pk: str, sk: str, record: ScopeRecord, now: datetime) -> bool:

@@ -108,10 +108,6 @@ def update(user: UserRecord, changes: dict[str, Any], now: str) -> Refused | Non
     return refused
 
 
-def set_blocked(user: UserRecord, blocked: bool, now: str) -> Refused | None:
-    return update(user, {"blocked": blocked}, now)
-
-
 def delete(user_id: str, cascade: Cascade, now: str) -> Refused | None:
     """Delete the user with its keys, its memberships and its email's claim. Refused("unfinished") when the
     cascade's bound was reached first: the user stays marked (blocked) and the next call carries on."""
