@@ -92,7 +92,7 @@ def test_generate_returns_the_key_once_and_stores_only_its_hash(admin, gateway):
 KEY_FIELDS = [
     *("token", "key_name", "key_alias", "spend", "total_spend", "reserved_spend", "max_budget", "budget_duration"),
     *("budget_reset_at", "expires", "models", "tags", "metadata", "rpm_limit", "tpm_limit", "max_parallel_requests"),
-    *("upstreams", "blocked", "created_at", "updated_at", "input_tokens", "output_tokens"),
+    *("upstreams", "team_id", "user_id", "blocked", "created_at", "updated_at", "input_tokens", "output_tokens"),
     *("cache_creation_input_tokens", "cache_read_input_tokens", "requests"),
 ]
 
@@ -101,7 +101,7 @@ def test_every_route_shows_a_key_with_the_same_fields_unset_ones_null(admin):
     """Clients read these by name: every field is always there (null when unset), in one order on every route."""
     created = admin.post("/key/generate", json={}).json()
     assert list(created) == ["key", *KEY_FIELDS]
-    unset = ("key_alias", "max_budget", "budget_duration", "budget_reset_at", "expires")
+    unset = ("key_alias", "max_budget", "budget_duration", "budget_reset_at", "expires", "team_id", "user_id")
     assert [created[name] for name in unset] == [None] * len(unset)
     assert [created[name] for name in ("rpm_limit", "tpm_limit", "max_parallel_requests")] == [None] * 3
     assert (created["models"], created["tags"], created["metadata"]) == ([], [], {})

@@ -1,4 +1,5 @@
-"""`python -m anthropic_gateway serve` runs the gateway locally; `... keys <command>` manages keys."""
+"""`python -m anthropic_gateway serve` runs the gateway locally; `... keys|teams|users|tags <command>` manage
+keys, teams, users and registered tags."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ def main(argv: list[str]) -> int:
         from .cli import main as keys_main
 
         return keys_main(argv[1:])
-    print("usage: python -m anthropic_gateway serve | keys <command> (keys --help for the commands)", file=sys.stderr)
+    if argv[:1] in (["teams"], ["users"], ["tags"]):
+        from .org_cli import main as org_main
+
+        return org_main(argv[0], argv[1:])
+    print(
+        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> (keys --help for the commands)",
+        file=sys.stderr,
+    )
     return 2
 
 

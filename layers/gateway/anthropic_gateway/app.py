@@ -33,8 +33,11 @@ from . import (
     key_spend,
     request_body,
     routing,
+    tag_routes,
     tag_spend,
     tags,
+    team_routes,
+    user_routes,
 )
 from .auth import authenticate
 from .batches import admit as admit_batch
@@ -82,6 +85,9 @@ api = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, open
 api.include_router(key_routes.router)
 api.include_router(tag_spend.router)
 api.include_router(key_spend.router)
+api.include_router(team_routes.router)
+api.include_router(user_routes.router)
+api.include_router(tag_routes.router)
 api.include_router(console.router)  # the admin console's static files, /ui
 
 

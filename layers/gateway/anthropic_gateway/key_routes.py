@@ -31,6 +31,7 @@ from .auth import master_only
 from .errors import GatewayError, invalid_request
 from .keys import KeyRecord
 from .money import Amount, MoneyJSONResponse
+from .refusals import key_owner_error
 from .settings import parse_upstreams
 
 MAX_LIST_SIZE = 100
@@ -66,6 +67,12 @@ def _duration(value: str) -> str:
 def _printable(value: str) -> str:
     if not value.isprintable():
         raise ValueError("must be printable characters")
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not value.isprintable() or any(character.isspace() for character in value):
+        raise ValueError("must be printable characters without spaces")
     return value
 
 
@@ -119,6 +126,8 @@ Duration = Annotated[str, Field(max_length=16), AfterValidator(_duration)]
 # Aliases are DynamoDB key values (ALIAS#<alias>): bounded, printable, whether they name a new key or look one up.
 Alias = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
 ModelName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
+# Team and user ids are DynamoDB key values (TEAM#<id>, USER#<id>) and go into URLs: bounded, printable, no spaces.
+Identifier = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_identifier)]
 Limit = Annotated[int, Field(ge=0, le=MAX_LIMIT)]
 # A JSON string is not a budget ("10" is refused), nor a bool; its schema is the number it is on the wire.
 Budget = Annotated[
@@ -147,6 +156,8 @@ class KeySettings(BaseModel):
     metadata: Annotated[dict[str, Any], AfterValidator(_metadata)] | None = None
     tags: Annotated[list[str], Field(max_length=MAX_KEY_TAGS), AfterValidator(_tags)] | None = None
     blocked: bool | None = None
+    team_id: Identifier | None = None  # the team must exist, and the key's user be a member of it
+    user_id: Identifier | None = None
 
 
 class GenerateRequest(KeySettings):
@@ -230,6 +241,8 @@ class KeyInfo(BaseModel):
     tpm_limit: int | None
     max_parallel_requests: int | None
     upstreams: list[str] | None  # null: the deployment's DEFAULT_UPSTREAMS
+    team_id: str | None
+    user_id: str | None
     blocked: bool
     created_at: str
     updated_at: str
@@ -385,9 +398,13 @@ async def generate_key(http_request: Request) -> Response:
         tpm_limit=request.tpm_limit,
         max_parallel_requests=request.max_parallel_requests,
         upstreams=request.upstreams,
+        team_id=request.team_id,
+        user_id=request.user_id,
     )
     try:
         await anyio.to_thread.run_sync(keys.put_new, record)
+    except keys.LinkRefused as exc:
+        raise key_owner_error(exc.refused) from None
     except keys.KeyExists:
         raise GatewayError(400, "key: this key is already in use, or was used before; choose another.") from None
     except keys.AliasTaken:
@@ -467,6 +484,8 @@ async def update_key(http_request: Request) -> Response:
         record = await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
     except keys.AliasTaken:
         raise GatewayError(400, f"key_alias {changes.get('key_alias')!r} is already in use.") from None
+    except keys.LinkRefused as exc:
+        raise key_owner_error(exc.refused) from None
     return _answer(KeyWithInfo.of(record, key=record.token))
 
 

@@ -10,6 +10,7 @@ Table layout (single table, declared in template.yaml and created by `serve` loc
   pk=KEY#<key_id>  sk=RATE#<t>   per-minute request/token counters, sk=PARALLEL in-flight slots (governance.py)
   pk=ALIAS#<alias> sk=ALIAS      makes key_alias unique (written in the same transaction as the record)
   gsi1pk=KEY, gsi1sk=<created_at>#<key_id> on key records: lists keys in creation order
+  pk=TEAM#<team_id> or USER#<user_id>, sk=KEY#<key_id>: the key's team and user (storage/key_links.py)
 
 A presented key is valid when the record found through its hash still has that hash as `token`: a regenerated
 key's old hash leads to a record whose token has moved on, so the old key stops working at once.
@@ -33,6 +34,8 @@ from typing import Any
 
 from . import table
 from .settings import get_settings
+from .storage import key_links
+from .storage.outcomes import Refused
 from .table import Conflict as Conflict  # raised here by update, regenerate, delete
 
 KEY_PREFIX = "sk-"
@@ -117,6 +120,8 @@ class KeyRecord:
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
     upstreams: list[str] | None = None  # failover order, e.g. ["anthropic", "bedrock"]; None: DEFAULT_UPSTREAMS
+    team_id: str | None = None  # the team and the user the key belongs to (storage/key_links.py)
+    user_id: str | None = None
     spend: Decimal = _ZERO  # USD in the current budget period (all time without budget_duration)
     total_spend: Decimal = _ZERO  # all time
     reserved: Decimal = _ZERO  # estimates held by admitted requests that have not settled yet
@@ -179,12 +184,21 @@ class KeyExists(Exception):
     """The key (or a key with the same hash, possibly a retired one) is already stored."""
 
 
+class LinkRefused(Exception):
+    """The key's new team or user is missing, being deleted, or the user is not a member of the team."""
+
+    def __init__(self, refused: Refused):
+        super().__init__(refused)
+        self.refused = refused
+
+
 def _alias_item(alias: str, key_id: str) -> dict[str, Any]:
     return {"pk": f"ALIAS#{alias}", "sk": "ALIAS", "key_id": key_id}
 
 
 def put_new(record: KeyRecord) -> None:
-    """Store a new key record; its hash must be unused and its alias, if any, free (checked atomically)."""
+    """Store a new key record; its hash must be unused, its alias, if any, free, and its team and user, if any,
+    ready to take it (checked atomically: LinkRefused)."""
     actions = [{"Put": {"Item": record.to_item(), "ConditionExpression": "attribute_not_exists(pk)"}}]
     if record.key_alias is not None:
         actions.append(
@@ -195,6 +209,9 @@ def put_new(record: KeyRecord) -> None:
                 }
             }
         )
+    linked = len(actions)
+    links = key_links.relink(record.key_id, (None, None), (record.team_id, record.user_id))
+    actions += links.actions
     try:
         # The token makes DynamoDB answer a retry (botocore's, after a lost answer) as the success it was.
         table.transact(actions, token=hashlib.sha256(f"{record.key_id}#{record.created_at}".encode()).hexdigest()[:36])
@@ -203,6 +220,8 @@ def put_new(record: KeyRecord) -> None:
         if stored is None or stored.get("created_at") != record.created_at:  # else: our own write, retried
             if 0 in exc.failed:
                 raise KeyExists() from None
+            if failed_links := [index - linked for index in exc.failed if index >= linked]:
+                raise LinkRefused(links.refusal(failed_links)) from None
             raise AliasTaken(record.key_alias) from None
     key_directory.add(record.token)  # works at once here; elsewhere within KEY_CACHE_TTL
 
@@ -248,7 +267,8 @@ def update(
     """Apply admin `changes` (name -> value, None removes) to the record as read; Conflict if it changed since.
 
     A change of max_budget moves budget_headroom by the same amount in the same write, so the headroom stays
-    equal to max_budget - spend - reserved whatever requests are settling meanwhile.
+    equal to max_budget - spend - reserved whatever requests are settling meanwhile. A change of team_id or
+    user_id moves the key's index items in the same transaction (LinkRefused if the new owners cannot take it).
     """
     now = utcnow().isoformat()
     names = {"#updated_at": "updated_at", "#token": "token"}
@@ -271,7 +291,9 @@ def update(
     if adds:
         expression += " ADD " + ", ".join(adds)
     condition = "#updated_at = :seen AND #token = :token"
-    if not alias_change or new_alias == record.key_alias:
+    owners = (changes.get("team_id", record.team_id), changes.get("user_id", record.user_id))
+    links = key_links.relink(record.key_id, (record.team_id, record.user_id), owners)
+    if (not alias_change or new_alias == record.key_alias) and not links.actions:
         if table.update_if(record_pk(record.key_id), "KEY", expression, condition, names, values) is not None:
             raise Conflict()
         return
@@ -283,16 +305,23 @@ def update(
         "ExpressionAttributeValues": values,
     }
     actions: list[dict[str, Any]] = [{"Update": spec}]
-    if new_alias is not None:
+    moves_alias = alias_change and new_alias != record.key_alias
+    if moves_alias and new_alias is not None:
         actions.append(
             {"Put": {"Item": _alias_item(new_alias, record.key_id), "ConditionExpression": "attribute_not_exists(pk)"}}
         )
-    if record.key_alias is not None:
+    if moves_alias and record.key_alias is not None:
         actions.append({"Delete": {"Key": {"pk": f"ALIAS#{record.key_alias}", "sk": "ALIAS"}}})
+    linked = len(actions)
+    actions += links.actions
     try:
         table.transact(actions)
     except table.Cancelled as exc:
-        if new_alias is not None and 1 in exc.failed:
+        if 0 in exc.failed:
+            raise Conflict() from None
+        if failed_links := [index - linked for index in exc.failed if index >= linked]:
+            raise LinkRefused(links.refusal(failed_links)) from None
+        if moves_alias and new_alias is not None and 1 in exc.failed:
             raise AliasTaken(new_alias) from None
         raise Conflict() from None
 
@@ -360,6 +389,7 @@ def delete(record: KeyRecord) -> None:
         actions.append({"Delete": {"Key": {"pk": record_pk(record.token), "sk": "KEY"}}})
     if record.key_alias is not None:
         actions.append({"Delete": {"Key": {"pk": f"ALIAS#{record.key_alias}", "sk": "ALIAS"}}})
+    actions += key_links.unlink(record.key_id, record.team_id, record.user_id)
     # Read before the delete: its condition (same token) guarantees no regenerate added to the list meanwhile.
     retired = (_get(record_pk(record.key_id)) or {}).get("retired") or set()
     try:

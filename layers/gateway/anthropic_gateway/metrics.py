@@ -15,7 +15,8 @@ Logs Insights, never dimensions):
     other metric is multiplied by causes.
 Dimension values are bounded, whatever clients send (each distinct value is a custom metric, billed monthly):
 `Model` is a model id pricing.json knows (`other` for any other, `unknown` when there is none), and `Tag` is a
-tag the operator chose (the key's default tags, METRIC_TAGS) or `other`; see `model_dimension`, `tag_dimension`.
+tag the operator chose (the key's default tags, registered tags, METRIC_TAGS) or `other`; see `model_dimension`,
+`tag_dimension`.
 Blobs and the access line are serialised here, straight to the EMF spec and to the Powertools Logger's JSON shape:
 building them through a Powertools provider per blob and the logging machinery cost five times as much CPU per
 request (issue 11). Powertools still defines the units (`MetricUnit`), the service name and every other log line;
@@ -40,6 +41,7 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled as _is_m
 from . import pricing
 from .exchange import Exchange
 from .settings import get_settings
+from .storage.tags import registry as registered_tags
 from .usage import Usage
 
 if TYPE_CHECKING:
@@ -295,11 +297,12 @@ def tag_dimensions(exchange: Exchange) -> list[str]:
 def tag_dimension(tag: str, key_defaults: list[str]) -> str:
     """`tag` when the operator chose it as a metric dimension, else `other`.
 
-    Chosen: the key's default tags (set by an admin), a tag listed in METRIC_TAGS, or one matching a `prefix*`
-    pattern there while fewer than MAX_PATTERN_TAG_VALUES distinct tags have matched in this process.
+    Chosen: the key's default tags (set by an admin), a registered tag (/tag/new; read from memory), a tag listed
+    in METRIC_TAGS, or one matching a `prefix*` pattern there while fewer than MAX_PATTERN_TAG_VALUES distinct
+    tags have matched in this process.
     """
     allowed = get_settings().metric_tags
-    if tag in key_defaults or tag in allowed:
+    if tag in key_defaults or tag in allowed or tag in registered_tags.snapshot():
         return tag
     if not any(pattern.endswith("*") and tag.startswith(pattern[:-1]) for pattern in allowed):
         return OTHER

@@ -1,16 +1,22 @@
-// The console's entry point: sign-in, the hash routes (#/keys, #/keys/<hash>, #/spend) and sign-out.
-// The master key is in sessionStorage only; routes and links carry key hashes at most, never a key.
+// The console's entry point: sign-in, the hash routes (#/keys, #/keys/<hash>, #/teams, #/teams/<id>, #/users,
+// #/users/<id>, #/tags, #/spend) and sign-out. The master key is in sessionStorage only; routes and links carry
+// key hashes and team or user ids at most (percent-encoded), never a key.
 
 import { api, session } from "./api.js";
 import { h, message } from "./dom.js";
 import { keyView } from "./key.js";
 import { keysView } from "./keys.js";
 import { spendView } from "./spend.js";
+import { tagsView } from "./tags.js";
+import { teamView } from "./team.js";
+import { teamsView } from "./teams.js";
+import { userView } from "./user.js";
+import { usersView } from "./users.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const signOutButton = document.getElementById("sign-out");
-const state = { keys: {}, spend: {} };  // filters and pages, kept while the tab is open
+const state = { keys: {}, spend: {}, users: {} };  // filters and pages, kept while the tab is open
 let flashed = null;
 
 const flash = (text) => { flashed = text; };
@@ -22,13 +28,17 @@ async function route() {
     signIn();
     return;
   }
-  const [, view = "keys", token] = location.hash.split("/");
+  const [, view = "keys", encoded] = location.hash.split("/");
+  const token = encoded === undefined ? undefined : decoded(encoded);
   for (const link of nav.querySelectorAll("a")) link.classList.toggle("active", link.dataset.view === view);
   const notice = flashed ? message("success", flashed) : null;
   flashed = null;
   try {
     if (view === "spend") await spendView(main, state.spend);
     else if (view === "keys" && token) await keyView(main, token, flash);
+    else if (view === "teams") await (token ? teamView(main, token, flash) : teamsView(main));
+    else if (view === "users") await (token ? userView(main, token, flash) : usersView(main, state.users));
+    else if (view === "tags") await tagsView(main);
     else await keysView(main, state.keys);
     if (notice) main.prepend(notice);
   } catch (error) {
@@ -38,6 +48,14 @@ async function route() {
     } else {
       main.replaceChildren(message("error", `Something went wrong: ${error.message}`));
     }
+  }
+}
+
+function decoded(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;  // not percent-encoding we wrote: looked up as it is (and not found)
   }
 }
 
@@ -85,6 +103,7 @@ signOutButton.addEventListener("click", () => {
   session.signOut();
   state.keys = {};
   state.spend = {};
+  state.users = {};
   history.replaceState(null, "", location.pathname);
   signIn();
 });

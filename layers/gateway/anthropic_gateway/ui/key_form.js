@@ -1,6 +1,7 @@
 // The settings of a key as a form: every field /key/generate takes, and the same fields for /key/update.
 
 import { h } from "./dom.js";
+import { ownerPickers } from "./owners.js";
 
 const FIELDS = [
   { name: "key_alias", label: "Alias", kind: "text", hint: "A unique, human-readable name." },
@@ -13,6 +14,8 @@ const FIELDS = [
   { name: "max_parallel_requests", label: "Parallel requests", kind: "integer" },
   { name: "upstreams", label: "Upstreams", kind: "list", hint: "anthropic, bedrock or both in failover order. Empty: the deployment's default." },
   { name: "tags", label: "Tags", kind: "list", hint: "Comma-separated; added to every request made with the key." },
+  { name: "team_id", label: "Team", kind: "owner", hint: "Its budget and limits apply to the key too." },
+  { name: "user_id", label: "User", kind: "owner", hint: "Whose key it is; a member of the team, if there is one." },
   { name: "metadata", label: "Metadata", kind: "json", hint: "A JSON object, stored and shown, never interpreted." },
 ];
 
@@ -42,6 +45,7 @@ export function keyForm({ key = null, submitLabel, onSubmit, onCancel }) {
       h("label", { class: "field check" }, inputs.blocked, h("span", { class: "label" }, "Create it blocked")),
     );
   }
+  ownerPickers(inputs.team_id, inputs.user_id);
   const problem = h("div", { class: "form-message" });
   const submit = h("button", { type: "submit", class: "primary" }, submitLabel);
   const form = h("form", { class: "key-form", novalidate: true },
@@ -71,9 +75,14 @@ export function keyForm({ key = null, submitLabel, onSubmit, onCancel }) {
   return form;
 }
 
-function inputFor(field, key) {
+export function inputFor(field, key) {
   const current = key?.[field.name];
   const attributes = { name: field.name, autocomplete: "off", spellcheck: "false" };
+  if (field.kind === "owner") {  // options come from the API (owners.js); until then, the current one only
+    const select = h("select", attributes, h("option", { value: "" }, "(none)"));
+    if (current) select.append(h("option", { value: current, selected: true }, current));
+    return select;
+  }
   if (field.kind === "json") {
     const text = current && Object.keys(current).length ? JSON.stringify(current, null, 2) : "";
     return h("textarea", { ...attributes, rows: 3, placeholder: '{"owner": "ana@example.com"}' }, text);
@@ -92,7 +101,7 @@ function inputFor(field, key) {
 }
 
 /** The value a field's input holds, as the API takes it; null when empty. Throws with a readable message. */
-function valueOf(field, input) {
+export function valueOf(field, input) {
   const text = input.value.trim();
   switch (field.kind) {
     case "list": {

@@ -1,0 +1,251 @@
+"""What every budgeted item of the organisation (team, membership, user, tag) shares: budget bookkeeping, admin
+changes, transactions and outcomes (layout.py says where the items live).
+
+Every budgeted item carries the budget bookkeeping of a key record, with the same names and meaning, so budget
+holds work on any of them unchanged: `max_budget` (absent: no budget), `budget_duration`, `budget_reset_at`,
+`spend` (this period), `total_spend`, `reserved`, `reservations` (request id -> {amount, until}) and
+`budget_headroom = (max_budget or 0) - spend - reserved`, kept true by every write; and the limits `models`,
+`rpm_limit`, `tpm_limit`, `max_parallel_requests`.
+
+Admin changes are conditional on `updated_at` as read (requests settling meanwhile never touch it), so a change
+of max_budget moves the headroom by exactly the difference. Storage answers with outcomes (`Refused`, or None
+for done), never with HTTP errors: the routes decide what a refusal means to the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Self
+
+from .. import keys, table
+from . import key_links
+from .layout import KEY_PREFIX
+from .outcomes import CONFLICT, Refused
+
+ZERO = Decimal(0)
+MONEY = frozenset({"max_budget", "spend", "total_spend", "reserved"})
+# A transaction's attempts when it meets another write to one of its items (a budget hold on a team, say).
+_ATTEMPTS = 3
+
+
+# -- records ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ScopeRecord:
+    """The settings and budget bookkeeping every budgeted item has; subclasses add their own fields."""
+
+    created_at: str = ""
+    updated_at: str = ""
+    models: list[str] = field(default_factory=list)
+    max_budget: Decimal | None = None
+    budget_duration: str | None = None
+    budget_reset_at: str | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    spend: Decimal = ZERO
+    total_spend: Decimal = ZERO
+    reserved: Decimal = ZERO
+
+    @classmethod
+    def from_item(cls, item: table.Item) -> Self:
+        # Money stays exact Decimal; every other number becomes the int (or float, in metadata) JSON holds.
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{name: item[name] if name in MONEY else table.plain(item[name]) for name in names & item.keys()})
+
+    def attributes(self) -> table.Item:
+        """The record as the attributes of a new item: unset fields left out, budget bookkeeping started."""
+        item = {name: table.stored(value) for name, value in asdict(self).items() if value is not None}
+        item["budget_headroom"] = (self.max_budget or ZERO) - self.spend - self.reserved
+        item["reservations"] = {}
+        return item
+
+
+# -- changes ------------------------------------------------------------------------------------------------------
+
+
+def change(
+    pk: str, sk: str, seen: ScopeRecord, changes: Mapping[str, Any], now: str, *, live: bool = False
+) -> dict[str, Any]:
+    """An Update action (resource form, for `apply` or a transaction) that applies admin `changes` (name -> value,
+    None removes) to the item as `seen`, if nobody changed it since. A change of max_budget moves budget_headroom
+    by the same amount, so the headroom stays max_budget - spend - reserved whatever settles meanwhile. `live`:
+    also only while the item is not being deleted."""
+    names = {"#updated_at": "updated_at"}
+    values: dict[str, Any] = {":now": now, ":seen": seen.updated_at}
+    sets, removes = ["#updated_at = :now"], []
+    for index, (name, value) in enumerate(changes.items()):
+        names[f"#f{index}"] = name
+        if value is None:
+            removes.append(f"#f{index}")
+        else:
+            values[f":f{index}"] = table.stored(value)
+            sets.append(f"#f{index} = :f{index}")
+    expression = "SET " + ", ".join(sets)
+    if removes:
+        expression += " REMOVE " + ", ".join(removes)
+    if "max_budget" in changes:
+        names["#headroom"] = "budget_headroom"
+        values[":delta"] = (changes["max_budget"] or ZERO) - (seen.max_budget or ZERO)
+        expression += " ADD #headroom :delta"
+    condition = "#updated_at = :seen"
+    if live:
+        names["#deleting"] = "deleting"
+        condition += " AND attribute_not_exists(#deleting)"
+    return {
+        "Key": {"pk": pk, "sk": sk},
+        "UpdateExpression": expression,
+        "ConditionExpression": condition,
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }
+
+
+def apply(update: Mapping[str, Any]) -> bool:
+    """One conditional UpdateItem built by `change`; False when its condition failed (read again)."""
+    return (
+        table.update_if(
+            update["Key"]["pk"],
+            update["Key"]["sk"],
+            update["UpdateExpression"],
+            update["ConditionExpression"],
+            update["ExpressionAttributeNames"],
+            update["ExpressionAttributeValues"],
+        )
+        is None
+    )
+
+
+def reset_if_due(pk: str, sk: str, record: ScopeRecord, now: datetime) -> bool:
+    """Start a new budget period if the current one is over (spend back to 0, headroom up by what was spent),
+    as a key's is (governance.reset_budget_if_due); conditional on budget_reset_at unchanged, so of many readers
+    that notice at once exactly one resets. Whether a reset was due."""
+    duration, reset_at = record.budget_duration, record.budget_reset_at
+    if not duration or not reset_at or reset_at > keys.iso_seconds(now):
+        return False
+    period = keys.parse_duration(duration)
+    current = datetime.fromisoformat(reset_at)
+    periods = math.floor((now - current) / period) + 1
+    table.update_if(
+        pk,
+        sk,
+        "SET #headroom = #headroom + #spend, #spend = :zero, #reset = :next",
+        "#reset = :seen",
+        {"#headroom": "budget_headroom", "#spend": "spend", "#reset": "budget_reset_at"},
+        {":zero": 0, ":next": keys.iso_seconds(current + periods * period), ":seen": reset_at},
+    )
+    return True
+
+
+# -- transactions -------------------------------------------------------------------------------------------------
+
+
+class Transaction:
+    """TransactWriteItems whose failed conditions are answers: each action says what its failure means."""
+
+    MAX_ACTIONS = 100  # DynamoDB's limit per transaction
+
+    def __init__(self) -> None:
+        self.actions: list[dict[str, Any]] = []
+        self._meanings: list[Refused] = []
+
+    def add(self, action: dict[str, Any], if_failed: Refused = CONFLICT) -> None:
+        if len(self.actions) >= self.MAX_ACTIONS:
+            raise ValueError(f"a transaction holds at most {self.MAX_ACTIONS} actions")
+        self.actions.append(action)
+        self._meanings.append(if_failed)
+
+    def run(self, *, idempotency: str | None = None) -> Refused | None:
+        """Apply every action or none. None when applied; else the meaning of the first failed condition, or
+        CONFLICT when other writes kept meeting it. `idempotency`: a string unique to this change, so DynamoDB
+        answers a retry of an applied transaction (botocore's, after a lost answer) as the success it was."""
+        token = hashlib.sha256(idempotency.encode()).hexdigest()[:36] if idempotency else None
+        for _ in range(_ATTEMPTS):
+            try:
+                table.transact(self.actions, token=token)
+            except table.Cancelled as exc:
+                return self._meanings[min(exc.failed)]
+            except table.Conflict:
+                continue
+            return None
+        return CONFLICT
+
+
+def mark_deleting(pk: str, sk: str, now: str) -> bool:
+    """Mark the item as being deleted (and blocked, so its keys stop while the cascade runs); False if it is gone.
+    Marking it again is harmless: a delete that stopped half-way is finished by the next one."""
+    return (
+        table.update_if(
+            pk,
+            sk,
+            "SET #deleting = :yes, #blocked = :yes, #updated_at = :now",
+            "attribute_exists(pk)",
+            {"#deleting": "deleting", "#blocked": "blocked", "#updated_at": "updated_at"},
+            {":yes": True, ":now": now},
+        )
+        is None
+    )
+
+
+def why_not(pk: str, sk: str, gone: Refused) -> Refused:
+    """Why a conditional change of item (pk, sk) failed, read back: `gone`, being deleted, or changed meanwhile."""
+    item = table.get(pk, sk)
+    if item is None:
+        return gone
+    if item.get("deleting"):
+        return Refused("deleting", gone.what, gone.name, gone.team)
+    return CONFLICT
+
+
+def remove(pk: str, sk: str, *, only_if: str = "attribute_exists(pk)") -> bool:
+    """Delete one item if `only_if` holds; whether it did."""
+    transaction = Transaction()
+    transaction.add({"Delete": {"Key": {"pk": pk, "sk": sk}, "ConditionExpression": only_if}})
+    return transaction.run() is None
+
+
+@dataclass
+class Cascade:
+    """What one admin call may still delete (keys, memberships), so that it answers within seconds: a delete
+    that reaches the bound stops, leaves its team or user marked, and the next call carries on from there."""
+
+    remaining: int
+    keys: int = 0
+    members: int = 0
+
+    def take(self) -> bool:
+        if self.remaining <= 0:
+            return False
+        self.remaining -= 1
+        return True
+
+
+def delete_keys(pk: str, cascade: Cascade, unfinished: Refused, **owner: str) -> Refused | None:
+    """Delete the keys indexed under `pk` (a team's or a user's; only `owner`'s, as key_links.key_ids), each in
+    its own record's transaction (keys.delete: pointers, alias and index items too). `unfinished` when the
+    cascade's bound stopped it first, CONFLICT when a key kept changing under it."""
+    for key_id in key_links.key_ids(pk, **owner):
+        if not cascade.take():
+            return unfinished
+        for _ in range(_ATTEMPTS):
+            record = keys.load_by_key_id(key_id)
+            if record is None:  # no record behind the index item: only the item is left to remove
+                remove(pk, KEY_PREFIX + key_id)
+                break
+            try:
+                keys.delete(record)
+            except keys.Conflict:  # regenerated or changed meanwhile: read it again
+                continue
+            keys.key_cache.invalidate(record.token)
+            cascade.keys += 1
+            break
+        else:
+            return CONFLICT
+    return None

@@ -1,0 +1,155 @@
+"""The tag API (master key), in LiteLLM proxy's routes and shapes: registered tags with a budget and limits.
+
+A registered tag's budget and limits apply to every request that carries the tag, whatever its key or team, and
+the tag is a CloudWatch `Tag` dimension value of its own (docs/metrics.md). Tags that are not registered still
+work as labels (spend per tag, METRIC_TAGS), as before. At most storage.tags.MAX_REGISTERED tags.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from . import keys
+from . import tags as request_tags
+from .auth import master_only
+from .errors import GatewayError
+from .org_api import (
+    Description,
+    ScopeSettings,
+    answer,
+    blocking,
+    changes_of,
+    first_reset,
+    parse_body,
+    refuse_unless_done,
+    retrying,
+)
+from .org_views import fresh_tag, tag_info
+from .storage import tags
+from .storage.tags import MAX_REGISTERED, TagRecord
+
+router = APIRouter(prefix="/tag", dependencies=[Depends(master_only)])
+MAX_NAMES = 100  # tags one POST /tag/info asks about
+
+
+def _tag_name(value: str) -> str:
+    try:
+        request_tags.validate(value)  # what a request may carry: a tag that cannot be sent is useless registered
+    except GatewayError as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+TagName = Annotated[str, AfterValidator(_tag_name)]
+
+
+class TagSettings(ScopeSettings):
+    description: Description | None = None
+
+
+class NewTag(TagSettings):
+    name: TagName
+
+
+class UpdateTag(TagSettings):
+    name: TagName
+
+
+class TagRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: TagName
+
+
+class TagNames(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    names: Annotated[list[str], Field(min_length=1, max_length=MAX_NAMES)]
+
+
+@router.post("/new")
+async def new_tag(http_request: Request) -> Response:
+    request = await parse_body(http_request, NewTag)
+    now = keys.utcnow()
+    tag = TagRecord(
+        name=request.name,
+        description=request.description,
+        models=request.models or [],
+        max_budget=request.max_budget,
+        budget_duration=request.budget_duration,
+        budget_reset_at=first_reset(request.budget_duration, now),
+        rpm_limit=request.rpm_limit,
+        tpm_limit=request.tpm_limit,
+        max_parallel_requests=request.max_parallel_requests,
+        created_at=now.isoformat(),
+        updated_at=now.isoformat(),
+    )
+
+    def create() -> Any:
+        # Checked before the write, so concurrent creates can pass the bound by the few in flight: the registry
+        # reads no more than MAX_REGISTERED all the same, so metric dimensions stay bounded.
+        if len(tags.list_tags()) >= MAX_REGISTERED:
+            raise GatewayError(400, f"At most {MAX_REGISTERED} registered tags; delete some first.")
+        refuse_unless_done(tags.create(tag))
+        return {"message": f"Tag {tag.name} created successfully", "tag": tag_info(tag)}
+
+    return answer(await blocking(create))
+
+
+@router.post("/update")
+async def update_tag(http_request: Request) -> Response:
+    request = await parse_body(http_request, UpdateTag)
+    now = keys.utcnow()
+    changes = changes_of(request, now, identifying={"name"})
+
+    def update() -> Any:
+        tag = retrying(lambda: _tag(request.name), lambda tag: tags.update(tag, changes, now.isoformat()))
+        return {"message": f"Tag {tag.name} updated successfully", "tag": tag_info(tag)}
+
+    return answer(await blocking(update))
+
+
+@router.post("/delete")
+async def delete_tag(http_request: Request) -> Response:
+    request = await parse_body(http_request, TagRef)
+    refuse_unless_done(await blocking(tags.delete, request.name))
+    return answer({"message": f"Tag {request.name} deleted successfully"})
+
+
+@router.get("/info")
+async def tag_info_route(name: str | None = None) -> Response:
+    if not name:
+        raise GatewayError(400, "name: required (/tag/info?name=<tag>).")
+    return answer(await blocking(lambda: tag_info(fresh_tag(_tag(name)))))
+
+
+@router.post("/info")
+async def tags_info(http_request: Request) -> Response:
+    """LiteLLM's form: {"names": [...]} -> {name: tag}; 404 naming the tags that are not registered."""
+    request = await parse_body(http_request, TagNames)
+    names = list(dict.fromkeys(request.names))
+
+    def info() -> Any:
+        found = {name: tag for name in names if 0 < len(name) <= 256 and (tag := tags.get(name)) is not None}
+        if missing := [name for name in names if name not in found]:
+            raise GatewayError(404, f"Tags not found: {', '.join(repr(name[:100]) for name in missing[:20])}.")
+        return {name: tag_info(fresh_tag(tag)) for name, tag in found.items()}
+
+    return answer(await blocking(info))
+
+
+@router.get("/list")
+async def list_tags() -> Response:
+    """Every registered tag, oldest first (LiteLLM's /tag/list: a JSON array)."""
+    return answer(await blocking(lambda: [tag_info(fresh_tag(tag)) for tag in tags.list_tags()]))
+
+
+def _tag(name: str) -> TagRecord:
+    tag = tags.get(name) if 0 < len(name) <= 256 else None
+    if tag is None:
+        raise GatewayError(404, f"Tag {name[:256]!r} not found.")
+    return tag

@@ -1,0 +1,126 @@
+"""The tag API over raw HTTP (LiteLLM's /tag/* routes), and a registered tag as a CloudWatch Tag dimension value."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+
+from anthropic_gateway import metrics
+from anthropic_gateway.storage import tags
+from support.orgs import error_of, exact, new_key, ok, unique
+
+MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
+
+
+def test_tag_lifecycle_in_litellms_shapes(admin):
+    name = unique("app:nightly")
+    created = ok(
+        admin.post(
+            "/tag/new",
+            json={
+                "name": name,
+                "description": "the nightly batch",
+                "max_budget": 50,
+                "budget_duration": "1d",
+                "rpm_limit": 100,
+            },
+        )
+    )
+
+    assert created["message"] == f"Tag {name} created successfully"
+    tag = created["tag"]
+    assert (tag["name"], tag["description"], tag["max_budget"], tag["budget_duration"]) == (
+        name,
+        "the nightly batch",
+        50,
+        "1d",
+    )
+    assert tag["litellm_budget_table"]["rpm_limit"] == 100 and tag["spend"] == 0 and tag["budget_reset_at"]
+    assert ok(admin.get("/tag/info", params={"name": name})) == tag
+    assert ok(admin.post("/tag/info", json={"names": [name]})) == {name: tag}
+    assert name in [listed["name"] for listed in ok(admin.get("/tag/list"))]
+
+    updated = ok(admin.post("/tag/update", json={"name": name, "max_budget": 75.5, "description": None}))
+    assert updated["message"] == f"Tag {name} updated successfully"
+    assert (updated["tag"]["max_budget"], updated["tag"]["description"], updated["tag"]["rpm_limit"]) == (
+        75.5,
+        None,
+        100,
+    )
+
+    assert ok(admin.post("/tag/delete", json={"name": name})) == {"message": f"Tag {name} deleted successfully"}
+    assert error_of(admin.get("/tag/info", params={"name": name}))[0] == 404
+    assert name not in [listed["name"] for listed in ok(admin.get("/tag/list"))]
+
+
+def test_a_tag_without_limits_has_no_budget_table_and_budgets_are_exact(admin):
+    plain = ok(admin.post("/tag/new", json={"name": unique("label")}))["tag"]
+    assert plain["litellm_budget_table"] is None and plain["max_budget"] is None
+    raw = f'{{"name": "{unique("exact")}", "max_budget": 49.999999999999}}'
+    assert exact(admin.post("/tag/new", content=raw))["tag"]["max_budget"] == Decimal("49.999999999999")
+
+
+def test_tag_refusals(admin):
+    name = unique("dup")
+    ok(admin.post("/tag/new", json={"name": name}))
+    status, kind, _ = error_of(admin.post("/tag/new", json={"name": name}))
+    assert (status, kind) == (409, "invalid_request_error")
+    for body in (
+        {"name": "sk-" + "a" * 40},  # shaped like a key: never a tag
+        {"name": "x" * 65},
+        {"name": "bad<tag>"},
+        {"name": ""},
+        {},
+        {"name": unique("t"), "description": "d" * 1025},
+        {"name": unique("t"), "max_budget": -1},
+        {"name": unique("t"), "budget_id": "b"},
+    ):
+        status, kind, _ = error_of(admin.post("/tag/new", json=body))
+        assert (status, kind) == (400, "invalid_request_error"), body
+    missing = unique("missing")
+    assert error_of(admin.post("/tag/update", json={"name": missing, "rpm_limit": 1}))[0] == 404
+    assert error_of(admin.post("/tag/delete", json={"name": missing}))[0] == 404
+    status, _, text = error_of(admin.post("/tag/info", json={"names": [name, missing]}))
+    assert status == 404 and missing in text and name not in text
+    assert error_of(admin.get("/tag/info"))[0] == 400
+    assert error_of(admin.post("/tag/info", json={"names": []}))[0] == 400
+
+
+def test_the_registry_is_bounded(admin, monkeypatch):
+    from anthropic_gateway import tag_routes
+
+    monkeypatch.setattr(tag_routes, "MAX_REGISTERED", len(tags.list_tags()))
+    status, _, text = error_of(admin.post("/tag/new", json={"name": unique("one-too-many")}))
+    assert status == 400 and "registered tags" in text
+
+
+def test_a_registered_tag_is_a_metric_dimension_value_of_its_own(gateway, admin, captured):
+    name = unique("app:registered")
+    key = new_key(admin)["key"]
+
+    def tag_values() -> list[str]:
+        with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30) as client:
+            response = client.post("/v1/messages", json=MESSAGE, headers={"x-litellm-tags": name})
+        assert response.status_code == 200
+        return list(captured.for_request(response.headers["x-gateway-request-id"]).by_tag())
+
+    assert tag_values() == [metrics.OTHER]
+    ok(admin.post("/tag/new", json={"name": name}))
+    assert tag_values() == [name]
+    ok(admin.post("/tag/delete", json={"name": name}))
+    assert tag_values() == [metrics.OTHER]
+
+
+def test_the_registry_reads_tags_registered_elsewhere_without_io_on_the_request_path(admin):
+    """A tag registered through another instance (here: straight into the table) reaches this process's registry
+    with a refresh, which a stale registry starts on its own in a thread; snapshots never wait for it."""
+    name = unique("elsewhere")
+    record = tags.TagRecord(name=name, created_at="2026-01-01T00:00:00+00:00", updated_at="2026-01-01T00:00:00+00:00")
+    from anthropic_gateway import table
+
+    table.handle().put_item(Item=record.to_item())
+    registry = tags.TagRegistry()
+    assert name not in registry.snapshot()  # answers at once; the refresh it started runs in its own thread
+    registry.refresh()
+    assert registry.snapshot()[name].created_at == record.created_at
