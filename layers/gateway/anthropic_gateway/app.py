@@ -33,6 +33,7 @@ from . import (
     key_spend,
     request_body,
     routing,
+    sso_routes,
     tag_routes,
     tag_spend,
     tags,
@@ -88,6 +89,7 @@ api.include_router(key_spend.router)
 api.include_router(team_routes.router)
 api.include_router(user_routes.router)
 api.include_router(tag_routes.router)
+api.include_router(sso_routes.router)  # single sign-on: console sessions, personal keys (/sso/*)
 api.include_router(console.router)  # the admin console's static files, /ui
 
 

@@ -1,18 +1,22 @@
-"""Who is calling: the master key, a virtual key, or nobody. Every route authenticates here."""
+"""Who is calling: the master key, a virtual key, a person signed in to the console, or nobody. Every route
+authenticates here: the pass-through with keys alone (`authenticate`), the admin API with keys or the console's
+single sign-on session (`admin_caller`)."""
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 from aws_lambda_powertools import Logger
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from . import aws, keys, secrets
+from . import aws, keys, secrets, sso_session
 from .errors import GatewayError
 from .keys import KeyRecord
+from .storage import users
 
 
 @dataclass(frozen=True)
@@ -92,17 +96,90 @@ async def authenticate(headers: Headers) -> Principal:
     return Principal(record=record)
 
 
+# -- the admin API ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling the admin API, however they proved it: the one value that role checks and the audit log's
+    "who" read.
+
+    kind: "master" (the master key), "key" (a virtual key: `key` is its record, `user_id` its user if any; its
+    role is its user's, read by the role checks), or "sso" (a console session: `user_id` is the person's user,
+    `subject` the ID token's sub, `role` and `teams` read from the user at this request).
+    """
+
+    kind: Literal["master", "key", "sso"]
+    role: str | None = None
+    user_id: str | None = None
+    teams: tuple[str, ...] = ()
+    key: KeyRecord | None = None
+    subject: str | None = None
+    email: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """The caller as a log or an audit record names it: never a secret."""
+        if self.kind == "master":
+            return "master"
+        if self.kind == "key" and self.key is not None:
+            return f"key:{self.key.key_alias or self.key.token}"
+        return f"sso:{self.subject}"
+
+
+MASTER_CALLER = Caller(kind="master", role="proxy_admin")
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def admin_caller(request: Request) -> Caller:
+    """The caller of an admin route: a key in the headers (the master key or a virtual key), else the console's
+    single sign-on session cookie, whose state-changing requests must carry its CSRF token. 401 for neither."""
+    key = presented_key(request.headers)
+    if key is not None:
+        if _is_master(key, await secrets.master_key()):
+            return MASTER_CALLER
+        record = await _lookup(key)
+        if record is None:
+            raise GatewayError(401, "Invalid master key.")
+        return Caller(kind="key", key=record, user_id=record.user_id)
+    session = await sso_session.session_of(request.cookies)
+    if session is None:
+        raise GatewayError(401, "Missing master key: send it as Authorization: Bearer <master key>, or sign in.")
+    if not sso_session.csrf_ok(session, request.method, request.headers.get(sso_session.CSRF_HEADER)):
+        raise GatewayError(
+            403,
+            f"Missing or wrong {sso_session.CSRF_HEADER} header: a change made with the console's session cookie "
+            "needs the session's CSRF token (GET /sso/session).",
+        )
+    try:
+        user = await aws.call(users.get, session.user_id)
+    except aws.Unavailable:
+        raise GatewayError(503, "The gateway cannot read its users right now; retry.") from None
+    if user is None or user.deleting:
+        raise GatewayError(401, "Your user no longer exists: sign in again.")
+    if user.blocked:
+        raise GatewayError(401, f"User {user.user_id!r} is blocked.")
+    return Caller(
+        kind="sso",
+        role=user.user_role,
+        user_id=user.user_id,
+        teams=tuple(user.teams),
+        subject=session.user_id,
+        email=session.email,
+    )
+
+
 async def master_only(request: Request) -> None:
-    """Router dependency of the admin routes (/key/*, /spend/*)."""
-    await require_master(request.headers)
-
-
-async def require_master(headers: Headers) -> None:
-    key = presented_key(headers)
-    if key is None:
-        raise GatewayError(401, "Missing master key: send it as Authorization: Bearer <master key>.")
-    if _is_master(key, await secrets.master_key()):
+    """Router dependency of the admin routes: the master key, or a person whose role is the master key's
+    (proxy_admin; proxy_admin_viewer for reads). The caller is left in `request.state.caller`."""
+    caller = await admin_caller(request)
+    request.state.caller = caller
+    if caller.role == "proxy_admin" or (caller.role == "proxy_admin_viewer" and request.method in _READS):
         return
-    if await _lookup(key) is not None:
+    if caller.kind == "key":
         raise GatewayError(403, "This route needs the master key; virtual keys cannot manage keys.")
-    raise GatewayError(401, "Invalid master key.")
+    raise GatewayError(
+        403,
+        f"Your role ({caller.role}) cannot use this route: it needs proxy_admin"
+        + (" (proxy_admin_viewer may read)." if request.method in _READS else "."),
+    )
