@@ -16,6 +16,8 @@ What it serves, as Okta, Entra ID or Cognito do (the parts a relying party and a
     POST /device_authorization                RFC 8628 device authorization: device_code, user_code, verification_uri
     GET  /device?user_code=&user=             the verification page: approves the code for that user
 
+Device codes expire and polls come too soon by `clock` (time.monotonic unless a test sets its own).
+
 ID tokens carry iss, sub, aud, exp, iat, auth_time, email, name, the nonce of the authorization request and the
 user's groups (claim `groups_claim`). `id_token(...)` mints any token a test needs, valid or not. `requests` lists
 (method, path) of every request served, to see when the relying party fetched the keys again.
@@ -28,9 +30,10 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -114,6 +117,9 @@ class FakeOidc:
         self.sign_in_as: str | None = None
         self.deny_next = False
         self.refresh_tokens_work = True  # False: every refresh_token grant is invalid_grant (a revoked session)
+        # Device codes' lifetimes and polling intervals are counted on this clock (tests move it with the waits
+        # they stand in for).
+        self.clock: Callable[[], float] = time.monotonic
         self.requests: list[tuple[str, str]] = []
         self.token_requests: list[Json] = []  # the form of each /token request, client secret removed
         self._host = host
@@ -271,7 +277,7 @@ class FakeOidc:
         return _redirect(redirect_uri, code=code, state=state)
 
     async def _token(self, request: Request) -> Response:
-        form = {name: str(value) for name, value in (await request.form()).items()}
+        form = await _form(request)
         with self._lock:
             self.token_requests.append({name: value for name, value in form.items() if name != "client_secret"})
         client_id, secret = _client_credentials(request, form)
@@ -307,7 +313,7 @@ class FakeOidc:
         device = self._devices.get(form.get("device_code", ""))
         if device is None:
             return _oauth_error("invalid_grant")
-        now = time.monotonic()
+        now = self.clock()
         if now >= device.expires_at:
             return _oauth_error("expired_token")
         if device.denied:
@@ -338,7 +344,7 @@ class FakeOidc:
         return JSONResponse(answer, headers={"cache-control": "no-store"})
 
     async def _device_authorization(self, request: Request) -> Response:
-        form = {name: str(value) for name, value in (await request.form()).items()}
+        form = await _form(request)
         if form.get("client_id") != self.client_id:
             return _oauth_error("invalid_client", status=401)
         device_code = secrets.token_urlsafe(24)
@@ -347,7 +353,7 @@ class FakeOidc:
             client_id=self.client_id,
             user_code=user_code,
             scope=form.get("scope", ""),
-            expires_at=time.monotonic() + self.device_expires_in,
+            expires_at=self.clock() + self.device_expires_in,
             interval=self.device_interval,
         )
         verification = f"{self.issuer}/device"
@@ -377,6 +383,11 @@ class FakeOidc:
             if device.user_code == user_code:
                 return device
         raise KeyError(user_code)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body (parsed here: Starlette's form parsing needs python-multipart)."""
+    return dict(parse_qsl((await request.body()).decode()))
 
 
 def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str | None, str | None]:

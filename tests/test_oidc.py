@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
 import jwt
 import pytest
 
@@ -67,7 +68,7 @@ def test_discovery_and_keys_are_fetched_once_and_cached(idp, client):
 def test_a_bad_signature_is_refused(idp, client):
     forged = idp.id_token("alice-sub", key=new_rsa_key(), kid=idp.kid)  # the published kid, another key
     assert "signature" in refused(client, forged)
-    header, payload, signature = idp.id_token("alice-sub").split(".")
+    header, _, signature = idp.id_token("alice-sub").split(".")
     tampered = idp.id_token("alice-sub", email="mallory@example.com").split(".")[1]
     assert "signature" in refused(client, f"{header}.{tampered}.{signature}")
 
@@ -132,3 +133,11 @@ def test_discovery_for_another_issuer_is_refused(idp):
     client = oidc.OidcClient(idp.issuer + "/tenant", "gateway")  # the provider answers for its own issuer only
     with pytest.raises(oidc.Unreachable):
         asyncio.run(client.discovery())
+
+
+def test_without_an_issuer_the_gateway_says_sso_is_off(gateway):
+    """(Here, not in test_sso.py, whose module turns single sign-on on.)"""
+    assert httpx.get(f"{gateway.url}/sso/config").json() == {"enabled": False}
+    response = httpx.get(f"{gateway.url}/sso/login")
+    assert response.status_code == 404 and "OIDC_ISSUER" in response.json()["error"]["message"]
+    assert httpx.post(f"{gateway.url}/sso/personal-key").status_code == 404
