@@ -201,8 +201,8 @@ class FakeOidc:
         algorithm: str = "RS256",
         **claims: Any,
     ) -> str:
-        """An ID token for `sub`, signed with the current key unless `key`/`kid` say otherwise; `claims` override or
-        add claims (aud, iss, exp, ...; a value of None removes the claim)."""
+        """An ID token for `sub`, signed with the current key unless `key`/`kid` say otherwise (kid="": none in the
+        header); `claims` override or add claims (aud, iss, exp, ...; a value of None removes the claim)."""
         user = self.users[sub]
         now = int(time.time())
         payload: Json = {
@@ -221,9 +221,10 @@ class FakeOidc:
             payload["nonce"] = nonce
         payload.update(claims)
         payload = {name: value for name, value in payload.items() if value is not None}
-        signing_kid = kid or self.kid
+        signing_kid = self.kid if kid is None else kid
         signing_key = key or self._keys[self.kid]
-        return jwt.encode(payload, signing_key, algorithm=algorithm, headers={"kid": signing_kid})
+        headers = {"kid": signing_kid} if signing_kid else None  # kid="": a token without one
+        return jwt.encode(payload, signing_key, algorithm=algorithm, headers=headers)
 
     # -- endpoints ----------------------------------------------------------------------------------------------
 

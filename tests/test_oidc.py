@@ -123,6 +123,17 @@ def test_an_unknown_key_id_fetches_the_keys_again_at_most_once_per_interval(idp,
     assert idp.count("/jwks") == fetched + 2
 
 
+def test_a_token_without_a_key_id_is_checked_against_the_only_key(idp):
+    with FakeOidc(client_id="gateway", users=[ALICE]) as single:  # one signing key
+        client = oidc.OidcClient(single.issuer, "gateway")
+        assert verify(client, single.id_token("alice-sub", kid=""))["sub"] == "alice-sub"
+        assert "signature" in refused(client, single.id_token("alice-sub", kid="", key=new_rsa_key()))
+    # Among several keys, a token must say which.
+    idp.rotate_key()
+    client = oidc.OidcClient(idp.issuer, "gateway")
+    assert "does not publish" in refused(client, idp.id_token("alice-sub", kid=""))
+
+
 def test_a_provider_that_cannot_be_reached_is_unreachable_not_invalid(idp):
     client = oidc.OidcClient("http://127.0.0.1:9", "gateway")  # the discard port: nothing listens
     with pytest.raises(oidc.Unreachable):

@@ -158,7 +158,10 @@ def _b64_int(text: object) -> int:
     return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
 
 
-def _public_keys(jwks: dict[str, Any]) -> dict[str | None, tuple[rsa.PublicKey, str | None]]:
+_Keys = dict[str | None, tuple["rsa.PublicKey", str | None]]
+
+
+def _public_keys(jwks: dict[str, Any]) -> _Keys:
     """The RSA signing keys of a JWKS by kid: (key, the alg it is for, if it says)."""
     import rsa
 
@@ -176,6 +179,12 @@ def _public_keys(jwks: dict[str, Any]) -> dict[str | None, tuple[rsa.PublicKey, 
         alg = jwk.get("alg")
         found[kid if isinstance(kid, str) else None] = (key, alg if isinstance(alg, str) else None)
     return found
+
+
+def _key_for(keys: _Keys, kid: str | None) -> tuple[rsa.PublicKey, str | None] | None:
+    if kid is None and len(keys) == 1:  # a provider with one key may leave kid out of its tokens
+        return next(iter(keys.values()))
+    return keys.get(kid)
 
 
 class OidcClient:
@@ -198,7 +207,7 @@ class OidcClient:
         self._decoder = _IdTokenDecoder()
         self._lock = threading.Lock()  # one fetch at a time; callers waiting on it then read what it fetched
         self._discovery: tuple[float, Discovery] | None = None
-        self._keys: tuple[float, dict[str | None, tuple[rsa.PublicKey, str | None]]] | None = None
+        self._keys: tuple[float, _Keys] | None = None
 
     # -- the provider's documents ---------------------------------------------------------------------------------
 
@@ -221,21 +230,23 @@ class OidcClient:
 
     async def _signing_key(self, kid: str | None) -> tuple[rsa.PublicKey, str | None]:
         cached = self._keys
-        if cached is not None and self._clock() - cached[0] < CACHE_SECONDS and kid in cached[1]:
-            return cached[1][kid]
+        if cached is not None and self._clock() - cached[0] < CACHE_SECONDS:
+            found = _key_for(cached[1], kid)
+            if found is not None:
+                return found
         jwks_uri = (await self.discovery()).jwks_uri
-        keys = await self._off_loop(self._fetch_keys, jwks_uri, kid)
-        if kid not in keys:
+        found = _key_for(await self._off_loop(self._fetch_keys, jwks_uri, kid), kid)
+        if found is None:
             raise InvalidToken("the token is signed with a key the issuer does not publish")
-        return keys[kid]
+        return found
 
-    def _fetch_keys(self, jwks_uri: str, kid: str | None) -> dict[str | None, tuple[rsa.PublicKey, str | None]]:
+    def _fetch_keys(self, jwks_uri: str, kid: str | None) -> _Keys:
         with self._lock:
             cached = self._keys
             now = self._clock()
             if cached is not None:
                 fresh = now - cached[0] < CACHE_SECONDS
-                if (fresh and kid in cached[1]) or (now - cached[0] < REFETCH_SECONDS):
+                if (fresh and _key_for(cached[1], kid) is not None) or (now - cached[0] < REFETCH_SECONDS):
                     return cached[1]  # known, or fetched a moment ago: an unknown kid is then simply unknown
             keys = _public_keys(self._get(jwks_uri))
             self._keys = (now, keys)
