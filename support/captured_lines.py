@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from anthropic_gateway import keys
+from anthropic_gateway.storage import key_records
 
 ACCESS_MESSAGE = "gateway request"
 
@@ -92,7 +93,7 @@ def stored_key(**fields) -> str:
     """
     plain = keys.new_key()
     now = keys.iso(keys.utcnow())
-    record = keys.KeyRecord(
+    record = key_records.KeyRecord(
         token=keys.hash_key(plain), key_name=keys.key_name(plain), created_at=now, updated_at=now, **fields
     )
     keys.put_new(record)  # as /key/generate stores it: this instance knows the key at once

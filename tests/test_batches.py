@@ -10,7 +10,8 @@ from decimal import Decimal
 import anthropic
 import pytest
 
-from anthropic_gateway import keys, pricing, table
+from anthropic_gateway import keys, pricing
+from anthropic_gateway.storage import table
 from anthropic_gateway.usage import Usage
 
 MODEL = "claude-haiku-4-5"

@@ -8,7 +8,8 @@ from datetime import timedelta
 import anthropic
 import pytest
 
-from anthropic_gateway import keys, table
+from anthropic_gateway import keys
+from anthropic_gateway.storage import table
 from tests.conftest import MASTER_KEY
 
 HELLO = [{"role": "user", "content": "Hello"}]

@@ -30,10 +30,9 @@ from . import (
     forwarding,
     governance,
     key_routes,
-    key_spend,
     request_body,
     routing,
-    tag_spend,
+    spend_routes,
     tags,
 )
 from .auth import authenticate
@@ -79,8 +78,7 @@ def check_settings() -> None:
 
 api = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 api.include_router(key_routes.router)
-api.include_router(tag_spend.router)
-api.include_router(key_spend.router)
+api.include_router(spend_routes.router)
 api.include_router(console.router)  # the admin console's static files, /ui
 
 

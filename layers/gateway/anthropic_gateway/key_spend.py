@@ -7,18 +7,10 @@ the key index, the same `/key/list` makes, however many keys there are.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import anyio.to_thread
-from fastapi import APIRouter, Depends, Query
-
-from . import keys
-from .auth import master_only
-from .keys import KeyRecord
-
-MAX_LIMIT = 100
-
-router = APIRouter(prefix="/spend", dependencies=[Depends(master_only)])
+from .storage.key_records import KeyRecord
+from .storage.spend import TOKEN_COUNTERS
 
 
 def top_keys(records: list[KeyRecord], limit: int) -> list[dict[str, Any]]:
@@ -32,14 +24,8 @@ def top_keys(records: list[KeyRecord], limit: int) -> list[dict[str, Any]]:
             "total_spend": float(record.total_spend),
             "spend": float(record.spend),
             "requests": record.requests,
-            **{name: getattr(record, name) for name in keys.TOKEN_COUNTERS},
-            "total_tokens": sum(getattr(record, name) for name in keys.TOKEN_COUNTERS),
+            **{name: getattr(record, name) for name in TOKEN_COUNTERS},
+            "total_tokens": sum(getattr(record, name) for name in TOKEN_COUNTERS),
         }
         for record in ranked[:limit]
     ]
-
-
-@router.get("/keys")
-async def spend_keys(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 10) -> list[dict[str, Any]]:
-    records = await anyio.to_thread.run_sync(keys.list_records)
-    return top_keys(records, limit)

@@ -43,7 +43,7 @@ from .settings import get_settings
 from .usage import Usage
 
 if TYPE_CHECKING:
-    from .keys import KeyRecord
+    from .storage.key_records import KeyRecord
 
 MetricValues = list[tuple[str, float]]  # (metric name, value); a metric's unit is its own (METRIC_UNITS)
 
