@@ -39,7 +39,7 @@ def record(tags: list[str], cost: Decimal, usage: Usage | None, day: date | None
 
 def report(start: date, end: date) -> list[dict[str, Any]]:
     """Per tag over [start, end]: LiteLLM's fields (individual_request_tag, log_count, total_spend), token sums
-    and a per-day breakdown; highest spend first."""
+    and a per-day breakdown; highest spend first. Money as exact Decimal."""
     totals: dict[str, dict[str, Any]] = {}
     for offset in range((end - start).days + 1):
         day = start + timedelta(days=offset)
@@ -56,7 +56,7 @@ def report(start: date, end: date) -> list[dict[str, Any]]:
             tag["daily"].append(
                 {
                     "date": day.isoformat(),
-                    "spend": float(spent),
+                    "spend": spent,
                     "log_count": requests,
                     **tokens,
                     "total_tokens": sum(tokens.values()),
@@ -66,7 +66,7 @@ def report(start: date, end: date) -> list[dict[str, Any]]:
         {
             "individual_request_tag": name,
             "log_count": tag["requests"],
-            "total_spend": float(tag["spend"]),
+            "total_spend": tag["spend"],
             **{token: tag[token] for token in _TOKENS},
             "total_tokens": sum(tag[token] for token in _TOKENS),
             "daily": tag["daily"],
