@@ -109,7 +109,7 @@ def test_table_is_the_schema_the_code_uses(resources):
 
 
 def test_code_uses_the_declared_index_and_ttl_attribute(resources):
-    source = "\n".join(p.read_text() for p in PACKAGE.glob("*.py"))
+    source = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
     for name in re.findall(r'"IndexName"\s*:\s*"([^"]+)"|IndexName\s*=\s*"([^"]+)"', source):
         index = "".join(name)
         assert index == "gsi1", f"the code queries index {index!r}, which template.yaml does not declare"
@@ -229,7 +229,7 @@ _TRANSACT_PARTS = {
 
 
 def _dynamodb_actions_in_code() -> set[str]:
-    source = "\n".join(p.read_text() for p in PACKAGE.glob("*.py"))
+    source = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
     actions = {_DYNAMODB_CALLS[call] for call in re.findall(r"\.(\w+)\(", source) if call in _DYNAMODB_CALLS}
     if ".transact_write_items(" in source:
         actions |= {action for part, action in _TRANSACT_PARTS.items() if re.search(rf'"{part}"\s*:', source)}

@@ -252,45 +252,46 @@ def delete_all(keys: Iterable[tuple[str, str]]) -> None:
             batch.delete_item(Key={"pk": pk, "sk": sk})
 
 
-def _request(action: Action) -> tuple[str, dict[str, Any]]:
-    """The action as (operation, parameters) in resource form, without TableName."""
-    names: Mapping[str, str]
-    values: Mapping[str, Any]
-    if isinstance(action, Update):
-        kind, names, values = "Update", action.names, action.values
-        request: dict[str, Any] = {"Key": {"pk": action.pk, "sk": action.sk}, "UpdateExpression": action.expression}
-    elif isinstance(action, Put):
-        kind, names, values, request = "Put", {}, {}, {"Item": action.item}
+def _parameters(action: Action) -> dict[str, Any]:
+    """The action's parameters in resource form (as UpdateItem, PutItem or DeleteItem take them)."""
+    request: dict[str, Any]
+    if isinstance(action, Put):
+        request = {"Item": action.item}
     else:
-        kind, names, values = "Delete", action.names, action.values
         request = {"Key": {"pk": action.pk, "sk": action.sk}}
+        if action.names:  # DynamoDB refuses empty maps
+            request["ExpressionAttributeNames"] = dict(action.names)
+        if action.values:
+            request["ExpressionAttributeValues"] = dict(action.values)
+    if isinstance(action, Update):
+        request["UpdateExpression"] = action.expression
     if action.condition is not None:
         request["ConditionExpression"] = action.condition
         request["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-    if names:  # DynamoDB refuses empty maps
-        request["ExpressionAttributeNames"] = dict(names)
-    if values:
-        request["ExpressionAttributeValues"] = dict(values)
-    return kind, request
+    return request
 
 
 def _write_one(action: Action) -> None:
-    kind, request = _request(action)
     table = handle()
-    if kind == "Update":
-        table.update_item(**request)
-    elif kind == "Put":
-        table.put_item(**request)
+    if isinstance(action, Update):
+        table.update_item(**_parameters(action))
+    elif isinstance(action, Put):
+        table.put_item(**_parameters(action))
     else:
-        table.delete_item(**request)
+        table.delete_item(**_parameters(action))
 
 
 def _transact(actions: Sequence[Action], token: str | None) -> None:
     table = handle()
-    items = []
+    items: list[dict[str, Any]] = []
     for action in actions:
-        kind, request = _request(action)
-        items.append({kind: {**request, "TableName": table.name}})
+        request = {**_parameters(action), "TableName": table.name}
+        if isinstance(action, Update):
+            items.append({"Update": request})
+        elif isinstance(action, Put):
+            items.append({"Put": request})
+        else:
+            items.append({"Delete": request})
     parameters: dict[str, Any] = {"TransactItems": items}
     if token is not None:
         parameters["ClientRequestToken"] = token
