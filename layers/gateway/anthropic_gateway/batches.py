@@ -35,7 +35,6 @@ from .exchange import Exchange
 from .ledger import Write, ledger
 from .settings import get_settings
 from .storage import batch_items, holds, key_records
-from .storage.scopes import Scope
 from .storage.spend import OPERATION_MARKER_SECONDS
 from .usage import Usage
 
@@ -131,7 +130,7 @@ async def observe(exchange: Exchange, content: bytes) -> None:
         if isinstance(answer.get("id"), str):
             hold.batch_id = answer["id"][:200]
             try:  # before the answer goes out, so no results fetch can come before the batch is known
-                hold.remembered = await anyio.to_thread.run_sync(_remember, hold, _ended(answer))
+                hold.remembered = await aws.run(_remember, hold, _ended(answer))
             except Exception:
                 logger.exception("batch not remembered; it is settled at its estimate", extra={"batch": hold.batch_id})
         return
@@ -184,7 +183,7 @@ async def settle(exchange: Exchange) -> None:
             await governance.settle_budget(record, state.reservation_id, state.reserved, cost)
         elif isinstance(state, SeenEnded):
             for batch_id in state.batch_ids:
-                await anyio.to_thread.run_sync(_note_ended, batch_id)
+                await aws.run(_note_ended, batch_id)
         elif isinstance(state, ResultsTap) and exchange.completed and exchange.status == 200:
             # The whole results file went through: billed exactly.
             await settle_batch(state.batch_id, state.standard_cost * pricing.batch_multiplier(), state.total)
@@ -205,12 +204,11 @@ async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None)
     of a settle that applied changes nothing. One that DynamoDB does not take is retried by the ledger; if the
     process dies first, the batch is still open and the next fetch or the sweep settles it.
     """
-    item = await anyio.to_thread.run_sync(batch_items.get, batch_id)
+    item = await aws.run(batch_items.get, batch_id)
     if item is None or item.get("state") != "open":
         return False
     cost = Decimal(item["estimate"]) if cost is None else cost
-    key_id = str(item["key_id"])
-    key = Scope(kind="key", id=key_id, pk=key_records.record_pk(key_id), sk="KEY")  # a deleted key: nothing billed
+    key = key_records.scope_of(str(item["key_id"]))  # a deleted key: nothing billed
     now = keys.utcnow()
     changes = [batch_items.settled(batch_id, cost, now)]
     changes += governance.settle_changes(
@@ -262,7 +260,7 @@ async def _sweep(now: datetime) -> None:
 
 async def sweep(now: datetime) -> int:
     """Settle at their estimate the open batches whose due time has passed; how many were settled."""
-    due = await anyio.to_thread.run_sync(batch_items.due, now, _SWEEP_LIMIT)
+    due = await aws.run(batch_items.due, now, _SWEEP_LIMIT)
     return sum([await settle_batch(batch_id, None, None) for batch_id in due])
 
 

@@ -227,7 +227,8 @@ def _over_budget(outcome: OverBudget) -> GatewayError:
 def reset_budget_if_due(period: Mapping[str, object], now: datetime) -> bool:
     """Start the key's new budget period if its current one is over (`period`: the record's key_id,
     budget_duration and budget_reset_at); whether one was due. /key/info calls it for a key left idle."""
-    return budgets.reset_if_due(key_records.record_pk(str(period["key_id"])), "KEY", period, now)
+    key = key_records.scope_of(str(period["key_id"]))
+    return budgets.reset_if_due(key.pk, key.sk, period, now)
 
 
 # -- settle ------------------------------------------------------------------------------------------------------

@@ -116,6 +116,11 @@ def record_pk(key_id: str) -> str:
     return f"KEY#{key_id}"
 
 
+def scope_of(key_id: str) -> Scope:
+    """A key known only by its id, as a scope without limits: where its spend is recorded and its holds released."""
+    return Scope(kind="key", id=key_id, pk=record_pk(key_id), sk="KEY")
+
+
 def _alias(alias: str, key_id: str, condition: str | None = _NEW) -> table.Put:
     return table.Put({"pk": f"ALIAS#{alias}", "sk": "ALIAS", "key_id": key_id}, condition)
 
