@@ -167,7 +167,8 @@ def own_table(monkeypatch):
     import boto3
     from moto import mock_aws
 
-    from anthropic_gateway import keys, local, table
+    from anthropic_gateway import keys, local
+    from anthropic_gateway.storage import table
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -188,7 +189,8 @@ def own_table(monkeypatch):
 def aws_calls(gateway):
     """AWS calls the gateway makes from now on: (operation, request body), from botocore's before-call events on
     its Secrets Manager and DynamoDB clients."""
-    from anthropic_gateway import secrets, table
+    from anthropic_gateway import secrets
+    from anthropic_gateway.storage import table
 
     calls: list[tuple[str, bytes]] = []
 

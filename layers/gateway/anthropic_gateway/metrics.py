@@ -45,7 +45,7 @@ from .storage.tags import registry as registered_tags
 from .usage import Usage
 
 if TYPE_CHECKING:
-    from .keys import KeyRecord
+    from .storage.key_records import KeyRecord
 
 MetricValues = list[tuple[str, float]]  # (metric name, value); a metric's unit is its own (METRIC_UNITS)
 
