@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .bedrock_models import BedrockConfigError, load_model_ids
+
 # Lambda's synchronous invocation payload limit; the local server enforces the same so behaviour matches.
 LAMBDA_MAX_REQUEST_BYTES = 6 * 1024 * 1024
 
@@ -39,7 +41,7 @@ class Settings:
     default_upstreams: tuple[str, ...]  # a key's failover order when it sets none
     aws_region: str
     bedrock_base_url: str
-    bedrock_model_ids: str  # raw JSON merged over the shipped table (bedrock.load_model_ids); checked here
+    bedrock_model_ids: str  # raw JSON merged over the shipped table (bedrock_models.load_model_ids); checked here
     bedrock_api_key_secret: str | None  # a Bedrock API key instead of SigV4 with the function's role
     bedrock_failover_on_429: bool
     # AWS faults (aws.py, ledger.py, keys.py, secrets.py)
@@ -154,8 +156,6 @@ def _upstreams(name: str, raw: str) -> tuple[str, ...]:
 def _model_ids(raw: str) -> str:
     """BEDROCK_MODEL_IDS as given, once the table it makes is known to load (a bad one stops the start)."""
     if raw.strip():
-        from .bedrock import BedrockConfigError, load_model_ids  # deferred: bedrock imports this module
-
         try:
             load_model_ids(raw)
         except BedrockConfigError as exc:
