@@ -23,7 +23,7 @@ from .bedrock import get_bedrock
 from .bedrock_errors import anthropic_error
 from .errors import GatewayError
 from .exchange import Exchange
-from .responses import BufferedResponse, RelayResponse
+from .responses import BufferedResponse, RelayResponse, bodiless
 from .settings import Settings, get_settings
 from .upstream_http import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 from .usage import UsageTap
@@ -47,9 +47,12 @@ _HOP_BY_HOP = frozenset(
 )
 # Never sent upstream: the client's credentials, what the HTTP client sets itself, the gateway's own headers,
 # and the invocation context the Lambda Web Adapter adds (it names the AWS account, function and caller).
+# `expect` too: the gateway has the whole body before it calls the upstream (uvicorn answered the client's
+# 100-continue), and `expect: 100-continue` invites the upstream to answer before it reads the body.
 _DROP_REQUEST = _HOP_BY_HOP | {
     b"host",
     b"content-length",
+    b"expect",
     b"x-api-key",
     b"authorization",
     b"x-litellm-api-key",
@@ -59,6 +62,9 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-amzn-lambda-context",
 }
 _DROP_RESPONSE = _HOP_BY_HOP
+# Also dropped from answers that have no body (HTTP's 1xx, 204, 304): a 304 may carry the content-length of the
+# representation it stands for, which the server (uvicorn) would then expect a body of.
+_DROP_BODILESS = _DROP_RESPONSE | {b"content-length"}
 # Only unreserved characters or percent-escapes: Anthropic's paths need nothing more.
 _SEGMENT = re.compile(r"(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -263,9 +269,10 @@ async def respond(request: Request, exchange: Exchange, answer: Answer) -> Relay
     if answer.status >= 400:
         exchange.error_source = "upstream"
     content_type, headers = "", []
+    dropped = _DROP_BODILESS if bodiless(upstream.status) else _DROP_RESPONSE
     for name, value in upstream.headers:
         lower = name.lower()
-        if lower not in _DROP_RESPONSE:
+        if lower not in dropped:
             headers.append((name, value))
         if lower == b"content-type" and not content_type:
             content_type = value.decode("latin-1")
