@@ -26,6 +26,7 @@ HEADERS = [
     (b"x-custom-trace", b"abc123"),
     (b"x-api-key", b"sk-ant-upstream-must-not-reach-bedrock"),
     (b"x-amz-content-sha256", b"UNSIGNED-PAYLOAD"),  # only the signer sets x-amz-* headers
+    (b"X-Amzn-Bedrock-Service-Tier", b"priority"),  # Bedrock's options are the operator's, not a client's
 ]
 MESSAGE = b'{"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi there"}]}'
 
@@ -242,6 +243,7 @@ def test_a_signed_message_is_accepted_with_the_bedrock_model_and_the_clients_byt
     assert arrived.request.header("x-custom-trace") == "abc123"
     assert arrived.request.header("x-api-key") is None
     assert arrived.request.header("x-amz-content-sha256") is None
+    assert arrived.request.header("x-amzn-bedrock-service-tier") is None
 
 
 def test_a_signed_stream_answers_with_anthropics_events_and_final_usage(upstream, fake):

@@ -124,6 +124,29 @@ def test_bedrock_errors_reach_the_sdk_in_anthropics_shape(
     assert int(raised.value.response.headers["content-length"]) == len(raised.value.response.content)
 
 
+def test_client_amazon_headers_never_reach_bedrock(gateway, make_key, bedrock):
+    """Bedrock reads request options from x-amzn-bedrock-* headers (a priority service tier is billed at another
+    price; a guardrail is billed too): they are the operator's to choose, so a client's never go there."""
+    amazon = {
+        "x-amzn-bedrock-service-tier": "priority",
+        "x-amzn-bedrock-guardrailidentifier": "gr-123",
+        "x-amzn-bedrock-guardrailversion": "1",
+        "x-amzn-bedrock-performanceconfig-latency": "optimized",
+        "X-Amzn-Trace-Id": "Root=1-00000000-000000000000000000000000",
+        "x-amz-security-token": "a client's",
+    }
+    with _http(gateway, make_key(upstreams=["bedrock"]), **amazon, **{"x-custom-trace": "kept"}) as http:
+        response = http.post("/v1/messages", json=MESSAGE)
+
+    assert response.status_code == 200, response.text
+    [sent] = bedrock.requests
+    assert sent.auth == "sigv4" and sent.error is None
+    names = {name for name, _ in sent.request.headers}
+    assert "x-custom-trace" in names
+    assert not {name for name in names if name.startswith("x-amzn")}
+    assert sent.request.header("x-amz-security-token") is None  # moto's credentials have none
+
+
 def test_claude_code_style_requests_work_on_bedrock(gateway, make_key, bedrock):
     key = make_key(upstreams=["bedrock"])
     betas = "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"

@@ -33,8 +33,11 @@ _RUNTIME_HOST = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\
 # Bedrock serves these and nothing else of the Anthropic API (no batches, files or models).
 PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 # Never sent to Bedrock: the client's and Anthropic's credentials, what the HTTP client sets, and (by prefix) any
-# x-amz-* header, which only the signer may set.
+# x-amz-* header, which only the signer may set, and any x-amzn-* one: Bedrock's own request options (service tier,
+# guardrail, performance) are the operator's to choose, not a client's (a priority tier changes a price the gateway
+# does not know; a guardrail is billed too), and Lambda's invocation headers name the account.
 _DROP = frozenset({"host", "content-length", "authorization", "x-api-key"})
+_DROP_PREFIXES = ("x-amz-", "x-amzn-")
 # Signed besides host and the x-amz-* headers botocore adds: what changes the meaning of the request. The rest is
 # sent unsigned, which SigV4 allows, so a header a proxy may rewrite cannot break the signature.
 _SIGNED = frozenset({"content-type", "anthropic-version", "anthropic-beta"})
@@ -231,7 +234,7 @@ def _bedrock_for(settings: Settings) -> Bedrock:
 
 
 def _dropped(name: str) -> bool:
-    return name in _DROP or name.startswith("x-amz-")
+    return name in _DROP or name.startswith(_DROP_PREFIXES)
 
 
 def _rewrite_for_bedrock(body: bytes, models: ModelTable) -> bytes:
