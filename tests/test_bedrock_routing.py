@@ -326,8 +326,30 @@ def test_a_bedrock_answer_is_priced_and_logged_as_the_clients_model(gateway, mak
 
     access = captured.for_request(response.headers["x-gateway-request-id"]).access
     expected = pricing.cost_usd(MODEL, Usage(**usage))
-    assert expected > 0 and pricing.rates_for(MODEL) != pricing.rates_for(BEDROCK_MODEL)  # the fallback differs
+    assert expected > 0
     assert access["upstream"] == "bedrock" and access["model"] == MODEL
     assert Decimal(str(access["cost_usd"])) == expected
+    info = admin.get("/key/info", params={"key": key}).json()["info"]
+    assert Decimal(str(info["spend"])) == expected
+
+
+@pytest.mark.parametrize("upstream", ["bedrock", "anthropic"])
+def test_a_model_named_by_its_bedrock_id_is_allowed_priced_and_counted_as_the_anthropic_model(
+    gateway, make_key, admin, bedrock, fake_upstream, captured, upstream
+):
+    """One table, both ways: `anthropic.claude-haiku-4-5` is Claude Haiku 4.5 for the allowlist, the price and the
+    Model dimension, whichever upstream answers (the fake Anthropic answers with the model it was asked for)."""
+    key = make_key(upstreams=[upstream], max_budget=100, models=[MODEL])
+    usage = {"input_tokens": 1000, "output_tokens": 200}
+    with _http(gateway, key, **{"x-fake-usage": json.dumps(usage)}) as http:
+        response = http.post("/v1/messages", json={**MESSAGE, "model": BEDROCK_MODEL})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-upstream"] == upstream
+
+    lines = captured.for_request(response.headers["x-gateway-request-id"])
+    expected = pricing.cost_usd(MODEL, Usage(**usage))
+    assert pricing.rates_for(BEDROCK_MODEL) == pricing.rates_for(MODEL) != pricing.rates_for("unknown-model")
+    assert Decimal(str(lines.access["cost_usd"])) == expected
+    assert {blob["Model"] for blob in lines.blobs if "Model" in blob} == {MODEL}
     info = admin.get("/key/info", params={"key": key}).json()["info"]
     assert Decimal(str(info["spend"])) == expected
