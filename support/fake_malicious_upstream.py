@@ -11,7 +11,8 @@ byte, framing right or wrong (`Reply.data`), and how:
     on the connection, where the next request head is then read from (request smuggling, if the client reuses it);
   - then: bytes written right after the answer, in a write of their own (a late second response);
   - on_next: bytes held back until the next request arrives on the same connection, and written just before its
-    answer (a body announced by a 204 or 304, sent once the client has moved on).
+    answer (a body announced by a 204 or 304, sent once the client has moved on);
+  - close=True: the connection is closed once the reply is written (an answer cut off partway).
 Requests carry a Content-Length body (the gateway always sends one); anything else is read as a head.
 """
 
@@ -50,6 +51,7 @@ class Reply:
     read_body: bool = True
     then: bytes = b""
     on_next: bytes = b""
+    close: bool = False
 
 
 def response(status: int, body: bytes = b"", *headers: bytes, content_type: bytes = b"application/json") -> bytes:
@@ -129,6 +131,8 @@ class MaliciousUpstream:
                     with self._changed:
                         self.answered += 1
                         self._changed.notify_all()
+                    if reply.close:
+                        return
         except OSError:
             pass  # the gateway closed or reset the connection
         finally:

@@ -8,16 +8,20 @@ without breaking its keep-alive connection.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
+from decimal import Decimal
 
 import httpx
 import pytest
 
+from anthropic_gateway import pricing
+from anthropic_gateway.usage import Usage
 from support.fake_malicious_upstream import MaliciousUpstream, Received, Reply, response
 from tests.conftest import UPSTREAM_KEY
 
@@ -183,3 +187,99 @@ def test_bodiless_answers_keep_the_clients_connection(
     assert client.sock is connection  # the same keep-alive connection
     client.close()
     assert server_errors == []
+
+
+# -- billing: never $0 by accident ---------------------------------------------------------------------------------
+
+
+def message_json(text_bytes: int, usage: dict[str, int] | None) -> bytes:
+    """A Message as Anthropic lays it out (usage last), whose content holds decoys: a tool input with a "usage"
+    member of its own, and text that spells one."""
+    decoy = {"input_tokens": 0, "output_tokens": 0}
+    message: dict[str, object] = {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929",
+        "content": [
+            {"type": "text", "text": "x" * text_bytes + '","usage":' + json.dumps(decoy) + "}"},
+            {"type": "tool_use", "id": "toolu_01", "name": "record", "input": {"usage": decoy}},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+    }
+    if usage is not None:
+        message["usage"] = usage
+    return json.dumps(message).encode()
+
+
+USAGE = {"input_tokens": 1200, "output_tokens": 3400, "cache_read_input_tokens": 100}
+BILLED = {**MESSAGE, "model": "claude-sonnet-4-5", "max_tokens": 5000}
+
+
+@pytest.mark.parametrize("text_bytes", [1000, 5 * 1024 * 1024])  # whole, and past the 4 MiB parsed whole
+def test_a_non_streaming_answer_of_any_size_is_billed_its_usage(
+    upstream, tenants, admin, gateway, captured, text_bytes, make_key
+):
+    body = message_json(text_bytes, USAGE)
+    upstream(lambda request: Reply(response(200, body)))
+    key = make_key(max_budget=1000)
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=60) as client:
+        answer = client.post("/v1/messages", json=BILLED)
+    assert answer.status_code == 200
+    assert hashlib.sha256(answer.content).digest() == hashlib.sha256(body).digest()  # byte for byte
+
+    access = captured.for_request(answer.headers["x-gateway-request-id"]).access
+    expected = pricing.cost_usd("claude-sonnet-4-5-20250929", Usage(**USAGE))
+    assert (access["input_tokens"], access["output_tokens"], access["usage_estimated"]) == (1200, 3400, False)
+    assert Decimal(str(access["cost_usd"])) == expected
+    assert Decimal(str(admin.get("/key/info", params={"key": key}).json()["info"]["spend"])) == expected
+
+
+@pytest.mark.parametrize(
+    ("text_bytes", "cut"),
+    [
+        (1000, True),  # cut before its usage
+        (5 * 1024 * 1024, True),
+        (1000, False),  # whole, but without usage
+        (5 * 1024 * 1024, False),
+    ],
+)
+def test_a_messages_answer_that_ends_without_its_usage_is_billed_an_upper_bound(
+    upstream, gateway, admin, captured, make_key, text_bytes, cut
+):
+    whole = message_json(text_bytes, USAGE if cut else None)
+    sent = whole[: len(whole) - 300] if cut else whole  # a cut answer loses its end: the usage and more
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(whole)
+    upstream(lambda request: Reply(head + sent, close=True))
+    key = make_key(max_budget=1000)
+    request = json.dumps(BILLED).encode()
+    client = httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=60)
+    with client, client.stream("POST", "/v1/messages", content=request) as answer:
+        assert answer.status_code == 200
+        try:
+            received: bytes | None = b"".join(answer.iter_raw())
+        except httpx.RemoteProtocolError:
+            received = None  # the gateway ends the response where the upstream broke off
+    assert (received is None) is cut
+
+    access = captured.for_request(answer.headers["x-gateway-request-id"]).access
+    bound = Usage(input_tokens=len(request), output_tokens=BILLED["max_tokens"])
+    assert access["usage_estimated"] is True
+    assert (access["input_tokens"], access["output_tokens"]) == (len(request), 5000)
+    assert access["input_tokens"] + access["output_tokens"] > USAGE["input_tokens"] + USAGE["output_tokens"]
+    expected = pricing.cost_usd("claude-sonnet-4-5", bound)
+    assert Decimal(str(access["cost_usd"])) == expected > 0
+    assert Decimal(str(admin.get("/key/info", params={"key": key}).json()["info"]["spend"])) == expected
+
+
+def test_an_error_answer_cut_off_costs_nothing(upstream, gateway, captured, virtual_key):
+    error = b'{"type":"error","error":{"type":"invalid_request_error","message":"' + b"x" * 1000 + b'"}}'
+    head = b"HTTP/1.1 400 X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(error)
+    upstream(lambda request: Reply(head + error[:500], close=True))
+    client = httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": virtual_key}, timeout=30)
+    with client, client.stream("POST", "/v1/messages", json=BILLED) as answer, pytest.raises(httpx.RemoteProtocolError):
+        answer.read()
+
+    access = captured.for_request(answer.headers["x-gateway-request-id"]).access
+    assert (access["status"], access["usage_estimated"], access["cost_usd"]) == (400, False, 0)

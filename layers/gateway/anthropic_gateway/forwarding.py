@@ -30,6 +30,7 @@ from .usage import UsageTap
 
 PREFIX = "/anthropic"
 UPSTREAM_HEADER = b"x-gateway-upstream"  # on every pass-through response: which upstream answered
+MESSAGES_PATH = "/v1/messages"  # the one path whose answers report what they cost
 MAX_ERROR_BODY = 64 * 1024  # bytes of a Bedrock error read for translation; its errors are a short JSON object
 
 _HOP_BY_HOP = frozenset(
@@ -261,8 +262,11 @@ async def _read_capped(response: UpstreamResponse) -> bytes:
 # -- response side -------------------------------------------------------------------------------------------------
 
 
-async def respond(request: Request, exchange: Exchange, answer: Answer) -> RelayResponse | BufferedResponse:
-    """The response that relays the chosen answer back and ends the exchange (`responses.py`)."""
+async def respond(
+    request: Request, exchange: Exchange, answer: Answer, body: bytes
+) -> RelayResponse | BufferedResponse:
+    """The response that relays the chosen answer back and ends the exchange (`responses.py`). `body` is the
+    request's: a Messages answer that ends without its usage is billed the most that request can cost."""
     upstream = answer.response
     exchange.upstream = answer.upstream
     exchange.status = answer.status
@@ -286,7 +290,11 @@ async def respond(request: Request, exchange: Exchange, answer: Answer) -> Relay
             exchange, answer.error_body, answer.status, [*headers, (b"content-type", b"application/json")]
         )
 
-    exchange.tap = tap = batches.results_tap(exchange, upstream.status, content_type) or UsageTap(content_type)
+    tap: UsageTap | None = batches.results_tap(exchange, upstream.status, content_type)
+    if tap is None:
+        billed = upstream.status == 200 and (exchange.method, exchange.path) == ("POST", MESSAGES_PATH)
+        tap = UsageTap(content_type, request=body if billed else None)
+    exchange.tap = tap
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:

@@ -93,7 +93,7 @@ class RelayResponse(ExchangeResponse):
                 tap.feed(chunk)
                 ended = upstream.body_read  # the last chunk ends the response: no empty send after it
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-            exchange.completed = True
+            exchange.completed = tap.complete = True
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
