@@ -156,7 +156,8 @@ def run_uvicorn(host: str, port: int) -> None:
         server_header=False,
         date_header=False,  # the upstream's Date is forwarded; a second one would be wrong
         proxy_headers=True,
-        http="anthropic_gateway.server_protocol:OneWritePerTurn",  # as run.sh: httptools, one write per turn
+        # As run.sh: httptools, bounded in what a client costs (its settings), one write per turn.
+        http="anthropic_gateway.server_protocol:OneWritePerTurn",
         loop="asyncio",  # as run.sh: asyncio's own loop
         timeout_graceful_shutdown=max(1, round(get_settings().shutdown_grace_seconds)),
     )

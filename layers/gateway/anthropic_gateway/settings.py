@@ -56,6 +56,12 @@ class Settings:
     shutdown_grace_seconds: float
     # Which request tags get a CloudWatch `Tag` dimension value of their own (metrics.py).
     metric_tags: tuple[str, ...]
+    # What a client can cost the uvicorn doors before it is authenticated (server_protocol.py).
+    max_request_head_bytes: int
+    max_request_headers: int
+    request_head_timeout: float
+    keep_alive_timeout: float
+    max_connections: int
 
 
 class SettingsError(ValueError):
@@ -143,6 +149,16 @@ def get_settings() -> Settings:
         # Metric dimensions: which request tags get a `Tag` dimension value of their own (each distinct value is a
         # billed custom metric). Comma-separated tags and `prefix*` patterns, besides each key's default tags.
         metric_tags=tuple(tag.strip() for tag in env("METRIC_TAGS", "").split(",") if tag.strip()),
+        # -- the uvicorn doors (run.sh, serve): bounds on an unauthenticated client (docs/operations.md) --
+        # A request line and headers larger than this, or with more headers, are refused (431) unread.
+        max_request_head_bytes=int(_float("MAX_REQUEST_HEAD_BYTES", 64 * 1024)),
+        max_request_headers=int(_float("MAX_REQUEST_HEADERS", 100)),
+        # From a connection's first byte (or its opening) to the end of a request's head; then 408 and closed.
+        request_head_timeout=_float("REQUEST_HEAD_TIMEOUT", 10.0),
+        # An idle keep-alive connection is closed after this long (run.sh sets 900 s: the adapter is its client).
+        keep_alive_timeout=_float("KEEP_ALIVE_TIMEOUT", 5.0),
+        # Open connections per process; one more is answered 503 and closed.
+        max_connections=int(_float("MAX_CONNECTIONS", 2048)),
     )
 
 
