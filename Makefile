@@ -1,5 +1,6 @@
 # Two commands for a newcomer: `make dev` (start the gateway) and `make test` (run every test).
-# Both create .venv from the pinned requirements first, if it is missing or out of date.
+# Both create .venv from the pinned requirements first, if it is missing or out of date, with Python 3.13 or newer
+# (PYTHON=/path/to/python3.13 to choose one), and install the package into it (`anthropic-gateway` on its PATH).
 
 PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null) python3)
 VENV := .venv
@@ -13,9 +14,18 @@ export PYTHONPATH := $(CURDIR)/layers/gateway
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements-dev.txt layers/gateway/requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# A venv made by an older Python (before this check existed) is made again.
+NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 13))'
+
+$(VENV)/.installed: requirements-dev.txt layers/gateway/requirements.txt pyproject.toml
+	@$(PYTHON) $(NEW_ENOUGH) 2>/dev/null || { \
+		echo "The gateway needs Python 3.13 or newer; '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo 'not found')." >&2; \
+		echo "Install Python 3.13 (python.org, 'apt install python3.13', 'brew install python@3.13' or" >&2; \
+		echo "'pyenv install 3.13'), then run make again, or name it: make dev PYTHON=/path/to/python3.13" >&2; \
+		exit 1; }
+	test -x $(BIN)/python && $(BIN)/python $(NEW_ENOUGH) || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --editable .
 	touch $@
 
 dev: venv
