@@ -109,6 +109,8 @@ class UsageTap:
             self._estimate_output()
         if self._mode == "json":
             self._close_json()
+        elif self._mode is None and self.request is not None:
+            self._estimate_request(self.request)  # a Messages answer in no shape usage can be read from
 
     def _close_json(self) -> None:
         if self._json:
