@@ -78,6 +78,8 @@ class MaliciousUpstream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress (close alone does not)
         self._listener.close()
         with self._lock:
             for connection in self._open:
