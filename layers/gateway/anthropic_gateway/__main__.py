@@ -1,12 +1,17 @@
 """`python -m anthropic_gateway serve` runs the gateway locally; `... keys|teams|users|tags <command>` manage
-keys, teams, users and registered tags."""
+keys, teams, users and registered tags.
+
+`anthropic-gateway ...` is the same command, as the console script the package installs
+(pyproject.toml; `make dev` installs it into .venv).
+"""
 
 from __future__ import annotations
 
 import sys
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         from .local import serve
 
@@ -28,4 +33,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

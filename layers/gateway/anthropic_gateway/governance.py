@@ -39,10 +39,12 @@ from functools import partial
 from aws_lambda_powertools import Logger
 
 from . import aws, keys, pricing
+from .bedrock_models import model_table
 from .errors import GatewayError
 from .exchange import Admission, Exchange
 from .ledger import Write, ledger
 from .request_body import RequestBody
+from .settings import get_settings
 from .storage import budgets, holds, key_records, rates, spend
 from .storage.key_records import KeyRecord
 from .storage.scopes import Blocked, Check, Gone, OverBudget, RateLimited, Refusal, Scope, TooManyParallel
@@ -131,7 +133,13 @@ def _names_models(exchange: Exchange) -> bool:
 
 
 def model_allowed(model: str, allowlist: list[str]) -> bool:
-    """Exact name, a `prefix*` pattern, or a dated snapshot (`<allowed>-YYYYMMDD`) of an allowed name."""
+    """Exact name, a `prefix*` pattern, or a dated snapshot (`<allowed>-YYYYMMDD`) of an allowed name; a Bedrock id
+    (`anthropic.claude-...`) is also allowed as the Anthropic model it serves (bedrock_models)."""
+    served = model_table(get_settings().bedrock_model_ids).anthropic_model(model)
+    return _allowed(model, allowlist) or (served is not None and _allowed(served, allowlist))
+
+
+def _allowed(model: str, allowlist: list[str]) -> bool:
     snapshot = _SNAPSHOT.fullmatch(model)
     for allowed in allowlist:
         if model == allowed or (allowed.endswith("*") and model.startswith(allowed[:-1])):
