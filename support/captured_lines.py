@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anthropic_gateway import keys
+from anthropic_gateway.storage import key_records
 
 ACCESS_MESSAGE = "gateway request"
 Record = dict[str, Any]  # one JSON line: an EMF blob or a log record
@@ -94,7 +95,7 @@ def stored_key(**fields: Any) -> str:
     """
     plain = keys.new_key()
     now = keys.utcnow().isoformat()
-    record = keys.KeyRecord(
+    record = key_records.KeyRecord(
         token=keys.hash_key(plain), key_name=keys.key_name(plain), created_at=now, updated_at=now, **fields
     )
     keys.put_new(record)  # as /key/generate stores it: this instance knows the key at once

@@ -38,39 +38,10 @@ def aws(fake_upstream):
     os.environ["AWS_READ_TIMEOUT"] = "5"
     os.environ["AWS_DEADLINE"] = "15"
     get_settings.cache_clear()
-    _serialize_moto_dynamodb()
-    server = local.start_moto()
+    server = local.start_moto()  # one DynamoDB call at a time, as `make dev` runs it
     local.create_resources(UPSTREAM_KEY, MASTER_KEY)
     yield
     server.stop()
-
-
-def _serialize_moto_dynamodb() -> None:
-    """Real DynamoDB applies each request atomically; moto's threaded server does not: its TransactWriteItems
-    deep-copies the table while other threads write to it ("dictionary changed size during iteration"). One lock
-    around moto's DynamoDB operations makes it behave like the service the gateway is written for."""
-    import threading
-
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-    for name in (
-        "get_item",
-        "put_item",
-        "update_item",
-        "delete_item",
-        "transact_write_items",
-        "query",
-        "scan",
-        "batch_write_item",
-    ):
-        original = getattr(DynamoDBBackend, name)
-
-        def locked(self, *args, _original=original, **kwargs):
-            with lock:
-                return _original(self, *args, **kwargs)
-
-        setattr(DynamoDBBackend, name, locked)
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +138,8 @@ def own_table(monkeypatch):
     import boto3
     from moto import mock_aws
 
-    from anthropic_gateway import keys, local, table
+    from anthropic_gateway import keys, local
+    from anthropic_gateway.storage import table
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -188,7 +160,8 @@ def own_table(monkeypatch):
 def aws_calls(gateway):
     """AWS calls the gateway makes from now on: (operation, request body), from botocore's before-call events on
     its Secrets Manager and DynamoDB clients."""
-    from anthropic_gateway import secrets, table
+    from anthropic_gateway import secrets
+    from anthropic_gateway.storage import table
 
     calls: list[tuple[str, bytes]] = []
 

@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from anthropic_gateway import keys, table
+from anthropic_gateway import keys
+from anthropic_gateway.storage import key_records, table
 from support.fault_proxy import FaultProxy
 from support.servers import answers, free_port
 from support.waiting import eventually
@@ -113,7 +114,7 @@ def warm_up(url: str, key: str) -> None:
 
 
 def record_of(key: str) -> dict:
-    return table.handle().get_item(Key={"pk": keys.record_pk(keys.hash_key(key)), "sk": "KEY"})["Item"]
+    return table.handle().get_item(Key={"pk": key_records.record_pk(keys.hash_key(key)), "sk": "KEY"})["Item"]
 
 
 def settled_to(key: str, served: int) -> bool:
@@ -133,7 +134,7 @@ def settled_to(key: str, served: int) -> bool:
 def held_slots(key: str) -> dict:
     """The key's parallel slots still held. A settle releases its reservation and then its slot, one write after
     the other: read together with the counters, so a test waits for both rather than reading between the two."""
-    item = table.handle().get_item(Key={"pk": keys.record_pk(keys.hash_key(key)), "sk": "PARALLEL"}).get("Item")
+    item = table.handle().get_item(Key={"pk": key_records.record_pk(keys.hash_key(key)), "sk": "PARALLEL"}).get("Item")
     return dict(item.get("slots", {})) if item else {}
 
 

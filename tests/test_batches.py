@@ -3,14 +3,17 @@ results as they stream through, or at the estimate when they are never fetched (
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from unittest.mock import ANY
 
 import anthropic
 import pytest
 
-from anthropic_gateway import keys, pricing, table
+from anthropic_gateway import keys, pricing
+from anthropic_gateway.storage import table
 from anthropic_gateway.usage import Usage
 
 MODEL = "claude-haiku-4-5"
@@ -169,3 +172,111 @@ def test_a_batch_never_seen_ended_is_settled_at_its_estimate_when_its_results_ex
     clock[0] += timedelta(days=1, minutes=1)  # 29 days: Anthropic has deleted the results
     client.models.list()
     assert money(info_of(gateway, admin, key)["spend"]) == estimate
+
+
+# -- settle, killed halfway (own table) ---------------------------------------------------------------------------
+
+
+class Killed(BaseException):
+    """The process dies here: no handler runs, no retry is kept (a Lambda frozen or timed out mid-settle)."""
+
+
+@pytest.fixture
+def die_at_first_write(own_table):
+    """Kill the next write to the table (UpdateItem, PutItem, DeleteItem, TransactWriteItems), before it is sent
+    ("before") or once DynamoDB has applied it and before its answer is seen ("after")."""
+    events = own_table.meta.client.meta.events
+    armed: list[str] = []
+
+    def before(**_) -> None:
+        if armed == ["before"]:
+            armed.clear()
+            raise Killed()
+
+    def after(**_) -> None:
+        if armed == ["after"]:
+            armed.clear()
+            raise Killed()
+
+    for operation in ("UpdateItem", "PutItem", "DeleteItem", "TransactWriteItems"):
+        events.register(f"before-call.dynamodb.{operation}", before)
+        events.register(f"after-call.dynamodb.{operation}", after)
+    yield armed.append
+    for operation in ("UpdateItem", "PutItem", "DeleteItem", "TransactWriteItems"):
+        events.unregister(f"before-call.dynamodb.{operation}", before)
+        events.unregister(f"after-call.dynamodb.{operation}", after)
+
+
+@pytest.fixture
+def open_batch(own_table, monkeypatch):
+    """A key with a budget of $10 and a batch of it, open, its estimate ($1) reserved, as a create leaves them."""
+    from anthropic_gateway import batches, governance
+    from anthropic_gateway.storage import batch_items, key_records
+
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    monkeypatch.setattr(keys, "utcnow", lambda: now)
+    plain = keys.new_key()
+    record = key_records.KeyRecord(
+        token=keys.hash_key(plain), key_name="k", created_at=now.isoformat(), max_budget=Decimal(10)
+    )
+    keys.put_new(record)
+    estimate, lease = Decimal(1), int(batches.RESERVATION_LEASE.total_seconds())
+    assert asyncio.run(governance.reserve_budget(record, estimate, "batch-r1", lease_seconds=lease, whole=True))
+    remembered = batch_items.remember(
+        "b1",
+        key_id=record.key_id,
+        estimate=estimate,
+        reserved=estimate,
+        reservation_id="batch-r1",
+        now=now,
+        due=now + batches.RESULTS_RETENTION,
+        ended=False,
+    )
+    assert remembered
+    return record, now
+
+
+def billed(record) -> dict:
+    item = table.get(f"KEY#{record.key_id}", "KEY")
+    assert item["budget_headroom"] == item["max_budget"] - item["spend"] - item["reserved"], item
+    return {name: item[name] for name in ("spend", "total_spend", "reserved", "reservations", "input_tokens")}
+
+
+def test_a_settle_killed_after_its_write_is_billed_exactly_once(open_batch, die_at_first_write):
+    """The batch's state and its key's spend are one transaction: a settle that dies once its write has reached
+    DynamoDB has billed the batch, all of it, and nothing after it (another fetch, the sweep) bills it again."""
+    from anthropic_gateway import batches
+
+    record, now = open_batch
+    cost, usage = Decimal("0.4"), Usage(input_tokens=1200, output_tokens=300)
+    die_at_first_write("after")
+    with pytest.raises(Killed):
+        asyncio.run(batches.settle_batch("b1", cost, usage))
+
+    # Recovery: the results are fetched again, and the batch comes due for the sweep.
+    assert asyncio.run(batches.settle_batch("b1", cost, usage)) is False
+    assert asyncio.run(batches.sweep(now + batches.RESULTS_RETENTION + timedelta(minutes=1))) == 0
+    expected = {"spend": cost, "total_spend": cost, "reserved": 0, "reservations": {}, "input_tokens": 1200}
+    assert billed(record) == expected
+    assert table.get("BATCH#b1", "BATCH")["state"] == "settled"
+
+
+def test_a_settle_killed_before_its_write_leaves_the_batch_for_the_sweep(open_batch, die_at_first_write):
+    from anthropic_gateway import batches
+
+    record, now = open_batch
+    die_at_first_write("before")
+    with pytest.raises(Killed):
+        asyncio.run(batches.settle_batch("b1", Decimal("0.4"), None))
+    assert billed(record) == {
+        "spend": 0,
+        "total_spend": 0,
+        "reserved": 1,
+        "reservations": {"batch-r1": ANY},
+        "input_tokens": 0,
+    }
+
+    due = now + batches.RESULTS_RETENTION + timedelta(minutes=1)
+    assert asyncio.run(batches.sweep(due)) == 1  # settled at its estimate
+    assert asyncio.run(batches.sweep(due)) == 0
+    assert billed(record) == {"spend": 1, "total_spend": 1, "reserved": 0, "reservations": {}, "input_tokens": 0}

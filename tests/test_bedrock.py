@@ -12,16 +12,9 @@ import httpx
 import pytest
 
 from anthropic_gateway import bedrock as bedrock_module
-from anthropic_gateway.bedrock import (
-    Bedrock,
-    BedrockConfigError,
-    bedrock_model_id,
-    load_model_ids,
-    model_span,
-    sign,
-    signing_scope,
-)
+from anthropic_gateway.bedrock import Bedrock, model_span, sign, signing_scope
 from anthropic_gateway.bedrock_errors import anthropic_error
+from anthropic_gateway.bedrock_models import BedrockConfigError, ModelTable, load_model_ids, model_table
 from anthropic_gateway.errors import GatewayError
 from support.fake_bedrock import FakeBedrock
 
@@ -33,6 +26,7 @@ HEADERS = [
     (b"x-custom-trace", b"abc123"),
     (b"x-api-key", b"sk-ant-upstream-must-not-reach-bedrock"),
     (b"x-amz-content-sha256", b"UNSIGNED-PAYLOAD"),  # only the signer sets x-amz-* headers
+    (b"X-Amzn-Bedrock-Service-Tier", b"priority"),  # Bedrock's options are the operator's, not a client's
 ]
 MESSAGE = b'{"model": "claude-haiku-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi there"}]}'
 
@@ -99,7 +93,34 @@ def test_the_shipped_table_maps_only_models_pricing_knows_each_with_a_source():
     ],
 )
 def test_models_map_to_bedrock_ids(model, expected):
-    assert bedrock_model_id(model, load_model_ids(None)) == expected
+    assert model_table(None).bedrock_id(model) == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("anthropic.claude-haiku-4-5", "claude-haiku-4-5"),  # the table, read backwards
+        ("ANTHROPIC.Claude-Sonnet-4-5", "claude-sonnet-4-5"),
+        ("us.anthropic.claude-opus-4-8", "claude-opus-4-8"),  # a cross-region inference profile
+        ("global.anthropic.claude-sonnet-4-5", "claude-sonnet-4-5"),
+        ("anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5-20250929"),  # bedrock-runtime's spelling
+        ("eu.anthropic.claude-3-haiku-20240307-v1:0", "claude-3-haiku-20240307"),  # not served, still Anthropic's
+        ("claude-haiku-4-5", None),  # Anthropic's own id is no Bedrock id
+        ("anthropic.", None),
+        ("meta.llama3-70b-instruct-v1:0", None),
+    ],
+)
+def test_bedrock_ids_map_back_to_the_anthropic_model_they_serve(model, expected):
+    assert model_table(None).anthropic_model(model) == expected
+
+
+def test_one_table_both_ways_an_operator_id_maps_back():
+    table = ModelTable(load_model_ids(json.dumps({"claude-opus-5": "arn:aws:bedrock:us-east-1:1:inference-profile/x"})))
+
+    assert table.bedrock_id("claude-opus-5") == "arn:aws:bedrock:us-east-1:1:inference-profile/x"
+    assert table.anthropic_model("arn:aws:bedrock:us-east-1:1:inference-profile/x") == "claude-opus-5"
+    for name, bedrock_id in table.to_bedrock.items():
+        assert table.anthropic_model(bedrock_id) == name
 
 
 def test_the_operator_override_is_merged_over_the_shipped_table():
@@ -111,14 +132,14 @@ def test_the_operator_override_is_merged_over_the_shipped_table():
             "claude-sonnet-4-5-20250929": "anthropic.claude-sonnet-4-5-pinned",  # a snapshot of its own
         }
     )
-    table = load_model_ids(override)
+    table = model_table(override)
 
-    assert bedrock_model_id("claude-opus-5", table) == "anthropic.claude-opus-5"
-    assert bedrock_model_id("claude-haiku-4-5-20251001", table) == "us.anthropic.claude-haiku-4-5"
-    assert bedrock_model_id("claude-sonnet-4-6", table) is None
-    assert bedrock_model_id("claude-sonnet-4-5-20250929", table) == "anthropic.claude-sonnet-4-5-pinned"
-    assert bedrock_model_id("claude-sonnet-4-5", table) == "anthropic.claude-sonnet-4-5"
-    assert bedrock_model_id("claude-opus-4-7", table) == "anthropic.claude-opus-4-7"  # the rest stays
+    assert table.bedrock_id("claude-opus-5") == "anthropic.claude-opus-5"
+    assert table.bedrock_id("claude-haiku-4-5-20251001") == "us.anthropic.claude-haiku-4-5"
+    assert table.bedrock_id("claude-sonnet-4-6") is None
+    assert table.bedrock_id("claude-sonnet-4-5-20250929") == "anthropic.claude-sonnet-4-5-pinned"
+    assert table.bedrock_id("claude-sonnet-4-5") == "anthropic.claude-sonnet-4-5"
+    assert table.bedrock_id("claude-opus-4-7") == "anthropic.claude-opus-4-7"  # the rest stays
 
 
 @pytest.mark.parametrize(
@@ -222,6 +243,7 @@ def test_a_signed_message_is_accepted_with_the_bedrock_model_and_the_clients_byt
     assert arrived.request.header("x-custom-trace") == "abc123"
     assert arrived.request.header("x-api-key") is None
     assert arrived.request.header("x-amz-content-sha256") is None
+    assert arrived.request.header("x-amzn-bedrock-service-tier") is None
 
 
 def test_a_signed_stream_answers_with_anthropics_events_and_final_usage(upstream, fake):

@@ -124,6 +124,29 @@ def test_bedrock_errors_reach_the_sdk_in_anthropics_shape(
     assert int(raised.value.response.headers["content-length"]) == len(raised.value.response.content)
 
 
+def test_client_amazon_headers_never_reach_bedrock(gateway, make_key, bedrock):
+    """Bedrock reads request options from x-amzn-bedrock-* headers (a priority service tier is billed at another
+    price; a guardrail is billed too): they are the operator's to choose, so a client's never go there."""
+    amazon = {
+        "x-amzn-bedrock-service-tier": "priority",
+        "x-amzn-bedrock-guardrailidentifier": "gr-123",
+        "x-amzn-bedrock-guardrailversion": "1",
+        "x-amzn-bedrock-performanceconfig-latency": "optimized",
+        "X-Amzn-Trace-Id": "Root=1-00000000-000000000000000000000000",
+        "x-amz-security-token": "a client's",
+    }
+    with _http(gateway, make_key(upstreams=["bedrock"]), **amazon, **{"x-custom-trace": "kept"}) as http:
+        response = http.post("/v1/messages", json=MESSAGE)
+
+    assert response.status_code == 200, response.text
+    [sent] = bedrock.requests
+    assert sent.auth == "sigv4" and sent.error is None
+    names = {name for name, _ in sent.request.headers}
+    assert "x-custom-trace" in names
+    assert not {name for name in names if name.startswith("x-amzn")}
+    assert sent.request.header("x-amz-security-token") is None  # moto's credentials have none
+
+
 def test_claude_code_style_requests_work_on_bedrock(gateway, make_key, bedrock):
     key = make_key(upstreams=["bedrock"])
     betas = "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"
@@ -303,8 +326,30 @@ def test_a_bedrock_answer_is_priced_and_logged_as_the_clients_model(gateway, mak
 
     access = captured.for_request(response.headers["x-gateway-request-id"]).access
     expected = pricing.cost_usd(MODEL, Usage(**usage))
-    assert expected > 0 and pricing.rates_for(MODEL) != pricing.rates_for(BEDROCK_MODEL)  # the fallback differs
+    assert expected > 0
     assert access["upstream"] == "bedrock" and access["model"] == MODEL
     assert Decimal(str(access["cost_usd"])) == expected
+    info = admin.get("/key/info", params={"key": key}).json()["info"]
+    assert Decimal(str(info["spend"])) == expected
+
+
+@pytest.mark.parametrize("upstream", ["bedrock", "anthropic"])
+def test_a_model_named_by_its_bedrock_id_is_allowed_priced_and_counted_as_the_anthropic_model(
+    gateway, make_key, admin, bedrock, fake_upstream, captured, upstream
+):
+    """One table, both ways: `anthropic.claude-haiku-4-5` is Claude Haiku 4.5 for the allowlist, the price and the
+    Model dimension, whichever upstream answers (the fake Anthropic answers with the model it was asked for)."""
+    key = make_key(upstreams=[upstream], max_budget=100, models=[MODEL])
+    usage = {"input_tokens": 1000, "output_tokens": 200}
+    with _http(gateway, key, **{"x-fake-usage": json.dumps(usage)}) as http:
+        response = http.post("/v1/messages", json={**MESSAGE, "model": BEDROCK_MODEL})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-upstream"] == upstream
+
+    lines = captured.for_request(response.headers["x-gateway-request-id"])
+    expected = pricing.cost_usd(MODEL, Usage(**usage))
+    assert pricing.rates_for(BEDROCK_MODEL) == pricing.rates_for(MODEL) != pricing.rates_for("unknown-model")
+    assert Decimal(str(lines.access["cost_usd"])) == expected
+    assert {blob["Model"] for blob in lines.blobs if "Model" in blob} == {MODEL}
     info = admin.get("/key/info", params={"key": key}).json()["info"]
     assert Decimal(str(info["spend"])) == expected

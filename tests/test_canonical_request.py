@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from anthropic_gateway import keys
+from anthropic_gateway.storage import key_records
 from support.captured_lines import ACCESS_MESSAGE
 
 HAIKU = "claude-haiku-4-5"
@@ -181,7 +182,7 @@ def test_a_stream_cut_before_its_final_usage_is_billed_an_upper_bound(gateway, v
     assert line["usage_estimated"] is True
     assert line["output_tokens"] >= real_output_tokens
     assert line["input_tokens"] == 7 and line["cost_usd"] > 0
-    recorded = keys.load(keys.hash_key(virtual_key))
+    recorded = key_records.load(keys.hash_key(virtual_key))
     assert recorded is not None and recorded.output_tokens >= real_output_tokens
 
 

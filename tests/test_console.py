@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -19,7 +20,7 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, Playwright, expect, sync_playwright
 from samcli.yamlhelper import yaml_parse
 
 from anthropic_gateway import console, tag_spend
@@ -27,7 +28,7 @@ from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
 from tests.conftest import MASTER_KEY
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it (Makefile: chromium)
+DEBIAN_CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it when run as root (Makefile)
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -40,12 +41,45 @@ HELLO = [{"role": "user", "content": "Hello from the console test"}]
 expect.set_options(timeout=20_000)  # two shared cores: generous, and only ever spent when a test fails
 
 
+def chromium(playwright: Playwright) -> str | None:
+    """The Chromium to drive: $CHROMIUM when set (used as given: a wrong path fails the tests, it does not skip
+    them), else Debian's, else one on PATH, else Playwright's own download (`playwright install chromium`)."""
+    if configured := os.environ.get("CHROMIUM"):
+        return configured
+    found = [DEBIAN_CHROMIUM, shutil.which("chromium"), shutil.which("chromium-browser")]
+    found.append(playwright.chromium.executable_path)
+    return next((path for path in found if path and os.access(path, os.X_OK)), None)
+
+
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        executable = chromium(playwright)
+        if executable is None:
+            pytest.skip(
+                "no Chromium for the console's browser tests: set CHROMIUM=/path/to/chromium, install Debian's "
+                "chromium ('sudo apt-get install chromium', or make test as root), or 'playwright install chromium'"
+            )
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+def test_the_browser_tests_find_a_chromium_or_say_why_not(monkeypatch, tmp_path):
+    """$CHROMIUM first; Playwright's own download when there is no other; none: the tests skip with a reason."""
+    monkeypatch.setitem(globals(), "DEBIAN_CHROMIUM", str(tmp_path / "not-installed"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PLAYWRIGHT_BROWSERS_PATH", str(tmp_path / "playwright"))
+    monkeypatch.delenv("CHROMIUM", raising=False)
+    with sync_playwright() as playwright:
+        assert chromium(playwright) is None
+        downloaded = Path(playwright.chromium.executable_path)
+        assert downloaded.is_relative_to(tmp_path / "playwright")
+        downloaded.parent.mkdir(parents=True)
+        downloaded.touch(mode=0o755)
+        assert chromium(playwright) == str(downloaded)
+        monkeypatch.setenv("CHROMIUM", "/opt/chromium/chrome")
+        assert chromium(playwright) == "/opt/chromium/chrome"
 
 
 class Watched:

@@ -256,11 +256,12 @@ def test_messages_stream_event(api_function):
 def test_messages_event_with_a_virtual_key_is_accounted_before_the_invocation_returns(api_function):
     """Lambda freezes the process when the handler returns: the key's spend must already be written by then."""
     from anthropic_gateway import keys
+    from anthropic_gateway.storage import key_records
 
     key = json.loads(api_function.invoke(_event("key-generate"))["body"])["key"]
     result = api_function.invoke(_event("messages-create", **{"x-api-key": key}))
     assert result["statusCode"] == 200, result["body"]
-    record = keys.load(keys.hash_key(key))  # straight from DynamoDB (moto), right after the invocation
+    record = key_records.load(keys.hash_key(key))  # straight from DynamoDB (moto), right after the invocation
     assert record.requests == 1 and record.output_tokens > 0 and record.spend > 0
 
 
@@ -340,6 +341,7 @@ def test_built_run_sh_streams_events_as_the_upstream_sends_them(proxy):
 
 def test_built_run_sh_accounts_the_streamed_request(proxy):
     from anthropic_gateway import keys
+    from anthropic_gateway.storage import key_records
 
     with httpx.Client(base_url=proxy.url, timeout=30) as http:
         key = http.post("/key/generate", json={}, headers={"authorization": f"Bearer {MASTER_KEY}"}).json()["key"]
@@ -349,8 +351,8 @@ def test_built_run_sh_accounts_the_streamed_request(proxy):
             assert response.status_code == 200
             response.read()
 
-    def accounted() -> keys.KeyRecord | None:  # by the run.sh process, after the response: poll its table
-        record = keys.load(keys.hash_key(key))
+    def accounted() -> key_records.KeyRecord | None:  # by the run.sh process, after the response: poll its table
+        record = key_records.load(keys.hash_key(key))
         return record if record is not None and record.requests else None
 
     record = eventually(accounted, timeout=10, interval=0.05, what="the streamed request accounted")

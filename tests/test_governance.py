@@ -17,7 +17,8 @@ import anthropic
 import httpx
 import pytest
 
-from anthropic_gateway import governance, keys, pricing, table
+from anthropic_gateway import governance, keys, pricing
+from anthropic_gateway.storage import holds, key_records, rates, table
 from anthropic_gateway.usage import Usage
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -122,8 +123,8 @@ def test_a_stream_cut_off_by_the_client_is_billed_for_what_was_seen(admin, gatew
 
 def test_keys_without_limits_cost_no_dynamodb_call_before_the_upstream(gateway, make_key, monkeypatch):
     key = make_key(models=["claude-haiku-4-5"], tags=["team:a"], metadata={"a": 1})
-    record = keys.load(keys.hash_key(key))
-    assert not record.governed
+    record = key_records.load(keys.hash_key(key))
+    assert not any(scope.governed for scope in governance.scopes(record))
 
     def no_dynamodb(*args, **kwargs):
         raise AssertionError("admission touched DynamoDB")
@@ -235,7 +236,7 @@ def test_budget_resets_each_period(admin, gateway, make_key, frozen_clock):
     info = settled(gateway, admin, key, requests=2)
     assert Decimal(repr(info["spend"])) == one  # this period's
     assert Decimal(repr(info["total_spend"])) == one * 2
-    assert info["budget_reset_at"] == keys.iso_seconds(datetime.fromisoformat(first_reset) + timedelta(days=1))
+    assert info["budget_reset_at"] == table.iso_seconds(datetime.fromisoformat(first_reset) + timedelta(days=1))
 
 
 def test_info_starts_a_new_period_for_an_idle_key(admin, gateway, make_key, frozen_clock):
@@ -368,53 +369,64 @@ def test_max_parallel_requests(admin, gateway, make_key, fake_upstream):
 
 
 def _slots(key: str) -> dict:
-    record = keys.load(keys.hash_key(key))
-    item = table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL"}).get("Item") or {}
+    record = key_records.load(keys.hash_key(key))
+    item = table.handle().get_item(Key={"pk": key_records.record_pk(record.key_id), "sk": "PARALLEL"}).get("Item") or {}
     return item.get("slots", {})
 
 
 def test_a_slot_leaked_by_a_dead_instance_is_reclaimed_after_its_lease(gateway, make_key, frozen_clock):
     key = make_key(max_parallel_requests=1)
-    record = keys.load(keys.hash_key(key))
-    taken = int(frozen_clock[0].timestamp()) + governance.PARALLEL_SLOT_LEASE_SECONDS
-    table.handle().put_item(Item={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL", "slots": {"dead": taken}})
+    record = key_records.load(keys.hash_key(key))
+    taken = int(frozen_clock[0].timestamp()) + rates.PARALLEL_SLOT_LEASE_SECONDS
+    table.handle().put_item(
+        Item={"pk": key_records.record_pk(record.key_id), "sk": "PARALLEL", "slots": {"dead": taken}}
+    )
     client = sdk(gateway, key)
 
     with pytest.raises(anthropic.RateLimitError):
         client.messages.create(model=MODEL, max_tokens=8, messages=HELLO)
-    frozen_clock[0] += timedelta(seconds=governance.PARALLEL_SLOT_LEASE_SECONDS + 1)
+    frozen_clock[0] += timedelta(seconds=rates.PARALLEL_SLOT_LEASE_SECONDS + 1)
     assert client.messages.create(model=MODEL, max_tokens=8, messages=HELLO).id
     assert "dead" not in _slots(key)
 
 
-def test_refused_requests_release_what_they_took(admin, gateway, make_key, monkeypatch):
-    """A request refused by a later check (here: parallel) gives back the budget it reserved in an earlier one."""
-    key = make_key(max_budget=1000.0, max_parallel_requests=0)
-    reserved_when_refused = []
-    take_slot = governance._take_slot
-
-    def observed_take_slot(record, *args):
-        reserved_when_refused.append(keys.load(record.token).reserved)
-        return take_slot(record, *args)
-
-    monkeypatch.setattr(governance, "_take_slot", observed_take_slot)
-    with pytest.raises(anthropic.RateLimitError):
+def test_a_refused_request_takes_nothing(admin, gateway, make_key, frozen_clock):
+    """A request's rate count, budget hold and parallel slot are one write: refused by one (here: parallel), it
+    holds nothing on the others, and has not counted toward rpm."""
+    key = make_key(max_budget=1000.0, rpm_limit=1, max_parallel_requests=0)
+    with pytest.raises(anthropic.RateLimitError, match="parallel"):
         sdk(gateway, key).messages.create(model=MODEL, max_tokens=1000, messages=HELLO)
 
-    assert reserved_when_refused[0] > 0  # the budget check had reserved its estimate
     gateway.drain()
     assert info_of(admin, key)["reserved_spend"] == 0
-    item = table.handle().get_item(Key={"pk": keys.record_pk(keys.hash_key(key)), "sk": "KEY"})["Item"]
-    assert (item["budget_headroom"], item["requests"]) == (1000, 0)
+    item = table.handle().get_item(Key={"pk": key_records.record_pk(keys.hash_key(key)), "sk": "KEY"})["Item"]
+    assert (item["budget_headroom"], item["requests"], item["reservations"]) == (1000, 0, {})
+    assert admin.post("/key/update", json={"key": key, "max_parallel_requests": 1}).status_code == 200
+    assert sdk(gateway, key).messages.create(model=MODEL, max_tokens=8, messages=HELLO).id  # rpm 1: still unused
+
+
+def test_refusals_come_in_the_order_of_the_checks(admin, gateway, make_key, frozen_clock):
+    """Limits that refuse together answer as if checked one by one: the rate limit, then the budget, then parallel."""
+    key = make_key(max_budget=1000.0, rpm_limit=1, max_parallel_requests=1)
+    client = sdk(gateway, key)
+    assert client.models.list().data  # the minute's one request
+    update = {"key": key, "max_budget": 0, "max_parallel_requests": 0}
+    assert admin.post("/key/update", json=update).status_code == 200
+    with pytest.raises(anthropic.RateLimitError, match="requests per minute"):
+        client.models.list()
+    frozen_clock[0] += timedelta(minutes=1)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client.models.list()
+    assert refused.value.status_code == 402
 
 
 def test_a_table_failure_refuses_with_503(gateway, make_key, fake_upstream, monkeypatch):
     key = make_key(rpm_limit=100)
 
-    def unavailable(*args):
+    def unavailable(*args, **kwargs):
         raise RuntimeError("DynamoDB is unreachable")
 
-    monkeypatch.setattr(governance, "_count_request", unavailable)
+    monkeypatch.setattr(holds, "admit", unavailable)
     with pytest.raises(anthropic.InternalServerError) as refused:
         sdk(gateway, key).messages.create(model=MODEL, max_tokens=8, messages=HELLO)
     assert refused.value.status_code == 503 and refused.value.body["error"]["type"] == "api_error"

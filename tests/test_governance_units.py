@@ -1,4 +1,5 @@
-"""Governance and key storage in isolation: pure rules, and the DynamoDB bookkeeping against moto's mock_aws."""
+"""Governance and its storage in isolation: pure rules, and the DynamoDB bookkeeping against moto's mock_aws
+(admission of all a request's holds in one call, settle in one transaction, key records)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from decimal import Decimal
 import pytest
 
 from anthropic_gateway import governance, keys, pricing
-from anthropic_gateway import table as gateway_table
 from anthropic_gateway.errors import GatewayError
+from anthropic_gateway.exchange import Admission
 from anthropic_gateway.ledger import ledger
+from anthropic_gateway.storage import budgets, holds, key_records, rates, spend
+from anthropic_gateway.storage import table as gateway_table
+from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, TooManyParallel
 from anthropic_gateway.usage import Usage
 from support.fake_anthropic import expected_input_tokens
 
@@ -20,28 +24,6 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
 # -- pure rules ---------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("30s", 30),
-        ("10m", 600),
-        ("1h", 3600),
-        ("1d", 86400),
-        ("30d", 30 * 86400),
-        ("2w", 14 * 86400),
-        ("1mo", 30 * 86400),
-    ],
-)
-def test_durations(text, seconds):
-    assert keys.parse_duration(text) == timedelta(seconds=seconds)
-
-
-@pytest.mark.parametrize("text", ["", "0d", "1y", "d", "-1d", "1.5h", "1 d", "1000000d"])
-def test_bad_durations(text):
-    with pytest.raises(ValueError):
-        keys.parse_duration(text)
 
 
 @pytest.mark.parametrize(
@@ -134,9 +116,23 @@ def table(own_table):
     return own_table
 
 
-def new_record(**settings) -> keys.KeyRecord:
+@pytest.fixture
+def calls(table):
+    """The DynamoDB operations made from now on (botocore's before-call events on the table's client)."""
+    made: list[str] = []
+
+    def count(model, **_) -> None:
+        made.append(model.name)
+
+    events = gateway_table.handle().meta.client.meta.events
+    events.register("before-call.dynamodb.*", count)
+    yield made
+    events.unregister("before-call.dynamodb.*", count)
+
+
+def new_record(**settings) -> key_records.KeyRecord:
     plain = keys.new_key()
-    record = keys.KeyRecord(
+    record = key_records.KeyRecord(
         token=keys.hash_key(plain),
         key_name=keys.key_name(plain),
         created_at=keys.iso(NOW),
@@ -147,41 +143,76 @@ def new_record(**settings) -> keys.KeyRecord:
     return record
 
 
-def stored(record: keys.KeyRecord) -> dict:
-    return gateway_table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "KEY"})["Item"]
+def stored(record: key_records.KeyRecord, sk: str = "KEY") -> dict:
+    return gateway_table.handle().get_item(Key={"pk": key_records.record_pk(record.key_id), "sk": sk}).get("Item", {})
 
 
-def assert_headroom_invariant(record: keys.KeyRecord) -> dict:
+def assert_headroom_invariant(record: key_records.KeyRecord) -> dict:
     item = stored(record)
     budget = item.get("max_budget", Decimal(0))
     assert item["budget_headroom"] == budget - item["spend"] - item["reserved"], item
     return item
 
 
+def acquire(record: key_records.KeyRecord, estimate: Decimal = Decimal(0), request_id: str | None = None):
+    """Admission's DynamoDB side, as governance.admit runs it (at keys.utcnow()): the outcome and the holds."""
+    admission = Admission(request_id or keys.new_key())
+    governed = [scope for scope in governance.scopes(record) if scope.governed]
+    return governance._acquire(governed, admission, estimate), admission
+
+
+def settle(record, admission, cost=Decimal(0), usage=None, forwarded=True):
+    """Settle's DynamoDB side for a request that got an answer, as governance.settle_now builds it."""
+    counters = governance.spend_increments(cost, usage, forwarded) if forwarded or usage else {}
+    scopes = governance.scopes(record)
+    changes = governance.settle_changes(
+        scopes,
+        hold_id=admission.request_id,
+        reserved=admission.reserved,
+        holders=[scope for scope in scopes if scope.budgeted],
+        slot=admission.slot,
+        counters=counters,
+        tokens=usage.total_tokens if usage else 0,
+        now=NOW,
+    )
+    return holds.settle(changes, operation=f"settle-{admission.request_id}", marker_ttl=4102444800)
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch) -> list[datetime]:
+    """The gateway's clock, at NOW until a test moves it."""
+    now = [NOW]
+    monkeypatch.setattr(keys, "utcnow", lambda: now[0])
+    return now
+
+
 def test_budget_bookkeeping_keeps_its_invariant(table):
     record = new_record(
-        max_budget=Decimal(1), budget_duration="1d", budget_reset_at=keys.iso_seconds(NOW + timedelta(1))
+        max_budget=Decimal(1), budget_duration="1d", budget_reset_at=gateway_table.iso_seconds(NOW + timedelta(1))
     )
     assert_headroom_invariant(record)
 
     admissions = []
     for estimate in (Decimal("0.3"), Decimal("0.3"), Decimal("0.3"), Decimal("0.3")):
-        admission = governance.Admission(key_id=record.key_id)
-        governance._reserve(record, admission, estimate, NOW)
+        outcome, admission = acquire(record, estimate)
+        assert isinstance(outcome, holds.Admitted) and admission.reserved == estimate
         admissions.append(admission)
         assert_headroom_invariant(record)
-    with pytest.raises(GatewayError) as refused:  # 1.2 reserved of 1.0: no headroom left
-        governance._reserve(record, governance.Admission(key_id=record.key_id), Decimal("0.01"), NOW)
-    assert refused.value.status == 402 and "reserved" in refused.value.message
+    refused, nothing = acquire(record, Decimal("0.01"))  # 1.2 reserved of 1.0: no headroom left
+    assert isinstance(refused, OverBudget) and refused.reserved == Decimal("1.2") and nothing.reserved is None
+    error = governance.refusal(refused)
+    assert error.status == 402 and "reserved" in error.message
 
     for admission, actual in zip(admissions, ("0.1", "0.2", "0.5", "0"), strict=True):
-        counters = governance.spend_increments(Decimal(actual), Usage(input_tokens=10, output_tokens=2), True)
-        governance.settle_write(record, admission, counters, None).apply()
+        assert (
+            settle(record, admission, Decimal(actual), Usage(input_tokens=10, output_tokens=2)) is holds.Settled.APPLIED
+        )
         assert_headroom_invariant(record)
     item = assert_headroom_invariant(record)
     assert (item["spend"], item["reserved"], item["requests"], item["input_tokens"]) == (Decimal("0.8"), 0, 4, 40)
+    assert item["reservations"] == {}
 
-    keys.update(keys.load(record.token), {"max_budget": 0.5})
+    key_records.update(key_records.load(record.token), {"max_budget": 0.5})
     item = assert_headroom_invariant(record)
     assert item["budget_headroom"] < 0
 
@@ -189,28 +220,132 @@ def test_budget_bookkeeping_keeps_its_invariant(table):
     assert governance.reset_budget_if_due(item, later)
     item = assert_headroom_invariant(record)
     assert item["spend"] == 0 and item["total_spend"] == Decimal("0.8")
-    assert item["budget_reset_at"] == keys.iso_seconds(NOW + timedelta(days=2))
+    assert item["budget_reset_at"] == gateway_table.iso_seconds(NOW + timedelta(days=2))
 
     # Another instance that read the item before the reset must not reset it again (its spend would be lost).
-    governance.settle_write(record, None, governance.spend_increments(Decimal("0.25"), None, True), None).apply()
-    assert governance.reset_budget_if_due({**item, "budget_reset_at": keys.iso_seconds(NOW + timedelta(1))}, later)
+    assert settle(record, Admission("late"), Decimal("0.25")) is holds.Settled.APPLIED
+    assert governance.reset_budget_if_due(
+        {**item, "budget_reset_at": gateway_table.iso_seconds(NOW + timedelta(1))}, later
+    )
     assert stored(record)["spend"] == Decimal("0.25")
     assert_headroom_invariant(record)
 
 
+def test_admission_is_one_call_and_settle_one_transaction(table, calls):
+    record = new_record(max_budget=Decimal(10), rpm_limit=5, tpm_limit=1000, max_parallel_requests=2)
+    calls.clear()
+    outcome, admission = acquire(record, Decimal("0.5"))
+    assert isinstance(outcome, holds.Admitted) and len(outcome.holds) == 3
+    # The key's first request also creates its map of parallel slots (again after 32 idle minutes: its TTL).
+    assert calls == ["TransactWriteItems", "UpdateItem", "TransactWriteItems"]
+    settle(record, admission, forwarded=False)
+
+    calls.clear()
+    outcome, admission = acquire(record, Decimal("0.5"))
+    assert isinstance(outcome, holds.Admitted) and len(outcome.holds) == 3
+    assert calls == ["TransactWriteItems"]
+    assert stored(record, "PARALLEL")["slots"].keys() == {admission.slot}
+
+    calls.clear()
+    assert settle(record, admission, Decimal("0.2"), Usage(input_tokens=50, output_tokens=7)) is holds.Settled.APPLIED
+    assert calls == ["TransactWriteItems"]
+    item = assert_headroom_invariant(record)
+    assert (item["spend"], item["reserved"], item["reservations"], item["requests"]) == (Decimal("0.2"), 0, {}, 1)
+    assert stored(record, "PARALLEL")["slots"] == {}
+    minute = stored(record, f"RATE#{rates.window(NOW)}")
+    assert (minute["requests"], minute["tokens"]) == (2, 57)
+
+    budget_only = new_record(max_budget=Decimal(10))
+    calls.clear()
+    outcome, admission = acquire(budget_only, Decimal("0.5"))
+    assert isinstance(outcome, holds.Admitted) and calls == ["UpdateItem"]  # one action: one UpdateItem
+    calls.clear()
+    settle(budget_only, admission, Decimal("0.2"))
+    assert calls == ["TransactWriteItems"]  # the spend, its release and the operation marker
+
+
+def test_a_settle_retried_after_its_answer_was_lost_applies_once(table):
+    record = new_record(max_budget=Decimal(10), tpm_limit=1000, max_parallel_requests=1)
+    _, admission = acquire(record, Decimal("0.5"))
+    usage = Usage(input_tokens=100, output_tokens=10)
+    assert settle(record, admission, Decimal("0.3"), usage) is holds.Settled.APPLIED
+    for _ in range(2):  # the ledger's retries: the same operation
+        assert settle(record, admission, Decimal("0.3"), usage) is holds.Settled.ALREADY_APPLIED
+    item = assert_headroom_invariant(record)
+    assert (item["spend"], item["requests"], item["input_tokens"]) == (Decimal("0.3"), 1, 100)
+    assert stored(record, f"RATE#{rates.window(NOW)}")["tokens"] == 110
+
+
+def test_a_settle_after_the_sweep_records_its_spend_once(table, clock):
+    """A reservation whose lease passed is released by an admission that finds the budget spent; the late settle
+    of its request still records the spend, once, and does not release it a second time."""
+    record = new_record(max_budget=Decimal(1))
+    _, dead = acquire(record, Decimal(1))
+    clock[0] += timedelta(seconds=budgets.RESERVATION_LEASE_SECONDS + 1)
+    outcome, admission = acquire(record, Decimal("0.5"))
+    assert isinstance(outcome, holds.Admitted)  # the dead request's reservation was swept
+    assert stored(record)["reservations"].keys() == {admission.request_id}
+
+    assert settle(record, dead, Decimal("0.4")) is holds.Settled.APPLIED
+    assert settle(record, dead, Decimal("0.4")) is holds.Settled.ALREADY_APPLIED
+    item = assert_headroom_invariant(record)
+    assert (item["spend"], item["reserved"], item["requests"]) == (Decimal("0.4"), Decimal("0.5"), 1)
+
+
+def test_a_retried_admission_whose_first_write_applied_is_admitted(table):
+    record = new_record(max_budget=Decimal(10), rpm_limit=100, max_parallel_requests=1)
+    first, admission = acquire(record, Decimal("0.5"), request_id="gwreq_same")
+    again, _ = acquire(record, Decimal("0.5"), request_id="gwreq_same")  # the same write, its answer lost
+    assert isinstance(first, holds.Admitted) and isinstance(again, holds.Admitted)
+    settle(record, admission, Decimal("0.1"))
+    item = assert_headroom_invariant(record)
+    assert (item["reserved"], item["reservations"], stored(record, "PARALLEL")["slots"]) == (0, {}, {})
+
+
+def test_a_conflicting_write_is_retried(table, monkeypatch):
+    """DynamoDB cancels a transaction that meets another write to one of its items: admission tries again."""
+    from botocore.exceptions import ClientError
+
+    record = new_record(max_budget=Decimal(10), max_parallel_requests=1)
+    transact, conflicts = gateway_table._transact, []
+
+    def conflicting_once(actions, token):
+        if not conflicts:
+            conflicts.append(token)
+            reasons = [{"Code": "TransactionConflict"}, {"Code": "None"}]
+            error = {"Error": {"Code": "TransactionCanceledException"}, "CancellationReasons": reasons}
+            raise ClientError(error, "TransactWriteItems")
+        transact(actions, token)
+
+    monkeypatch.setattr(gateway_table, "_transact", conflicting_once)
+    outcome, _ = acquire(record, Decimal("0.5"))
+    assert isinstance(outcome, holds.Admitted) and conflicts
+    assert stored(record)["reserved"] == Decimal("0.5")
+
+
 def test_settle_of_a_deleted_key_does_not_recreate_it(table):
     record = new_record(max_budget=Decimal(1))
-    keys.delete(record)
-    increments = governance.spend_increments(Decimal("0.5"), Usage(input_tokens=5), True)
-    held = governance.Admission(key_id=record.key_id, reserved=Decimal("0.1"))
-    governance.settle_write(record, held, increments, None).apply()  # a budgeted key: written at once
+    _, held = acquire(record, Decimal("0.1"))
+    key_records.delete(record)
+    usage = Usage(input_tokens=5)
+    assert settle(record, held, Decimal("0.5"), usage) is holds.Settled.APPLIED  # a budgeted key: written at once
+    increments = governance.spend_increments(Decimal("0.5"), usage, True)
 
     async def through_the_ledger() -> None:  # a key without budget: coalesced, written at the flush
-        ledger.add(keys.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
+        ledger.add(key_records.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
         await ledger.flush()
 
     asyncio.run(through_the_ledger())
-    assert "Item" not in gateway_table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "KEY"})
+    assert stored(record) == {}
+
+
+def test_counters_are_added_once_per_operation(table):
+    assert spend.add_once("op-1", "P", "S", {"spend": Decimal("0.25")}, marker_ttl=1) is spend.Recorded.ADDED
+    assert spend.add_once("op-1", "P", "S", {"spend": Decimal("0.25")}, marker_ttl=1) is spend.Recorded.ALREADY_ADDED
+    assert spend.add_once("op-2", "P", "S", {"spend": Decimal("0.5")}, marker_ttl=1) is spend.Recorded.ADDED
+    assert gateway_table.get("P", "S") == {"pk": "P", "sk": "S", "spend": Decimal("0.75")}
+    gone = spend.add_once("op-3", "gone", "S", {"spend": Decimal(1)}, marker_ttl=1, only_if_exists=True)
+    assert gone is spend.Recorded.ITEM_GONE and gateway_table.get("gone", "S") is None
 
 
 def test_regenerate_moves_the_key_not_the_record(table):
@@ -218,58 +353,63 @@ def test_regenerate_moves_the_key_not_the_record(table):
     first = record.token
     second_plain, third_plain = keys.new_key(), keys.new_key()
 
-    keys.regenerate(keys.load(first), second_plain)
+    keys.regenerate(key_records.load(first), second_plain)
     second = keys.hash_key(second_plain)
-    assert keys.load(first) is None
-    assert keys.load(second).key_id == first  # the record keeps its identity (and its counters)
+    assert key_records.load(first) is None
+    assert key_records.load(second).key_id == first  # the record keeps its identity (and its counters)
 
-    keys.regenerate(keys.load(second), third_plain)
+    keys.regenerate(key_records.load(second), third_plain)
     third = keys.hash_key(third_plain)
-    assert keys.load(first) is None and keys.load(second) is None
-    assert keys.load(third).token == third and keys.load_by_alias("rotating").token == third
-    with pytest.raises(keys.KeyExists):  # a key that was ever used is never accepted again
-        keys.regenerate(keys.load(third), second_plain)
-    assert keys.load(third) is not None and keys.load(second) is None
+    assert key_records.load(first) is None and key_records.load(second) is None
+    assert key_records.load(third).token == third and key_records.load_by_alias("rotating").token == third
+    with pytest.raises(key_records.KeyExists):  # a key that was ever used is never accepted again
+        keys.regenerate(key_records.load(third), second_plain)
+    assert key_records.load(third) is not None and key_records.load(second) is None
 
-    keys.delete(keys.load(third))
-    assert keys.load(third) is None and keys.load_by_alias("rotating") is None
+    # A hold taken with the old key is refused once the key moved on (on every instance: the condition is on the
+    # record), and this instance forgets the key at once.
+    outcome, _ = acquire(record, Decimal("0.1"))
+    assert isinstance(outcome, Gone) and governance.refusal(outcome).status == 401
+
+    key_records.delete(key_records.load(third))
+    assert key_records.load(third) is None and key_records.load_by_alias("rotating") is None
     assert table.scan()["Items"] == []
 
 
-def test_parallel_slots(table):
+def test_parallel_slots(table, clock):
     record = new_record(max_parallel_requests=2)
     held = []
-    for slot in ("a", "b"):
-        admission = governance.Admission(key_id=record.key_id)
-        governance._take_slot(record, admission, slot, NOW)
+    for _ in ("a", "b"):
+        outcome, admission = acquire(record)
+        assert isinstance(outcome, holds.Admitted) and admission.slot is not None
         held.append(admission)
-    with pytest.raises(GatewayError) as refused:
-        governance._take_slot(record, governance.Admission(key_id=record.key_id), "c", NOW)
-    assert refused.value.status == 429 and refused.value.headers == {"retry-after": "1"}
+    refused, _ = acquire(record)
+    assert isinstance(refused, TooManyParallel)
+    assert governance.refusal(refused).status == 429 and governance.refusal(refused).headers == {"retry-after": "1"}
 
-    governance.settle_write(record, held[0], {}, None).apply()
-    governance._take_slot(record, governance.Admission(key_id=record.key_id), "c", NOW)
+    settle(record, held[0], forwarded=False)
+    assert isinstance(acquire(record)[0], holds.Admitted)
 
-    # Neither b nor c is ever released (their instance died): after the lease they are taken back.
-    after_lease = NOW + timedelta(seconds=governance.PARALLEL_SLOT_LEASE_SECONDS + 1)
-    governance._take_slot(record, governance.Admission(key_id=record.key_id), "d", after_lease)
-    slots = gateway_table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL"})["Item"][
-        "slots"
-    ]
-    assert set(slots) == {"d"}
+    # Neither of the two held now is ever released (their instance died): after the lease they are taken back.
+    clock[0] += timedelta(seconds=rates.PARALLEL_SLOT_LEASE_SECONDS + 1)
+    outcome, last = acquire(record)
+    assert isinstance(outcome, holds.Admitted)
+    assert set(stored(record, "PARALLEL")["slots"]) == {last.slot}
 
 
-def test_rate_window_counts(table):
+def test_rate_window_counts(table, clock):
     record = new_record(rpm_limit=2, tpm_limit=100)
-    governance._count_request(record, NOW)
-    governance._count_request(record, NOW + timedelta(seconds=59))
-    with pytest.raises(GatewayError) as refused:
-        governance._count_request(record, NOW + timedelta(seconds=30))
-    assert refused.value.headers == {"retry-after": "30"}
-    governance._count_request(record, NOW + timedelta(seconds=60))  # a new minute
+    assert isinstance(acquire(record)[0], holds.Admitted)
+    clock[0] = NOW + timedelta(seconds=59)
+    assert isinstance(acquire(record)[0], holds.Admitted)
+    clock[0] = NOW + timedelta(seconds=30)
+    refused, _ = acquire(record)
+    assert isinstance(refused, RateLimited) and refused.limit == "rpm"
+    assert governance.refusal(refused).headers == {"retry-after": "30"}
+    clock[0] = NOW + timedelta(seconds=60)
+    assert isinstance(acquire(record)[0], holds.Admitted)  # a new minute
 
+    clock[0] = NOW + timedelta(minutes=5)
     for zero in ({"rpm_limit": 0}, {"tpm_limit": 0}):  # a limit of 0 refuses even the minute's first request
-        paused = new_record(**zero)
-        with pytest.raises(GatewayError) as refused:
-            governance._count_request(paused, NOW + timedelta(minutes=5))
-        assert refused.value.status == 429
+        refused, _ = acquire(new_record(**zero))
+        assert isinstance(refused, RateLimited) and governance.refusal(refused).status == 429

@@ -14,7 +14,8 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from anthropic_gateway import keys, table
+from anthropic_gateway import keys
+from anthropic_gateway.storage import key_records, table
 from support.captured_lines import ACCESS_MESSAGE
 from support.servers import CuttingUpstream, free_port
 from support.waiting import eventually
@@ -36,11 +37,11 @@ def key_http(gateway, held_key) -> Iterator[httpx.Client]:
 
 def assert_released(gateway, admin, key: str) -> None:
     gateway.drain()
-    record = keys.load(keys.hash_key(key))
+    record = key_records.load(keys.hash_key(key))
     assert record is not None
     info = admin.get("/key/info", params={"key": keys.token_of(key)}).json()["info"]
     assert info["reserved_spend"] == 0, info
-    parallel = table.handle().get_item(Key={"pk": keys.record_pk(record.key_id), "sk": "PARALLEL"}).get("Item")
+    parallel = table.handle().get_item(Key={"pk": key_records.record_pk(record.key_id), "sk": "PARALLEL"}).get("Item")
     assert not (parallel or {}).get("slots"), parallel
 
 

@@ -11,8 +11,9 @@ import anthropic
 import boto3
 import pytest
 
-from anthropic_gateway import keys, table
+from anthropic_gateway import keys
 from anthropic_gateway.settings import get_settings
+from anthropic_gateway.storage import table
 from tests.conftest import MASTER_KEY
 
 HELLO = [{"role": "user", "content": "Hello"}]

@@ -10,8 +10,9 @@ from decimal import Decimal
 import boto3
 import pytest
 
-from anthropic_gateway import keys, table
+from anthropic_gateway import keys
 from anthropic_gateway.settings import get_settings
+from anthropic_gateway.storage import key_records, table
 
 HELLO = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -144,7 +145,7 @@ def test_a_bad_stored_record_does_not_break_list_or_info(admin, make_key):
     # Written by hand (an older version, a console edit): every field the wrong type, bytes in metadata.
     table.handle().put_item(
         Item={
-            "pk": keys.record_pk(bad_token),
+            "pk": key_records.record_pk(bad_token),
             "sk": "KEY",
             "gsi1pk": "KEY",
             "gsi1sk": f"{now}#{bad_token}",

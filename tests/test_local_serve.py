@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
+import threading
+from decimal import Decimal
 from pathlib import Path
 
 import anthropic
 import httpx
 import pytest
 
+from anthropic_gateway import pricing
+from anthropic_gateway.usage import Usage
+from support.fake_anthropic import expected_input_tokens, expected_output_tokens
 from support.servers import answers, free_port
 from support.waiting import eventually
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
@@ -42,10 +48,15 @@ def serve(fake_upstream):
             text=True,
         )
         processes.append(process)
+        # Its output, read as it comes (a full pipe would stall the server): `process.output` once it has exited.
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+        reader.start()
+        process.output = lambda: (reader.join(10), "".join(lines))[1]
         url = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
-            assert process.poll() is None, process.stdout.read()
+            assert process.poll() is None, process.output()
             return answers(url + "/health")
 
         eventually(healthy, timeout=30, interval=0.1, what="gateway healthy")
@@ -61,7 +72,8 @@ def test_serve_generates_a_master_key_and_the_sdk_example_works(serve, fake_upst
     url, process = serve(ANTHROPIC_API_KEY=UPSTREAM_KEY)
     health = httpx.get(url + "/health")
     process.terminate()
-    output, _ = process.communicate(timeout=10)  # stops the server; start it again for the real check below
+    process.wait(10)  # stops the server; start it again for the real check below
+    output = process.output()
 
     master = re.search(r"master key \(generated, shown once\): (\S+)", output).group(1)
     assert health.json() == {"status": "ok"}
@@ -96,3 +108,43 @@ def test_use_real_aws_reads_table_and_secrets_from_the_configured_account(serve,
     client = anthropic.Anthropic(base_url=url + "/anthropic", api_key=created.json()["key"], max_retries=0)
     assert client.models.list(limit=1).data
     assert fake_upstream.requests[-1].header("x-api-key") == UPSTREAM_KEY
+
+
+def test_a_burst_through_a_governed_key_on_the_embedded_moto_is_exact(serve, fake_upstream):
+    """moto is not thread-safe: `serve` runs it one DynamoDB call at a time (local.start_moto), with bounds for a
+    local server, so a burst through a key with a budget, a rate limit and a parallel limit that all permit it
+    is served whole and counted exactly."""
+    url, process = serve(ANTHROPIC_API_KEY=UPSTREAM_KEY, MASTER_KEY=MASTER_KEY)
+    master = {"Authorization": f"Bearer {MASTER_KEY}"}
+    limits = {"max_budget": 100, "rpm_limit": 1000, "max_parallel_requests": 200}
+    key = httpx.post(url + "/key/generate", headers=master, json=limits, timeout=30).json()["key"]
+    message = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi there"}]}
+    burst = 150
+
+    async def send_all() -> list[int]:
+        limits = httpx.Limits(max_connections=burst)
+        async with httpx.AsyncClient(base_url=url, headers={"x-api-key": key}, timeout=120, limits=limits) as client:
+            answers = await asyncio.gather(*(client.post("/anthropic/v1/messages", json=message) for _ in range(burst)))
+        return [answer.status_code for answer in answers]
+
+    assert asyncio.run(send_all()) == [200] * burst
+
+    usage = Usage(input_tokens=expected_input_tokens(message), output_tokens=expected_output_tokens(message))
+    expected = {
+        "requests": burst,
+        "input_tokens": burst * usage.input_tokens,
+        "output_tokens": burst * usage.output_tokens,
+        "spend": burst * pricing.cost_usd("claude-sonnet-4-5", usage),
+        "reserved_spend": 0,
+    }
+
+    def counted() -> dict[str, object]:
+        info = httpx.get(url + "/key/info", params={"key": key}, headers=master, timeout=30).json()["info"]
+        seen = {name: info[name] for name in expected}
+        seen["spend"] = Decimal(str(seen["spend"]))
+        return seen
+
+    eventually(lambda: counted() == expected, timeout=30, what=f"the burst's counters: {expected}")
+    process.terminate()
+    process.wait(10)
+    assert "Traceback" not in process.output()

@@ -92,7 +92,31 @@ def test_resolves_to_base_model(model, base):
     assert pricing.rates_for(model) == pricing.rates_for(base)
 
 
-@pytest.mark.parametrize("model", ["gpt-4o", "claude-haiku-4-5x", "claude-opus-5x", "claude", ""])
+@pytest.mark.parametrize(
+    ("model", "base"),
+    [
+        ("anthropic.claude-haiku-4-5", "claude-haiku-4-5"),  # bedrock_models.json, read backwards
+        ("anthropic.claude-opus-4-7", "claude-opus-4-7"),
+        ("us.anthropic.claude-opus-4-8", "claude-opus-4-8"),  # a cross-region inference profile
+        ("anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),  # bedrock-runtime's spelling
+        ("eu.anthropic.claude-3-haiku-20240307-v1:0", "claude-3-haiku"),
+    ],
+)
+def test_bedrock_ids_are_priced_as_the_anthropic_model_they_serve(model, base, clean):
+    assert pricing.resolve_model(model) == base
+    assert pricing.rates_for(model) == pricing.rates_for(base)
+    assert clean == []  # no "unknown model" warning
+
+
+def test_an_operators_bedrock_id_is_priced_as_its_model(monkeypatch):
+    monkeypatch.setenv("BEDROCK_MODEL_IDS", '{"claude-opus-4-8": "arn:aws:bedrock:us-east-1:1:application-profile/x"}')
+    get_settings.cache_clear()
+    assert pricing.resolve_model("arn:aws:bedrock:us-east-1:1:application-profile/x") == "claude-opus-4-8"
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-4o", "claude-haiku-4-5x", "claude-opus-5x", "claude", "", "anthropic.", "meta.llama3-1-70b"]
+)
 def test_unknown_models_do_not_resolve(model):
     assert pricing.resolve_model(model) is None
 

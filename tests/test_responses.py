@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from anthropic_gateway import keys
+from anthropic_gateway.storage import key_records
 from support.captured_lines import ACCESS_MESSAGE, stored_key
 from support.servers import CuttingUpstream
 
@@ -48,7 +49,7 @@ def test_batch_responses_are_accounted_once_each(gateway, captured, one_slot_key
             gateway.drain()
 
     assert [len(access_lines(captured, request_id)) for request_id in request_ids] == [1, 1, 1]
-    assert keys.load(keys.hash_key(one_slot_key)).requests == 3
+    assert key_records.load(keys.hash_key(one_slot_key)).requests == 3
 
 
 def test_gateway_errors_are_accounted_once_and_release_what_admission_took(
@@ -81,7 +82,7 @@ def test_gateway_errors_are_accounted_once_and_release_what_admission_took(
         (502, "gateway"),
         (401, "gateway"),
     ]
-    assert keys.load(keys.hash_key(one_slot_key)).requests == 0  # only requests Anthropic answered count
+    assert key_records.load(keys.hash_key(one_slot_key)).requests == 0  # only requests Anthropic answered count
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from decimal import Decimal
 
 import httpx
 
-from anthropic_gateway import key_spend, pricing
-from anthropic_gateway.keys import KeyRecord
+from anthropic_gateway import key_spend, keys, money, pricing
+from anthropic_gateway.storage import key_records, spend
+from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.usage import Usage
 
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -54,6 +55,26 @@ def test_top_keys_are_ordered_by_total_spend(gateway, admin, make_key):
     spends = [row["total_spend"] for row in everyone]
     assert spends == sorted(spends, reverse=True)
     assert spend_of(admin, idle) == 0
+
+
+def test_top_keys_are_answered_exactly(admin, make_key):
+    """Money leaves as exact plain JSON numbers, written from Decimal: no binary float, no exponent."""
+    unique = uuid.uuid4().hex[:8]
+    key = make_key(key_alias=f"exact-{unique}")
+    record = key_records.load(keys.hash_key(key))
+    for amount in ("0.1", "0.2", "1e-7"):  # as the ledger writes each request's spend
+        assert (
+            spend.add_once(
+                f"test-{unique}-{amount}", f"KEY#{record.key_id}", "KEY", {"total_spend": Decimal(amount)}, marker_ttl=1
+            )
+            is spend.Recorded.ADDED
+        )
+
+    response = admin.get("/spend/keys", params={"limit": 100})
+    assert response.status_code == 200
+    (row,) = [row for row in money.loads(response.content) if row["key_alias"] == f"exact-{unique}"]
+    assert row["total_spend"] == Decimal("0.3000001") and row["spend"] == 0
+    assert '"total_spend":0.3000001,' in response.text
 
 
 def test_top_keys_need_the_master_key(gateway, virtual_key):

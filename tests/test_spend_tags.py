@@ -12,7 +12,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from anthropic_gateway import pricing, tag_spend
+from anthropic_gateway import money, pricing, tag_spend
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
 from support.captured_lines import stored_key
@@ -156,7 +156,24 @@ def test_concurrent_updates_all_count(aws, unique):
 
     rows = {row["individual_request_tag"]: row for row in tag_spend.report(day, day)}
     assert rows[tag]["log_count"] == 32 and rows[tag]["input_tokens"] == 96
-    assert rows[tag]["total_spend"] == 3.2  # Decimal sums in DynamoDB: no float drift
+    assert rows[tag]["total_spend"] == Decimal("3.2")  # Decimal sums in DynamoDB: no float drift
+
+
+def test_spend_is_answered_exactly(admin, unique):
+    """Money leaves as exact plain JSON numbers, written from Decimal: no binary float, no exponent."""
+    day = date(2024, 6, 1)
+    amounts = {"0.3": ("0.1", "0.2"), "123456789.123456789": ("123456789.123456789",), "0.0000001": ("1e-7",)}
+    _record_now(
+        *[([f"{total}:{unique}"], Decimal(part), None, day) for total, parts in amounts.items() for part in parts]
+    )
+
+    response = admin.get("/spend/tags", params={"start_date": day.isoformat(), "end_date": day.isoformat()})
+    assert response.status_code == 200
+    rows = {row["individual_request_tag"]: row for row in money.loads(response.content)}
+    for total in amounts:
+        row = rows[f"{total}:{unique}"]
+        assert row["total_spend"] == row["daily"][0]["spend"] == Decimal(total)
+        assert f'"total_spend":{total},' in response.text
 
 
 @pytest.mark.parametrize(

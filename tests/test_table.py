@@ -1,19 +1,25 @@
-"""The storage layer (table.py) against moto: conditional updates, counters, transactions, exact numbers."""
+"""The table's primitives (storage/table.py) against moto: `write` for one and several actions, exact numbers."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from botocore.exceptions import ClientError
 
-from anthropic_gateway import table
+from anthropic_gateway.storage import spend, table
+from anthropic_gateway.storage.table import Delete, Put, Update
 
 
 @pytest.fixture
 def handle(own_table):
     """A fresh table of its own (conftest's own_table)."""
     return own_table
+
+
+def add(pk: str, sk: str, **increments) -> Update:
+    return spend.add(pk, sk, increments)
 
 
 def test_numbers_are_serialized_in_plain_notation():
@@ -29,67 +35,56 @@ def test_numbers_are_serialized_in_plain_notation():
 def test_tiny_amounts_are_stored_and_added_exactly(handle):
     # Written in exponent form (1E-7), moto could not add to them; DynamoDB itself reads both forms.
     handle.put_item(Item={"pk": "P", "sk": "S", "spend": Decimal("1E-7")})
-    assert table.add_counters("P", "S", {"spend": Decimal("1E-7"), "requests": 1})
+    assert table.write([add("P", "S", spend=Decimal("1E-7"), requests=1)]) == {}
     assert table.get("P", "S") == {"pk": "P", "sk": "S", "spend": Decimal("0.0000002"), "requests": 1}
 
-    assert table.update_if("P", "S", "SET budget = :b", "attribute_exists(pk)", {}, {":b": Decimal("0.5")}) is None
+    assert table.write([Update("P", "S", "SET budget = :b", "attribute_exists(pk)", {}, {":b": Decimal("0.5")})]) == {}
     for _ in range(2):
-        assert table.add_counters("P", "S", {"budget": Decimal("3E-8")})
+        assert table.write([add("P", "S", budget=Decimal("3E-8"))]) == {}
     assert (table.get("P", "S") or {})["budget"] == Decimal("0.50000006")
 
 
-def test_update_if_returns_none_when_applied(handle):
+def test_one_action_is_applied_when_its_condition_holds(handle):
     handle.put_item(Item={"pk": "P", "sk": "S", "count": 1})
-    result = table.update_if("P", "S", "ADD #c :one", "#c < :max", {"#c": "count"}, {":one": 1, ":max": 5})
-    assert result is None
+    assert table.write([Update("P", "S", "ADD #c :one", "#c < :max", {"#c": "count"}, {":one": 1, ":max": 5})]) == {}
     assert table.get("P", "S") == {"pk": "P", "sk": "S", "count": 2}
 
 
-def test_update_if_returns_the_item_as_it_was_when_the_condition_fails(handle):
+def test_a_failed_condition_answers_with_the_item_as_it_was(handle):
     handle.put_item(Item={"pk": "P", "sk": "S", "count": 5, "note": "kept"})
-    result = table.update_if("P", "S", "ADD #c :one", "#c < :max", {"#c": "count"}, {":one": 1, ":max": 5})
-    assert result == {"pk": "P", "sk": "S", "count": 5, "note": "kept"}
-    assert table.get("P", "S") == result  # unchanged
+    update = Update("P", "S", "ADD #c :one", "#c < :max", {"#c": "count"}, {":one": 1, ":max": 5})
+    assert table.write([update]) == {0: {"pk": "P", "sk": "S", "count": 5, "note": "kept"}}
+    assert table.get("P", "S") == {"pk": "P", "sk": "S", "count": 5, "note": "kept"}  # unchanged
 
-    # No item at all: an empty item, still not None (None means the update was applied).
-    assert table.update_if("gone", "S", "ADD #c :one", "attribute_exists(pk)", {"#c": "count"}, {":one": 1}) == {}
+    # No item at all: an empty item.
+    assert table.write([Update("gone", "S", "ADD #c :one", "attribute_exists(pk)", {"#c": "count"}, {":one": 1})]) == {
+        0: {}
+    }
     assert table.get("gone", "S") is None
+    assert table.write([Put({"pk": "P", "sk": "S"}, "attribute_not_exists(pk)")]) == {0: table.get("P", "S")}
+    assert table.write([Delete("P", "S", "#c = :six", {"#c": "count"}, {":six": 6})]) == {0: table.get("P", "S")}
 
 
-def test_update_if_raises_errors_other_than_a_failed_condition(handle):
+def test_errors_other_than_a_failed_condition_are_raised(handle):
     handle.put_item(Item={"pk": "P", "sk": "S", "name": "text"})
     with pytest.raises(ClientError) as raised:  # ADD of a number to a string attribute
-        table.update_if("P", "S", "ADD #n :one", "attribute_exists(pk)", {"#n": "name"}, {":one": 1})
+        table.write([Update("P", "S", "ADD #n :one", "attribute_exists(pk)", {"#n": "name"}, {":one": 1})])
     assert raised.value.response["Error"]["Code"] == "ValidationException"
 
 
-def test_add_counters_only_if_exists_never_creates_the_item(handle):
-    assert table.add_counters("P", "S", {"spend": Decimal("0.25")}, only_if_exists=True) is False
-    assert table.get("P", "S") is None
+def test_several_actions_are_one_transaction_that_reports_every_failed_condition(handle):
+    handle.put_item(Item={"pk": "taken", "sk": "S", "n": 1})
+    new = Put({"pk": "new", "sk": "S"}, "attribute_not_exists(pk)")
+    taken = Put({"pk": "taken", "sk": "S", "x": 1}, "attribute_not_exists(pk)")
+    missing = Update("missing", "S", "ADD n :one", "attribute_exists(pk)", {}, {":one": 1})
+    counted = add("counted", "S", n=1)
 
-    handle.put_item(Item={"pk": "P", "sk": "S"})
-    assert table.add_counters("P", "S", {"spend": Decimal("0.25"), "requests": 1}, only_if_exists=True) is True
-    assert table.add_counters("P", "S", {"spend": Decimal("0.5")}, only_if_exists=True) is True
-    assert table.get("P", "S") == {"pk": "P", "sk": "S", "spend": Decimal("0.75"), "requests": 1}
+    assert table.write([new, taken, missing, counted]) == {1: {"pk": "taken", "sk": "S", "n": 1}, 2: {}}
+    assert table.get("new", "S") is None and table.get("counted", "S") is None  # all or nothing
 
-
-def test_add_counters_creates_the_item_and_sets_its_ttl(handle):
-    assert table.add_counters("P", "RATE#60", {"tokens": 40}, ttl=180)
-    assert table.add_counters("P", "RATE#60", {"tokens": 2}, ttl=180)
-    assert table.get("P", "RATE#60") == {"pk": "P", "sk": "RATE#60", "tokens": 42, "ttl": 180}
-
-
-def test_transact_reports_which_conditions_failed(handle):
-    handle.put_item(Item={"pk": "taken", "sk": "S"})
-    new = {"Put": {"Item": {"pk": "new", "sk": "S"}, "ConditionExpression": "attribute_not_exists(pk)"}}
-    taken = {"Put": {"Item": {"pk": "taken", "sk": "S", "x": 1}, "ConditionExpression": "attribute_not_exists(pk)"}}
-    with pytest.raises(table.Cancelled) as cancelled:
-        table.transact([new, taken])
-    assert cancelled.value.failed == [1]
-    assert table.get("new", "S") is None  # all or nothing
-
-    table.transact([new])
-    assert table.get("new", "S") == {"pk": "new", "sk": "S"}
+    assert table.write([new, counted, Delete("taken", "S")]) == {}
+    assert table.get("new", "S") == {"pk": "new", "sk": "S"} and table.get("taken", "S") is None
+    assert table.get("counted", "S") == {"pk": "counted", "sk": "S", "n": 1}
 
 
 def test_stored_and_plain_convert_json_numbers_exactly():
@@ -98,3 +93,31 @@ def test_stored_and_plain_convert_json_numbers_exactly():
     table.check_storable({"fine": 1.5})
     with pytest.raises(Exception):  # noqa: B017 - decimal raises one of several errors
         table.check_storable(1e200)
+
+
+def test_times_compare_as_stored_strings():
+    earlier = datetime(2030, 1, 1, 23, 59, 59, 999_999, tzinfo=UTC)
+    assert table.iso_seconds(earlier) == "2030-01-01T23:59:59+00:00"
+    assert table.iso_seconds(earlier) < table.iso_seconds(earlier + timedelta(seconds=1))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("10m", 600),
+        ("1h", 3600),
+        ("1d", 86400),
+        ("30d", 30 * 86400),
+        ("2w", 14 * 86400),
+        ("1mo", 30 * 86400),
+    ],
+)
+def test_durations(text, seconds):
+    assert table.parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "0d", "1y", "d", "-1d", "1.5h", "1 d", "1000000d"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        table.parse_duration(text)

@@ -10,7 +10,7 @@ from starlette.datastructures import Headers
 from anthropic_gateway import tags
 from anthropic_gateway.auth import MASTER, Principal
 from anthropic_gateway.errors import GatewayError
-from anthropic_gateway.keys import KeyRecord
+from anthropic_gateway.storage.key_records import KeyRecord
 from support.captured_lines import stored_key
 
 HELLO = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello"}]}

@@ -117,7 +117,7 @@ def test_the_registry_reads_tags_registered_elsewhere_without_io_on_the_request_
     with a refresh, which a stale registry starts on its own in a thread; snapshots never wait for it."""
     name = unique("elsewhere")
     record = tags.TagRecord(name=name, created_at="2026-01-01T00:00:00+00:00", updated_at="2026-01-01T00:00:00+00:00")
-    from anthropic_gateway import table
+    from anthropic_gateway.storage import table
 
     table.handle().put_item(Item=record.to_item())
     registry = tags.TagRegistry()

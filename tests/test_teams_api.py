@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from anthropic_gateway import org_api, table
-from anthropic_gateway.storage import teams
+from anthropic_gateway import org_api
+from anthropic_gateway.storage import table, teams
 from anthropic_gateway.storage.layout import TEAM_SK, member_sk, team_pk
 from support.orgs import error_of, exact, new_key, new_team, new_user, ok, unique, works
 
@@ -128,10 +128,10 @@ def test_the_team_api_needs_the_master_key(gateway, admin):
 
 def test_update_changes_only_what_is_sent_and_moves_the_headroom_with_the_budget(admin):
     team = new_team(admin, team_alias="before", max_budget=100, models=["claude-haiku-4-5"], tags=["a"])
-    table.update_if(  # as if requests had spent 30 and held 5 (what settle and admission write)
+    table.write([table.Update(  # as if requests had spent 30 and held 5 (what settle and admission write)
         team_pk(team["team_id"]), TEAM_SK, "SET spend = :s, reserved = :r, budget_headroom = :h",
         "attribute_exists(pk)", {}, {":s": Decimal(30), ":r": Decimal(5), ":h": Decimal(65)},
-    )  # fmt: skip
+    )])  # fmt: skip
 
     answer = ok(admin.post("/team/update", json={"team_id": team["team_id"], "max_budget": 250.5, "tags": None}))
 
@@ -177,10 +177,10 @@ def test_info_shows_spend_reserved_period_members_with_their_spend_and_key_count
         )
     )
     key = new_key(admin, team_id=team["team_id"], user_id=user)
-    table.update_if(  # the member has spent 12.5 in this team
+    table.write([table.Update(  # the member has spent 12.5 in this team
         team_pk(team["team_id"]), member_sk(user), "SET spend = :s, budget_headroom = :h", "attribute_exists(pk)",
         {}, {":s": Decimal("12.5"), ":h": Decimal("287.5")},
-    )  # fmt: skip
+    )])  # fmt: skip
 
     info = ok(admin.get("/team/info", params={"team_id": team["team_id"]}))
 
@@ -197,10 +197,10 @@ def test_info_shows_spend_reserved_period_members_with_their_spend_and_key_count
 
 def test_info_and_list_start_a_budget_period_that_ended_while_the_team_was_idle(admin):
     team = new_team(admin, max_budget=10, budget_duration="1d")
-    table.update_if(  # spent 4 in a period that ended an hour ago
+    table.write([table.Update(  # spent 4 in a period that ended an hour ago
         team_pk(team["team_id"]), TEAM_SK, "SET spend = :s, budget_headroom = :h, budget_reset_at = :t",
         "attribute_exists(pk)", {}, {":s": Decimal(4), ":h": Decimal(6), ":t": "2020-01-01T00:00:00+00:00"},
-    )  # fmt: skip
+    )])  # fmt: skip
     shown = ok(admin.get("/team/info", params={"team_id": team["team_id"]}))["team_info"]
     assert shown["spend"] == 0 and shown["budget_reset_at"] > team["created_at"]
     assert table.get(team_pk(team["team_id"]), TEAM_SK)["budget_headroom"] == 10
@@ -310,10 +310,10 @@ def test_member_update_changes_role_and_budget_keeping_the_headroom_true(admin):
             "/team/member_add", json={"team_id": team["team_id"], "member": {"user_id": user}, "max_budget_in_team": 10}
         )
     )
-    table.update_if(
+    table.write([table.Update(
         team_pk(team["team_id"]), member_sk(user), "SET spend = :s, budget_headroom = :h", "attribute_exists(pk)",
         {}, {":s": Decimal(4), ":h": Decimal(6)},
-    )  # fmt: skip
+    )])  # fmt: skip
 
     updated = ok(
         admin.post(

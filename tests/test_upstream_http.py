@@ -283,19 +283,149 @@ def test_interim_responses_are_skipped():
 def test_head_204_and_304_have_no_body_whatever_their_content_length():
     async def handler(peer: Peer) -> None:
         while (request := await peer.read_request()) is not None:
-            status = request.split(b" ")[1].lstrip(b"/")
-            await peer.send(b"HTTP/1.1 %s X\r\nContent-Length: 100\r\n\r\n" % status)
+            status, _, length = request.split(b" ")[1].lstrip(b"/").partition(b"-")
+            await peer.send(b"HTTP/1.1 %s X\r\nContent-Length: %s\r\n\r\n" % (status, length or b"0"))
 
     async def test() -> None:
         async with RawServer(handler) as server:
             pool = UpstreamPool(server.url)
-            for method, status in [("GET", 204), ("GET", 304), ("HEAD", 200)]:
-                async with await pool.request(method, b"/%d" % status, []) as response:
-                    assert response.status == status
+            for method, target in [("GET", b"/204"), ("GET", b"/304"), ("GET", b"/204"), ("HEAD", b"/200-100")]:
+                async with await pool.request(method, target, []) as response:
+                    assert response.status == int(target[1:4])
                     assert await response.aread() == b""
-            # 204 and 304 kept the connection; after HEAD it is closed, as llhttp cannot be told the method.
+            # 204 and 304 without a body kept the connection; after HEAD it is closed, as llhttp cannot be told
+            # the method.
             assert server.connections == 1
-            assert await body_of(pool, "GET", b"/204") == b""
+            for target in (b"/204-100", b"/304-100", b"/200"):
+                assert await body_of(pool, "GET", target) == b""
+            # A 204 or 304 announcing a body (a 304 may, for the representation it stands for) is not trusted to
+            # have ended: its connection is closed. One connection each, after the one HEAD closed.
+            assert server.connections == 4
+            await pool.aclose()
+
+    run(test())
+
+
+def test_an_interim_answers_body_is_discarded_and_its_connection_not_reused():
+    interim = b"HTTP/1.1 199 Unknown\r\nContent-Length: 6\r\n\r\nHIDDEN"
+
+    async def test() -> None:
+        async with RawServer(lambda peer: peer.answer_all(interim + OK)) as server:
+            pool = UpstreamPool(server.url)
+            assert await body_of(pool) == b"ok"
+            assert await body_of(pool) == b"ok"
+            assert server.connections == 2
+            await pool.aclose()
+
+    run(test())
+
+
+def test_bytes_after_a_bodiless_answer_never_reach_the_next_request():
+    """A 204 that announces a body, which the upstream sends only once the next request is on the connection: that
+    request must not be on it."""
+
+    async def handler(peer: Peer) -> None:
+        if peer.server.connections > 1:
+            return await peer.answer_all()
+        await peer.read_request()
+        late = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+        await peer.send(b"HTTP/1.1 204 No Content\r\nContent-Length: %d\r\n\r\n" % len(late))
+        if await peer.read_request() is not None:
+            await peer.send(late)
+        await peer.answer_all()
+
+    async def test() -> None:
+        async with RawServer(handler) as server:
+            pool = UpstreamPool(server.url)
+            assert await body_of(pool) == b""
+            assert await body_of(pool) == b"ok"  # its own answer, on a connection of its own
+            assert (server.connections, len(server.requests)) == (2, 2)
+            await pool.aclose()
+
+    run(test())
+
+
+def test_an_idle_pooled_connection_that_receives_a_byte_is_closed_at_once():
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(OK)
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")  # nobody asked for it
+        await peer.reader.read()  # until the client closes
+
+    async def test() -> None:
+        async with RawServer(handler) as server:
+            pool = UpstreamPool(server.url)
+            assert await body_of(pool) == b"ok"
+            await server.until(lambda: server.closed == 1)  # with no request made meanwhile
+            assert len(server.requests) == 1
+            await pool.aclose()
+
+    run(test())
+
+
+def test_an_early_refusal_of_a_body_the_upstream_left_unread_closes_the_connection():
+    """A broken upstream answers 413 after the head alone and keeps the connection, with the body unread in it: it
+    would read that body as the next request and the next request as part of it (request smuggling)."""
+
+    async def handler(peer: Peer) -> None:
+        while head := await peer.reader.readuntil(b"\r\n\r\n"):
+            await peer.server.record(requests=[*peer.server.requests, head])
+            await peer.send(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+
+    async def test() -> None:
+        async with RawServer(handler) as server:
+            pool = UpstreamPool(server.url)
+            smuggled = b"GET /smuggled HTTP/1.1\r\nContent-Length: 500\r\n\r\n"
+            async with await pool.request("POST", b"/1", [], smuggled) as response:
+                assert (response.status, await response.aread()) == (413, b"big")
+            async with await pool.request("POST", b"/2", [], b"{}") as response:
+                assert (response.status, await response.aread()) == (413, b"big")
+            # Each request on its own connection: the smuggled head was read, but nothing after it.
+            assert server.connections == 2
+            assert [head.split(b" ")[1] for head in server.requests] == [b"/1", b"/smuggled", b"/2"]
+            await pool.aclose()
+
+    run(test())
+
+
+def test_an_answer_that_began_before_the_whole_request_went_out_closes_the_connection():
+    drained = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        head = await peer.reader.readuntil(b"\r\n\r\n")
+        await peer.send(OK)  # answered after the head alone; the body is read only afterwards
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await peer.reader.readexactly(length)
+        drained.set()
+        await peer.answer_all()
+
+    async def test() -> None:
+        async with RawServer(handler) as server:
+            pool = UpstreamPool(server.url)
+            async with await pool.request("POST", b"/", [], b"x" * (64 * 1024 * 1024)) as response:
+                await drained.wait()  # the whole request has gone out by the time the answer is read
+                assert await response.aread() == b"ok"
+            assert await body_of(pool) == b"ok"
+            assert server.connections == 2
+            await pool.aclose()
+
+    run(test())
+
+
+def test_an_answer_to_a_body_is_reused_only_when_it_is_a_success():
+    async def handler(peer: Peer) -> None:
+        while (request := await peer.read_request()) is not None:
+            status = request.split(b" ")[1].lstrip(b"/")
+            await peer.send(b"HTTP/1.1 %s X\r\nContent-Length: 2\r\n\r\nok" % status)
+
+    async def test() -> None:
+        async with RawServer(handler) as server:
+            pool = UpstreamPool(server.url)
+            for method, target, body in [("POST", b"/200", b"x"), ("GET", b"/400", b""), ("POST", b"/201", b"x")]:
+                assert await body_of(pool, method, target, body) == b"ok"
+            assert server.connections == 1
+            assert await body_of(pool, "POST", b"/400", b"x") == b"ok"
+            assert await body_of(pool, "POST", b"/200", b"x") == b"ok"
             assert server.connections == 2
             await pool.aclose()
 

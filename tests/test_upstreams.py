@@ -14,6 +14,7 @@ import pytest
 
 from anthropic_gateway import bedrock, keys
 from anthropic_gateway.settings import SettingsError, get_settings
+from anthropic_gateway.storage import key_records
 from support.fake_bedrock import FakeBedrock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,12 +48,12 @@ def test_upstreams_is_set_by_generate_changed_by_update_and_shown_by_info(admin)
     updated = admin.post("/key/update", json={"key": token, "upstreams": ["bedrock", "anthropic"]})
     assert updated.status_code == 200, updated.text
     assert admin.get("/key/info", params={"key": token}).json()["info"]["upstreams"] == ["bedrock", "anthropic"]
-    record = keys.load(token)
+    record = key_records.load(token)
     assert record is not None and keys.effective_upstreams(record) == ("bedrock", "anthropic")
 
     # null: back to the deployment's default, which follows DEFAULT_UPSTREAMS from then on
     assert admin.post("/key/update", json={"key": token, "upstreams": None}).json()["upstreams"] is None
-    record = keys.load(token)
+    record = key_records.load(token)
     assert record is not None and record.upstreams is None
     assert keys.effective_upstreams(record) == ("anthropic",)
 
@@ -60,7 +61,7 @@ def test_upstreams_is_set_by_generate_changed_by_update_and_shown_by_info(admin)
 def test_a_key_without_upstreams_follows_default_upstreams(admin, environment):
     token = admin.post("/key/generate", json={}).json()["token"]
     assert admin.get("/key/info", params={"key": token}).json()["info"]["upstreams"] is None
-    record = keys.load(token)
+    record = key_records.load(token)
     assert record is not None
 
     environment.setenv("DEFAULT_UPSTREAMS", "anthropic, bedrock")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from anthropic_gateway import org_api, table
+from anthropic_gateway import org_api
+from anthropic_gateway.storage import table
 from anthropic_gateway.storage.layout import USER_SK, email_pk, user_pk
 from support.orgs import error_of, exact, new_key, new_team, new_user, ok, unique, works
 
@@ -124,10 +125,10 @@ def test_a_taken_key_alias_says_the_user_exists_without_its_key(admin):
 def test_update_by_id_or_email_changes_only_what_is_sent(admin):
     email = unique("fay") + "@example.com"
     user = new_user(admin, user_email=email, max_budget=10, models=["claude-haiku-4-5"])
-    table.update_if(
+    table.write([table.Update(
         user_pk(user["user_id"]), USER_SK, "SET spend = :s, budget_headroom = :h", "attribute_exists(pk)",
         {}, {":s": Decimal(4), ":h": Decimal(6)},
-    )  # fmt: skip
+    )])  # fmt: skip
 
     answer = ok(admin.post("/user/update", json={"user_email": email, "max_budget": 25, "user_role": "proxy_admin"}))
     assert answer["user_id"] == user["user_id"]

@@ -13,17 +13,21 @@
 #   (the app forwards them), and uvicorn would add a second of each.
 # - --no-access-log: the app logs each request itself (Powertools, JSON, with key and usage); uvicorn's line
 #   would only duplicate it in CloudWatch.
-# - --timeout-keep-alive: the adapter is the only client and reuses its pooled connection across invocations;
-#   uvicorn's 5 s default would close it between two requests and race the adapter's next write on it.
+# - KEEP_ALIVE_TIMEOUT=900 unless set: the adapter is the only client and reuses its pooled connection across
+#   invocations; the 5 s default would close it between two requests and race the adapter's next write on it.
+#   The protocol below reads it, with the door's other bounds on a client (MAX_REQUEST_HEAD_BYTES,
+#   MAX_REQUEST_HEADERS, REQUEST_HEAD_TIMEOUT, MAX_CONNECTIONS: settings.py, docs/operations.md).
 # - --timeout-graceful-shutdown 1: at SIGTERM (Lambda's shutdown phase gives about 2 s), streams still open get
 #   1 s to finish, are then cut (what they relayed is still billed), and the app drains its accounting and ledger
 #   in the second that is left (docs/operations.md).
 # - --http anthropic_gateway.server_protocol:OneWritePerTurn: uvicorn's httptools protocol (llhttp's C parser; the
-#   layer ships it for both architectures) with a response's head and body sent in one write, not two
-#   (server_protocol.py, issue 11). --loop asyncio: asyncio's own loop, as uvloop did not pay for its size.
+#   layer ships it for both architectures) bounded in what a client can cost (head size and count, head time,
+#   idle time, connections), with a response's head and body sent in one write, not two (server_protocol.py,
+#   issues 11 and 18). --loop asyncio: asyncio's own loop, as uvloop did not pay for its size.
 set -euo pipefail
 
 export PYTHONPATH="/opt/python${PYTHONPATH:+:$PYTHONPATH}"
+export KEEP_ALIVE_TIMEOUT="${KEEP_ALIVE_TIMEOUT:-900}"
 
 exec python3 -m uvicorn \
     --host 127.0.0.1 \
@@ -31,7 +35,6 @@ exec python3 -m uvicorn \
     --no-server-header \
     --no-date-header \
     --no-access-log \
-    --timeout-keep-alive 900 \
     --timeout-graceful-shutdown 1 \
     --http anthropic_gateway.server_protocol:OneWritePerTurn \
     --loop asyncio \

@@ -1,13 +1,18 @@
 """`python -m anthropic_gateway serve` runs the gateway locally; `... keys|teams|users|tags <command>` manage
 keys, teams, users and registered tags; `... login` and `... key` give a developer a personal key through single
-sign-on."""
+sign-on.
+
+`anthropic-gateway ...` is the same command, as the console script the package installs
+(pyproject.toml; `make dev` installs it into .venv).
+"""
 
 from __future__ import annotations
 
 import sys
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         from .local import serve
 
@@ -34,4 +39,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -30,12 +30,11 @@ from . import (
     forwarding,
     governance,
     key_routes,
-    key_spend,
     request_body,
     routing,
+    spend_routes,
     sso_routes,
     tag_routes,
-    tag_spend,
     tags,
     team_routes,
     user_routes,
@@ -84,8 +83,7 @@ def check_settings() -> None:
 
 api = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 api.include_router(key_routes.router)
-api.include_router(tag_spend.router)
-api.include_router(key_spend.router)
+api.include_router(spend_routes.router)
 api.include_router(team_routes.router)
 api.include_router(user_routes.router)
 api.include_router(tag_routes.router)

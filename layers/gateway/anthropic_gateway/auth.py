@@ -15,8 +15,8 @@ from starlette.requests import Request
 
 from . import aws, keys, secrets, sso_session
 from .errors import GatewayError
-from .keys import KeyRecord
 from .storage import users
+from .storage.key_records import KeyRecord
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ async def authenticate(headers: Headers) -> Principal:
         raise GatewayError(401, "Invalid API key.")
     if record.blocked:
         raise GatewayError(401, "This key is blocked.")
-    if record.expired():
+    if record.expired(keys.utcnow()):
         raise GatewayError(401, f"This key expired at {record.expires}.")
     return Principal(record=record)
 

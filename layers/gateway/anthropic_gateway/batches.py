@@ -11,108 +11,46 @@
     BATCH_SETTLE_GRACE_HOURS (24); after that, or 29 days after its creation (when Anthropic deletes the results),
     it is settled at its estimate. Due batches are found by a sweep of the open batches (gsi1 `BATCH#OPEN`, by due
     time) that any pass-through request starts, at most once a minute per instance.
-Settling is one transaction: the batch's state `open` -> `settled` (its condition makes it exactly once, however
-many fetches and sweeps race) with the key's spend, tokens and the released reservation.
+Settling is one transaction: the batch's state `open` -> `settled` with the key's spend, tokens and the released
+reservation. Its condition (the batch is still open) makes it exactly once, however many fetches and sweeps race
+and however often it is retried; a settle that dies on the way leaves the batch open, for the next fetch or sweep.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import background, governance, keys, pricing, table
+from . import aws, background, governance, keys, pricing
+from .batch_state import CreateHold, ResultsTap, SeenEnded
 from .errors import GatewayError
 from .exchange import Exchange
+from .ledger import Write, ledger
 from .settings import get_settings
-from .usage import Usage, UsageTap
+from .storage import batch_items, holds, key_records
+from .storage.spend import OPERATION_MARKER_SECONDS
+from .usage import Usage
 
 logger = Logger(child=True)
 
 CREATE_PATH = "/v1/messages/batches"
 _RESULTS_PATH = re.compile(r"/v1/messages/batches/([^/]+)/results")
-OPEN_INDEX = "BATCH#OPEN"  # gsi1pk of the batches not settled yet; gsi1sk = <due time>#<batch id>
 RESULTS_RETENTION = timedelta(days=29)  # Anthropic deletes a batch's results 29 days after its creation
-ITEM_TTL = timedelta(days=30)
 # The budget hold of a batch outlives the batch and its grace, so no admission sweeps it while it may still settle.
-RESERVATION_LEASE = ITEM_TTL + timedelta(days=2)
+RESERVATION_LEASE = batch_items.ITEM_TTL + timedelta(days=2)
 SWEEP_INTERVAL = timedelta(seconds=60)
 _SWEEP_LIMIT = 25  # batches settled per sweep; the next sweep takes the rest
 _MAX_NOTED = 20  # ended batches noted per list answer: bounds the writes one list request can cause
 _MAX_TOKENS_COUNTED = 1_000_000  # no model writes more; bounds the estimate of an absurd max_tokens
 _ZERO = Decimal(0)
 _MICRO_DOLLAR = Decimal("0.000001")
-
-
-@dataclass
-class CreateHold:
-    """A batch create in flight: what it reserved, and what became of it."""
-
-    key_id: str
-    estimate: Decimal
-    reserved: Decimal  # on the key's budget; 0 without a budget
-    reservation_id: str  # names the hold on the key's budget (governance.reserve_budget)
-    batch_id: str | None = None
-    remembered: bool = False
-
-
-@dataclass
-class SeenEnded:
-    """Batches a retrieve or list answer showed ended: their grace period starts."""
-
-    batch_ids: list[str]
-
-
-@dataclass
-class ResultsTap(UsageTap):
-    """Sums the usage of a batch's JSONL results as they are relayed. Its own `usage` stays unseen: fetching
-    results costs nothing; the batch's cost is settled on the batch (`settle`)."""
-
-    batch_id: str = ""
-    standard_cost: Decimal = _ZERO  # at standard prices; the batch multiplier applies once, at settle
-    total: Usage = field(default_factory=Usage)
-    _line: bytearray = field(default_factory=bytearray)
-
-    def feed(self, chunk: bytes) -> None:
-        self._line += chunk
-        end = self._line.rfind(b"\n")
-        if end < 0:
-            return
-        lines, self._line = bytes(self._line[:end]), self._line[end + 1 :]
-        for line in lines.split(b"\n"):
-            self._result(line)
-
-    def close(self) -> None:
-        if self._line:
-            self._result(bytes(self._line))
-            self._line.clear()
-
-    def _result(self, line: bytes) -> None:
-        if b'"succeeded"' not in line:  # errored, canceled, expired: not billed
-            return
-        try:
-            entry = json.loads(line)
-            result = entry["result"]
-            message = result["message"]
-            if result["type"] != "succeeded" or not isinstance(message["usage"], dict):
-                return
-        except (ValueError, TypeError, KeyError, RecursionError):
-            return
-        usage = Usage()
-        usage.update(message["usage"])
-        model = message.get("model") if isinstance(message.get("model"), str) else None
-        self.standard_cost += pricing.cost_usd(model, usage)
-        for name in keys.TOKEN_COUNTERS:
-            setattr(self.total, name, getattr(self.total, name) + getattr(usage, name))
-
-
-BatchState = CreateHold | SeenEnded | ResultsTap
 
 
 # -- create -------------------------------------------------------------------------------------------------------
@@ -128,7 +66,7 @@ async def admit(exchange: Exchange, body: bytes) -> None:
     estimate = await anyio.to_thread.run_sync(estimate_batch, body)
     reservation_id = "batch-" + exchange.request_id
     try:  # a key without a budget holds nothing
-        await governance.reserve_budget(
+        held = await governance.reserve_budget(
             record, estimate, reservation_id, lease_seconds=int(RESERVATION_LEASE.total_seconds()), whole=True
         )
     except GatewayError as exc:
@@ -140,8 +78,7 @@ async def admit(exchange: Exchange, body: bytes) -> None:
             f"more than this key's budget has left. {exc.message}",
             headers=exc.headers,
         ) from None
-    reserved = estimate if record.max_budget is not None else _ZERO
-    exchange.batch = CreateHold(record.key_id, estimate, reserved, reservation_id)
+    exchange.batch = CreateHold(record.key_id, estimate, estimate if held else _ZERO, reservation_id)
 
 
 def estimate_batch(body: bytes) -> Decimal:
@@ -193,8 +130,7 @@ async def observe(exchange: Exchange, content: bytes) -> None:
         if isinstance(answer.get("id"), str):
             hold.batch_id = answer["id"][:200]
             try:  # before the answer goes out, so no results fetch can come before the batch is known
-                await anyio.to_thread.run_sync(_remember, hold, _ended(answer))
-                hold.remembered = True
+                hold.remembered = await aws.run(_remember, hold, _ended(answer))
             except Exception:
                 logger.exception("batch not remembered; it is settled at its estimate", extra={"batch": hold.batch_id})
         return
@@ -209,25 +145,18 @@ def _ended(batch: dict[str, Any]) -> bool:
     return batch.get("processing_status") == "ended" and isinstance(batch.get("id"), str)
 
 
-def _remember(hold: CreateHold, ended: bool) -> None:
+def _remember(hold: CreateHold, ended: bool) -> bool:
     now = keys.utcnow()
-    due = now + _grace() if ended else now + RESULTS_RETENTION
-    item: table.Item = {
-        "pk": _pk(hold.batch_id or ""),
-        "sk": "BATCH",
-        "key_id": hold.key_id,
-        "estimate": hold.estimate,
-        "reserved": hold.reserved,
-        "reservation_id": hold.reservation_id,
-        "state": "open",
-        "created_at": keys.iso_seconds(now),
-        "ttl": int((now + ITEM_TTL).timestamp()),
-        "gsi1pk": OPEN_INDEX,
-        "gsi1sk": f"{keys.iso_seconds(due)}#{hold.batch_id}",
-    }
-    if ended:
-        item["ended_seen_at"] = keys.iso_seconds(now)
-    table.handle().put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
+    return batch_items.remember(
+        hold.batch_id or "",
+        key_id=hold.key_id,
+        estimate=hold.estimate,
+        reserved=hold.reserved,
+        reservation_id=hold.reservation_id,
+        now=now,
+        due=now + _grace() if ended else now + RESULTS_RETENTION,
+        ended=ended,
+    )
 
 
 def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTap | None:
@@ -254,7 +183,7 @@ async def settle(exchange: Exchange) -> None:
             await governance.settle_budget(record, state.reservation_id, state.reserved, cost)
         elif isinstance(state, SeenEnded):
             for batch_id in state.batch_ids:
-                await anyio.to_thread.run_sync(_note_ended, batch_id)
+                await aws.run(_note_ended, batch_id)
         elif isinstance(state, ResultsTap) and exchange.completed and exchange.status == 200:
             # The whole results file went through: billed exactly.
             await settle_batch(state.batch_id, state.standard_cost * pricing.batch_multiplier(), state.total)
@@ -263,43 +192,47 @@ async def settle(exchange: Exchange) -> None:
 
 
 def _note_ended(batch_id: str) -> None:
-    due = keys.utcnow() + _grace()
-    table.update_if(  # a failed condition: unknown, settled, or already noted
-        _pk(batch_id),
-        "BATCH",
-        "SET #ended = :now, #due = :due",
-        "#state = :open AND attribute_not_exists(#ended)",
-        {"#ended": "ended_seen_at", "#due": "gsi1sk", "#state": "state"},
-        {":now": keys.iso_seconds(keys.utcnow()), ":due": f"{keys.iso_seconds(due)}#{batch_id}", ":open": "open"},
-    )
+    now = keys.utcnow()
+    batch_items.note_ended(batch_id, now, now + _grace())
 
 
 async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None) -> bool:
-    """Settle an open batch once: `cost` (None: its estimate) on its key's spend, its reservation released.
-    False when it was unknown or already settled.
+    """Settle an open batch once: `cost` (None: its estimate) on its key's spend, its reservation released, the
+    batch marked settled, all in one transaction. False when it was unknown or already settled.
 
-    Exactly once: the batch item flips from open to settled on a condition (one fetch or sweep wins), and the
-    winner's spend write is governance's, applied once per reservation id and retried by the ledger.
+    Exactly once: the transaction is conditional on the batch being open, so one fetch or sweep wins, and a retry
+    of a settle that applied changes nothing. One that DynamoDB does not take is retried by the ledger; if the
+    process dies first, the batch is still open and the next fetch or the sweep settles it.
     """
-    item = await anyio.to_thread.run_sync(table.get, _pk(batch_id), "BATCH")
+    item = await aws.run(batch_items.get, batch_id)
     if item is None or item.get("state") != "open":
         return False
     cost = Decimal(item["estimate"]) if cost is None else cost
-    lost = await anyio.to_thread.run_sync(
-        table.update_if,
-        _pk(batch_id),
-        "BATCH",
-        "SET #state = :settled, #cost = :cost, #at = :now REMOVE gsi1pk, gsi1sk",
-        "#state = :open",
-        {"#state": "state", "#cost": "settled_cost", "#at": "settled_at"},
-        {":settled": "settled", ":open": "open", ":cost": cost, ":now": keys.iso_seconds(keys.utcnow())},
+    key = key_records.scope_of(str(item["key_id"]))  # a deleted key: nothing billed
+    now = keys.utcnow()
+    changes = [batch_items.settled(batch_id, cost, now)]
+    changes += governance.settle_changes(
+        [key],
+        hold_id=str(item.get("reservation_id") or "batch-" + batch_id),
+        reserved=Decimal(item.get("reserved", 0)),
+        holders=[key],
+        counters=governance.spend_increments(cost, usage, forwarded=False),
+        now=now,
     )
-    if lost is not None:
+    operation = f"batch-settle-{batch_id}"
+    write = partial(
+        holds.settle, changes, operation=operation, marker_ttl=int(now.timestamp()) + OPERATION_MARKER_SECONDS
+    )
+    try:
+        settled = await aws.run(write)
+    except Exception as exc:
+        logger.warning(
+            "batch settle failed; the ledger retries it", extra={"batch": batch_id, "error": type(exc).__name__}
+        )
+        ledger.retry_later(Write(operation, write))
+        return False
+    if settled is holds.Settled.ALREADY_APPLIED:
         return False  # settled meanwhile by another fetch or sweep
-    record = await anyio.to_thread.run_sync(keys.load_by_key_id, str(item["key_id"]))
-    if record is not None:  # a deleted key has nothing left to bill
-        reservation = str(item.get("reservation_id") or "batch-" + batch_id)
-        await governance.settle_budget(record, reservation, Decimal(item.get("reserved", 0)), cost, usage)
     logger.info("batch settled", extra={"batch": batch_id, "cost_usd": float(cost), "exact": usage is not None})
     return True
 
@@ -327,24 +260,9 @@ async def _sweep(now: datetime) -> None:
 
 async def sweep(now: datetime) -> int:
     """Settle at their estimate the open batches whose due time has passed; how many were settled."""
-    due = await anyio.to_thread.run_sync(_due, now)
-    return sum([await settle_batch(str(item["pk"]).removeprefix("BATCH#"), None, None) for item in due])
-
-
-def _due(now: datetime) -> list[table.Item]:
-    from boto3.dynamodb.conditions import Key
-
-    page = table.handle().query(
-        IndexName="gsi1",
-        KeyConditionExpression=Key("gsi1pk").eq(OPEN_INDEX) & Key("gsi1sk").lt(keys.iso_seconds(now)),
-        Limit=_SWEEP_LIMIT,
-    )
-    return list(page.get("Items", []))
+    due = await aws.run(batch_items.due, now, _SWEEP_LIMIT)
+    return sum([await settle_batch(batch_id, None, None) for batch_id in due])
 
 
 def _grace() -> timedelta:
     return timedelta(hours=get_settings().batch_settle_grace_hours)
-
-
-def _pk(batch_id: str) -> str:
-    return f"BATCH#{batch_id}"

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Mapping
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
 from . import secrets
+from .bedrock_models import BedrockConfigError, ModelTable, model_table
 from .errors import GatewayError
 from .request_body import top_level_members
 from .settings import Settings, get_settings
@@ -29,63 +28,20 @@ if TYPE_CHECKING:  # botocore is imported on first use: it would add a third to 
 
 Headers = list[tuple[bytes, bytes]]
 
-_MODELS_FILE = Path(__file__).with_name("bedrock_models.json")  # shipped next to this module in the layer
-_SNAPSHOT = re.compile(r"-(?:\d{8}|latest)$")
-_BEDROCK_ID = re.compile(r"[A-Za-z0-9._:/-]{1,256}")
 _MANTLE_HOST = re.compile(r"(bedrock-mantle)\.([a-z0-9-]+)\.api\.aws")
 _RUNTIME_HOST = re.compile(r"bedrock-runtime(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
 # Bedrock serves these and nothing else of the Anthropic API (no batches, files or models).
 PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 # Never sent to Bedrock: the client's and Anthropic's credentials, what the HTTP client sets, and (by prefix) any
-# x-amz-* header, which only the signer may set.
+# x-amz-* header, which only the signer may set, and any x-amzn-* one: Bedrock's own request options (service tier,
+# guardrail, performance) are the operator's to choose, not a client's (a priority tier changes a price the gateway
+# does not know; a guardrail is billed too), and Lambda's invocation headers name the account.
 _DROP = frozenset({"host", "content-length", "authorization", "x-api-key"})
+_DROP_PREFIXES = ("x-amz-", "x-amzn-")
 # Signed besides host and the x-amz-* headers botocore adds: what changes the meaning of the request. The rest is
 # sent unsigned, which SigV4 allows, so a header a proxy may rewrite cannot break the signature.
 _SIGNED = frozenset({"content-type", "anthropic-version", "anthropic-beta"})
 _CREDENTIALS_WAIT = 10.0  # seconds; botocore's providers have their own, shorter, timeouts
-
-
-class BedrockConfigError(ValueError):
-    """A Bedrock setting that cannot work; raised at startup, never per request."""
-
-
-# -- model ids ----------------------------------------------------------------------------------------------------
-
-
-def load_model_ids(override: str | None) -> dict[str, str]:
-    """The shipped model table with the operator's BEDROCK_MODEL_IDS (raw JSON text, or None) merged over it."""
-    shipped = json.loads(_MODELS_FILE.read_text(encoding="utf-8"))["models"]
-    table = {name.lower(): entry["id"] for name, entry in shipped.items()}
-    if not override or not override.strip():
-        return table
-    try:
-        extra = json.loads(override)
-    except ValueError as exc:
-        raise BedrockConfigError(f"BEDROCK_MODEL_IDS is not valid JSON ({exc})") from None
-    if not isinstance(extra, dict):
-        raise BedrockConfigError('BEDROCK_MODEL_IDS must be a JSON object like {"claude-x": "anthropic.claude-x"}')
-    for name, bedrock_id in extra.items():
-        if bedrock_id is None:  # the operator takes a model off Bedrock
-            table.pop(name.lower(), None)
-        elif isinstance(bedrock_id, str) and _BEDROCK_ID.fullmatch(bedrock_id) and name.strip():
-            table[name.lower()] = bedrock_id
-        else:
-            raise BedrockConfigError(f"BEDROCK_MODEL_IDS[{name[:100]!r}] must be a Bedrock model id or null")
-    return table
-
-
-def bedrock_model_id(model: str, table: Mapping[str, str]) -> str | None:
-    """Bedrock's id for `model`, or None when Bedrock does not offer it.
-
-    A dated snapshot or `-latest` alias not in the table maps through its base id: bedrock-mantle names models
-    without dates, and Anthropic's undated id is an alias of its (single) snapshot, so this is the same model. A
-    model that already is a Bedrock id in the table is kept as it is.
-    """
-    name = model.strip().lower()
-    for candidate in (name, _SNAPSHOT.sub("", name)):
-        if candidate in table:
-            return table[candidate]
-    return model if model in table.values() else None
 
 
 # -- the body -----------------------------------------------------------------------------------------------------
@@ -201,7 +157,7 @@ class Bedrock:
         if not re.match(r"https?://[^/?#]+", self.base_url):
             raise BedrockConfigError("BEDROCK_BASE_URL must be an http(s) URL")
         self.service, self.region = signing_scope(self.base_url, region)
-        self.model_ids = load_model_ids(model_ids)
+        self.models = model_table(model_ids)
         self.api_key_secret = api_key_secret or None
         self._credentials = credentials
 
@@ -209,7 +165,7 @@ class Bedrock:
         return method == "POST" and path in PATHS
 
     def model_id(self, model: str) -> str | None:
-        return bedrock_model_id(model, self.model_ids)
+        return self.models.bedrock_id(model)
 
     async def prepare(
         self, method: str, path: str, query: bytes, headers: Headers, body: bytes
@@ -224,7 +180,7 @@ class Bedrock:
             raise GatewayError(
                 404, f"Amazon Bedrock does not serve {method} {path}; only POST {', '.join(sorted(PATHS))}."
             )
-        rewritten = _rewrite_for_bedrock(body, self.model_ids)
+        rewritten = _rewrite_for_bedrock(body, self.models)
         url = self.base_url + path + ("?" + query.decode("latin-1") if query else "")
         kept = [(n, v) for n, v in headers if not _dropped(n.decode("latin-1").lower())]
         if self.api_key_secret:
@@ -271,14 +227,14 @@ def _bedrock_for(settings: Settings) -> Bedrock:
 
 
 def _dropped(name: str) -> bool:
-    return name in _DROP or name.startswith("x-amz-")
+    return name in _DROP or name.startswith(_DROP_PREFIXES)
 
 
-def _rewrite_for_bedrock(body: bytes, table: Mapping[str, str]) -> bytes:
+def _rewrite_for_bedrock(body: bytes, models: ModelTable) -> bytes:
     span = model_span(body)
     if span is None:
         raise GatewayError(400, 'Requests sent to Amazon Bedrock need a JSON body with one top-level "model" string.')
-    model_id = bedrock_model_id(span[0], table)
+    model_id = models.bedrock_id(span[0])
     if model_id is None:
         raise GatewayError(400, f"Model {span[0][:100]!r} is not available on Amazon Bedrock through this gateway.")
     return _splice(body, span, model_id)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from decimal import Decimal
+from typing import Literal
 
 from .auth import Principal
+from .batch_state import BatchState
 from .front_door import Arrival
 from .usage import Usage, UsageTap
-
-if TYPE_CHECKING:  # governance and batches build on Exchange; only their types are needed here
-    from .batches import BatchState
-    from .governance import Admission
 
 # Who failed a request: the gateway refused or could not serve it, or the upstream answered with an error or broke off.
 ErrorSource = Literal["gateway", "upstream"]
@@ -23,6 +22,17 @@ def new_request_id() -> str:
     # Unique, not secret (it is in every response's headers): 96 bits from `random`, seeded from os.urandom at
     # start, instead of a system call per request.
     return f"gwreq_{random.getrandbits(96):024x}"
+
+
+@dataclass
+class Admission:
+    """What a request holds between admission (governance.admit) and settle: the same reservation and the same
+    parallel slot on each of its scopes that has a budget or a parallel limit."""
+
+    request_id: str  # names its budget reservations and its parallel slots
+    reserved: Decimal | None = None  # the estimate held on each budget (None: nothing held)
+    slot: str | None = None  # the parallel slot held on each parallel limit (None: none)
+    late: asyncio.Future[object] | None = None  # admission work still running after the deadline answered 503
 
 
 @dataclass

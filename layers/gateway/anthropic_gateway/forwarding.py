@@ -24,13 +24,14 @@ from .bedrock_errors import anthropic_error
 from .errors import GatewayError
 from .exchange import Exchange
 from .front_door import Arrival
-from .responses import BufferedResponse, RelayResponse
+from .responses import BufferedResponse, RelayResponse, bodiless
 from .settings import Settings, get_settings
 from .upstream_http import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 from .usage import UsageTap
 
 PREFIX = "/anthropic"
 UPSTREAM_HEADER = b"x-gateway-upstream"  # on every pass-through response: which upstream answered
+MESSAGES_PATH = "/v1/messages"  # the one path whose answers report what they cost
 MAX_ERROR_BODY = 64 * 1024  # bytes of a Bedrock error read for translation; its errors are a short JSON object
 
 _HOP_BY_HOP = frozenset(
@@ -48,9 +49,12 @@ _HOP_BY_HOP = frozenset(
 )
 # Never sent upstream: the client's credentials, what the HTTP client sets itself, the gateway's own headers,
 # and the invocation context the Lambda Web Adapter adds (it names the AWS account, function and caller).
+# `expect` too: the gateway has the whole body before it calls the upstream (uvicorn answered the client's
+# 100-continue), and `expect: 100-continue` invites the upstream to answer before it reads the body.
 _DROP_REQUEST = _HOP_BY_HOP | {
     b"host",
     b"content-length",
+    b"expect",
     b"x-api-key",
     b"authorization",
     b"x-litellm-api-key",
@@ -60,6 +64,9 @@ _DROP_REQUEST = _HOP_BY_HOP | {
     b"x-amzn-lambda-context",
 }
 _DROP_RESPONSE = _HOP_BY_HOP
+# Also dropped from answers that have no body (HTTP's 1xx, 204, 304): a 304 may carry the content-length of the
+# representation it stands for, which the server (uvicorn) would then expect a body of.
+_DROP_BODILESS = _DROP_RESPONSE | {b"content-length"}
 # Only unreserved characters or percent-escapes: Anthropic's paths need nothing more.
 _SEGMENT = re.compile(r"(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -256,17 +263,21 @@ async def _read_capped(response: UpstreamResponse) -> bytes:
 # -- response side -------------------------------------------------------------------------------------------------
 
 
-async def respond(request: Request, exchange: Exchange, answer: Answer) -> RelayResponse | BufferedResponse:
-    """The response that relays the chosen answer back and ends the exchange (`responses.py`)."""
+async def respond(
+    request: Request, exchange: Exchange, answer: Answer, body: bytes
+) -> RelayResponse | BufferedResponse:
+    """The response that relays the chosen answer back and ends the exchange (`responses.py`). `body` is the
+    request's: a Messages answer that ends without its usage is billed the most that request can cost."""
     upstream = answer.response
     exchange.upstream = answer.upstream
     exchange.status = answer.status
     if answer.status >= 400:
         exchange.error_source = "upstream"
     content_type, headers = "", []
+    dropped = _DROP_BODILESS if bodiless(upstream.status) else _DROP_RESPONSE
     for name, value in upstream.headers:
         lower = name.lower()
-        if lower not in _DROP_RESPONSE:
+        if lower not in dropped:
             headers.append((name, value))
         if lower == b"content-type" and not content_type:
             content_type = value.decode("latin-1")
@@ -280,7 +291,11 @@ async def respond(request: Request, exchange: Exchange, answer: Answer) -> Relay
             exchange, answer.error_body, answer.status, [*headers, (b"content-type", b"application/json")]
         )
 
-    exchange.tap = tap = batches.results_tap(exchange, upstream.status, content_type) or UsageTap(content_type)
+    tap: UsageTap | None = batches.results_tap(exchange, upstream.status, content_type)
+    if tap is None:
+        billed = upstream.status == 200 and (exchange.method, exchange.path) == ("POST", MESSAGES_PATH)
+        tap = UsageTap(content_type, request=body if billed else None)
+    exchange.tap = tap
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:

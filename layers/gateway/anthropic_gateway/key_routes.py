@@ -26,13 +26,14 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from . import governance, keys, money, secrets, table, tags
+from . import governance, keys, money, secrets, tags
 from .auth import master_only
 from .errors import GatewayError, invalid_request
-from .keys import KeyRecord
 from .money import Amount, MoneyJSONResponse
 from .refusals import key_owner_error
 from .settings import parse_upstreams
+from .storage import key_records, table
+from .storage.key_records import KeyRecord
 
 MAX_LIST_SIZE = 100
 MAX_DELETE = 100  # keys (and aliases) per /key/delete: each is a read, and the call must answer within seconds
@@ -59,7 +60,7 @@ router = APIRouter(prefix="/key", dependencies=[Depends(master_only)])
 
 
 def _duration(value: str) -> str:
-    if keys.parse_duration(value) > MAX_DURATION:  # ValueError names the accepted forms
+    if table.parse_duration(value) > MAX_DURATION:  # ValueError names the accepted forms
         raise ValueError(f"at most 100 years ({MAX_DURATION.days}d)")
     return value
 
@@ -337,12 +338,12 @@ def _shown(key: str) -> str:
 def _find(key: str | None, key_alias: str | None) -> KeyRecord:
     """The record named by key (plain or hash) or, without one, by key_alias; 404 if there is none (blocking)."""
     if key is not None:
-        record = keys.load(_token(key))
+        record = key_records.load(_token(key))
         if record is None:
             raise GatewayError(404, f"Key not found: {_shown(key)}.")
         return record
     if key_alias is not None:
-        record = keys.load_by_alias(key_alias)
+        record = key_records.load_by_alias(key_alias)
         if record is None:
             raise GatewayError(404, f"No key has key_alias {key_alias!r}.")
         return record
@@ -355,10 +356,10 @@ def _retrying(find: Callable[[], KeyRecord], change: Callable[[KeyRecord], Any])
         record = find()
         try:
             change(record)
-        except keys.Conflict:
+        except key_records.Conflict:
             continue
         keys.key_cache.invalidate(record.token)
-        return keys.load(record.token) or record
+        return key_records.load(record.token) or record
     raise GatewayError(
         409, "The key was changed by another request at the same time; retry.", error_type="invalid_request_error"
     )
@@ -403,13 +404,13 @@ async def generate_key(http_request: Request) -> Response:
     )
     try:
         await anyio.to_thread.run_sync(keys.put_new, record)
-    except keys.LinkRefused as exc:
+    except key_records.LinkRefused as exc:
         raise key_owner_error(exc.refused) from None
-    except keys.KeyExists:
+    except key_records.KeyExists:
         raise GatewayError(400, "key: this key is already in use, or was used before; choose another.") from None
-    except keys.AliasTaken:
+    except key_records.AliasTaken:
         raise GatewayError(400, f"key_alias {request.key_alias!r} is already in use.") from None
-    except keys.Conflict:
+    except key_records.Conflict:
         raise GatewayError(
             409,
             "Another request wrote the same key or alias at the same time; retry.",
@@ -420,11 +421,11 @@ async def generate_key(http_request: Request) -> Response:
 
 
 def _expiry(duration: str | None, now: datetime) -> str | None:
-    return keys.iso(now + keys.parse_duration(duration)) if duration else None
+    return keys.iso(now + table.parse_duration(duration)) if duration else None
 
 
 def _next_reset(budget_duration: str | None, now: datetime) -> str | None:
-    return keys.iso_seconds(now + keys.parse_duration(budget_duration)) if budget_duration else None
+    return table.iso_seconds(now + table.parse_duration(budget_duration)) if budget_duration else None
 
 
 @router.get("/info", response_model=KeyInfoResponse)
@@ -445,7 +446,7 @@ def _info(key: str) -> KeyRecord:
     try:
         # A budget period that ended while the key was idle: start the new one, so spend shows what counts now.
         if governance.reset_budget_if_due(period, keys.utcnow()):
-            record = keys.load(record.token) or record
+            record = key_records.load(record.token) or record
     except (TypeError, ValueError, OverflowError):  # a stored period this version cannot read: show the key as is
         pass
     return record
@@ -478,13 +479,13 @@ async def update_key(http_request: Request) -> Response:
 
     def change(record: KeyRecord) -> None:
         if changes:
-            keys.update(record, changes, new_alias=changes.get("key_alias"), alias_change=alias_change)
+            key_records.update(record, changes, new_alias=changes.get("key_alias"), alias_change=alias_change)
 
     try:
         record = await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
-    except keys.AliasTaken:
+    except key_records.AliasTaken:
         raise GatewayError(400, f"key_alias {changes.get('key_alias')!r} is already in use.") from None
-    except keys.LinkRefused as exc:
+    except key_records.LinkRefused as exc:
         raise key_owner_error(exc.refused) from None
     return _answer(KeyWithInfo.of(record, key=record.token))
 
@@ -504,7 +505,7 @@ async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     record = await anyio.to_thread.run_sync(
         _retrying,
         lambda: _find(request.key, request.key_alias),
-        lambda record: keys.update(record, {"blocked": blocked}),
+        lambda record: key_records.update(record, {"blocked": blocked}),
     )
     return _answer(KeyInfo.of(record))
 
@@ -524,13 +525,13 @@ def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
     records: dict[str, KeyRecord] = {}
     missing = []
     for key, token in zip(named_keys, tokens, strict=True):
-        record = keys.load(token)
+        record = key_records.load(token)
         if record is None:
             missing.append(_shown(key))
         else:
             records[record.key_id] = record
     for alias in aliases:
-        record = keys.load_by_alias(alias)
+        record = key_records.load_by_alias(alias)
         if record is None:
             missing.append(f"key_alias {alias!r}")
         else:
@@ -544,9 +545,9 @@ def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
             if current is None:  # deleted by someone else meanwhile
                 break
             try:
-                keys.delete(current)
-            except keys.Conflict:  # regenerated or deleted meanwhile: read it again
-                current = keys.load_by_key_id(key_id)
+                key_records.delete(current)
+            except key_records.Conflict:  # regenerated or deleted meanwhile: read it again
+                current = key_records.load_by_key_id(key_id)
                 continue
             break
         keys.key_cache.invalidate(record.token, *([current.token] if current else []))
@@ -564,10 +565,10 @@ async def list_keys(
     if key_alias is not None:
         # Only a valid alias can name a key; anything else (too long for a DynamoDB key) simply matches none.
         valid = 0 < len(key_alias) <= 256 and key_alias.isprintable()
-        found = await anyio.to_thread.run_sync(keys.load_by_alias, key_alias) if valid else None
+        found = await anyio.to_thread.run_sync(key_records.load_by_alias, key_alias) if valid else None
         records = [found] if found else []
     else:
-        records = await anyio.to_thread.run_sync(keys.list_records)
+        records = await anyio.to_thread.run_sync(key_records.list_records)
     shown = records[(page - 1) * size : page * size]
     listed = KeyList(
         keys=[KeyInfo.of(r) for r in shown] if return_full_object else [r.token for r in shown],
@@ -590,11 +591,11 @@ async def regenerate_key(http_request: Request) -> Response:
 
     try:
         await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
-    except keys.KeyExists:
+    except key_records.KeyExists:
         raise GatewayError(400, "new_key: this key is already in use, or was used before; choose another.") from None
     new_token = keys.hash_key(plain)
     keys.key_cache.invalidate(new_token, *old)  # the old key stops working here at once
-    record = await anyio.to_thread.run_sync(keys.load, new_token)
+    record = await anyio.to_thread.run_sync(key_records.load, new_token)
     if record is None:
         raise GatewayError(
             409, "The key was deleted while it was being regenerated.", error_type="invalid_request_error"

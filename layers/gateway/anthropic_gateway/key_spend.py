@@ -1,24 +1,16 @@
-"""`GET /spend/keys`: the keys that spent the most, from the spend counters on the key records.
+"""The keys that spent the most (`GET /spend/keys`, spend_routes.py), from the spend counters on the key records.
 
 Key records keep running totals, not a history: this is spend since each key was created (`total_spend`) and in
 its current budget period (`spend`), not over a date range (per-tag spend by day is `/spend/tags`). One read of
-the key index, the same `/key/list` makes, however many keys there are.
+the key index, the same `/key/list` makes, however many keys there are. Money stays exact Decimal.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import anyio.to_thread
-from fastapi import APIRouter, Depends, Query
-
-from . import keys
-from .auth import master_only
-from .keys import KeyRecord
-
-MAX_LIMIT = 100
-
-router = APIRouter(prefix="/spend", dependencies=[Depends(master_only)])
+from .storage.key_records import KeyRecord
+from .storage.spend import TOKEN_COUNTERS
 
 
 def top_keys(records: list[KeyRecord], limit: int) -> list[dict[str, Any]]:
@@ -29,17 +21,11 @@ def top_keys(records: list[KeyRecord], limit: int) -> list[dict[str, Any]]:
             "token": record.token,
             "key_name": record.key_name,
             "key_alias": record.key_alias,
-            "total_spend": float(record.total_spend),
-            "spend": float(record.spend),
+            "total_spend": record.total_spend,
+            "spend": record.spend,
             "requests": record.requests,
-            **{name: getattr(record, name) for name in keys.TOKEN_COUNTERS},
-            "total_tokens": sum(getattr(record, name) for name in keys.TOKEN_COUNTERS),
+            **{name: getattr(record, name) for name in TOKEN_COUNTERS},
+            "total_tokens": sum(getattr(record, name) for name in TOKEN_COUNTERS),
         }
         for record in ranked[:limit]
     ]
-
-
-@router.get("/keys")
-async def spend_keys(limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 10) -> list[dict[str, Any]]:
-    records = await anyio.to_thread.run_sync(keys.list_records)
-    return top_keys(records, limit)

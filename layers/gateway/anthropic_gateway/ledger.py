@@ -4,10 +4,11 @@ Spend, request and token counters only ever grow by ADD, which commutes, so the 
 be summed in memory and written together. A request then costs a dict update instead of an UpdateItem (about
 1 ms of boto3 CPU that would otherwise compete with the next request). A flush runs `SPEND_FLUSH_SECONDS` after
 the first pending increment, and at every `flush` (the app's `drain`: the buffered door's end of invocation, the
-streaming door's shutdown). What must reach the table before the next admission decision (budget reservations,
-tpm tokens, parallel slots) is not coalesced: governance writes it directly, and hands it here when that fails.
+streaming door's shutdown). What must reach the table before the next admission decision (the spend that goes with
+a budget reservation's release, tpm tokens, parallel slots) is not coalesced: governance writes it directly, and
+hands it here when that fails; so do batch settles.
 
-Exactly once: each item's sum becomes a write with an operation id of its own (`table.add_counters_once`), fixed
+Exactly once: each item's sum becomes a write with an operation id of its own (`storage.spend.add_once`), fixed
 when the sum is taken; a write that fails is retried with the same id, so a write whose answer was lost is never
 applied twice. Writes that fail are kept (oldest first, at most `LEDGER_MAX_ENTRIES`; newer ones beyond that are
 dropped and counted in a log line) and retried with backoff (`LEDGER_RETRY_SECONDS`, doubling up to 30 s), at
@@ -25,17 +26,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from functools import partial
 
 from aws_lambda_powertools import Logger
 
-from . import aws, table
+from . import aws
 from .settings import get_settings
+from .storage import spend
+from .storage.table import Number
 
 logger = Logger(child=True)
 
-Number = int | Decimal
 _MAX_RETRY_SECONDS = 30.0
 
 
@@ -44,19 +45,19 @@ class Write:
     """A write that is safe to repeat (it applies at most once), named for the logs."""
 
     name: str
-    apply: Callable[[], None]  # blocking; raises when it could not be written
+    apply: Callable[[], object]  # blocking; raises when it could not be written (what it returns is not used)
 
 
 def counters_write(pk: str, sk: str, increments: Mapping[str, Number], *, only_if_exists: bool) -> Write:
     """ADD `increments` to the item once, however often the write is retried."""
     operation = "ctr-" + secrets.token_hex(12)
-    marker_ttl = int(time.time()) + table.OPERATION_MARKER_SECONDS
+    marker_ttl = int(time.time()) + spend.OPERATION_MARKER_SECONDS
 
     def apply() -> None:
-        added = table.add_counters_once(
+        recorded = spend.add_once(
             operation, pk, sk, dict(increments), marker_ttl=marker_ttl, only_if_exists=only_if_exists
         )
-        if not added:
+        if recorded is spend.Recorded.ITEM_GONE:
             logger.info("counters not recorded: the item was deleted meanwhile", extra={"sk": sk})
 
     return Write(f"counters {sk}", apply)
@@ -87,7 +88,7 @@ class Ledger:
             asyncio.get_running_loop().call_later(get_settings().spend_flush_seconds, self._flush_in_background)
 
     def retry_later(self, write: Write) -> None:
-        """Keep a write that failed elsewhere (governance's settle) and retry it with the ledger's; on the loop."""
+        """Keep a write that failed elsewhere (a settle) and retry it with the ledger's; on the loop."""
         self._keep([write])
         self._schedule_retry()
 

@@ -44,14 +44,26 @@ def _free_port() -> int:
         return port
 
 
+# moto answers in a thread per request on the same few cores as the gateway, one DynamoDB call at a time (below):
+# production's 1 s / 2.5 s bounds would turn a burst into 503s. Used unless the environment sets them.
+_EMBEDDED_AWS_BOUNDS = {"AWS_READ_TIMEOUT": "5", "AWS_DEADLINE": "15"}
+
+
 def start_moto() -> object:
-    """Start moto's server on a free loopback port and point boto3 at it (through AWS_ENDPOINT_URL)."""
+    """Start moto's server on a free loopback port and point boto3 at it (through AWS_ENDPOINT_URL), made safe to
+    call concurrently (`serve` and the tests both run the gateway on it this way)."""
     import logging
 
     from moto.server import ThreadedMotoServer
 
+    from .settings import get_settings
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-call access log drowns our output
     _moto_plain_arithmetic()
+    _moto_one_dynamodb_call_at_a_time()
+    for name, value in _EMBEDDED_AWS_BOUNDS.items():
+        os.environ.setdefault(name, value)
+    get_settings.cache_clear()  # read again with those bounds
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -66,6 +78,29 @@ def start_moto() -> object:
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         os.environ.pop(name, None)
     return server
+
+
+def _moto_one_dynamodb_call_at_a_time() -> None:
+    """Real DynamoDB applies each request atomically; moto's threaded server does not: its TransactWriteItems
+    deep-copies the table while other threads write to it, and an UpdateItem answer is built from the live item
+    while another thread changes it ("dictionary changed size during iteration"). A burst of governed requests
+    then failed, or left a budget reservation behind (issue 18). One lock around each whole DynamoDB request, its
+    answer included, makes it behave like the service the gateway is written for."""
+    import threading
+
+    from moto.dynamodb.responses import DynamoHandler
+
+    if getattr(DynamoHandler, "_gateway_serialised", False):
+        return
+    lock = threading.RLock()
+    original = DynamoHandler._dispatch  # each request, from its body to its answer's bytes (`dispatch` calls it)
+
+    def locked(self: DynamoHandler, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return original(self, *args, **kwargs)
+
+    setattr(DynamoHandler, "_dispatch", locked)  # noqa: B010 (mypy would refuse the assignment)
+    DynamoHandler._gateway_serialised = True  # type: ignore[attr-defined]
 
 
 def _moto_plain_arithmetic() -> None:
@@ -156,7 +191,8 @@ def run_uvicorn(host: str, port: int) -> None:
         server_header=False,
         date_header=False,  # the upstream's Date is forwarded; a second one would be wrong
         proxy_headers=True,
-        http="anthropic_gateway.server_protocol:OneWritePerTurn",  # as run.sh: httptools, one write per turn
+        # As run.sh: httptools, bounded in what a client costs (its settings), one write per turn.
+        http="anthropic_gateway.server_protocol:OneWritePerTurn",
         loop="asyncio",  # as run.sh: asyncio's own loop
         timeout_graceful_shutdown=max(1, round(get_settings().shutdown_grace_seconds)),
     )

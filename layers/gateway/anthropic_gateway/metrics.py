@@ -45,7 +45,7 @@ from .storage.tags import registry as registered_tags
 from .usage import Usage
 
 if TYPE_CHECKING:
-    from .keys import KeyRecord
+    from .storage.key_records import KeyRecord
 
 MetricValues = list[tuple[str, float]]  # (metric name, value); a metric's unit is its own (METRIC_UNITS)
 
@@ -344,7 +344,7 @@ def access_fields(exchange: Exchange, cost: float) -> dict[str, Any]:
         "latency_ms": round(exchange.latency_ms, 1),
         "time_to_first_byte_ms": round(ttfb, 1) if ttfb is not None else None,
         **{field: getattr(usage, field) for _, field in _TOKENS},
-        "usage_estimated": bool(exchange.tap and exchange.tap.usage_estimated),  # output_tokens: an upper bound
+        "usage_estimated": bool(exchange.tap and exchange.tap.usage_estimated),  # the tokens: an upper bound
         "cost_usd": cost,
         "tags": list(exchange.tags),
         "auth": None if principal is None else "master" if principal.is_master else "virtual_key",

@@ -8,6 +8,7 @@ client wrote, from the JSON on the wire to DynamoDB and back (money.MoneyJSONRes
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -19,12 +20,13 @@ from fastapi import Request
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from . import key_routes, keys, money, table
+from . import key_routes, keys, money
 from .errors import GatewayError, invalid_request
 from .key_routes import Duration, Limit, ModelName
 from .refusals import admin_error
+from .storage import budgets, table
 from .storage.outcomes import CONFLICT, Refused
-from .storage.scope_items import ScopeRecord, reset_if_due
+from .storage.scope_items import Cascade, ScopeRecord
 
 MAX_PER_CALL = 20  # teams or users one delete names (each a cascade), members one member_add adds
 # Keys and memberships one delete call removes, each its own transaction: a few seconds at most, well inside API
@@ -110,7 +112,7 @@ def changes_of(request: BaseModel, now: datetime, *, identifying: set[str]) -> d
         value = getattr(request, name)
         if name == "budget_duration":
             changes["budget_duration"] = value
-            changes["budget_reset_at"] = keys.iso_seconds(now + keys.parse_duration(value)) if value else None
+            changes["budget_reset_at"] = table.iso_seconds(now + table.parse_duration(value)) if value else None
         elif name in ("models", "tags"):
             changes[name] = value or []
         elif name == "metadata":
@@ -123,7 +125,7 @@ def changes_of(request: BaseModel, now: datetime, *, identifying: set[str]) -> d
 
 
 def first_reset(budget_duration: str | None, now: datetime) -> str | None:
-    return keys.iso_seconds(now + keys.parse_duration(budget_duration)) if budget_duration else None
+    return table.iso_seconds(now + table.parse_duration(budget_duration)) if budget_duration else None
 
 
 def answer(content: Any) -> Response:
@@ -151,6 +153,13 @@ def refuse_unless_done(refused: Refused | None) -> None:
         raise admin_error(refused)
 
 
+def forget_deleted_keys(cascade: Cascade) -> None:
+    """Drop the keys a cascade deleted from this process's key cache: they stop here at once (elsewhere within
+    KEY_CACHE_TTL)."""
+    if cascade.tokens:  # invalidate() without arguments would forget every key
+        keys.key_cache.invalidate(*cascade.tokens)
+
+
 def retrying[R: ScopeRecord](find: Callable[[], R], change: Callable[[R], Refused | None]) -> R:
     """Read, change, read again (blocking); a concurrent change (CONFLICT) means another read and another try."""
     for _ in range(3):
@@ -167,7 +176,7 @@ def fresh[R: ScopeRecord](record: R, pk: str, sk: str, reload: Callable[[], R | 
     """The record with its budget period current: a period that ended while the scope was idle starts over, so
     `spend` shows what counts now (as /key/info does). Blocking."""
     try:
-        if reset_if_due(pk, sk, record, keys.utcnow()):
+        if budgets.reset_if_due(pk, sk, dataclasses.asdict(record), keys.utcnow()):
             return reload() or record
     except (TypeError, ValueError, OverflowError):  # a stored period this version cannot read: shown as it is
         pass

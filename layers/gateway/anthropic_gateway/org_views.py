@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import keys, money
+from . import money
 from .key_routes import KeyInfo
 from .org_api import MAX_SHOWN_KEYS, BudgetView, budget_fields, fresh
-from .storage import key_links, members, tags, teams, users
+from .storage import key_links, key_records, members, tags, teams, users
 from .storage.layout import TAG_SK, TEAM_SK, USER_SK, member_sk, tag_pk, team_pk, user_pk
 from .storage.members import Membership
 from .storage.tags import TagRecord
@@ -173,5 +173,5 @@ def team_memberships(team_id: str) -> list[MemberInfo]:
 def keys_under(pk: str, **owner: str) -> tuple[list[KeyInfo], int]:
     """The keys indexed under a team's or user's partition (at most MAX_SHOWN_KEYS of them) and how many."""
     ids = key_links.key_ids(pk, **owner)
-    shown = [record for key_id in ids[:MAX_SHOWN_KEYS] if (record := keys.load_by_key_id(key_id)) is not None]
+    shown = [record for key_id in ids[:MAX_SHOWN_KEYS] if (record := key_records.load_by_key_id(key_id)) is not None]
     return [KeyInfo.of(record) for record in shown], len(ids)

@@ -3,8 +3,10 @@
 Money is exact `Decimal` from here to DynamoDB; it becomes float only in EMF and JSON responses.
 
 Models resolve by exact id, then without a trailing `-YYYYMMDD`/`-latest`, then by the longest known id they
-start with (`<id>-...`); anything else pays UNKNOWN_MODEL_RATE: "max" (highest known rate of each kind), a known
-model id, or "input/output" like "15/75" (cache rates then use Anthropic's 1.25x / 2x / 0.1x of input).
+start with (`<id>-...`); a Bedrock id (`anthropic.claude-...`, `us.anthropic.claude-...`) resolves as the Anthropic
+model it serves (bedrock_models, the table Bedrock requests are sent by). Anything else pays UNKNOWN_MODEL_RATE:
+"max" (highest known rate of each kind), a known model id, or "input/output" like "15/75" (cache rates then use
+Anthropic's 1.25x / 2x / 0.1x of input).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from .bedrock_models import model_table
 from .settings import get_settings
 from .usage import Usage
 
@@ -63,9 +66,20 @@ def _table() -> tuple[dict[str, Rates], dict[str, str]]:
     return models, aliases
 
 
-@lru_cache(maxsize=1024)
 def resolve_model(model: str) -> str | None:
     """The pricing.json id `model` is billed as, or None when it is unknown."""
+    return _resolve(model, get_settings().bedrock_model_ids)
+
+
+@lru_cache(maxsize=1024)
+def _resolve(model: str, bedrock_model_ids: str) -> str | None:
+    known = _resolve_anthropic(model)
+    if known is None and (served := model_table(bedrock_model_ids).anthropic_model(model)) is not None:
+        known = _resolve_anthropic(served)
+    return known
+
+
+def _resolve_anthropic(model: str) -> str | None:
     models, aliases = _table()
     name = model.strip().lower()
     for candidate in (name, _SUFFIX.sub("", name)):

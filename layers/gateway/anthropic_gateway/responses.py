@@ -41,12 +41,22 @@ class ExchangeResponse(Response):
             self.after_response(self.exchange)
 
 
+def bodiless(status: int) -> bool:
+    """Whether HTTP forbids a response with this status a body, whatever its headers say (RFC 9110 6.4.1)."""
+    return status < 200 or status in (204, 304)
+
+
 class BufferedResponse(ExchangeResponse):
-    """A small body already read whole: `content-length` is its own, whatever the headers said."""
+    """A small body already read whole: `content-length` is its own, whatever the headers said (and none where the
+    status has no body)."""
 
     def __init__(self, exchange: Exchange, content: bytes, status_code: int, headers: Headers) -> None:
         headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
-        super().__init__(exchange, status_code, [*headers, (b"content-length", str(len(content)).encode())])
+        if bodiless(status_code):
+            content = b""
+        else:
+            headers.append((b"content-length", str(len(content)).encode()))
+        super().__init__(exchange, status_code, headers)
         self.body = content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -83,7 +93,7 @@ class RelayResponse(ExchangeResponse):
                 tap.feed(chunk)
                 ended = upstream.body_read  # the last chunk ends the response: no empty send after it
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-            exchange.completed = True
+            exchange.completed = tap.complete = True
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:

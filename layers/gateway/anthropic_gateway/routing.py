@@ -71,7 +71,7 @@ async def forward(request: Request, body: bytes, exchange: Exchange) -> RelayRes
             continue
         cause = None if last else failover_cause(answer.status)
         if cause is None:
-            return await forwarding.respond(request, exchange, answer)
+            return await forwarding.respond(request, exchange, answer, body)
         await answer.response.aclose()  # nothing of it went to the client: close it unread
         exchange.failover_cause = cause
     raise AssertionError("unreachable: the last upstream's answer is always returned")

@@ -17,6 +17,8 @@ from functools import lru_cache
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from .bedrock_models import BedrockConfigError, load_model_ids
+
 # Lambda's synchronous invocation payload limit; the local server enforces the same so behaviour matches.
 LAMBDA_MAX_REQUEST_BYTES = 6 * 1024 * 1024
 
@@ -45,7 +47,7 @@ class Settings:
     default_upstreams: tuple[str, ...]  # a key's failover order when it sets none
     aws_region: str
     bedrock_base_url: str
-    bedrock_model_ids: str  # raw JSON merged over the shipped table (bedrock.load_model_ids); checked here
+    bedrock_model_ids: str  # raw JSON merged over the shipped table (bedrock_models.load_model_ids); checked here
     bedrock_api_key_secret: str | None  # a Bedrock API key instead of SigV4 with the function's role
     bedrock_failover_on_429: bool
     # AWS faults (aws.py, ledger.py, keys.py, secrets.py)
@@ -60,6 +62,12 @@ class Settings:
     shutdown_grace_seconds: float
     # Which request tags get a CloudWatch `Tag` dimension value of their own (metrics.py).
     metric_tags: tuple[str, ...]
+    # What a client can cost the uvicorn doors before it is authenticated (server_protocol.py).
+    max_request_head_bytes: int
+    max_request_headers: int
+    request_head_timeout: float
+    keep_alive_timeout: float
+    max_connections: int
     # Single sign-on (OpenID Connect) for the console and personal keys (docs/access.md); off without an issuer.
     oidc: OidcSettings | None = None
 
@@ -173,6 +181,16 @@ def get_settings() -> Settings:
         # Metric dimensions: which request tags get a `Tag` dimension value of their own (each distinct value is a
         # billed custom metric). Comma-separated tags and `prefix*` patterns, besides each key's default tags.
         metric_tags=tuple(tag.strip() for tag in env("METRIC_TAGS", "").split(",") if tag.strip()),
+        # -- the uvicorn doors (run.sh, serve): bounds on an unauthenticated client (docs/operations.md) --
+        # A request line and headers larger than this, or with more headers, are refused (431) unread.
+        max_request_head_bytes=int(_float("MAX_REQUEST_HEAD_BYTES", 64 * 1024)),
+        max_request_headers=int(_float("MAX_REQUEST_HEADERS", 100)),
+        # From a connection's first byte (or its opening) to the end of a request's head; then 408 and closed.
+        request_head_timeout=_float("REQUEST_HEAD_TIMEOUT", 10.0),
+        # An idle keep-alive connection is closed after this long (run.sh sets 900 s: the adapter is its client).
+        keep_alive_timeout=_float("KEEP_ALIVE_TIMEOUT", 5.0),
+        # Open connections per process; one more is answered 503 and closed.
+        max_connections=int(_float("MAX_CONNECTIONS", 2048)),
         oidc=_oidc(),
     )
 
@@ -271,11 +289,6 @@ def _upstreams(name: str, raw: str) -> tuple[str, ...]:
 def _model_ids(raw: str) -> str:
     """BEDROCK_MODEL_IDS as given, once the table it makes is known to load (a bad one stops the start)."""
     if raw.strip():
-        # Deferred: bedrock imports this module (the circle pyproject.toml's import contracts still except). Once the
-        # table and its error live in bedrock_models (base layer, importing nothing above it), this is a top-level
-        # `from .bedrock_models import BedrockConfigError, load_model_ids` and both exceptions go.
-        from .bedrock import BedrockConfigError, load_model_ids
-
         try:
             load_model_ids(raw)
         except BedrockConfigError as exc:

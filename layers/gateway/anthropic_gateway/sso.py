@@ -24,12 +24,12 @@ from aws_lambda_powertools import Logger
 
 from . import aws, keys, oidc, secrets
 from .errors import GatewayError
-from .keys import KeyRecord
 from .settings import ROLES, OidcSettings, get_settings
-from .storage import members, teams, users
+from .storage import key_records, teams, users
+from .storage.key_records import KeyRecord
 from .storage.members import Membership
 from .storage.outcomes import Refused
-from .storage.scope_items import Transaction
+from .storage.teams import Joining
 from .storage.users import UserRecord
 
 logger = Logger(child=True)
@@ -193,14 +193,8 @@ def _sync(user: UserRecord, identity: Identity) -> Refused | None:
             return refused
     missing = [team for team in _joinable(identity.teams) if team not in user.teams]
     for team_id in missing:
-        transaction = Transaction()
-        members.join(
-            transaction,
-            Membership(team_id=team_id, user_id=user.user_id, created_at=now, updated_at=now),
-            team_checked=False,
-            user_exists=True,
-        )
-        refused = transaction.run()
+        joining = Joining(Membership(team_id=team_id, user_id=user.user_id, created_at=now, updated_at=now))
+        refused = teams.add_members(team_id, [joining], now)
         if refused is not None and refused.reason != "exists":  # exists: joined by a concurrent sign-in
             return refused
     return None
@@ -254,8 +248,8 @@ def _issue(user_id: str, team_id: str | None, hours: float) -> PersonalKey:
         slot, old = _choose_slot(user_id)
         if old is not None:
             try:
-                keys.delete(old)
-            except keys.Conflict:
+                key_records.delete(old)
+            except key_records.Conflict:
                 continue
         plain, now = keys.new_key(), keys.utcnow()
         record = KeyRecord(
@@ -271,11 +265,11 @@ def _issue(user_id: str, team_id: str | None, hours: float) -> PersonalKey:
         )
         try:
             keys.put_new(record)
-        except keys.AliasTaken:
+        except key_records.AliasTaken:
             continue
-        except keys.LinkRefused as exc:  # the user or the team was deleted meanwhile, or the user left the team
+        except key_records.LinkRefused as exc:  # the user or the team was deleted meanwhile, or the user left the team
             raise GatewayError(403, f"Cannot issue the key: {refusal_text(exc.refused)}.") from None
-        revoked = old.token if old is not None and not old.expired() else None
+        revoked = old.token if old is not None and not old.expired(keys.utcnow()) else None
         return PersonalKey(plain, record, revoked)
     raise GatewayError(409, "Other sign-ins are issuing your keys right now; retry.", error_type=_CONFLICT)
 
@@ -291,12 +285,12 @@ def _choose_slot(user_id: str) -> tuple[int, KeyRecord | None]:
     admin gave to a key that is not this person's personal key is left alone."""
     held: list[tuple[int, KeyRecord]] = []
     for slot in range(PERSONAL_KEY_SLOTS):
-        record = keys.load_by_alias(personal_alias(user_id, slot))
+        record = key_records.load_by_alias(personal_alias(user_id, slot))
         if record is None:
             return slot, None
         if record.user_id != user_id or record.metadata.get(PERSONAL_MARK) is not True:
             continue
-        if record.expired():
+        if record.expired(keys.utcnow()):
             return slot, record
         held.append((slot, record))
     if not held:

@@ -1,8 +1,8 @@
-"""Spend per tag: daily aggregates in DynamoDB and `GET /spend/tags`, LiteLLM's tag spend report.
+"""Spend per tag: what each request adds to its tags' daily counters, and LiteLLM's tag spend report over them.
 
-One item per (UTC day, tag) in the gateway table, pk=TAGSPEND#<YYYY-MM-DD> sk=<tag>, counters only changed with
-DynamoDB's atomic ADD so concurrent requests (on any number of Lambda instances) all count. A report over a date
-range is one Query per day. Items have no TTL: they are the spend history, and there is at most one per tag a day.
+The counters are one item per (UTC day, tag) in the gateway table (storage/spend.py), only ever changed with
+DynamoDB's atomic ADD, through the ledger, so concurrent requests on any number of Lambda instances all count,
+each once. A report over a date range is one Query per day. The route is `GET /spend/tags` (spend_routes.py).
 """
 
 from __future__ import annotations
@@ -12,21 +12,15 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import anyio.to_thread
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
-
-from . import keys, table
-from .auth import master_only
 from .errors import GatewayError
 from .ledger import ledger
-from .table import Number
+from .storage import spend
+from .storage.table import Number
 from .usage import Usage
 
-PK_PREFIX = "TAGSPEND#"
 MAX_DAYS = 366
 DEFAULT_DAYS = 30  # without dates: the last 30 days, today included
-_TOKENS = keys.TOKEN_COUNTERS
+_TOKENS = spend.TOKEN_COUNTERS
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -39,37 +33,30 @@ def record(tags: list[str], cost: Decimal, usage: Usage | None, day: date | None
     usage = usage or Usage()
     increments: dict[str, Number] = {"spend": cost, "requests": 1}
     increments.update({name: getattr(usage, name) for name in _TOKENS})
-    pk = PK_PREFIX + (day or today()).isoformat()
     for tag in tags:
-        ledger.add(pk, tag, increments)
-
-
-def _items_of(day: date) -> list[table.Item]:
-    return table.query_all(
-        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": PK_PREFIX + day.isoformat()}
-    )
+        ledger.add(*spend.tag_day(day or today(), tag), increments)
 
 
 def report(start: date, end: date) -> list[dict[str, Any]]:
     """Per tag over [start, end]: LiteLLM's fields (individual_request_tag, log_count, total_spend), token sums
-    and a per-day breakdown; highest spend first."""
+    and a per-day breakdown; highest spend first. Money as exact Decimal."""
     totals: dict[str, dict[str, Any]] = {}
     for offset in range((end - start).days + 1):
         day = start + timedelta(days=offset)
-        for item in _items_of(day):
-            spend, requests = Decimal(item.get("spend", 0)), int(item.get("requests", 0))
+        for item in spend.tag_days(day):
+            spent, requests = Decimal(item.get("spend", 0)), int(item.get("requests", 0))
             tokens = {name: int(item.get(name, 0)) for name in _TOKENS}
             tag = totals.setdefault(
                 item["sk"], {"spend": Decimal(0), "requests": 0, **dict.fromkeys(_TOKENS, 0), "daily": []}
             )
-            tag["spend"] += spend
+            tag["spend"] += spent
             tag["requests"] += requests
             for name, count in tokens.items():
                 tag[name] += count
             tag["daily"].append(
                 {
                     "date": day.isoformat(),
-                    "spend": float(spend),
+                    "spend": spent,
                     "log_count": requests,
                     **tokens,
                     "total_tokens": sum(tokens.values()),
@@ -79,7 +66,7 @@ def report(start: date, end: date) -> list[dict[str, Any]]:
         {
             "individual_request_tag": name,
             "log_count": tag["requests"],
-            "total_spend": float(tag["spend"]),
+            "total_spend": tag["spend"],
             **{token: tag[token] for token in _TOKENS},
             "total_tokens": sum(tag[token] for token in _TOKENS),
             "daily": tag["daily"],
@@ -107,38 +94,3 @@ def _parse_date(name: str, value: str) -> date:
     except ValueError:
         pass
     raise GatewayError(400, f"Invalid {name}: expected a date as YYYY-MM-DD, got {value[:40]!r}.")
-
-
-class DailyTagSpend(BaseModel):
-    date: str  # YYYY-MM-DD (UTC)
-    spend: float
-    log_count: int
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    total_tokens: int
-
-
-class TagSpend(BaseModel):
-    """One tag in `GET /spend/tags`: LiteLLM's fields (individual_request_tag, log_count, total_spend), token sums
-    and the days it had requests."""
-
-    individual_request_tag: str
-    log_count: int
-    total_spend: float
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    total_tokens: int
-    daily: list[DailyTagSpend]
-
-
-router = APIRouter(dependencies=[Depends(master_only)])
-
-
-@router.get("/spend/tags", response_model=list[TagSpend])
-async def spend_tags(start_date: str | None = None, end_date: str | None = None) -> list[dict[str, Any]]:
-    start, end = parse_range(start_date, end_date)
-    return await anyio.to_thread.run_sync(report, start, end)

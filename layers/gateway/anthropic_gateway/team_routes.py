@@ -32,6 +32,7 @@ from .org_api import (
     blocking,
     changes_of,
     first_reset,
+    forget_deleted_keys,
     parse_body,
     refuse_unless_done,
     retrying,
@@ -191,10 +192,13 @@ async def delete_teams(http_request: Request) -> Response:
             raise GatewayError(404, f"Nothing deleted; no team {shown}.")
         cascade = Cascade(remaining=org_api.MAX_CASCADE)
         now = keys.utcnow().isoformat()
-        for team_id in team_ids:
-            refused = teams.delete(team_id, cascade, now)
-            if refused is not None and refused.reason != "missing":  # missing: deleted by someone else meanwhile
-                raise _partial(refused, cascade)
+        try:
+            for team_id in team_ids:
+                refused = teams.delete(team_id, cascade, now)
+                if refused is not None and refused.reason != "missing":  # missing: deleted by someone else meanwhile
+                    raise _partial(refused, cascade)
+        finally:
+            forget_deleted_keys(cascade)
         return {"deleted_teams": team_ids, "deleted_keys": cascade.keys, "deleted_members": cascade.members}
 
     return answer(await blocking(delete))
@@ -300,7 +304,9 @@ async def member_delete(http_request: Request) -> Response:
             raise admin_error(refused)
         cascade = Cascade(remaining=org_api.MAX_CASCADE)
         unfinished = Refused("unfinished", "member", user_id, team=team.team_id)
-        if (refused := delete_keys(pk, cascade, unfinished, user_id=user_id)) is not None:
+        refused = delete_keys(pk, cascade, unfinished, user_id=user_id)
+        forget_deleted_keys(cascade)
+        if refused is not None:
             raise _partial(refused, cascade)
         return {**team_view(teams.get(team.team_id) or team).model_dump(), "deleted_keys": cascade.keys}
 

@@ -1,21 +1,31 @@
 """Token usage as Anthropic reports it, read from JSON bodies and from SSE streams on the fly.
 
 The stream reader sees every chunk the client gets but keeps only the current unfinished line, so a long
-stream or a large download never accumulates in memory.
+stream or a large download never accumulates in memory. A JSON body is kept whole up to 4 MiB and parsed at its
+end; past that, only its last 64 KiB are kept, which is where Anthropic's Message has its `usage`.
+
+Nothing is billed $0 by accident: an answer that ends without its usage is billed an upper-bound estimate and
+flagged `usage_estimated`. A stream, for the output it relayed; a Messages JSON answer (cut off, or without usage),
+for the whole request it answers: its body's bytes as input tokens and its max_tokens as output tokens.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-_JSON_TAP_LIMIT = 4 * 1024 * 1024  # a Message JSON is far smaller; anything larger is not a Message
-# A stream that ends without its final usage (client gone, upstream cut) is billed for the output it relayed:
-# the UTF-8 bytes of its text, thinking and tool-input deltas at this many bytes per token. Claude's tokens are
-# never shorter than one byte, so 1 is an upper bound (English runs ~4 bytes a token: about 4x the real count).
+_JSON_WHOLE_LIMIT = 4 * 1024 * 1024  # a Message JSON up to this size is parsed whole, at its end
+_JSON_TAIL = 64 * 1024  # past it, the bytes kept from its end: its usage is the Message's last member
+# An answer that ends without its final usage (client gone, upstream cut) is billed an upper bound: for a stream,
+# the UTF-8 bytes of the text, thinking and tool-input deltas it relayed at this many bytes per token; for a JSON
+# answer, the request's body bytes as input. Claude's tokens are never shorter than one byte, so 1 is an upper
+# bound (English runs ~4 bytes a token: about 4x the real count).
 ESTIMATE_BYTES_PER_TOKEN = 1
 _DELTA_TEXT_FIELDS = ("text", "thinking", "partial_json")
+_USAGE_KEY = re.compile(r'(?<!\\)"usage"\s*:\s*')
+_DECODER = json.JSONDecoder()
 
 
 @dataclass
@@ -49,17 +59,26 @@ class Usage:
 
 @dataclass
 class UsageTap:
-    """Watches a response body go by and collects the model and usage it reports."""
+    """Watches a response body go by and collects the model and usage it reports.
+
+    request: the body of the Messages request a successful answer is for (held, parsed only if needed): a JSON
+    answer that ends without its usage is then billed the request's upper bound rather than nothing. None for any
+    other answer (an error, a list, a file), which reports no usage and costs nothing.
+    """
 
     content_type: str
+    request: bytes | None = None
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
     seen_usage: bool = False
     final_usage: bool = False  # a message_delta (or a whole Message) reported the output tokens
-    usage_estimated: bool = False  # output_tokens is an upper-bound estimate: the stream ended without them
+    usage_estimated: bool = False  # the tokens are an upper-bound estimate: the answer ended without its usage
+    complete: bool = False  # the body ended normally (the relay says so before close), not cut off
     delta_bytes: int = 0  # UTF-8 bytes of the output deltas relayed so far
+    body_bytes: int = 0  # bytes of a JSON body relayed so far
     _pending: bytearray = field(default_factory=bytearray)
-    _json: bytearray | None = None
+    _json: bytearray | None = None  # a JSON body so far, while it is small enough to parse whole
+    _tail: bytearray | None = None  # else its last bytes
 
     def __post_init__(self) -> None:
         media = self.content_type.split(";", 1)[0].strip().lower()
@@ -71,10 +90,15 @@ class UsageTap:
         if self._mode == "sse":
             self._feed_sse(chunk)
         elif self._json is not None:
-            if len(self._json) + len(chunk) > _JSON_TAP_LIMIT:
-                self._json = None
-            else:
-                self._json += chunk
+            self.body_bytes += len(chunk)
+            self._json += chunk
+            if len(self._json) > _JSON_WHOLE_LIMIT:
+                self._tail, self._json = self._json[-_JSON_TAIL:], None
+        elif self._tail is not None:
+            self.body_bytes += len(chunk)
+            self._tail += chunk
+            if len(self._tail) > 2 * _JSON_TAIL:  # trimmed now and then, not at every chunk
+                del self._tail[:-_JSON_TAIL]
 
     def close(self) -> None:
         """Call once the body has ended (or was cut off); parses whatever was collected."""
@@ -83,14 +107,42 @@ class UsageTap:
             self._pending.clear()
         if self._mode == "sse" and not self.final_usage and (self.seen_usage or self.delta_bytes):
             self._estimate_output()
+        if self._mode == "json":
+            self._close_json()
+        elif self._mode is None and self.request is not None:
+            self._estimate_request(self.request)  # a Messages answer in no shape usage can be read from
+
+    def _close_json(self) -> None:
         if self._json:
             try:
                 message = json.loads(self._json.decode())  # str: json.loads would first guess the bytes' encoding
             except ValueError:  # UnicodeDecodeError too
                 message = None
-            self._json = None
             if isinstance(message, dict):
                 self._message(message)
+        elif self._tail is not None and self.complete and (usage := usage_at_end(bytes(self._tail))) is not None:
+            self.usage.update(usage)
+            self.seen_usage = self.final_usage = True
+        self._json = self._tail = None
+        if not self.final_usage and self.request is not None:
+            self._estimate_request(self.request)
+
+    def _estimate_request(self, request: bytes) -> None:
+        """The most a Messages request can have cost: one input token per byte of its body (an image's base64
+        included) and its max_tokens of output (thinking included); the relayed bytes if it names none."""
+        try:
+            parsed = json.loads(request)
+        except (ValueError, RecursionError):
+            parsed = None
+        fields = parsed if isinstance(parsed, dict) else {}
+        max_tokens = fields.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
+            max_tokens = -(-self.body_bytes // ESTIMATE_BYTES_PER_TOKEN)
+        self.usage.input_tokens = max(self.usage.input_tokens, -(-len(request) // ESTIMATE_BYTES_PER_TOKEN))
+        self.usage.output_tokens = max(self.usage.output_tokens, max_tokens)
+        if self.model is None and isinstance(fields.get("model"), str):
+            self.model = fields["model"][:200]
+        self.seen_usage = self.usage_estimated = True
 
     def _feed_sse(self, chunk: bytes) -> None:
         self._pending += chunk
@@ -145,3 +197,23 @@ class UsageTap:
             self.usage.update(message["usage"])
             self.seen_usage = True
             self.final_usage = self._mode == "json"  # a stream's message_start reports output tokens so far
+
+
+def usage_at_end(tail: bytes) -> dict[str, Any] | None:
+    """The `usage` object of a JSON document that ends with it as the last member of its outermost object: the
+    end of an Anthropic Message. `tail` is the document's end (its start may be cut anywhere).
+
+    Only a member of the outermost object is followed by nothing but that object's closing brace, so a "usage"
+    anywhere inside the content (a tool's input, text) is never taken for it. None when the end is not that shape.
+    """
+    text = tail.decode("utf-8", "ignore").rstrip()
+    if not text.endswith("}"):
+        return None
+    *_, last = [None, *_USAGE_KEY.finditer(text)]  # only the last can be the last member
+    if last is None:
+        return None
+    try:
+        value, end = _DECODER.raw_decode(text, last.end())
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) and not text[end : len(text) - 1].strip() else None

@@ -20,7 +20,6 @@ from . import keys, org_api
 from .auth import master_only
 from .errors import GatewayError
 from .key_routes import MAX_LIST_SIZE, Alias, Duration, Identifier, KeyWithInfo
-from .keys import KeyRecord
 from .org_api import (
     MAX_PER_CALL,
     Email,
@@ -31,13 +30,15 @@ from .org_api import (
     blocking,
     changes_of,
     first_reset,
+    forget_deleted_keys,
     parse_body,
     refuse_unless_done,
     retrying,
 )
 from .org_views import fresh_user, keys_under, team_view, user_info
 from .refusals import admin_error
-from .storage import teams, users
+from .storage import key_records, table, teams, users
+from .storage.key_records import KeyRecord
 from .storage.layout import user_pk
 from .storage.members import Membership
 from .storage.scope_items import Cascade
@@ -118,15 +119,15 @@ async def _personal_key(user_id: str, request: NewUser) -> KeyWithInfo:
         key_alias=request.key_alias,
         created_at=now.isoformat(),
         updated_at=now.isoformat(),
-        expires=keys.iso(now + keys.parse_duration(request.duration)) if request.duration else None,
+        expires=keys.iso(now + table.parse_duration(request.duration)) if request.duration else None,
         user_id=user_id,
     )
     created = f"User {user_id!r} was created, but not its key"
     try:
         await blocking(keys.put_new, record)
-    except keys.AliasTaken:
+    except key_records.AliasTaken:
         raise GatewayError(400, f"{created}: key_alias {request.key_alias!r} is already in use.") from None
-    except (keys.LinkRefused, keys.KeyExists, keys.Conflict):  # the user deleted meanwhile; a key already used
+    except (key_records.LinkRefused, key_records.KeyExists, key_records.Conflict):  # user deleted meanwhile; key used
         raise GatewayError(
             409, f"{created}; make one with /key/generate.", error_type="invalid_request_error"
         ) from None
@@ -162,12 +163,15 @@ async def delete_users(http_request: Request) -> Response:
             raise GatewayError(404, f"Nothing deleted; no user {', '.join(repr(u) for u in missing)}.")
         cascade = Cascade(remaining=org_api.MAX_CASCADE)
         now = keys.utcnow().isoformat()
-        for user_id in user_ids:
-            refused = users.delete(user_id, cascade, now)
-            if refused is not None and refused.reason != "missing":  # missing: deleted by someone else meanwhile
-                error = admin_error(refused)
-                error.message += f" This call deleted {cascade.keys} keys and {cascade.members} memberships."
-                raise error
+        try:
+            for user_id in user_ids:
+                refused = users.delete(user_id, cascade, now)
+                if refused is not None and refused.reason != "missing":  # missing: deleted by someone else meanwhile
+                    error = admin_error(refused)
+                    error.message += f" This call deleted {cascade.keys} keys and {cascade.members} memberships."
+                    raise error
+        finally:
+            forget_deleted_keys(cascade)
         return {"deleted_users": user_ids, "deleted_keys": cascade.keys, "deleted_memberships": cascade.members}
 
     return answer(await blocking(delete))

@@ -1,4 +1,4 @@
-"""Which keys belong to a team or a user: index items written in the key record's own transaction (keys.py).
+"""Which keys belong to a team or a user: index items written in the key record's own transaction (key_records.py).
 
   pk=TEAM#<team_id> sk=KEY#<key_id>  {key_id, user_id}   a key of the team
   pk=USER#<user_id> sk=KEY#<key_id>  {key_id, team_id}   a key of the user
@@ -12,9 +12,8 @@ user is a member of the team: conditions of that same transaction, so a deleted 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from .. import table
+from . import table
 from .layout import KEY_PREFIX, TEAM_SK, USER_SK, check_live, delete, member_sk, partition, team_pk, user_pk
 from .outcomes import CONFLICT, Refused
 
@@ -23,10 +22,10 @@ from .outcomes import CONFLICT, Refused
 class Links:
     """The actions that move a key between owners, and what each one's failed condition means."""
 
-    actions: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[table.Action] = field(default_factory=list)
     meanings: list[Refused] = field(default_factory=list)
 
-    def add(self, action: dict[str, Any], if_failed: Refused = CONFLICT) -> None:
+    def add(self, action: table.Action, if_failed: Refused = CONFLICT) -> None:
         self.actions.append(action)
         self.meanings.append(if_failed)
 
@@ -60,24 +59,19 @@ def relink(key_id: str, old: tuple[str | None, str | None], new: tuple[str | Non
     return links
 
 
-def unlink(key_id: str, team_id: str | None, user_id: str | None) -> list[dict[str, Any]]:
+def unlink(key_id: str, team_id: str | None, user_id: str | None) -> list[table.Action]:
     """The deletes of a key's index items, for the transaction that deletes the key."""
     return relink(key_id, (team_id, user_id), (None, None)).actions
 
 
-def _check_member(team_id: str, user_id: str) -> dict[str, Any]:
-    return {
-        "ConditionCheck": {
-            "Key": {"pk": team_pk(team_id), "sk": member_sk(user_id)},
-            "ConditionExpression": "attribute_exists(pk)",
-        }
-    }
+def _check_member(team_id: str, user_id: str) -> table.ConditionCheck:
+    return table.ConditionCheck(team_pk(team_id), member_sk(user_id), "attribute_exists(pk)")
 
 
-def _put(pk: str, key_id: str, **owner: str | None) -> dict[str, Any]:
+def _put(pk: str, key_id: str, **owner: str | None) -> table.Put:
     item: table.Item = {"pk": pk, "sk": KEY_PREFIX + key_id, "key_id": key_id}
     item.update({name: value for name, value in owner.items() if value is not None})
-    return {"Put": {"Item": item}}
+    return table.Put(item)
 
 
 def key_ids(pk: str, **owner: str) -> list[str]:

@@ -8,15 +8,13 @@
   pk=EMAIL#<email>   sk=EMAIL             makes user_email unique (lower case), as ALIAS# does key_alias
   pk=TAG#<name>      sk=TAG               a registered tag (gsi1pk=TAG)
 
-Key items are keys.py's. A team's or user's other items share its partition, so its members or keys are one
+Key items are key_records.py's. A team's or user's other items share its partition, so its members or keys are one
 Query, never a scan. An item being deleted carries `deleting` (and `blocked`) until its cascade is done.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from .. import table
+from . import table
 
 TEAM_SK, USER_SK, EMAIL_SK, TAG_SK = "TEAM", "USER", "EMAIL", "TAG"
 MEMBER_PREFIX, KEY_PREFIX = "MEMBER#", "KEY#"
@@ -62,21 +60,17 @@ def partition(pk: str, prefix: str) -> list[table.Item]:
     return table.query_all(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").begins_with(prefix), ConsistentRead=True)
 
 
-def put_new(item: table.Item) -> dict[str, Any]:
+def put_new(item: table.Item) -> table.Put:
     """A Put of an item that must not exist yet."""
-    return {"Put": {"Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
+    return table.Put(item, "attribute_not_exists(pk)")
 
 
-def check_live(pk: str, sk: str) -> dict[str, Any]:
-    """A ConditionCheck that the item exists and is not being deleted."""
-    return {
-        "ConditionCheck": {
-            "Key": {"pk": pk, "sk": sk},
-            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(#deleting)",
-            "ExpressionAttributeNames": {"#deleting": "deleting"},
-        }
-    }
+def check_live(pk: str, sk: str) -> table.ConditionCheck:
+    """A condition that the item exists and is not being deleted."""
+    return table.ConditionCheck(
+        pk, sk, "attribute_exists(pk) AND attribute_not_exists(#deleting)", {"#deleting": "deleting"}
+    )
 
 
-def delete(pk: str, sk: str) -> dict[str, Any]:
-    return {"Delete": {"Key": {"pk": pk, "sk": sk}}}
+def delete(pk: str, sk: str, condition: str | None = None) -> table.Delete:
+    return table.Delete(pk, sk, condition)

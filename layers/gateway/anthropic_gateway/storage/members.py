@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import table
+from . import table
 from .layout import MEMBER_PREFIX, TEAM_SK, USER_SK, check_live, member_sk, partition, put_new, team_pk, user_pk
 from .outcomes import Refused
 from .scope_items import ScopeRecord, Transaction, apply, change, why_not
@@ -45,9 +45,9 @@ def join(transaction: Transaction, membership: Membership, *, team_checked: bool
 def leave(team_id: str, user_id: str) -> Refused | None:
     """Remove the membership, and the team from the user's `teams`."""
     gone = Refused("missing", "member", user_id, team=team_id)
-    member = {"Key": {"pk": team_pk(team_id), "sk": member_sk(user_id)}, "ConditionExpression": "attribute_exists(pk)"}
+    member = table.Delete(team_pk(team_id), member_sk(user_id), "attribute_exists(pk)")
     transaction = Transaction()
-    transaction.add({"Delete": member}, gone)
+    transaction.add(member, gone)
     transaction.add(_teams_update(user_id, "DELETE", team_id, live=False), Refused("missing", "user", user_id))
     refused = transaction.run()
     if refused is None or refused.what != "user":
@@ -55,22 +55,14 @@ def leave(team_id: str, user_id: str) -> Refused | None:
     # No user item: a membership never outlives its user (a user's delete removes its memberships first), but if
     # one ever did, it must still be removable, or its team could never be deleted.
     alone = Transaction()
-    alone.add({"Delete": member}, gone)
+    alone.add(member, gone)
     return alone.run()
 
 
-def _teams_update(user_id: str, verb: str, team_id: str, *, live: bool) -> dict[str, Any]:
+def _teams_update(user_id: str, verb: str, team_id: str, *, live: bool) -> table.Update:
     condition = "attribute_exists(pk)" + (" AND attribute_not_exists(#deleting)" if live else "")
     names = {"#teams": "teams", **({"#deleting": "deleting"} if live else {})}
-    return {
-        "Update": {
-            "Key": {"pk": user_pk(user_id), "sk": USER_SK},
-            "UpdateExpression": f"{verb} #teams :team",
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": {":team": {team_id}},
-        }
-    }
+    return table.Update(user_pk(user_id), USER_SK, f"{verb} #teams :team", condition, names, {":team": {team_id}})
 
 
 def get(team_id: str, user_id: str) -> Membership | None:

@@ -5,7 +5,8 @@ Every budgeted item carries the budget bookkeeping of a key record, with the sam
 holds work on any of them unchanged: `max_budget` (absent: no budget), `budget_duration`, `budget_reset_at`,
 `spend` (this period), `total_spend`, `reserved`, `reservations` (request id -> {amount, until}) and
 `budget_headroom = (max_budget or 0) - spend - reserved`, kept true by every write; and the limits `models`,
-`rpm_limit`, `tpm_limit`, `max_parallel_requests`.
+`rpm_limit`, `tpm_limit`, `max_parallel_requests`. A period that has ended starts over in budgets.reset_if_due,
+as a key's does.
 
 Admin changes are conditional on `updated_at` as read (requests settling meanwhile never touch it), so a change
 of max_budget moves the headroom by exactly the difference. Storage answers with outcomes (`Refused`, or None
@@ -16,15 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Self
 
-from .. import keys, table
-from . import key_links
+from . import key_links, key_records, table
 from .layout import KEY_PREFIX
 from .outcomes import CONFLICT, Refused
 
@@ -73,11 +71,11 @@ class ScopeRecord:
 
 def change(
     pk: str, sk: str, seen: ScopeRecord, changes: Mapping[str, Any], now: str, *, live: bool = False
-) -> dict[str, Any]:
-    """An Update action (resource form, for `apply` or a transaction) that applies admin `changes` (name -> value,
-    None removes) to the item as `seen`, if nobody changed it since. A change of max_budget moves budget_headroom
-    by the same amount, so the headroom stays max_budget - spend - reserved whatever settles meanwhile. `live`:
-    also only while the item is not being deleted."""
+) -> table.Update:
+    """The Update (for `apply` or a transaction) that applies admin `changes` (name -> value, None removes) to the
+    item as `seen`, if nobody changed it since. A change of max_budget moves budget_headroom by the same amount, so
+    the headroom stays max_budget - spend - reserved whatever settles meanwhile. `live`: also only while the item
+    is not being deleted."""
     names = {"#updated_at": "updated_at"}
     values: dict[str, Any] = {":now": now, ":seen": seen.updated_at}
     sets, removes = ["#updated_at = :now"], []
@@ -99,49 +97,12 @@ def change(
     if live:
         names["#deleting"] = "deleting"
         condition += " AND attribute_not_exists(#deleting)"
-    return {
-        "Key": {"pk": pk, "sk": sk},
-        "UpdateExpression": expression,
-        "ConditionExpression": condition,
-        "ExpressionAttributeNames": names,
-        "ExpressionAttributeValues": values,
-    }
+    return table.Update(pk, sk, expression, condition, names, values)
 
 
-def apply(update: Mapping[str, Any]) -> bool:
+def apply(update: table.Update) -> bool:
     """One conditional UpdateItem built by `change`; False when its condition failed (read again)."""
-    return (
-        table.update_if(
-            update["Key"]["pk"],
-            update["Key"]["sk"],
-            update["UpdateExpression"],
-            update["ConditionExpression"],
-            update["ExpressionAttributeNames"],
-            update["ExpressionAttributeValues"],
-        )
-        is None
-    )
-
-
-def reset_if_due(pk: str, sk: str, record: ScopeRecord, now: datetime) -> bool:
-    """Start a new budget period if the current one is over (spend back to 0, headroom up by what was spent),
-    as a key's is (governance.reset_budget_if_due); conditional on budget_reset_at unchanged, so of many readers
-    that notice at once exactly one resets. Whether a reset was due."""
-    duration, reset_at = record.budget_duration, record.budget_reset_at
-    if not duration or not reset_at or reset_at > keys.iso_seconds(now):
-        return False
-    period = keys.parse_duration(duration)
-    current = datetime.fromisoformat(reset_at)
-    periods = math.floor((now - current) / period) + 1
-    table.update_if(
-        pk,
-        sk,
-        "SET #headroom = #headroom + #spend, #spend = :zero, #reset = :next",
-        "#reset = :seen",
-        {"#headroom": "budget_headroom", "#spend": "spend", "#reset": "budget_reset_at"},
-        {":zero": 0, ":next": keys.iso_seconds(current + periods * period), ":seen": reset_at},
-    )
-    return True
+    return not table.write([update])
 
 
 # -- transactions -------------------------------------------------------------------------------------------------
@@ -153,10 +114,10 @@ class Transaction:
     MAX_ACTIONS = 100  # DynamoDB's limit per transaction
 
     def __init__(self) -> None:
-        self.actions: list[dict[str, Any]] = []
+        self.actions: list[table.Action] = []
         self._meanings: list[Refused] = []
 
-    def add(self, action: dict[str, Any], if_failed: Refused = CONFLICT) -> None:
+    def add(self, action: table.Action, if_failed: Refused = CONFLICT) -> None:
         if len(self.actions) >= self.MAX_ACTIONS:
             raise ValueError(f"a transaction holds at most {self.MAX_ACTIONS} actions")
         self.actions.append(action)
@@ -169,29 +130,20 @@ class Transaction:
         token = hashlib.sha256(idempotency.encode()).hexdigest()[:36] if idempotency else None
         for _ in range(_ATTEMPTS):
             try:
-                table.transact(self.actions, token=token)
-            except table.Cancelled as exc:
-                return self._meanings[min(exc.failed)]
+                failed = table.write(self.actions, token=token)
             except table.Conflict:
                 continue
-            return None
+            return self._meanings[min(failed)] if failed else None
         return CONFLICT
 
 
 def mark_deleting(pk: str, sk: str, now: str) -> bool:
     """Mark the item as being deleted (and blocked, so its keys stop while the cascade runs); False if it is gone.
     Marking it again is harmless: a delete that stopped half-way is finished by the next one."""
-    return (
-        table.update_if(
-            pk,
-            sk,
-            "SET #deleting = :yes, #blocked = :yes, #updated_at = :now",
-            "attribute_exists(pk)",
-            {"#deleting": "deleting", "#blocked": "blocked", "#updated_at": "updated_at"},
-            {":yes": True, ":now": now},
-        )
-        is None
-    )
+    names = {"#deleting": "deleting", "#blocked": "blocked", "#updated_at": "updated_at"}
+    values = {":yes": True, ":now": now}
+    expression = "SET #deleting = :yes, #blocked = :yes, #updated_at = :now"
+    return not table.write([table.Update(pk, sk, expression, "attribute_exists(pk)", names, values)])
 
 
 def why_not(pk: str, sk: str, gone: Refused) -> Refused:
@@ -206,19 +158,19 @@ def why_not(pk: str, sk: str, gone: Refused) -> Refused:
 
 def remove(pk: str, sk: str, *, only_if: str = "attribute_exists(pk)") -> bool:
     """Delete one item if `only_if` holds; whether it did."""
-    transaction = Transaction()
-    transaction.add({"Delete": {"Key": {"pk": pk, "sk": sk}, "ConditionExpression": only_if}})
-    return transaction.run() is None
+    return not table.write([table.Delete(pk, sk, only_if)])
 
 
 @dataclass
 class Cascade:
     """What one admin call may still delete (keys, memberships), so that it answers within seconds: a delete
-    that reaches the bound stops, leaves its team or user marked, and the next call carries on from there."""
+    that reaches the bound stops, leaves its team or user marked, and the next call carries on from there.
+    `tokens`: the hashes of the keys it deleted, for the caller to drop from its key cache."""
 
     remaining: int
     keys: int = 0
     members: int = 0
+    tokens: list[str] = field(default_factory=list)
 
     def take(self) -> bool:
         if self.remaining <= 0:
@@ -229,21 +181,21 @@ class Cascade:
 
 def delete_keys(pk: str, cascade: Cascade, unfinished: Refused, **owner: str) -> Refused | None:
     """Delete the keys indexed under `pk` (a team's or a user's; only `owner`'s, as key_links.key_ids), each in
-    its own record's transaction (keys.delete: pointers, alias and index items too). `unfinished` when the
+    its own record's transaction (key_records.delete: pointers, alias and index items too). `unfinished` when the
     cascade's bound stopped it first, CONFLICT when a key kept changing under it."""
     for key_id in key_links.key_ids(pk, **owner):
         if not cascade.take():
             return unfinished
         for _ in range(_ATTEMPTS):
-            record = keys.load_by_key_id(key_id)
+            record = key_records.load_by_key_id(key_id)
             if record is None:  # no record behind the index item: only the item is left to remove
                 remove(pk, KEY_PREFIX + key_id)
                 break
             try:
-                keys.delete(record)
-            except keys.Conflict:  # regenerated or changed meanwhile: read it again
+                key_records.delete(record)
+            except key_records.Conflict:  # regenerated or changed meanwhile: read it again
                 continue
-            keys.key_cache.invalidate(record.token)
+            cascade.tokens.append(record.token)
             cascade.keys += 1
             break
         else:

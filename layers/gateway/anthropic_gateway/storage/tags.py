@@ -17,8 +17,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from .. import table
 from ..settings import get_settings
+from . import table
 from .layout import TAG_SK, list_all, listed, put_new, tag_pk
 from .outcomes import Refused
 from .scope_items import ScopeRecord, Transaction, apply, change, why_not
@@ -73,10 +73,7 @@ def update(tag: TagRecord, changes: dict[str, Any], now: str) -> Refused | None:
 
 def delete(name: str) -> Refused | None:
     transaction = Transaction()
-    transaction.add(
-        {"Delete": {"Key": {"pk": tag_pk(name), "sk": TAG_SK}, "ConditionExpression": "attribute_exists(pk)"}},
-        Refused("missing", "tag", name),
-    )
+    transaction.add(table.Delete(tag_pk(name), TAG_SK, "attribute_exists(pk)"), Refused("missing", "tag", name))
     refused = transaction.run()
     if refused is None:
         registry.discard(name)

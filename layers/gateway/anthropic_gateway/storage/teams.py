@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import table
-from . import members, users
+from . import members, table, users
 from .layout import KEY_PREFIX, TEAM_SK, list_all, listed, partition, put_new, team_pk
 from .members import Membership
 from .outcomes import Refused

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from .. import table
-from . import members
+from . import members, table
 from .layout import EMAIL_SK, USER_SK, email_pk, list_all, listed, put_new, user_pk
 from .members import Membership
 from .outcomes import Refused
@@ -94,14 +93,14 @@ def update(user: UserRecord, changes: dict[str, Any], now: str) -> Refused | Non
     """Admin `changes` to the user as read; a new user_email moves its claim in the same transaction."""
     pk = user_pk(user.user_id)
     transaction = Transaction()
-    transaction.add({"Update": change(pk, USER_SK, user, changes, now, live=True)}, Refused("conflict"))
+    transaction.add(change(pk, USER_SK, user, changes, now, live=True), Refused("conflict"))
     new_email = changes.get("user_email", user.user_email)
     if "user_email" in changes and (new_email or "").lower() != (user.user_email or "").lower():
         if new_email:
             claim = {"pk": email_pk(new_email), "sk": EMAIL_SK, "user_id": user.user_id}
             transaction.add(put_new(claim), Refused("exists", "email", new_email))
         if user.user_email:
-            transaction.add({"Delete": {"Key": {"pk": email_pk(user.user_email), "sk": EMAIL_SK}}})
+            transaction.add(table.Delete(email_pk(user.user_email), EMAIL_SK))
     refused = transaction.run()
     if refused is not None and refused.reason == "conflict":
         return why_not(pk, USER_SK, Refused("missing", "user", user.user_id))

@@ -6,6 +6,14 @@ request method, so a response to HEAD ends at its headers here and its connectio
 about EOF, so a close-delimited body (neither content-length nor chunked) ends at EOF here.
 
 One request at a time: the pool hands a connection to one caller, who sends, reads the head, then the body.
+
+A connection goes back to the pool only when the exchange on it ended cleanly, so that no byte of one request or
+answer can ever be taken for part of the next one (another tenant's): the whole request was handed to the kernel
+before any of the answer came; the upstream surely read it (an answer to a request with a body is reused only when
+it is a success: a server that refuses a body early, 413 or 401, may leave it unread on the connection, where it
+would read it as the next request); the whole answer was read; no bodiless answer (1xx, 204, 304) announced a body;
+and nothing arrived while the connection sat idle in the pool (the loop keeps reading idle connections, and any
+byte closes one at once).
 """
 
 from __future__ import annotations
@@ -45,7 +53,11 @@ class Connection(asyncio.Protocol):
         # The exchange in progress.
         self._expecting = False  # a request went out and its response has not ended yet
         self._head_only = False
+        self._sent_body = False  # the request had a body, which the upstream may leave unread if it answers early
         self._interim = False
+        self._early = False  # the answer began before the whole request had been handed to the kernel
+        self._confused = False  # a 1xx, 204 or 304 announced (or sent) a body: the framing cannot be trusted
+        self._announced_body = False  # the current message's head has a non-zero content-length or a transfer-encoding
         self._framed = False  # content-length or chunked: EOF before the end is an error, not the end
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -63,11 +75,11 @@ class Connection(asyncio.Protocol):
         eof_received), so the request goes elsewhere before a single byte of it is written here."""
         return not self._lost and self._transport is not None and not self._poll.poll(0)
 
-    def send(self, request: bytes, *, head_only: bool) -> bool:
+    def send(self, request: bytes, *, head_only: bool, with_body: bool) -> bool:
         """Write the whole request in one call; False if the kernel refused its first byte (nothing was sent)."""
         assert self._transport is not None
         self.requests += 1
-        self._expecting, self._head_only, self._interim = True, head_only, False
+        self._expecting, self._head_only, self._sent_body, self._interim = True, head_only, with_body, False
         self.status, self.headers_done, self.body_done, self.keep_alive = 0, False, False, False
         self._transport.write(request)
         # A plain socket transport tries send() at once and closes itself if that raises, before any byte was
@@ -109,12 +121,15 @@ class Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        """Ended cleanly, keep-alive, the whole body read and the whole request sent (an early answer such as 413
-        can come before the upload has gone out)."""
+        """The exchange ended cleanly (the module's docstring says what that takes) and the upstream keeps the
+        connection alive."""
         return (
             self.keep_alive
             and not self._lost
             and not self._chunks
+            and not self._early
+            and not self._confused
+            and (not self._sent_body or 200 <= self.status < 300)
             and self._transport is not None
             and self._transport.get_write_buffer_size() == 0
         )
@@ -210,8 +225,11 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if not self._expecting:
             raise _StopParsing
+        assert self._transport is not None
+        if self._transport.get_write_buffer_size():
+            self._early = True  # the upstream answers what it has not all received: it may never read the rest
         self.headers = []
-        self._framed = False
+        self._framed = self._announced_body = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.headers_done:
@@ -219,9 +237,11 @@ class Connection(asyncio.Protocol):
         self.headers.append((name, value))
         if len(name) == 14 and name.lower() == b"content-length":
             self._framed = True
+            self._announced_body = self._announced_body or value.strip() != b"0"
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
             # llhttp reads a response body to EOF unless chunked is the final coding.
             self._framed = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            self._announced_body = True
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -229,14 +249,22 @@ class Connection(asyncio.Protocol):
             if status == 101:
                 raise ValueError("101 Switching Protocols, but no upgrade was asked for")
             self._interim = True  # 100 Continue, 103 Early Hints: the final response follows
+            self._confused = self._confused or self._announced_body
             return
         self.status = status
         self.headers_done = True
+        if status in (204, 304) and self._announced_body:
+            # llhttp reads no body here, as HTTP says; the upstream may still send the one it announced.
+            self._confused = True
         if self._head_only:
             self._end(keep_alive=False)
             raise _StopParsing
 
     def on_body(self, body: bytes) -> None:
+        if self._interim:
+            # llhttp reads a body after an unknown 1xx that announces one; HTTP gives 1xx none. Not the answer's.
+            self._confused = True
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._reading_paused and self._transport is not None:

@@ -100,7 +100,7 @@ class UpstreamPool:
         while True:
             conn = await self._checkout()
             reused = conn.requests > 0
-            if conn.send(request, head_only=method == b"HEAD"):
+            if conn.send(request, head_only=method == b"HEAD", with_body=bool(body)):
                 break
             # The kernel refused the very first byte: the server never saw this request, so it can go again.
             self._release(conn, reuse=False)

@@ -1,0 +1,78 @@
+"""What a Message Batches request carries from its answer to its accounting (batches.py): `Exchange.batch`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from . import pricing
+from .storage.spend import TOKEN_COUNTERS
+from .usage import Usage, UsageTap
+
+_ZERO = Decimal(0)
+
+
+@dataclass
+class CreateHold:
+    """A batch create in flight: what it reserved, and what became of it."""
+
+    key_id: str
+    estimate: Decimal
+    reserved: Decimal  # on the key's budget; 0 without a budget
+    reservation_id: str  # names the hold on the key's budget (governance.reserve_budget)
+    batch_id: str | None = None
+    remembered: bool = False
+
+
+@dataclass
+class SeenEnded:
+    """Batches a retrieve or list answer showed ended: their grace period starts."""
+
+    batch_ids: list[str]
+
+
+@dataclass
+class ResultsTap(UsageTap):
+    """Sums the usage of a batch's JSONL results as they are relayed. Its own `usage` stays unseen: fetching
+    results costs nothing; the batch's cost is settled on the batch (batches.settle)."""
+
+    batch_id: str = ""
+    standard_cost: Decimal = _ZERO  # at standard prices; the batch multiplier applies once, at settle
+    total: Usage = field(default_factory=Usage)
+    _line: bytearray = field(default_factory=bytearray)
+
+    def feed(self, chunk: bytes) -> None:
+        self._line += chunk
+        end = self._line.rfind(b"\n")
+        if end < 0:
+            return
+        lines, self._line = bytes(self._line[:end]), self._line[end + 1 :]
+        for line in lines.split(b"\n"):
+            self._result(line)
+
+    def close(self) -> None:
+        if self._line:
+            self._result(bytes(self._line))
+            self._line.clear()
+
+    def _result(self, line: bytes) -> None:
+        if b'"succeeded"' not in line:  # errored, canceled, expired: not billed
+            return
+        try:
+            entry = json.loads(line)
+            result = entry["result"]
+            message = result["message"]
+            if result["type"] != "succeeded" or not isinstance(message["usage"], dict):
+                return
+        except (ValueError, TypeError, KeyError, RecursionError):
+            return
+        usage = Usage()
+        usage.update(message["usage"])
+        model = message.get("model") if isinstance(message.get("model"), str) else None
+        self.standard_cost += pricing.cost_usd(model, usage)
+        for name in TOKEN_COUNTERS:
+            setattr(self.total, name, getattr(self.total, name) + getattr(usage, name))
+
+
+BatchState = CreateHold | SeenEnded | ResultsTap
