@@ -63,6 +63,7 @@ def _serialize_moto_dynamodb() -> None:
         "query",
         "scan",
         "batch_write_item",
+        "batch_get_item",
     ):
         original = getattr(DynamoDBBackend, name)
 

@@ -11,12 +11,13 @@ from decimal import Decimal
 import pytest
 
 from anthropic_gateway import governance, keys, pricing
+from anthropic_gateway.auth import Principal
 from anthropic_gateway.errors import GatewayError
 from anthropic_gateway.exchange import Admission
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.storage import budgets, holds, key_records, rates, spend
 from anthropic_gateway.storage import table as gateway_table
-from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, TooManyParallel
+from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, Scope, TooManyParallel
 from anthropic_gateway.usage import Usage
 from support.fake_anthropic import expected_input_tokens
 
@@ -42,6 +43,10 @@ def test_model_allowed(model, allowed):
     assert governance.model_allowed(model, ["claude-haiku-4-5", "claude-opus-4-*"]) is allowed
 
 
+def allowing(*models: str) -> Scope:
+    return Scope(kind="key", id="k", pk="KEY#k", sk="KEY", models=models)
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [
@@ -54,10 +59,10 @@ def test_model_allowed(model, allowed):
 )
 def test_check_models(body, status):
     if status is None:
-        governance.check_models(["claude-haiku-4-5"], "/v1/messages", body)
+        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body)
         return
     with pytest.raises(GatewayError) as refused:
-        governance.check_models(["claude-haiku-4-5"], "/v1/messages", body)
+        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body)
     assert refused.value.status == status
 
 
@@ -67,7 +72,7 @@ def test_check_models(body, status):
 )
 def test_check_models_in_malformed_batches(requests):
     with pytest.raises(GatewayError) as refused:
-        governance.check_models(["m"], governance.BATCH_PATH, {"requests": requests})
+        governance.check_models([allowing("m")], governance.BATCH_PATH, {"requests": requests})
     assert refused.value.status == 400
 
 
@@ -157,14 +162,14 @@ def assert_headroom_invariant(record: key_records.KeyRecord) -> dict:
 def acquire(record: key_records.KeyRecord, estimate: Decimal = Decimal(0), request_id: str | None = None):
     """Admission's DynamoDB side, as governance.admit runs it (at keys.utcnow()): the outcome and the holds."""
     admission = Admission(request_id or keys.new_key())
-    governed = [scope for scope in governance.scopes(record) if scope.governed]
+    governed = [scope for scope in governance.scopes(Principal(record)) if scope.governed]
     return governance._acquire(governed, admission, estimate), admission
 
 
 def settle(record, admission, cost=Decimal(0), usage=None, forwarded=True):
     """Settle's DynamoDB side for a request that got an answer, as governance.settle_now builds it."""
     counters = governance.spend_increments(cost, usage, forwarded) if forwarded or usage else {}
-    scopes = governance.scopes(record)
+    scopes = governance.scopes(Principal(record))
     changes = governance.settle_changes(
         scopes,
         hold_id=admission.request_id,
