@@ -11,11 +11,12 @@ from decimal import Decimal
 import pytest
 
 from anthropic_gateway import governance, keys, pricing
+from anthropic_gateway import ledger as ledger_module
 from anthropic_gateway.auth import Principal
 from anthropic_gateway.errors import GatewayError
 from anthropic_gateway.exchange import Admission
 from anthropic_gateway.ledger import ledger
-from anthropic_gateway.storage import budgets, holds, key_records, rates, spend
+from anthropic_gateway.storage import budgets, holds, key_records, rates
 from anthropic_gateway.storage import table as gateway_table
 from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, Scope, TooManyParallel
 from anthropic_gateway.usage import Usage
@@ -344,13 +345,19 @@ def test_settle_of_a_deleted_key_does_not_recreate_it(table):
     assert stored(record) == {}
 
 
-def test_counters_are_added_once_per_operation(table):
-    assert spend.add_once("op-1", "P", "S", {"spend": Decimal("0.25")}, marker_ttl=1) is spend.Recorded.ADDED
-    assert spend.add_once("op-1", "P", "S", {"spend": Decimal("0.25")}, marker_ttl=1) is spend.Recorded.ALREADY_ADDED
-    assert spend.add_once("op-2", "P", "S", {"spend": Decimal("0.5")}, marker_ttl=1) is spend.Recorded.ADDED
+def test_counters_are_added_once_per_operation_and_an_item_gone_is_left_out(table):
+    def write(*items: tuple[str, str, Decimal, bool]) -> ledger_module.Write:
+        """The ledger's write of counters to several items in one transaction."""
+        return ledger_module.counters_write([(pk, sk, {"spend": amount}, only) for pk, sk, amount, only in items])
+
+    first = write(("P", "S", Decimal("0.25"), False))
+    assert first.apply() is holds.Settled.APPLIED
+    assert first.apply() is holds.Settled.ALREADY_APPLIED  # its retry, after an answer lost
+    assert write(("P", "S", Decimal("0.5"), False), ("Q", "S", Decimal(2), False)).apply() is holds.Settled.APPLIED
     assert gateway_table.get("P", "S") == {"pk": "P", "sk": "S", "spend": Decimal("0.75")}
-    gone = spend.add_once("op-3", "gone", "S", {"spend": Decimal(1)}, marker_ttl=1, only_if_exists=True)
-    assert gone is spend.Recorded.ITEM_GONE and gateway_table.get("gone", "S") is None
+    # A key deleted while its request ran: its counters are left out, the others' written all the same.
+    assert write(("gone", "S", Decimal(1), True), ("Q", "S", Decimal(1), True)).apply() is holds.Settled.APPLIED
+    assert gateway_table.get("gone", "S") is None and gateway_table.get("Q", "S")["spend"] == 3
 
 
 def test_regenerate_moves_the_key_not_the_record(table):
