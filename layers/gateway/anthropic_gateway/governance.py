@@ -28,8 +28,8 @@ Bounded: admission's DynamoDB work runs under the request's AWS deadline (aws.ca
 503 and settle waits for the late work before it releases what that work took. A settle write that fails is handed
 to the ledger, which retries it (it applies once) until DynamoDB answers.
 
-For other callers (batches): `reserve_budget` holds an amount on a key's budget under an id and a lease;
-`settle_budget` and `settle_changes` record the exact cost once and release the hold.
+For other callers (batches): `reserve_budget` holds an amount on the budgets of a request's scopes under an id and
+a lease; `settle_budget` and `settle_changes` record the exact cost once on each and release the holds.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ from .ledger import Write, ledger
 from .request_body import RequestBody
 from .settings import get_settings
 from .storage import budgets, holds, key_records, rates, spend
-from .storage.key_records import KeyRecord
 from .storage.scopes import Blocked, Check, Gone, OverBudget, RateLimited, Refusal, Scope, TooManyParallel
 from .storage.table import Number
 from .storage.tags import TagRecord
@@ -434,37 +433,45 @@ def spend_increments(cost: Decimal, usage: Usage | None, forwarded: bool) -> dic
 
 
 async def reserve_budget(
-    record: KeyRecord, amount: Decimal, reservation_id: str, *, lease_seconds: int, whole: bool = False
-) -> bool:
-    """Hold `amount` on the key's budget under `reservation_id` (unique, e.g. the batch id) for up to
-    `lease_seconds` (past it, an admission that finds the budget exhausted releases it); whether it is held (a key
-    without a budget holds nothing). Raises GatewayError: 402 when the budget is spent, 401 for a key blocked or
-    deleted meanwhile, 503 when DynamoDB does not answer. Safe to repeat with the same id."""
-    if record.max_budget is None:
-        return False
-    hold = budgets.BudgetHold(record.scope, reservation_id, amount, keys.utcnow(), lease_seconds, whole)
+    covered: Sequence[Scope], amount: Decimal, reservation_id: str, *, lease_seconds: int, whole: bool = False
+) -> tuple[Scope, ...]:
+    """Hold `amount` on the budget of every scope in `covered` that has one (a request's key, team, membership,
+    user, tags), all in one call or none, under `reservation_id` (unique, e.g. the batch's) for up to
+    `lease_seconds` (past it, an admission that finds the budget exhausted releases it); the scopes held (none
+    without budgets). Raises GatewayError: 402 naming the budget that is spent, 401 for a key, team or user blocked
+    or deleted meanwhile, 503 when DynamoDB does not answer. Safe to repeat with the same id."""
+    budgeted = [scope for scope in covered if scope.budgeted]
+    if not budgeted:
+        return ()
+    now = keys.utcnow()
+    checks = [budgets.BudgetHold(scope, reservation_id, amount, now, lease_seconds, whole) for scope in budgeted]
     try:
-        outcome = await aws.call(partial(holds.admit, [hold], request_id=reservation_id))
+        outcome = await aws.call(partial(holds.admit, checks, request_id=reservation_id))
     except Exception as exc:
         if isinstance(exc, aws.Unavailable) and exc.late is not None:
             await asyncio.gather(exc.late, return_exceptions=True)
-        # Whatever the write did, the hold is released: the caller refuses the work.
-        await settle_budget(record, reservation_id, amount, _ZERO)
-        raise GatewayError(503, "The gateway cannot check this key's budget right now; retry.") from None
+        # Whatever the write did, the holds are released: the caller refuses the work.
+        await settle_budget(covered, budgeted, reservation_id, amount, _ZERO)
+        raise GatewayError(503, "The gateway cannot check the budgets of this request right now; retry.") from None
     if not isinstance(outcome, holds.Admitted):
         raise refusal(outcome)
-    return bool(outcome.holds)
+    return tuple(check.scope for check in outcome.holds)
 
 
 async def settle_budget(
-    record: KeyRecord, reservation_id: str, reserved: Decimal, cost: Decimal, usage: Usage | None = None
+    covered: Sequence[Scope],
+    holders: Sequence[Scope],
+    reservation_id: str,
+    reserved: Decimal,
+    cost: Decimal,
+    usage: Usage | None = None,
 ) -> None:
-    """Record `cost` (and `usage`) on the key once for `reservation_id`, and release its hold of `reserved`, in one
-    write. Never raises; what DynamoDB does not take now the ledger retries. Safe to call again (it applies once)."""
+    """Record `cost` (and `usage`) once for `reservation_id` on every scope in `covered`, and release the hold of
+    `reserved` on `holders`, in one transaction. Never raises; what DynamoDB does not take now the ledger retries.
+    Safe to call again (it applies once)."""
     counters = spend_increments(cost, usage, forwarded=False) if cost or usage else {}
-    key = record.scope
     changes = settle_changes(
-        [key], hold_id=reservation_id, reserved=reserved, holders=[key], counters=counters, now=keys.utcnow()
+        covered, hold_id=reservation_id, reserved=reserved, holders=holders, counters=counters, now=keys.utcnow()
     )
     if (write := _write(f"settle-{reservation_id}", changes)) is not None:
         await apply(write, reservation_id)
