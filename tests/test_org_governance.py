@@ -208,6 +208,16 @@ def test_a_tag_budget_holds_across_keys_of_different_teams_and_a_teams_default_t
     assert spend_of(tag_item) == ONE * 2 and tag_item["requests"] == 2 and nothing_held(tag_item)
 
 
+def test_a_tag_budget_holds_from_the_first_request_of_a_process_that_has_not_read_the_registry(admin, gateway):
+    from anthropic_gateway.storage.tags import registry
+
+    tag = unique("app:cold")
+    post_exact(admin, "/tag/new", {"name": tag, "max_budget": 0})
+    registry.clear()  # as a new instance starts: no copy of the registered tags yet
+    refused = ask(gateway, key(admin), tags=tag)  # the registry is read for this request, not after it
+    assert over_budget(refused, f"Tag {tag!r}", Decimal(0))
+
+
 # -- models and rates ---------------------------------------------------------------------------------------------
 
 
