@@ -203,10 +203,8 @@ def _check_model(allowlists: Sequence[Scope], model: object, where: str) -> None
     for scope in allowlists:
         if not model_allowed(model, list(scope.models)):
             shown = ", ".join(scope.models[:20]) + (", ..." if len(scope.models) > 20 else "")
-            who = _named(scope)
-            raise GatewayError(
-                403, f"{who[0].upper()}{who[1:]} may not use model {model[:200]!r} ({where}). Allowed models: {shown}."
-            )
+            who = _subject(scope)
+            raise GatewayError(403, f"{who} may not use model {model[:200]!r} ({where}). Allowed models: {shown}.")
 
 
 def estimate_cost(parsed: object, body_bytes: int) -> Decimal:
@@ -267,6 +265,12 @@ def _named(scope: Scope) -> str:
     return f"{name} {scope.id!r}" + (f" in team {scope.within!r}" if scope.within is not None else "")
 
 
+def _subject(scope: Scope) -> str:
+    """`_named` to start a sentence with."""
+    named = _named(scope)
+    return named[0].upper() + named[1:]
+
+
 # Where an admin raises each kind of scope's budget.
 _RAISE = {
     "key": "Raise max_budget with /key/update to continue.",
@@ -279,15 +283,9 @@ _RAISE = {
 
 def _over_budget(outcome: OverBudget) -> GatewayError:
     scope = outcome.scope
-    if scope.kind == "key":
-        subject, its = "This key", "its"
-    else:
-        subject, its = f"{scope.kind.capitalize()} {scope.id!r}", "its"
-        if scope.kind in ("user", "member"):
-            subject, its = f"User {scope.id!r}", "their"
-    where = f" in team {scope.within!r}" if scope.within is not None else ""
+    its = "their" if scope.kind in ("user", "member") else "its"
     period = " for this period" if outcome.reset_at else ""
-    message = f"{subject} has reached {its} budget of ${_dollars(outcome.max_budget)}{where}{period}"
+    message = f"{_subject(scope)} has reached {its} budget of ${_dollars(outcome.max_budget)}{period}"
     message += f" (spent ${outcome.spend:.6f}"
     if outcome.reserved > 0:
         message += f", ${outcome.reserved:.6f} more reserved by requests in flight"
