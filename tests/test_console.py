@@ -367,7 +367,7 @@ def test_spend_page_shows_the_tags_of_the_requests_made(watched, gateway, admin,
     assert rows[team]["log_count"] == 3 and rows[app]["log_count"] == 2, rows
 
     watched.sign_in()
-    page.get_by_role("link", name="Spend").click()
+    page.get_by_role("link", name="Spend", exact=True).click()
     table = page.locator("table.spend")
     expect(table.locator(f'tr[data-tag="{team}"] td').nth(1)).to_have_text("3")
     expect(table.locator(f'tr[data-tag="{app}"] td').nth(1)).to_have_text("2")

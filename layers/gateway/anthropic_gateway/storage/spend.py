@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import date
-from enum import Enum
 from typing import Any
 
 from . import table
@@ -27,12 +26,6 @@ TOKEN_COUNTERS = ("input_tokens", "output_tokens", "cache_creation_input_tokens"
 # ClientRequestToken window is 10 minutes; a frozen Lambda instance can retry hours later).
 OPERATION_MARKER_SECONDS = 7 * 86400
 TAG_DAY_PREFIX = "TAGSPEND#"
-
-
-class Recorded(Enum):
-    ADDED = "added"
-    ALREADY_ADDED = "already added"  # a retry of a write that had applied
-    ITEM_GONE = "item gone"  # only_if_exists, and the item is not there (a key deleted while its request ran)
 
 
 def marker(operation: str, ttl: int) -> table.Put:
@@ -56,24 +49,6 @@ def add(
         names["#ttl"], values[":ttl"] = "ttl", ttl
         expression += " SET #ttl = :ttl"
     return table.Update(pk, sk, expression, condition, names, values)
-
-
-def add_once(
-    operation: str,
-    pk: str,
-    sk: str,
-    increments: Mapping[str, Number],
-    *,
-    marker_ttl: int,
-    only_if_exists: bool = False,
-) -> Recorded:
-    """ADD `increments` to the item at most once for `operation` (a unique id the caller keeps across its retries,
-    with the same `marker_ttl`, so every retry is the same request). `only_if_exists`: never create the item."""
-    change = add(pk, sk, increments, condition="attribute_exists(pk)" if only_if_exists else None)
-    failed = table.write([marker(operation, marker_ttl), change], token=request_token(operation))
-    if not failed:
-        return Recorded.ADDED
-    return Recorded.ALREADY_ADDED if 0 in failed else Recorded.ITEM_GONE
 
 
 def tag_day(day: date, tag: str) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from . import table
 from .layout import TAG_SK, list_all, listed, put_new, tag_pk
 from .outcomes import Refused
 from .scope_items import ScopeRecord, Transaction, apply, change, why_not
+from .scopes import Scope
 
 logger = Logger(child=True)
 # Each registered tag is a CloudWatch dimension value (about 11 custom metrics, billed monthly): a bound the
@@ -33,6 +34,10 @@ MAX_REGISTERED = 1000
 class TagRecord(ScopeRecord):
     name: str
     description: str | None = None
+
+    @property
+    def scope(self) -> Scope:
+        return self.as_scope("tag", self.name, tag_pk(self.name), TAG_SK, optional=True)
 
     def to_item(self) -> table.Item:
         item = self.attributes()
@@ -87,11 +92,14 @@ class TagRegistry:
     a thread of its own (one paged Query of gsi1) and answers with the copy it has: a tag registered on another
     instance counts here from the refresh on, within KEY_CACHE_TTL and one read. Tags registered, changed or
     deleted through this process apply here at once. A refresh that fails is tried again after KEY_CACHE_TTL.
+    `current(max_age)` is the copy only while it is younger than `max_age`; `load()` reads it in the caller's
+    thread (the request path, whose limits must not wait for a refresh in the background).
     """
 
     def __init__(self) -> None:
         self._tags: dict[str, TagRecord] = {}
         self._checked_at: float | None = None  # when the last refresh started
+        self._loaded_at: float | None = None  # when the read that made the copy started
         self._refreshing = False
         self._local: dict[str, tuple[float, TagRecord | None]] = {}  # changes made here: name -> (when, record)
         self._lock = threading.Lock()
@@ -105,19 +113,31 @@ class TagRegistry:
                 threading.Thread(target=self.refresh, name="tag-registry", daemon=True).start()
             return self._tags
 
-    def refresh(self) -> None:
-        """Blocking: read the registered tags again."""
-        started = time.monotonic()
+    def current(self, max_age: float) -> Mapping[str, TagRecord] | None:
+        """The registered tags if they were read within the last `max_age` seconds (as `snapshot`, which
+        refreshes them in the background when they are older than KEY_CACHE_TTL); else None."""
         with self._lock:
-            self._checked_at = started
+            loaded_at = self._loaded_at
+        if loaded_at is None or time.monotonic() - loaded_at > max_age:
+            return None
+        return self.snapshot()
+
+    def refresh(self) -> None:
+        """Blocking: read the registered tags again; a failure is logged (the copy stays as it was)."""
         try:
-            read = {tag.name: tag for tag in list_tags()[:MAX_REGISTERED]}
+            self.load()
         except Exception as exc:
             logger.warning("registered tags not read", extra={"error": type(exc).__name__})
-            return
         finally:
             with self._lock:
                 self._refreshing = False
+
+    def load(self) -> None:
+        """Blocking: read the registered tags again; raises when they cannot be read."""
+        started = time.monotonic()
+        with self._lock:
+            self._checked_at = started
+        read = {tag.name: tag for tag in list_tags()[:MAX_REGISTERED]}
         with self._lock:
             # Changes made here while the read ran stay: it may have missed them.
             for name, (at, record) in self._local.items():
@@ -127,6 +147,7 @@ class TagRegistry:
                     read[name] = record
             self._local = {name: change for name, change in self._local.items() if change[0] >= started}
             self._tags = read  # a new dict: snapshots handed out before stay as they were
+            self._loaded_at = max(self._loaded_at or started, started)
 
     def put(self, tag: TagRecord) -> None:
         with self._lock:
@@ -141,7 +162,7 @@ class TagRegistry:
 
     def clear(self) -> None:
         with self._lock:
-            self._tags, self._local, self._checked_at = {}, {}, None
+            self._tags, self._local, self._checked_at, self._loaded_at = {}, {}, None, None
 
 
 registry = TagRegistry()

@@ -17,6 +17,7 @@ from .layout import KEY_PREFIX, TEAM_SK, list_all, listed, partition, put_new, t
 from .members import Membership
 from .outcomes import Refused
 from .scope_items import Cascade, ScopeRecord, Transaction, apply, change, delete_keys, mark_deleting, remove, why_not
+from .scopes import Scope
 from .users import UserRecord
 
 
@@ -28,6 +29,10 @@ class TeamRecord(ScopeRecord):
     metadata: dict[str, Any] = field(default_factory=dict)
     blocked: bool = False
     deleting: bool = False
+
+    @property
+    def scope(self) -> Scope:
+        return self.as_scope("team", self.team_id, team_pk(self.team_id), TEAM_SK)
 
     def to_item(self) -> table.Item:
         item = self.attributes()
