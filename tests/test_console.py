@@ -15,6 +15,7 @@ import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import anthropic
@@ -23,7 +24,7 @@ import pytest
 from playwright.sync_api import Page, Playwright, expect, sync_playwright
 from samcli.yamlhelper import yaml_parse
 
-from anthropic_gateway import console, tag_spend
+from anthropic_gateway import console, day_spend
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
 from tests.conftest import MASTER_KEY
@@ -374,7 +375,7 @@ def test_spend_page_shows_the_tags_of_the_requests_made(watched, gateway, admin,
     spend = table.locator(f'tr[data-tag="{team}"] td').nth(2)
     expect(spend).to_have_text(f"${rows[team]['total_spend']:,.2f}")
     chart = page.get_by_role("img", name="Spend (USD) per day and tag")
-    today = tag_spend.today().isoformat()
+    today = day_spend.today().isoformat()
     expect(chart.locator(f'rect[data-series="{team}"][data-day="{today}"]')).to_have_count(1)
     expect(page.locator(".legend")).to_contain_text(team)
     page.get_by_label("Metric").select_option("requests")
@@ -438,10 +439,12 @@ def showcase(gateway):
 
 async def _seed_tag_history() -> None:
     """Two weeks of daily spend per tag, through the same ledger the gateway records with."""
-    today = tag_spend.today()
+    today = day_spend.today()
     for back in range(1, 15):
         for index, (tag, scale) in enumerate([("team:search", 3), ("team:support", 2), ("team:data", 5)]):
             tokens = 100_000 * scale * (1 + (back * (index + 2)) % 5)
             usage = Usage(input_tokens=tokens, output_tokens=tokens // 10)
-            tag_spend.record([tag], tokens * 3e-6 + tokens // 10 * 15e-6, usage, day=today - timedelta(days=back))
+            cost = Decimal(tokens * 3 + tokens // 10 * 15) / 1_000_000
+            counters = day_spend.counters(cost, usage, forwarded=True)
+            day_spend.add(counters, tags=[tag], day=today - timedelta(days=back))
     await ledger.flush()
