@@ -13,8 +13,8 @@ import pytest
 from anthropic_gateway import keys, metrics, pricing
 from anthropic_gateway.auth import Principal
 from anthropic_gateway.exchange import Exchange
-from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.settings import get_settings
+from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.usage import Usage, UsageTap
 from support.captured_lines import dimension_sets, metric_values, stored_key
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY

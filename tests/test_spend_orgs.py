@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -275,3 +276,24 @@ def test_the_team_registry_reads_teams_created_elsewhere_without_io_on_the_reque
     assert created in teams.registry.snapshot()
     ok(admin.post("/team/delete", json={"team_ids": [created]}))
     assert created not in teams.registry.snapshot()
+
+
+def test_a_cold_instance_counts_its_first_team_request_under_the_team(gateway, admin, captured, fake_upstream):
+    """The registry starts its read as a team key's request arrives (not when the metrics are written), so even a
+    fresh instance's first request of a team gets the team's own value."""
+    team_id = new_team(admin)["team_id"]
+    key = new_key(admin, team_id=team_id)["key"]
+    teams.registry.clear()  # as on a cold instance: nothing read yet
+    gate = unique("cold")
+    body = {"model": MODEL, "max_tokens": 16, "stream": True, "messages": HELLO}
+    with (
+        httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30) as http,
+        http.stream("POST", "/v1/messages", json=body, headers={"x-fake-hold": gate}) as response,
+    ):
+        # The stream's head is here: the key was authenticated and the registry's read started in its own thread.
+        for thread in threading.enumerate():
+            if thread.name == "team-registry":
+                thread.join()
+        fake_upstream.release(gate)
+        response.read()
+    assert captured.for_request(response.headers["x-gateway-request-id"]).overall()["Team"] == team_id

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from . import aws, keys, secrets
 from .errors import GatewayError
 from .storage.key_records import KeyRecord
+from .storage.teams import registry as registered_teams
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ async def authenticate(headers: Headers) -> Principal:
         raise GatewayError(401, "This key is blocked.")
     if record.expired(keys.utcnow()):
         raise GatewayError(401, f"This key expired at {record.expires}.")
+    if record.team_id:
+        registered_teams.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
     return Principal(record=record)
 
 
