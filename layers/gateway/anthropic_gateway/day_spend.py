@@ -54,9 +54,11 @@ def counters(cost: Decimal, usage: Usage | None, *, forwarded: bool) -> dict[str
 def record(exchange: Exchange, cost: Decimal) -> None:
     """Add the request to the day items of its tags, team and user, through the ledger (call it on the event loop,
     once per request: settle does)."""
-    if not (exchange.forwarded or exchange.usage):
-        return
     key = exchange.principal.record if exchange.principal else None
+    if not (exchange.tags or (key and (key.team_id or key.user_id))):
+        return  # nothing to add it to
+    if not (exchange.forwarded or exchange.usage):
+        return  # refused by the gateway: counted nowhere
     add(
         counters(cost, exchange.usage, forwarded=exchange.forwarded),
         tags=exchange.tags,
