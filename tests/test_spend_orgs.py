@@ -252,6 +252,14 @@ def test_a_team_the_registry_does_not_hold_is_counted_as_other(gateway, admin, c
     assert lines.overall()["Team"] == metrics.OTHER
     assert lines.access["team_id"] == team["team_id"]  # the access log keeps the id
 
+    # CloudWatch takes only ASCII dimension values: a registered team named otherwise is `other` too.
+    monkeypatch.setattr(teams.registry, "limit", held + 10)
+    accented = new_team(admin, team_id=unique("\u00e9quipe"))["team_id"]
+    assert accented in teams.registry.snapshot()
+    response = raw(gateway, new_key(admin, team_id=accented)["key"])
+    lines = captured.for_request(response.headers["x-gateway-request-id"])
+    assert (lines.overall()["Team"], lines.access["team_id"]) == (metrics.OTHER, accented)
+
     monkeypatch.setattr(teams.registry, "limit", held + 1)
     teams.registry.refresh()  # what a refresh after KEY_CACHE_TTL does; the newest team is the one left out
     assert len(teams.registry.snapshot()) == held + 1

@@ -325,11 +325,13 @@ def tag_dimension(tag: str, key_defaults: list[str]) -> str:
 
 def team_dimension(exchange: Exchange) -> str | None:
     """The Team value of a request of a team's key: its team id when the team is in the registry of teams admins
-    created (read from memory), else `other`; None for a key without a team (and the master key)."""
+    created (read from memory), else `other`; None for a key without a team (and the master key). CloudWatch takes
+    only ASCII dimension values: a team id with other characters is `other` too (the access log keeps it)."""
     record = _record(exchange)
     if record is None or not record.team_id:
         return None
-    return record.team_id if record.team_id in registered_teams.snapshot() else OTHER
+    team_id = record.team_id
+    return team_id if team_id.isascii() and team_id in registered_teams.snapshot() else OTHER
 
 
 def status_class(status: int | None) -> str:
