@@ -18,6 +18,7 @@ from .errors import GatewayError
 from .owners import Owners
 from .storage import users
 from .storage.key_records import KeyRecord
+from .storage.teams import registry as registered_teams
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ async def authenticate(headers: Headers) -> Principal:
         raise GatewayError(401, "This key is blocked.")
     if record.expired(keys.utcnow()):
         raise GatewayError(401, f"This key expired at {record.expires}.")
+    if record.team_id:
+        registered_teams.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
     if record.team_id is None and record.user_id is None:
         return Principal(record=record)
     found = await _owners_of(record)

@@ -63,6 +63,13 @@ class Exchange:
         return self.tap.usage if self.tap and self.tap.seen_usage else None
 
     @property
+    def forwarded(self) -> bool:
+        """Whether an upstream had the request: it ended with a status the gateway did not produce by refusing or
+        failing it (a client that left before the answer counts: the upstream had it). Only these count as
+        `requests` in every spend counter (keys, tags, teams, users)."""
+        return self.status is not None and self.error_source != "gateway"
+
+    @property
     def response_model(self) -> str | None:
         """The model as Anthropic names it. Bedrock answers with its own id for the model the client asked for,
         so for Bedrock that is the client's model (what prices, budgets and logs know)."""

@@ -342,8 +342,7 @@ def settle_now(exchange: Exchange, cost: Decimal) -> Write | None:
     if record is None:
         return None
     admission = exchange.admission
-    # Only requests that got an answer from Anthropic count; refusals by the gateway itself do not.
-    forwarded = exchange.status is not None and exchange.error_source != "gateway"
+    forwarded = exchange.forwarded  # refusals by the gateway itself do not count as requests
     usage = exchange.usage
     reserved = admission.reserved if admission else None
     slot = admission.slot if admission else None
