@@ -376,7 +376,8 @@ def _route_paths(routes, prefix: str = ""):
 
 
 def test_every_app_route_is_reachable_through_the_http_api(resources):
-    from anthropic_gateway.app import app
+    from anthropic_gateway import admin
+    from anthropic_gateway.app import GatewayApp
 
     api_paths = [
         event["Properties"]["Path"]
@@ -394,7 +395,7 @@ def test_every_app_route_is_reachable_through_the_http_api(resources):
                 return True
         return False
 
-    app_paths = [*_route_paths(app.api.routes), app.PASS_THROUGH_PATH]  # the pass-through is in front of FastAPI
+    app_paths = [*_route_paths(admin.build().routes), *GatewayApp.OWN_PATHS]  # the admin app loads on first use
     assert "/health" in app_paths and "/anthropic/{path:path}" in app_paths
     missing = [path for path in app_paths if not reachable(path)]
     assert not missing, f"app routes without an HttpApi route in template.yaml: {missing}"
@@ -407,7 +408,8 @@ def test_api_handler_is_mangum_over_the_shared_app():
     source = (ROOT / "functions" / "api" / "handler.py").read_text()
     assert "from anthropic_gateway.app import app" in source
     assert 'Mangum(app, lifespan="off")' in source
-    assert "run_until_complete(drain())" in source  # accounting finishes before Lambda freezes the process
+    assert "run_until_complete(app.start())" in source  # the runtime is built and warmed at init
+    assert "run_until_complete(app.drain())" in source  # accounting finishes before Lambda freezes the process
 
 
 # -- observability -------------------------------------------------------------------------------------------------

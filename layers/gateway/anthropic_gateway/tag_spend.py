@@ -1,4 +1,4 @@
-"""Spend per tag: daily aggregates in DynamoDB and `GET /spend/tags`, LiteLLM's tag spend report.
+"""Spend per tag: daily aggregates in DynamoDB, and the report `GET /spend/tags` serves (tag_spend_routes.py).
 
 One item per (UTC day, tag) in the gateway table, pk=TAGSPEND#<YYYY-MM-DD> sk=<tag>, counters only changed with
 DynamoDB's atomic ADD so concurrent requests (on any number of Lambda instances) all count. A report over a date
@@ -12,12 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import anyio.to_thread
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
-
 from . import keys, table
-from .auth import master_only
 from .errors import GatewayError
 from .ledger import ledger
 from .table import Number
@@ -107,38 +102,3 @@ def _parse_date(name: str, value: str) -> date:
     except ValueError:
         pass
     raise GatewayError(400, f"Invalid {name}: expected a date as YYYY-MM-DD, got {value[:40]!r}.")
-
-
-class DailyTagSpend(BaseModel):
-    date: str  # YYYY-MM-DD (UTC)
-    spend: float
-    log_count: int
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    total_tokens: int
-
-
-class TagSpend(BaseModel):
-    """One tag in `GET /spend/tags`: LiteLLM's fields (individual_request_tag, log_count, total_spend), token sums
-    and the days it had requests."""
-
-    individual_request_tag: str
-    log_count: int
-    total_spend: float
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    total_tokens: int
-    daily: list[DailyTagSpend]
-
-
-router = APIRouter(dependencies=[Depends(master_only)])
-
-
-@router.get("/spend/tags", response_model=list[TagSpend])
-async def spend_tags(start_date: str | None = None, end_date: str | None = None) -> list[dict[str, Any]]:
-    start, end = parse_range(start_date, end_date)
-    return await anyio.to_thread.run_sync(report, start, end)
