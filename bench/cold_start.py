@@ -215,9 +215,10 @@ def first_answer(build_dir: Path, support_dir: Path, aws_env: dict[str, str], ke
     return ready - started, answered - started
 
 
-def measure_first_answer(runs: int, build_dir: Path) -> FirstAnswerResult:
-    """`runs` fresh processes of an x86_64 build, against moto's server as AWS and the bench's fast upstream as
-    Anthropic (each in a process of its own, started once); a virtual key is made first through one gateway."""
+def measure_first_answer(runs: int, *build_dirs: Path) -> list[FirstAnswerResult]:
+    """`runs` fresh processes of each x86_64 build, interleaved (a busy moment weighs on every build alike), against
+    moto's server as AWS and the bench's fast upstream as Anthropic (each in a process of its own, started once); a
+    virtual key is made first through the first build."""
     from bench import processes
 
     python = sys.executable
@@ -243,13 +244,12 @@ def measure_first_answer(runs: int, build_dir: Path) -> FirstAnswerResult:
             f"local.create_resources({FIRST_ANSWER_UPSTREAM_KEY!r}, {FIRST_ANSWER_MASTER_KEY!r})"
         )
         subprocess.run([python, "-c", create], env=tools_env, cwd=ROOT, check=True)
-        key = _virtual_key(build_dir, support, aws_env)
-        ready, answered = [], []
+        key = _virtual_key(build_dirs[0], support, aws_env)
+        times: list[list[tuple[float, float]]] = [[] for _ in build_dirs]
         for _ in range(runs):
-            one_ready, one_answer = first_answer(build_dir, support, aws_env, key)
-            ready.append(one_ready)
-            answered.append(one_answer)
-    return FirstAnswerResult(runs, ready, answered)
+            for build_dir, taken in zip(build_dirs, times, strict=True):
+                taken.append(first_answer(build_dir, support, aws_env, key))
+    return [FirstAnswerResult(runs, [t[0] for t in taken], [t[1] for t in taken]) for taken in times]
 
 
 def _virtual_key(build_dir: Path, support_dir: Path, aws_env: dict[str, str]) -> str:
@@ -287,17 +287,21 @@ def _ms(seconds: float) -> str:
 
 
 def first_answer_main(argv: list[str] | None = None) -> int:
-    """`python -c 'from bench import cold_start; cold_start.first_answer_main()' [--runs N] [--build-dir DIR]`"""
+    """`python -c 'from bench import cold_start; cold_start.first_answer_main()' [--runs N] [--build-dir DIR]
+    [--baseline-dir DIR]`: with a baseline (another tree's x86_64 `sam build`), both are timed, interleaved."""
     parser = argparse.ArgumentParser(description="Streaming door: spawn to ready and to its first answer.")
     parser.add_argument("--runs", type=int, default=10, help="fresh processes to time (default 10)")
     parser.add_argument("--build-dir", type=Path, help="reuse an x86_64 `sam build` output instead of building")
+    parser.add_argument("--baseline-dir", type=Path, help="an x86_64 `sam build` output to time beside it")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-first-answer-build-") as tmp:
         build_dir = args.build_dir or _build(Path(tmp), "x86_64")
         if build_dir is None:
             return 1
-        result = measure_first_answer(args.runs, build_dir)
-    print("| Measure | Value |\n| --- | --- |")
-    for name, value in first_answer_rows(result):
-        print(f"| {name} | {value} |")
+        builds = [build_dir, *([args.baseline_dir] if args.baseline_dir else [])]
+        results = measure_first_answer(args.runs, *builds)
+    for build, result in zip(builds, results, strict=True):
+        print(f"\n{build}\n\n| Measure | Value |\n| --- | --- |")
+        for name, value in first_answer_rows(result):
+            print(f"| {name} | {value} |")
     return 0

@@ -30,7 +30,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from boto3.session import Session
     from botocore.config import Config
 
 _deadline: ContextVar[float | None] = ContextVar("aws_deadline", default=None)
@@ -40,8 +39,8 @@ _in_use: ContextVar[AwsCalls] = ContextVar("aws_calls")
 # deadline again; the next request after it tries again, so recovery is noticed within a second.
 _FAILURE_MEMORY_SECONDS = 1.0
 
-# boto3's default session is not thread-safe: what still creates clients through it (table.py) does so under
-# this lock. The runtime's own clients come from its own session, under its own lock (`AwsCalls.client`).
+# boto3's default session is not thread-safe: clients and resources are created under this lock, since on a cold
+# instance the first requests' worker threads may all want one at the same moment.
 boto3_lock = threading.Lock()
 
 # Called when an AWS call succeeds after a failure, whichever runtime made it: the ledger, which is still one per
@@ -58,9 +57,13 @@ class Unavailable(Exception):
 
 
 class AwsCalls:
-    """The AWS side of one runtime: its boto3 session and client config, the worker threads AWS calls may use at
-    once (`AWS_THREADS`), the reads in flight (shared by callers asking for the same thing), calls abandoned at a
-    deadline, and the moment AWS last failed. One event loop's: a runtime belongs to one app and loop."""
+    """The AWS side of one runtime: its client config, the worker threads AWS calls may use at once
+    (`AWS_THREADS`), the reads in flight (shared by callers asking for the same thing), calls abandoned at a
+    deadline, and the moment AWS last failed. One event loop's: a runtime belongs to one app and loop.
+
+    Its clients come from boto3's default session, which the DynamoDB table handle (table.py) uses too: one
+    session resolves credentials and loads endpoint data once for both.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -69,8 +72,6 @@ class AwsCalls:
         self._late: set[asyncio.Future[Any]] = set()  # abandoned calls, kept alive until they end
         self._failed_at: float | None = None
         self._on_recovery: list[Callable[[], None]] = []
-        self._lock = threading.Lock()  # boto3 sessions are not thread-safe: clients are created under it
-        self._session: Session | None = None
         self._config: Config | None = None
 
     @property
@@ -88,20 +89,21 @@ class AwsCalls:
         return self._config
 
     def client(self, service: str) -> Any:
-        """Blocking (call it in a worker thread): a new client of this runtime's boto3 session, bounded by `config`.
-        On a cold instance the first requests' worker threads may all want one at the same moment: the lock."""
-        with self._lock:
-            if self._session is None:
-                import boto3.session
+        """Blocking (call it in a worker thread): a new client bounded by `config`."""
+        import boto3  # deferred: botocore's client machinery is a third of a cold start
 
-                self._session = boto3.session.Session()
-            return self._session.client(service, config=self.config)  # type: ignore[call-overload]
+        with boto3_lock:
+            return boto3.client(service, config=self.config)  # type: ignore[call-overload]
 
-    def forget_clients(self) -> None:
-        """Drop the session (with its credentials and connection pools): the next client is built afresh. The
-        clients made so far keep working for whoever holds them; their owners drop them too (SnapStart)."""
-        with self._lock:
-            self._session = None
+    @staticmethod
+    def forget_session() -> None:
+        """Drop boto3's default session, with the credentials it resolved: the next client or resource is made
+        from a new one (SnapStart: a restored environment gets credentials of its own). Clients made so far keep
+        working for whoever holds them; their owners drop them too."""
+        import boto3
+
+        with boto3_lock:
+            boto3.DEFAULT_SESSION = None
 
     def on_recovery(self, callback: Callable[[], None]) -> None:
         """Run `callback` on the event loop when an AWS call succeeds after a failure."""

@@ -4,8 +4,8 @@ As with Starlette's `app.state`, the app (app.py) builds one `Runtime` in its li
 init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to one app and its event loop:
 
     settings        the environment, read once (settings.py)
-    aws             bounded AWS calls: boto3 session, client config, worker-thread limiter, reads in flight,
-                    failure memory (aws.py)
+    aws             bounded AWS calls: client config, worker-thread limiter, reads in flight, failure memory
+                    (aws.py)
     secrets         the upstream and master keys and any other secret, cached (secrets.py)
     bedrock         the Bedrock upstream and its credentials (bedrock.py)
     pools           keep-alive connections to each upstream (forwarding.py)
@@ -19,9 +19,10 @@ part they need through the module's own functions (`aws.call`, `secrets.master_k
 which act on the runtime serving the request: `activate` makes it theirs in the request's context, and tasks
 and worker threads started from there inherit it.
 
-Still one per process, in the modules that hold them (to be moved here with the storage layer): the DynamoDB table
-handle (table.py), the key cache and key directory (keys.py), the ledger (ledger.py) and the batch sweep's clock
-(batches.py); and the settings those modules read through `get_settings()`.
+Still one per process, in the modules that hold them (to be moved here with the storage layer): boto3's default
+session, which the DynamoDB table handle (table.py) and the Secrets Manager client share, and that handle; the key
+cache and key directory (keys.py); the ledger (ledger.py); the batch sweep's clock (batches.py); and the settings
+those modules read through `get_settings()`.
 """
 
 from __future__ import annotations
@@ -121,11 +122,10 @@ class Runtime:
         await ledger.flush()
 
     async def close(self) -> None:
-        """Drain, then close every upstream connection and drop the AWS clients: the one place a runtime ends."""
+        """Drain, then close every upstream connection and drop the secrets: the one place a runtime ends."""
         await self.drain()
         await self.pools.close()
         self.secrets.forget()
-        self.aws.forget_clients()
 
     # -- SnapStart (app.py serves the hooks) ----------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class Runtime:
         """Close upstream connections, drop AWS clients and credentials, forget cached secrets and key records."""
         await self.pools.close()
         self.secrets.forget()
-        self.aws.forget_clients()
+        self.aws.forget_session()
         self.aws.forget_failures()
         self.bedrock.forget_credentials()
         table.handle.cache_clear()
