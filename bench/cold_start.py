@@ -191,12 +191,21 @@ class FirstAnswerResult:
     runs: int
     ready_s: list[float]  # spawn run.sh to the first /health 200, one per fresh process
     first_answer_s: list[float]  # spawn run.sh to a pass-through answer read whole, its request sent at readiness
+    # The gateway process's CPU time (user + system) at those two moments: what a Lambda CPU share pays, and steadier
+    # than wall time on a shared machine.
+    ready_cpu_s: list[float] = dataclasses.field(default_factory=list)
+    first_answer_cpu_s: list[float] = dataclasses.field(default_factory=list)
 
 
-def first_answer(build_dir: Path, support_dir: Path, aws_env: dict[str, str], key: str) -> tuple[float, float]:
-    """(seconds to ready, seconds to the first pass-through answer) of one fresh process of the built streaming
-    door: spawned as the adapter's wrapper does, polled on /health as the adapter's readiness check does, then sent
-    the invocation Lambda was holding (a Messages request with a virtual key) the moment it is ready."""
+def first_answer(
+    build_dir: Path, support_dir: Path, aws_env: dict[str, str], key: str
+) -> tuple[float, float, float, float]:
+    """(seconds to ready, seconds to the first pass-through answer, and the process's CPU seconds at each) of one
+    fresh process of the built streaming door: spawned as the adapter's wrapper does (run.sh execs python, so the
+    process is the gateway's), polled on /health as the adapter's readiness check does, then sent the invocation
+    Lambda was holding (a Messages request with a virtual key) the moment it is ready."""
+    from bench.processes import cpu_seconds
+
     port = free_port()
     env = sam_artifact.proxy_env(build_dir, support_dir, port, aws_env)
     url = f"http://127.0.0.1:{port}"
@@ -204,15 +213,17 @@ def first_answer(build_dir: Path, support_dir: Path, aws_env: dict[str, str], ke
     process = sam_artifact.start_proxy(build_dir, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         ready = sam_artifact.wait_healthy(url, process)
+        ready_cpu = cpu_seconds(process.pid)
         headers = {"x-api-key": key, "content-type": "application/json", "anthropic-version": "2023-06-01"}
         with httpx.Client(timeout=30) as http:
             response = http.post(url + "/anthropic/v1/messages", content=_FIRST_MESSAGE, headers=headers)
         answered = time.perf_counter()
+        answered_cpu = cpu_seconds(process.pid)
         if response.status_code != 200:
             raise RuntimeError(f"first request answered {response.status_code}: {response.text[:300]}")
     finally:
         sam_artifact.stop(process)
-    return ready - started, answered - started
+    return ready - started, answered - started, ready_cpu, answered_cpu
 
 
 def measure_first_answer(runs: int, *build_dirs: Path) -> list[FirstAnswerResult]:
@@ -245,11 +256,11 @@ def measure_first_answer(runs: int, *build_dirs: Path) -> list[FirstAnswerResult
         )
         subprocess.run([python, "-c", create], env=tools_env, cwd=ROOT, check=True)
         key = _virtual_key(build_dirs[0], support, aws_env)
-        times: list[list[tuple[float, float]]] = [[] for _ in build_dirs]
+        times: list[list[tuple[float, float, float, float]]] = [[] for _ in build_dirs]
         for _ in range(runs):
             for build_dir, taken in zip(build_dirs, times, strict=True):
                 taken.append(first_answer(build_dir, support, aws_env, key))
-    return [FirstAnswerResult(runs, [t[0] for t in taken], [t[1] for t in taken]) for taken in times]
+    return [FirstAnswerResult(runs, *([t[i] for t in taken] for i in range(4))) for taken in times]
 
 
 def _virtual_key(build_dir: Path, support_dir: Path, aws_env: dict[str, str]) -> str:
@@ -274,11 +285,14 @@ def _virtual_key(build_dir: Path, support_dir: Path, aws_env: dict[str, str]) ->
 def first_answer_rows(result: FirstAnswerResult) -> list[tuple[str, str]]:
     """(measure, value) rows: medians and ranges of both times."""
     ready, answered = result.ready_s, result.first_answer_s
+    median = statistics.median
     return [
-        (f"Spawn `run.sh` to ready (first `/health` 200), median of {result.runs}", _ms(statistics.median(ready))),
+        (f"Spawn `run.sh` to ready (first `/health` 200), median of {result.runs}", _ms(median(ready))),
         ("  min / max", f"{_ms(min(ready))} / {_ms(max(ready))}"),
-        ("Spawn `run.sh` to its first pass-through answer (sent at ready), median", _ms(statistics.median(answered))),
+        ("  the process's CPU time until then, median", _ms(median(result.ready_cpu_s))),
+        ("Spawn `run.sh` to its first pass-through answer (sent at ready), median", _ms(median(answered))),
         ("  min / max", f"{_ms(min(answered))} / {_ms(max(answered))}"),
+        ("  the process's CPU time until then, median", _ms(median(result.first_answer_cpu_s))),
     ]
 
 
