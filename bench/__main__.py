@@ -12,7 +12,8 @@ from functions/proxy/run.sh), wrk as the load generator, and this client. In one
    request;
 4. 1,000 concurrent slow streams held by the gateway: RSS before / peak / after;
 5. a 100,000-request soak sampling the gateway's RSS and open fds;
-6. cold start and deployment size of the `sam build` artifact (bench/cold_start.py).
+6. cold start and deployment size of the `sam build` artifact (bench/cold_start.py), and its streaming door from
+   spawn to ready and to its first pass-through answer.
 
 Prints the README's markdown table and writes the results to .bench/results.json. BENCH_QUICK=1 for a short run;
 the knobs are in bench/config.py.
@@ -163,8 +164,10 @@ def main() -> int:
     results = measure_serving(config, list(os.getloadavg()))
     _step(f"cold start ({config.cold_start_runs} runs) and size: sam build")
     cold = cold_start.measure(config.cold_start_runs, skip_arm64=config.quick)
+    _step(f"first answer after start ({config.cold_start_runs} runs)")
+    first = cold_start.measure_first_answer_of_a_build(config.cold_start_runs)
     results = dataclasses.replace(
-        results, cold_start=cold, load_average=(results.load_average[0], list(os.getloadavg()))
+        results, cold_start=cold, first_answer=first, load_average=(results.load_average[0], list(os.getloadavg()))
     )
     print(report.markdown(results))
     report.write_json(results, RESULTS)

@@ -263,6 +263,13 @@ def measure_first_answer(runs: int, *build_dirs: Path) -> list[FirstAnswerResult
     return [FirstAnswerResult(runs, *([t[i] for t in taken] for i in range(4))) for taken in times]
 
 
+def measure_first_answer_of_a_build(runs: int) -> FirstAnswerResult | None:
+    """`measure_first_answer` of a fresh x86_64 `sam build` of this tree (`make bench`); None if the build failed."""
+    with tempfile.TemporaryDirectory(prefix="bench-first-answer-build-") as tmp:
+        build_dir = _build(Path(tmp), "x86_64")
+        return None if build_dir is None else measure_first_answer(runs, build_dir)[0]
+
+
 def _virtual_key(build_dir: Path, support_dir: Path, aws_env: dict[str, str]) -> str:
     port = free_port()
     env = sam_artifact.proxy_env(build_dir, support_dir, port, aws_env)
