@@ -14,6 +14,8 @@ import pytest
 
 from anthropic_gateway import money, pricing, tag_spend
 from anthropic_gateway.ledger import ledger
+from anthropic_gateway.runtime import Runtime
+from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
 from support.captured_lines import stored_key
 
@@ -107,12 +109,15 @@ def test_spend_per_tag_matches_the_requests_made(gateway, gw, admin, unique):
 
 
 def _record_now(*calls: tuple) -> None:
-    """tag_spend.record as settle calls it (on an event loop), then the ledger's flush."""
+    """tag_spend.record as settle calls it (on an event loop, a runtime's: the ledger writes through its AWS
+    calls), then the ledger's flush."""
 
     async def record_and_flush() -> None:
+        deactivate = Runtime(get_settings()).activate()
         for call in calls:
             tag_spend.record(*call[:3], day=call[3])
         await ledger.flush()
+        deactivate()
 
     asyncio.run(record_and_flush())
 

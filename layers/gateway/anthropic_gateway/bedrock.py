@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from functools import lru_cache
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
 import anyio
@@ -21,7 +21,7 @@ from . import secrets
 from .bedrock_models import BedrockConfigError, ModelTable, model_table
 from .errors import GatewayError
 from .request_body import top_level_members
-from .settings import Settings, get_settings
+from .settings import Settings
 
 if TYPE_CHECKING:  # botocore is imported on first use: it would add a third to the cold start of every request
     from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -86,24 +86,6 @@ def _splice(body: bytes, span: tuple[str, int, int], model_id: str) -> bytes:
 
 # -- signing ------------------------------------------------------------------------------------------------------
 
-_session_lock = threading.Lock()
-_default_credentials: Credentials | None = None
-
-
-def _process_credentials() -> Credentials | None:
-    """The default credential chain, resolved once per process (may do I/O: call it off the event loop).
-
-    In Lambda these are the function role's credentials from the environment; elsewhere botocore's chain
-    (profile, container, instance metadata) with refreshing credentials that botocore renews itself.
-    """
-    global _default_credentials
-    with _session_lock:
-        if _default_credentials is None:
-            import botocore.session
-
-            _default_credentials = botocore.session.Session().get_credentials()
-        return _default_credentials
-
 
 def signing_scope(base_url: str, region: str | None) -> tuple[str, str]:
     """(SigV4 service, region) for a base URL: from the host for Bedrock's endpoints, else bedrock-mantle."""
@@ -136,12 +118,12 @@ def sign(
 
 
 class Bedrock:
-    """One configured Bedrock upstream, created once per process from settings.
+    """One configured Bedrock upstream, created once per runtime from settings (`from_settings`).
 
     region: the stack's region (AWS_REGION); base_url: BEDROCK_BASE_URL, by default the region's bedrock-mantle
     endpoint; model_ids: BEDROCK_MODEL_IDS (raw JSON, merged over the shipped table); api_key_secret: the Secrets
     Manager name of a Bedrock API key, used instead of SigV4 when given; credentials: tests only, instead of the
-    process's default credential chain.
+    default credential chain (resolved on first use, then renewed by botocore itself).
     """
 
     def __init__(
@@ -159,7 +141,23 @@ class Bedrock:
         self.service, self.region = signing_scope(self.base_url, region)
         self.models = model_table(model_ids)
         self.api_key_secret = api_key_secret or None
+        self._given_credentials = credentials
         self._credentials = credentials
+        self._credentials_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Bedrock:
+        return cls(
+            region=settings.aws_region,
+            base_url=settings.bedrock_base_url,
+            model_ids=settings.bedrock_model_ids,
+            api_key_secret=settings.bedrock_api_key_secret,
+        )
+
+    def forget_credentials(self) -> None:
+        """Resolve the credential chain again on next use (a restored SnapStart snapshot gets new credentials)."""
+        with self._credentials_lock:
+            self._credentials = self._given_credentials
 
     def serves(self, method: str, path: str) -> bool:
         return method == "POST" and path in PATHS
@@ -193,12 +191,25 @@ class Bedrock:
             rewritten,
         )
 
+    def _default_credentials(self) -> Credentials | None:
+        """The default credential chain, resolved once (may do I/O: call it off the event loop).
+
+        In Lambda these are the function role's credentials from the environment; elsewhere botocore's chain
+        (profile, container, instance metadata) with refreshing credentials that botocore renews itself.
+        """
+        with self._credentials_lock:
+            if self._credentials is None:
+                import botocore.session
+
+                self._credentials = botocore.session.Session().get_credentials()
+            return self._credentials
+
     async def _frozen_credentials(self) -> ReadOnlyCredentials:
-        credentials = self._credentials or _default_credentials
+        credentials = self._credentials
         try:
             with anyio.fail_after(_CREDENTIALS_WAIT):
                 if credentials is None:
-                    credentials = await anyio.to_thread.run_sync(_process_credentials, abandon_on_cancel=True)
+                    credentials = await anyio.to_thread.run_sync(self._default_credentials, abandon_on_cancel=True)
                 from botocore.credentials import RefreshableCredentials
 
                 if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
@@ -211,19 +222,16 @@ class Bedrock:
         return credentials.get_frozen_credentials()
 
 
+_in_use: ContextVar[Bedrock] = ContextVar("bedrock")
+
+
+def use(bedrock: Bedrock) -> Token[Bedrock]:
+    return _in_use.set(bedrock)
+
+
 def get_bedrock() -> Bedrock:
-    """The process's Bedrock upstream, built from settings on first use (and again if settings are re-read)."""
-    return _bedrock_for(get_settings())
-
-
-@lru_cache(maxsize=1)
-def _bedrock_for(settings: Settings) -> Bedrock:
-    return Bedrock(
-        region=settings.aws_region,
-        base_url=settings.bedrock_base_url,
-        model_ids=settings.bedrock_model_ids,
-        api_key_secret=settings.bedrock_api_key_secret,
-    )
+    """The Bedrock upstream of the runtime serving this request."""
+    return _in_use.get()
 
 
 def _dropped(name: str) -> bool:

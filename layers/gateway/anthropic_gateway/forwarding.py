@@ -8,10 +8,10 @@ credentials (the client's key out, the upstream key in), `litellm_metadata` out 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
 import time
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -152,24 +152,29 @@ def upstream_headers(scope: Scope, upstream_key: str | None) -> list[tuple[bytes
 
 # -- the shared upstream clients -----------------------------------------------------------------------------------
 
-_pools: dict[str, tuple[asyncio.AbstractEventLoop, Settings, str, UpstreamPool]] = {}
 
+class UpstreamPools:
+    """One runtime's keep-alive pools, one per upstream origin (Anthropic's, Bedrock's), made on first use.
 
-def pool(upstream: str = "anthropic") -> UpstreamPool:
-    """One keep-alive pool per upstream origin and process (per event loop: tests run several), from the settings.
-
-    It carries no per-user state: no cookies, no redirects, no proxy from the environment, no decompression.
+    A pool carries no per-user state: no cookies, no redirects, no proxy from the environment, no decompression.
     """
-    loop, settings = asyncio.get_running_loop(), get_settings()
-    base_url = settings.anthropic_api_base if upstream == "anthropic" else get_bedrock().base_url
-    held = _pools.get(upstream)
-    if held is None or held[0] is not loop or _changed(held[1], settings) or held[2] != base_url:
-        held = _pools[upstream] = (loop, settings, base_url, _new_pool(base_url, settings))
-    return held[3]
 
+    def __init__(self, settings: Settings, bedrock_base_url: str) -> None:
+        self._settings = settings
+        self._base_urls = {"anthropic": settings.anthropic_api_base, "bedrock": bedrock_base_url}
+        self._pools: dict[str, UpstreamPool] = {}
 
-def _changed(held: Settings, settings: Settings) -> bool:
-    return held is not settings and held != settings  # identity first: comparing every field costs microseconds
+    def get(self, upstream: str = "anthropic") -> UpstreamPool:
+        found = self._pools.get(upstream)
+        if found is None:
+            found = self._pools[upstream] = _new_pool(self._base_urls[upstream], self._settings)
+        return found
+
+    async def close(self) -> None:
+        """Close every connection; the next request opens new ones (pools are made again on use)."""
+        pools, self._pools = list(self._pools.values()), {}
+        for upstream_pool in pools:
+            await upstream_pool.aclose()
 
 
 def _new_pool(base_url: str, settings: Settings) -> UpstreamPool:
@@ -189,13 +194,16 @@ def _new_pool(base_url: str, settings: Settings) -> UpstreamPool:
     )
 
 
-async def close_pool() -> None:
-    loop = asyncio.get_running_loop()
-    held = list(_pools.values())
-    _pools.clear()
-    for pool_loop, _, _, upstream_pool in held:
-        if pool_loop is loop:
-            await upstream_pool.aclose()
+_in_use: ContextVar[UpstreamPools] = ContextVar("upstream_pools")
+
+
+def use(pools: UpstreamPools) -> Token[UpstreamPools]:
+    return _in_use.set(pools)
+
+
+def pool(upstream: str = "anthropic") -> UpstreamPool:
+    """The pool for `upstream` of the runtime serving this request."""
+    return _in_use.get().get(upstream)
 
 
 # -- sending ------------------------------------------------------------------------------------------------------

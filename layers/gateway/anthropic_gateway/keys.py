@@ -197,6 +197,13 @@ class KeyDirectory:
             self._tokens.add(token)
             self._added[token] = time.monotonic()
 
+    def forget(self) -> None:
+        """Start over, as a new process does (after a SnapStart restore: the snapshot's monotonic clock did not run
+        while it waited, so a directory it holds cannot tell its own age)."""
+        with self._lock:
+            self._tokens, self._added, self._loaded_at = set(), {}, None
+            self._window_start, self._misses, self._flooded = 0.0, 0, False
+
 
 key_cache = KeyCache()
 key_directory = KeyDirectory()
