@@ -29,7 +29,7 @@ import anyio.to_thread
 from aws_lambda_powertools import Logger
 
 from . import aws, background, governance, keys, pricing
-from .batch_state import CreateHold, ResultsTap, SeenEnded
+from .batch_state import BatchState, CreateHold, ResultsTap
 from .errors import GatewayError
 from .exchange import Exchange
 from .ledger import Write, ledger
@@ -78,7 +78,7 @@ async def admit(exchange: Exchange, body: bytes) -> None:
             f"more than this key's budget has left. {exc.message}",
             headers=exc.headers,
         ) from None
-    exchange.batch = CreateHold(record.key_id, estimate, estimate if held else _ZERO, reservation_id)
+    exchange.batch = BatchState(hold=CreateHold(record.key_id, estimate, estimate if held else _ZERO, reservation_id))
 
 
 def estimate_batch(body: bytes) -> Decimal:
@@ -125,8 +125,8 @@ async def observe(exchange: Exchange, content: bytes) -> None:
         return
     if not isinstance(answer, dict):
         return
-    hold = exchange.batch
-    if isinstance(hold, CreateHold):
+    hold = exchange.batch.hold if exchange.batch else None
+    if hold is not None:
         if isinstance(answer.get("id"), str):
             hold.batch_id = answer["id"][:200]
             try:  # before the answer goes out, so no results fetch can come before the batch is known
@@ -138,7 +138,7 @@ async def observe(exchange: Exchange, content: bytes) -> None:
     shown: list[Any] = listed if isinstance(listed, list) else [answer]
     ended = [batch["id"][:200] for batch in shown if isinstance(batch, dict) and _ended(batch)]
     if exchange.method == "GET" and ended:
-        exchange.batch = SeenEnded(ended[:_MAX_NOTED])
+        exchange.batch = BatchState(seen_ended=ended[:_MAX_NOTED])
 
 
 def _ended(batch: dict[str, Any]) -> bool:
@@ -164,7 +164,8 @@ def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTa
     match = _RESULTS_PATH.fullmatch(exchange.path)
     if exchange.method != "GET" or status != 200 or match is None:
         return None
-    exchange.batch = tap = ResultsTap(content_type, batch_id=match.group(1))
+    tap = ResultsTap(content_type, batch_id=match.group(1))
+    exchange.batch = BatchState(results=tap)
     return tap
 
 
@@ -174,19 +175,19 @@ def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTa
 async def settle(exchange: Exchange) -> None:
     """What a finished batch request leaves to do (accounting calls it for every request with batch state).
     Never raises."""
-    state = exchange.batch
+    state = exchange.batch or BatchState()
+    hold, results = state.hold, state.results
     record = exchange.principal.record if exchange.principal else None
     try:
-        if isinstance(state, CreateHold) and not state.remembered and record is not None:
+        if hold is not None and not hold.remembered and record is not None:
             # Created but not remembered: billed at its estimate now. Refused or never answered: released.
-            cost = state.estimate if state.batch_id else _ZERO
-            await governance.settle_budget(record, state.reservation_id, state.reserved, cost)
-        elif isinstance(state, SeenEnded):
-            for batch_id in state.batch_ids:
-                await aws.run(_note_ended, batch_id)
-        elif isinstance(state, ResultsTap) and exchange.completed and exchange.status == 200:
+            cost = hold.estimate if hold.batch_id else _ZERO
+            await governance.settle_budget(record, hold.reservation_id, hold.reserved, cost)
+        for batch_id in state.seen_ended:
+            await aws.run(_note_ended, batch_id)
+        if results is not None and exchange.completed and exchange.status == 200:
             # The whole results file went through: billed exactly.
-            await settle_batch(state.batch_id, state.standard_cost * pricing.batch_multiplier(), state.total)
+            await settle_batch(results.batch_id, results.standard_cost * pricing.batch_multiplier(), results.total)
     except Exception:
         logger.exception("batch accounting failed", extra={"request_id": exchange.request_id})
 
