@@ -290,12 +290,15 @@ def test_the_default_credential_chain_is_resolved_once_until_forgotten(fake, mon
     assert [r.auth for r in fake.requests] == ["sigv4", "sigv4", "sigv4"]
 
 
-def test_a_bedrock_api_key_from_secrets_manager_is_sent_as_a_bearer_token(aws, fake, monkeypatch):
+def test_a_bedrock_api_key_from_secrets_manager_is_sent_as_a_bearer_token(aws, fake, monkeypatch, test_runtime):
     import boto3
 
     boto3.client("secretsmanager").create_secret(Name="bedrock-api-key-test", SecretString="bedrock-api-key-123")
     monkeypatch.setattr(fake, "api_key", "bedrock-api-key-123")
-    upstream = Bedrock(region=fake.region, base_url=fake.base_url, api_key_secret="bedrock-api-key-test")
+    secrets = test_runtime.secrets
+    upstream = Bedrock(
+        region=fake.region, base_url=fake.base_url, api_key_secret="bedrock-api-key-test", secrets=secrets
+    )
 
     response = _through(upstream, MESSAGE)
 

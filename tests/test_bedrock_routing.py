@@ -266,21 +266,16 @@ def test_an_anthropic_4xx_is_the_clients_answer(gateway, make_key, bedrock, fake
     assert bedrock.requests == []
 
 
-def test_a_429_fails_over_only_when_the_operator_turns_it_on(gateway, make_key, bedrock, fake_upstream, monkeypatch):
-    client = _sdk(gateway, make_key(upstreams=["anthropic", "bedrock"]))
+def test_a_429_fails_over_only_when_the_operator_turns_it_on(gateway, gateway_with, make_key, bedrock, fake_upstream):
+    key = make_key(upstreams=["anthropic", "bedrock"])
     fake_upstream.fail_next(429)
     with pytest.raises(anthropic.RateLimitError):
-        client.messages.create(**MESSAGE)
+        _sdk(gateway, key).messages.create(**MESSAGE)
     assert bedrock.requests == []
 
-    monkeypatch.setenv("BEDROCK_FAILOVER_ON_429", "true")
-    get_settings.cache_clear()
-    try:
-        fake_upstream.fail_next(429)
-        raw = client.messages.with_raw_response.create(**MESSAGE)
-    finally:
-        monkeypatch.delenv("BEDROCK_FAILOVER_ON_429")
-        get_settings.cache_clear()
+    turned_on = gateway_with(bedrock_base_url=bedrock.base_url, bedrock_failover_on_429=True)  # BEDROCK_FAILOVER_ON_429
+    fake_upstream.fail_next(429)
+    raw = _sdk(turned_on, key).messages.with_raw_response.create(**MESSAGE)
     assert raw.headers["x-gateway-upstream"] == "bedrock" and len(bedrock.requests) == 1
 
 

@@ -222,12 +222,12 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
         try:
             exchange.principal = await authenticate(request.headers)
             exchange.path = forwarding.canonical_path(request.scope)  # the one path every check reads and sent
-            body = await request_body.read(request)  # litellm_metadata cut out; parsed at most once
+            body = await request_body.read(request, runtime.settings.max_request_bytes)  # litellm_metadata cut out
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
             await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
             await admit_batch(exchange, body.raw)  # a batch create reserves its whole estimate (402 when it cannot)
             # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py
-            response = await _until_disconnect(request, routing.forward(request, body.raw, exchange))
+            response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body.raw, exchange))
         except GatewayError as exc:
             response = _error(exchange, exc)
         except _ClientGone:  # nobody reads this answer; it is what the access log shows (nginx's 499)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import re
 import threading
-from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
-from . import secrets
 from .bedrock_models import BedrockConfigError, ModelTable, model_table
 from .errors import GatewayError
 from .request_body import top_level_members
+from .secrets import Secrets
 from .settings import Settings
 
 if TYPE_CHECKING:  # botocore is imported on first use: it would add a third to the cold start of every request
@@ -122,8 +121,9 @@ class Bedrock:
 
     region: the stack's region (AWS_REGION); base_url: BEDROCK_BASE_URL, by default the region's bedrock-mantle
     endpoint; model_ids: BEDROCK_MODEL_IDS (raw JSON, merged over the shipped table); api_key_secret: the Secrets
-    Manager name of a Bedrock API key, used instead of SigV4 when given; credentials: tests only, instead of the
-    default credential chain (resolved on first use, then renewed by botocore itself).
+    Manager name of a Bedrock API key, used instead of SigV4 when given, read through `secrets` (the runtime's);
+    credentials: tests only, instead of the default credential chain (resolved on first use, then renewed by
+    botocore itself).
     """
 
     def __init__(
@@ -133,6 +133,7 @@ class Bedrock:
         base_url: str | None = None,
         model_ids: str | None = None,
         api_key_secret: str | None = None,
+        secrets: Secrets | None = None,
         credentials: Credentials | None = None,
     ) -> None:
         self.base_url = (base_url or f"https://bedrock-mantle.{region or 'us-east-1'}.api.aws/anthropic").rstrip("/")
@@ -141,17 +142,21 @@ class Bedrock:
         self.service, self.region = signing_scope(self.base_url, region)
         self.models = model_table(model_ids)
         self.api_key_secret = api_key_secret or None
+        if self.api_key_secret and secrets is None:
+            raise ValueError("a Bedrock API key secret is read through the runtime's secrets: pass them")
+        self._secrets = secrets
         self._given_credentials = credentials
         self._credentials = credentials
         self._credentials_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Bedrock:
+    def from_settings(cls, settings: Settings, secrets: Secrets) -> Bedrock:
         return cls(
             region=settings.aws_region,
             base_url=settings.bedrock_base_url,
             model_ids=settings.bedrock_model_ids,
             api_key_secret=settings.bedrock_api_key_secret,
+            secrets=secrets,
         )
 
     def forget_credentials(self) -> None:
@@ -181,8 +186,8 @@ class Bedrock:
         rewritten = _rewrite_for_bedrock(body, self.models)
         url = self.base_url + path + ("?" + query.decode("latin-1") if query else "")
         kept = [(n, v) for n, v in headers if not _dropped(n.decode("latin-1").lower())]
-        if self.api_key_secret:
-            key = await secrets.get(self.api_key_secret)
+        if self.api_key_secret and self._secrets is not None:
+            key = await self._secrets.get(self.api_key_secret)
             return url, [*kept, (b"authorization", b"Bearer " + key.encode())], rewritten
         credentials = await self._frozen_credentials()
         return (
@@ -220,18 +225,6 @@ class Bedrock:
         if credentials is None:
             raise GatewayError(503, "The gateway has no AWS credentials to call Amazon Bedrock with.")
         return credentials.get_frozen_credentials()
-
-
-_in_use: ContextVar[Bedrock] = ContextVar("bedrock")
-
-
-def use(bedrock: Bedrock) -> Token[Bedrock]:
-    return _in_use.set(bedrock)
-
-
-def get_bedrock() -> Bedrock:
-    """The Bedrock upstream of the runtime serving this request."""
-    return _in_use.get()
 
 
 def _dropped(name: str) -> bool:

@@ -11,21 +11,21 @@ from __future__ import annotations
 import re
 import ssl
 import time
-from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.types import Scope
 
-from . import batches, secrets
-from .bedrock import get_bedrock
+from . import batches
+from .bedrock import Bedrock
 from .bedrock_errors import anthropic_error
 from .errors import GatewayError
 from .exchange import Exchange
 from .front_door import Arrival
 from .responses import BufferedResponse, RelayResponse, bodiless
-from .settings import Settings, get_settings
+from .secrets import Secrets
+from .settings import Settings
 from .upstream_http import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 from .usage import UsageTap
 
@@ -127,8 +127,9 @@ def _invalid_path() -> GatewayError:
     return GatewayError(400, "Invalid path: only plain path segments can be forwarded to Anthropic.")
 
 
-def upstream_headers(scope: Scope, upstream_key: str | None) -> list[tuple[bytes, bytes]]:
-    """The client's headers minus credentials and hop-by-hop ones, plus the upstream key (Anthropic's only)."""
+def upstream_headers(scope: Scope, upstream_key: str | None, anthropic_version: str) -> list[tuple[bytes, bytes]]:
+    """The client's headers minus credentials and hop-by-hop ones, plus the upstream key (Anthropic's only), and
+    `anthropic_version` (DEFAULT_ANTHROPIC_VERSION) when the client named none."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     named_in_connection = {
         token.strip().lower() for name, value in raw if name.lower() == b"connection" for token in value.split(b",")
@@ -142,7 +143,7 @@ def upstream_headers(scope: Scope, upstream_key: str | None) -> list[tuple[bytes
         has_version = has_version or lower == b"anthropic-version"
         headers.append((name, value))
     if not has_version:
-        headers.append((b"anthropic-version", get_settings().default_anthropic_version.encode()))
+        headers.append((b"anthropic-version", anthropic_version.encode()))
     # Ask for the body as-is: it is streamed through untouched and read for usage on the way.
     headers.append((b"accept-encoding", b"identity"))
     if upstream_key is not None:
@@ -194,16 +195,15 @@ def _new_pool(base_url: str, settings: Settings) -> UpstreamPool:
     )
 
 
-_in_use: ContextVar[UpstreamPools] = ContextVar("upstream_pools")
+@dataclass(frozen=True)
+class Upstreams:
+    """What one runtime forwards with (runtime.py builds it; the app hands it to `routing.forward`): its settings,
+    its pools, its Bedrock upstream and its secrets (the upstream key)."""
 
-
-def use(pools: UpstreamPools) -> Token[UpstreamPools]:
-    return _in_use.set(pools)
-
-
-def pool(upstream: str = "anthropic") -> UpstreamPool:
-    """The pool for `upstream` of the runtime serving this request."""
-    return _in_use.get().get(upstream)
+    settings: Settings
+    pools: UpstreamPools
+    bedrock: Bedrock
+    secrets: Secrets
 
 
 # -- sending ------------------------------------------------------------------------------------------------------
@@ -219,29 +219,30 @@ class Answer:
     error_body: bytes | None = None  # a Bedrock error, read whole and in Anthropic's shape
 
 
-async def ask(upstream: str, request: Request, body: bytes, exchange: Exchange) -> Answer:
+async def ask(upstreams: Upstreams, upstream: str, request: Request, body: bytes, exchange: Exchange) -> Answer:
     """Send the request to one upstream and wait for its answer's head. Raises UpstreamError when the upstream
     cannot be reached or does not answer in time, GatewayError when the request cannot go there at all."""
     query: bytes = request.scope["query_string"]
     try:
         if upstream == "bedrock":
-            return await _ask_bedrock(request, body, exchange, query)
-        upstream_pool = pool()
+            return await _ask_bedrock(upstreams, request, body, exchange, query)
+        upstream_pool = upstreams.pools.get("anthropic")
         target = upstream_pool.base_path + exchange.path.encode("ascii") + (b"?" + query if query else b"")
-        headers = upstream_headers(request.scope, await secrets.upstream_key())
+        version = upstreams.settings.default_anthropic_version
+        headers = upstream_headers(request.scope, await upstreams.secrets.upstream_key(), version)
         response = await upstream_pool.request(request.method, target, headers, body)
         return Answer(upstream, response, response.status)
     except ValueError:  # a query or header the client sent that would break HTTP framing
         raise GatewayError(400, "The request's query string or headers cannot be forwarded.") from None
 
 
-async def _ask_bedrock(request: Request, body: bytes, exchange: Exchange, query: bytes) -> Answer:
+async def _ask_bedrock(upstreams: Upstreams, request: Request, body: bytes, exchange: Exchange, query: bytes) -> Answer:
     """The same request to Amazon Bedrock: its model id and SigV4 (bedrock.py); its errors read and translated."""
-    headers = upstream_headers(request.scope, None)
-    url, headers, content = await get_bedrock().prepare(request.method, exchange.path, query, headers, body)
+    headers = upstream_headers(request.scope, None, upstreams.settings.default_anthropic_version)
+    url, headers, content = await upstreams.bedrock.prepare(request.method, exchange.path, query, headers, body)
     parts = urlsplit(url)
     target = (parts.path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
-    response = await pool("bedrock").request(request.method, target, headers, content)
+    response = await upstreams.pools.get("bedrock").request(request.method, target, headers, content)
     if response.status < 400:
         return Answer("bedrock", response, response.status)
     raw = await _read_capped(response)
@@ -272,7 +273,7 @@ async def _read_capped(response: UpstreamResponse) -> bytes:
 
 
 async def respond(
-    request: Request, exchange: Exchange, answer: Answer, body: bytes
+    settings: Settings, request: Request, exchange: Exchange, answer: Answer, body: bytes
 ) -> RelayResponse | BufferedResponse:
     """The response that relays the chosen answer back and ends the exchange (`responses.py`). `body` is the
     request's: a Messages answer that ends without its usage is billed the most that request can cost."""
@@ -307,7 +308,8 @@ async def respond(
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:
-            content = _rewrite_results_url(await upstream.aread(), _gateway_base(request))
+            gateway_base = _gateway_base(request, settings.public_base_url)
+            content = _rewrite_results_url(await upstream.aread(), gateway_base, settings.anthropic_api_base)
         except UpstreamError as exc:
             raise upstream_failure(exc, answer.upstream, "broke off its answer") from None
         finally:
@@ -329,8 +331,8 @@ def upstream_failure(exc: UpstreamError, upstream: str, what: str = "could not b
     return GatewayError(502, f"{_NAMES[upstream]} {what} ({type(exc).__name__}).")
 
 
-def _gateway_base(request: Request) -> str:
-    configured = get_settings().public_base_url
+def _gateway_base(request: Request, configured: str | None) -> str:
+    """The gateway's pass-through URL as clients reach it (`configured`: GATEWAY_PUBLIC_URL, when set)."""
     if configured:
         return configured.rstrip("/") + PREFIX
     # Through a REST API's own URL the public path starts with the stage, which the app never sees in its path.
@@ -338,8 +340,8 @@ def _gateway_base(request: Request) -> str:
     return str(request.base_url).rstrip("/") + stage + PREFIX
 
 
-def _rewrite_results_url(content: bytes, gateway_base: str) -> bytes:
-    upstream_base = get_settings().anthropic_api_base.encode()
+def _rewrite_results_url(content: bytes, gateway_base: str, anthropic_api_base: str) -> bytes:
+    upstream_base = anthropic_api_base.encode()
     api_host = b"https://api.anthropic.com"
 
     def replace(match: re.Match[bytes]) -> bytes:

@@ -63,9 +63,10 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def effective_upstreams(record: KeyRecord) -> tuple[str, ...]:
-    """The upstreams that serve this key's requests, in failover order: its own, or the deployment's default."""
-    return tuple(record.upstreams) if record.upstreams else get_settings().default_upstreams
+def effective_upstreams(record: KeyRecord, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The upstreams that serve this key's requests, in failover order: its own, or the deployment's `default`
+    (DEFAULT_UPSTREAMS)."""
+    return tuple(record.upstreams) if record.upstreams else default
 
 
 def money(value: float | Decimal | None) -> Decimal | None:

@@ -9,13 +9,16 @@ init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to
     secrets         the upstream and master keys and any other secret, cached (secrets.py)
     bedrock         the Bedrock upstream and its credentials (bedrock.py)
     pools           keep-alive connections to each upstream (forwarding.py)
+    upstreams       what the pass-through forwards with: settings, pools, Bedrock, secrets (forwarding.py)
     metrics         where EMF blobs and log lines go, and the Tag values given out (metrics.py)
     unknown_models  the price of models pricing.json does not know, and which were logged (pricing.py)
     background      after-response tasks (background.py)
     accounting      requests ended and not settled yet (accounting.py)
 
-Code that has the runtime at hand uses it directly (the app, accounting). The request path's modules reach the
-part they need through the module's own functions (`aws.call`, `secrets.master_key`, `forwarding.pool`, ...),
+Code that has the runtime at hand uses it directly, and hands on the part a callee needs: the app gives
+`routing.forward` the `upstreams` and `request_body.read` the size limit; accounting gets the metrics writer, the
+unknown-model prices and the background tasks. The other modules of the request path still reach their part
+through the module's own functions (`aws.call`, `secrets.master_key`, `pricing.rates_for`, `background.spawn`),
 which act on the runtime serving the request: `activate` makes it theirs in the request's context, and tasks
 and worker threads started from there inherit it.
 
@@ -38,13 +41,13 @@ from typing import IO, Any
 
 from aws_lambda_powertools import Logger
 
-from . import aws, background, bedrock, forwarding, keys, pricing, secrets
+from . import aws, background, keys, pricing, secrets
 from .accounting import Accounting
 from .aws import AwsCalls
 from .background import Background
 from .bedrock import Bedrock
 from .errors import GatewayError
-from .forwarding import UpstreamPools
+from .forwarding import UpstreamPools, Upstreams
 from .ledger import ledger
 from .metrics import Metrics
 from .secrets import Secrets
@@ -63,10 +66,11 @@ class Runtime:
 
     def __init__(self, settings: Settings, stream: IO[str] | None = None) -> None:
         self.settings = settings
-        self.bedrock = Bedrock.from_settings(settings)
         self.aws = AwsCalls(settings)
         self.secrets = Secrets(settings, self.aws)
+        self.bedrock = Bedrock.from_settings(settings, self.secrets)
         self.pools = UpstreamPools(settings, self.bedrock.base_url)
+        self.upstreams = Upstreams(settings, self.pools, self.bedrock, self.secrets)
         self.metrics = Metrics(settings, stream or sys.stdout)
         self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate)
         self.background = Background()
@@ -78,8 +82,6 @@ class Runtime:
         tokens: tuple[Token[Any], ...] = (
             aws.use(self.aws),
             secrets.use(self.secrets),
-            bedrock.use(self.bedrock),
-            forwarding.use(self.pools),
             pricing.use(self.unknown_models),
             background.use(self.background),
         )
