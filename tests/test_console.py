@@ -24,7 +24,8 @@ from playwright.sync_api import Page, Playwright, expect, sync_playwright
 from samcli.yamlhelper import yaml_parse
 
 from anthropic_gateway import console, tag_spend
-from anthropic_gateway.ledger import ledger
+from anthropic_gateway.runtime import Runtime
+from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
 from tests.conftest import MASTER_KEY
 
@@ -437,11 +438,14 @@ def showcase(gateway):
 
 
 async def _seed_tag_history() -> None:
-    """Two weeks of daily spend per tag, through the same ledger the gateway records with."""
+    """Two weeks of daily spend per tag, through a ledger like the gateway's (a runtime's), on this loop."""
+    runtime = Runtime(get_settings())
+    deactivate = runtime.activate()
     today = tag_spend.today()
     for back in range(1, 15):
         for index, (tag, scale) in enumerate([("team:search", 3), ("team:support", 2), ("team:data", 5)]):
             tokens = 100_000 * scale * (1 + (back * (index + 2)) % 5)
             usage = Usage(input_tokens=tokens, output_tokens=tokens // 10)
             tag_spend.record([tag], tokens * 3e-6 + tokens // 10 * 15e-6, usage, day=today - timedelta(days=back))
-    await ledger.flush()
+    await runtime.ledger.flush()
+    deactivate()

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from anthropic_gateway import money, pricing, tag_spend
-from anthropic_gateway.ledger import ledger
 from anthropic_gateway.runtime import Runtime
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
@@ -113,10 +112,11 @@ def _record_now(*calls: tuple) -> None:
     calls), then the ledger's flush."""
 
     async def record_and_flush() -> None:
-        deactivate = Runtime(get_settings()).activate()
+        runtime = Runtime(get_settings())
+        deactivate = runtime.activate()
         for call in calls:
             tag_spend.record(*call[:3], day=call[3])
-        await ledger.flush()
+        await runtime.ledger.flush()
         deactivate()
 
     asyncio.run(record_and_flush())

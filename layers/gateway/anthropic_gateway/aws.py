@@ -45,7 +45,6 @@ boto3_lock = threading.Lock()
 
 # Called when an AWS call succeeds after a failure, whichever runtime made it: the ledger, which is still one per
 # process, registers its retry here when it is imported.
-_process_recovery: list[Callable[[], None]] = []
 
 
 class Unavailable(Exception):
@@ -122,7 +121,7 @@ class AwsCalls:
     def _note_success(self) -> None:
         if self._failed_at is not None:
             self._failed_at = None
-            for callback in (*self._on_recovery, *_process_recovery):
+            for callback in self._on_recovery:
                 callback()
 
     async def call[T](self, function: Callable[..., T], *args: Any) -> T:
@@ -218,9 +217,3 @@ def note_failure() -> None:
 
 def recently_failed() -> bool:
     return _in_use.get().recently_failed()
-
-
-def on_recovery(callback: Callable[[], None]) -> None:
-    """Run `callback` when any runtime's AWS call succeeds after a failure: for state that is still one per
-    process (the ledger's retry)."""
-    _process_recovery.append(callback)

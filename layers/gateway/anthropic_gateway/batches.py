@@ -28,11 +28,11 @@ from typing import Any
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import aws, background, governance, keys, pricing
+from . import aws, background, governance, keys, ledger, pricing
 from .batch_state import BatchState, CreateHold, ResultsTap
 from .errors import GatewayError
 from .exchange import Exchange
-from .ledger import Write, ledger
+from .ledger import Write
 from .settings import get_settings
 from .storage import batch_items, holds, key_records
 from .storage.spend import OPERATION_MARKER_SECONDS

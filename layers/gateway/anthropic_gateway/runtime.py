@@ -14,18 +14,18 @@ init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to
     unknown_models  the price of models pricing.json does not know, and which were logged (pricing.py)
     background      after-response tasks (background.py)
     accounting      requests ended and not settled yet (accounting.py)
+    ledger          counters not written yet, and writes kept for retry (ledger.py)
 
 Code that has the runtime at hand uses it directly, and hands on the part a callee needs: the app gives
 `routing.forward` the `upstreams` and `request_body.read` the size limit; accounting gets the metrics writer, the
 unknown-model prices and the background tasks. The other modules of the request path still reach their part
-through the module's own functions (`aws.call`, `secrets.master_key`, `pricing.rates_for`, `background.spawn`),
-which act on the runtime serving the request: `activate` makes it theirs in the request's context, and tasks
-and worker threads started from there inherit it.
+through the module's own functions (`aws.call`, `secrets.master_key`, `pricing.rates_for`, `background.spawn`,
+`ledger.add`), which act on the runtime serving the request: `activate` makes it theirs in the request's context,
+and tasks and worker threads started from there inherit it.
 
 Still one per process, in the modules that hold them: boto3's default session, which the DynamoDB table handle
 (storage/table.py) and the Secrets Manager client share, and that handle; the key cache and key directory
-(keys.py); the ledger (ledger.py); the batch sweep's clock (batches.py); and the settings those modules read
-through `get_settings()`.
+(keys.py); the batch sweep's clock (batches.py); and the settings those modules read through `get_settings()`.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from typing import IO, Any
 
 from aws_lambda_powertools import Logger
 
-from . import aws, background, keys, pricing, secrets
+from . import aws, background, keys, ledger, pricing, secrets
 from .accounting import Accounting
 from .aws import AwsCalls
 from .background import Background
 from .bedrock import Bedrock
 from .errors import GatewayError
 from .forwarding import UpstreamPools, Upstreams
-from .ledger import ledger
+from .ledger import Ledger
 from .metrics import Metrics
 from .secrets import Secrets
 from .settings import Settings
@@ -75,6 +75,9 @@ class Runtime:
         self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate)
         self.background = Background()
         self.accounting = Accounting(self.metrics, self.unknown_models, self.background)
+        self.ledger = Ledger(settings, self.aws)
+        # What failed is written as soon as DynamoDB answers again, not when the backoff says.
+        self.aws.on_recovery(self.ledger.retry_now)
 
     def activate(self) -> Callable[[], None]:
         """Make this the runtime the request path's modules act on, in the current context (a request's, or the
@@ -82,6 +85,7 @@ class Runtime:
         tokens: tuple[Token[Any], ...] = (
             aws.use(self.aws),
             secrets.use(self.secrets),
+            ledger.use(self.ledger),
             pricing.use(self.unknown_models),
             background.use(self.background),
         )
@@ -129,7 +133,7 @@ class Runtime:
         """
         self.accounting.settle_queued()
         await self.background.wait()
-        await ledger.flush()
+        await self.ledger.flush()
 
     async def close(self) -> None:
         """Drain, then close every upstream connection and drop the secrets: the one place a runtime ends."""

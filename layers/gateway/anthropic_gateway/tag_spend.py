@@ -12,8 +12,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from . import ledger
 from .errors import GatewayError
-from .ledger import ledger
 from .storage import spend
 from .storage.table import Number
 from .usage import Usage
