@@ -225,7 +225,8 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
             body = await request_body.read(request, runtime.settings.max_request_bytes)  # litellm_metadata cut out
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
             await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
-            await admit_batch(exchange, body.raw)  # a batch create reserves its whole estimate (402 when it cannot)
+            # A batch create reserves its whole estimate (402 when it cannot); any request may start a batch sweep.
+            await admit_batch(exchange, body.raw, runtime.batch_sweeps)
             # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py
             response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body.raw, exchange))
         except GatewayError as exc:

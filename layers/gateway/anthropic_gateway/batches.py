@@ -56,10 +56,11 @@ _MICRO_DOLLAR = Decimal("0.000001")
 # -- create -------------------------------------------------------------------------------------------------------
 
 
-async def admit(exchange: Exchange, body: bytes) -> None:
+async def admit(exchange: Exchange, body: bytes, sweeps: SweepClock) -> None:
     """Before a batch create goes upstream: reserve its estimate on the key's budget, or refuse (402). Any request
-    also starts a sweep of the batches due to be settled at their estimate, when none ran in the last minute."""
-    _start_sweep_if_due()
+    also starts a sweep of the batches due to be settled at their estimate, when `sweeps` (the runtime's) started
+    none in the last minute."""
+    sweeps.start_if_due()
     record = exchange.principal.record if exchange.principal else None
     if record is None or (exchange.method, exchange.path) != ("POST", CREATE_PATH):
         return  # the master key is not billed
@@ -240,16 +241,20 @@ async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None)
 
 # -- batches never fetched ----------------------------------------------------------------------------------------
 
-_last_sweep: list[datetime] = []
 
+class SweepClock:
+    """When a runtime last started a sweep (runtime.py holds one): at most one every SWEEP_INTERVAL."""
 
-def _start_sweep_if_due() -> None:
-    now = keys.utcnow()
-    # A clock that went backwards (tests move it) also allows a sweep.
-    if _last_sweep and timedelta(0) <= now - _last_sweep[0] < SWEEP_INTERVAL:
-        return
-    _last_sweep[:] = [now]
-    background.spawn(_sweep(now))
+    def __init__(self) -> None:
+        self._last: datetime | None = None
+
+    def start_if_due(self) -> None:
+        now = keys.utcnow()
+        # A clock that went backwards (tests move it) also allows a sweep.
+        if self._last is not None and timedelta(0) <= now - self._last < SWEEP_INTERVAL:
+            return
+        self._last = now
+        background.spawn(_sweep(now))
 
 
 async def _sweep(now: datetime) -> None:

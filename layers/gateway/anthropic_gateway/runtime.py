@@ -15,6 +15,7 @@ init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to
     background      after-response tasks (background.py)
     accounting      requests ended and not settled yet (accounting.py)
     ledger          counters not written yet, and writes kept for retry (ledger.py)
+    batch_sweeps    when the last sweep of the batches due to be settled started (batches.py)
 
 Code that has the runtime at hand uses it directly, and hands on the part a callee needs: the app gives
 `routing.forward` the `upstreams` and `request_body.read` the size limit; accounting gets the metrics writer, the
@@ -25,7 +26,7 @@ and tasks and worker threads started from there inherit it.
 
 Still one per process, in the modules that hold them: boto3's default session, which the DynamoDB table handle
 (storage/table.py) and the Secrets Manager client share, and that handle; the key cache and key directory
-(keys.py); the batch sweep's clock (batches.py); and the settings those modules read through `get_settings()`.
+(keys.py); and the settings those modules read through `get_settings()`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import IO, Any
 
 from aws_lambda_powertools import Logger
 
-from . import aws, background, keys, ledger, pricing, secrets
+from . import aws, background, batches, keys, ledger, pricing, secrets
 from .accounting import Accounting
 from .aws import AwsCalls
 from .background import Background
@@ -76,6 +77,7 @@ class Runtime:
         self.background = Background()
         self.accounting = Accounting(self.metrics, self.unknown_models, self.background)
         self.ledger = Ledger(settings, self.aws)
+        self.batch_sweeps = batches.SweepClock()
         # What failed is written as soon as DynamoDB answers again, not when the backoff says.
         self.aws.on_recovery(self.ledger.retry_now)
 
