@@ -12,7 +12,8 @@ from functions/proxy/run.sh), wrk as the load generator, and this client. In one
    request;
 4. 1,000 concurrent slow streams held by the gateway: RSS before / peak / after;
 5. a 100,000-request soak sampling the gateway's RSS and open fds;
-6. cold start and deployment size of the `sam build` artifact (bench/cold_start.py);
+6. cold start and deployment size of the `sam build` artifact (bench/cold_start.py), and its streaming door from
+   spawn to ready and to its first pass-through answer;
 7. the streaming door at the CPU share Lambda gives 256, 512, 1,024 and 1,769 MB: import-to-ready, first answer
    after start, CPU and added billed time per stream, log bytes per request (bench/memory_sizes.py; needs root for
    its cgroups, else the step is skipped and says why).
@@ -166,11 +167,14 @@ def main() -> int:
     results = measure_serving(config, list(os.getloadavg()))
     _step(f"cold start ({config.cold_start_runs} runs) and size: sam build")
     cold = cold_start.measure(config.cold_start_runs, skip_arm64=config.quick)
+    _step(f"first answer after start ({config.cold_start_runs} runs)")
+    first = cold_start.measure_first_answer_of_a_build(config.cold_start_runs)
     _step(f"memory sizes ({config.memory_size_runs} runs per size): the streaming door at Lambda's CPU shares")
     sizes = memory_sizes.measure(config.memory_size_runs, config.memory_size_requests)
     results = dataclasses.replace(
         results,
         cold_start=cold,
+        first_answer=first,
         memory_sizes=sizes,
         load_average=(results.load_average[0], list(os.getloadavg())),
     )

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.cold_start import COLD_START_TARGET_S, SIZE_TARGET_MB, ColdStartResult
+from bench.cold_start import COLD_START_TARGET_S, SIZE_TARGET_MB, ColdStartResult, FirstAnswerResult
 from bench.latency import percentile
 from bench.load import SoakResult, WrkResult
 from bench.memory_sizes import MemorySizesResult
@@ -48,6 +48,8 @@ class Results:
     floor_load: WrkResult | None = None
     # The streaming door at Lambda's CPU share per memory size (bench/memory_sizes.py); None: not measured here.
     memory_sizes: MemorySizesResult | None = None
+    # The streaming door from spawn to ready and to its first pass-through answer (None: not run).
+    first_answer: FirstAnswerResult | None = None
 
     def added(self) -> dict[str, float]:
         p50 = statistics.median
@@ -178,8 +180,23 @@ def _cold_start_rows(c: ColdStartResult | None) -> list[Row]:
     ]  # fmt: skip
 
 
+def _first_answer_rows(f: FirstAnswerResult | None) -> list[Row]:
+    if f is None:
+        return []
+    median = statistics.median
+    return [
+        (f"Start: spawn `run.sh` to ready, secrets read and AWS clients made (median of {f.runs})", "",
+         f"{median(f.ready_s) * 1000:.0f} ms", "", "", None),
+        ("… to its first pass-through answer, sent at ready", "", f"{median(f.first_answer_s) * 1000:.0f} ms", "", "",
+         None),
+        ("… the process's CPU time until ready / until that answer", "",
+         f"{median(f.ready_cpu_s) * 1000:.0f} / {median(f.first_answer_cpu_s) * 1000:.0f} ms", "", "", None),
+    ]  # fmt: skip
+
+
 def rows(r: Results) -> list[Row]:
-    return _latency_rows(r) + _load_rows(r) + _memory_rows(r) + _cold_start_rows(r.cold_start)
+    cold = _cold_start_rows(r.cold_start) + _first_answer_rows(r.first_answer)
+    return _latency_rows(r) + _load_rows(r) + _memory_rows(r) + cold
 
 
 def markdown(r: Results) -> str:
@@ -229,6 +246,7 @@ def write_json(r: Results, path: Path) -> None:
         "soak": dataclasses.asdict(soak) | {"rss_flat": soak.rss_flat, "fds_flat": soak.fds_flat},
         "cold_start": dataclasses.asdict(r.cold_start) if r.cold_start else None,
         "memory_sizes": dataclasses.asdict(r.memory_sizes) if r.memory_sizes else None,
+        "first_answer": dataclasses.asdict(r.first_answer) if r.first_answer else None,
         "met": {name: met for name, *_, met in rows(r) if met is not None},
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,23 +1,41 @@
 """What the gateway writes to stdout (EMF blobs and JSON log lines), collected for assertions; and keys with tags.
 
-`metrics.output` is the stream both the EMF writer and the Powertools logger write to; pointing its `target` at
-`Lines` sees exactly the bytes Lambda would ship to CloudWatch Logs. Accounting runs in a background task after
-the response, so a request's lines are read after draining the gateway (its access log line is the last of them).
+Every gateway the tests start writes its EMF blobs and log lines to one `Output` (a runtime's stream); pointing its
+`target` at `Lines` sees exactly the bytes Lambda would ship to CloudWatch Logs. Accounting runs in a background
+task after the response, so a request's lines are read after draining the gateway (its access log line is the
+last of them).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from anthropic_gateway import keys
 from anthropic_gateway.storage import key_records
 
 ACCESS_MESSAGE = "gateway request"
 Record = dict[str, Any]  # one JSON line: an EMF blob or a log record
+
+
+class Output:
+    """The stream the tests' gateways write to: stdout as it was when the tests started (pytest's capture), or
+    `target` while a test reads what is written; one whole line per write, as the gateway writes."""
+
+    def __init__(self) -> None:
+        self.default: IO[str] = sys.stdout
+        self.target: Lines | None = None
+
+    def write(self, text: str) -> int:
+        (self.target or self.default).write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        (self.target or self.default).flush()
 
 
 @dataclass
@@ -47,7 +65,7 @@ class Lines:
         self._partial = ""
         self.lines: list[str] = []
 
-    # The stream interface metrics.output forwards to.
+    # The stream interface Output forwards to.
     def write(self, text: str) -> None:
         with self._lock:
             *complete, self._partial = (self._partial + text).split("\n")

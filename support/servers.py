@@ -33,8 +33,8 @@ def answers(url: str, status: int | None = 200) -> bool:
 class ThreadedUvicorn:
     """`with ThreadedUvicorn(app) as server:` serves `app` at `server.url` until the block ends.
 
-    app_drain: the app's own after-response work (the gateway's `anthropic_gateway.app.drain`), which `drain()`
-    awaits once the requests in flight have finished.
+    app_drain: the app's own after-response work (the gateway's `GatewayApp.drain`), which `drain()` awaits once
+    the requests in flight have finished.
     """
 
     def __init__(
@@ -43,7 +43,7 @@ class ThreadedUvicorn:
         self._config: dict[str, Any] = (
             dict(log_level="warning", access_log=False, server_header=False, date_header=False) | config
         )
-        self._app, self._port, self._app_drain = app, port, app_drain
+        self.app, self._port, self._app_drain = app, port, app_drain
         self._loop: asyncio.AbstractEventLoop | None = None
         self.url = ""
 
@@ -53,7 +53,7 @@ class ThreadedUvicorn:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self._port))
-        self.server = uvicorn.Server(uvicorn.Config(self._app, **self._config))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, **self._config))
         self._thread = threading.Thread(target=self._run, args=(sock,), daemon=True)
         self._thread.start()
 

@@ -1,22 +1,40 @@
-"""Shared fixtures: moto as AWS, our fake Anthropic upstream, and the gateway itself, all on loopback."""
+"""Shared fixtures: moto as AWS, our fake Anthropic upstream, and the gateway itself, all on loopback.
+
+Each gateway a test starts is an app of its own with a runtime of its own (support/gateways.py); code a test calls
+directly runs with a runtime of the test's own (`test_runtime`). Nothing patches the gateway's modules.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 
 import anthropic
 import httpx
 import pytest
 
 from support.fake_anthropic import FakeAnthropic
-from support.servers import ThreadedUvicorn
+from support.gateways import OUTPUT, drain_all, start_gateway
 
 # As template.yaml and `make dev` set it (Powertools reads it when the app is imported).
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "anthropic-gateway")
 
 MASTER_KEY = "sk-master-test-0123456789abcdef"
 UPSTREAM_KEY = "sk-ant-upstream-test-key"
+
+
+@pytest.fixture(autouse=True)
+def test_runtime():
+    """A runtime of the test's own, for the gateway code it calls directly, outside any gateway (storage functions,
+    prices, the ledger): what the app would make current for a request."""
+    from anthropic_gateway.runtime import Runtime
+    from anthropic_gateway.settings import get_settings
+
+    runtime = Runtime(get_settings(), stream=OUTPUT)
+    deactivate = runtime.activate()
+    yield runtime
+    deactivate()
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +65,16 @@ def aws(fake_upstream):
 @pytest.fixture(scope="session")
 def gateway(aws):
     """The gateway app served by uvicorn, as `make dev` and the Lambda Web Adapter run it."""
-    from anthropic_gateway.app import app, drain
-
-    protocol = "anthropic_gateway.server_protocol:OneWritePerTurn"  # run.sh's --http
-    with ThreadedUvicorn(app, app_drain=drain, proxy_headers=True, http=protocol, loop="asyncio") as server:
+    with start_gateway() as server:
         yield server
+
+
+@pytest.fixture
+def gateway_with(aws):
+    """`gateway_with(**changes)`: a gateway of the test's own whose settings differ from the session's by
+    `changes` (same table, secrets and fake upstream unless changed), stopped when the test ends."""
+    with ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(start_gateway(**changes))
 
 
 @pytest.fixture(autouse=True)
@@ -62,12 +85,11 @@ def _fresh_upstream(request):
 
 @pytest.fixture
 def captured(monkeypatch, gateway):
-    """Every EMF blob and log line the gateway writes, as CloudWatch would receive them."""
-    from anthropic_gateway import metrics
+    """Every EMF blob and log line the tests' gateways write, as CloudWatch would receive them."""
     from support.captured_lines import Lines
 
-    lines = Lines(drain=gateway.drain)
-    monkeypatch.setattr(metrics.output, "target", lines)
+    lines = Lines(drain=drain_all)
+    monkeypatch.setattr(OUTPUT, "target", lines)
     return lines
 
 
@@ -160,7 +182,6 @@ def own_table(monkeypatch):
 def aws_calls(gateway):
     """AWS calls the gateway makes from now on: (operation, request body), from botocore's before-call events on
     its Secrets Manager and DynamoDB clients."""
-    from anthropic_gateway import secrets
     from anthropic_gateway.storage import table
 
     calls: list[tuple[str, bytes]] = []
@@ -169,7 +190,7 @@ def aws_calls(gateway):
         body = params.get("body") or b""
         calls.append((model.name, body if isinstance(body, bytes) else str(body).encode()))
 
-    clients = [secrets._provider().client, table.handle().meta.client]
+    clients = [gateway.app.runtime.secrets.provider().client, table.handle().meta.client]
     for client in clients:
         client.meta.events.register("before-call.*.*", count)
     yield calls

@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from anthropic_gateway import bedrock as bedrock_module
 from anthropic_gateway.bedrock import Bedrock, model_span, sign, signing_scope
 from anthropic_gateway.bedrock_errors import anthropic_error
 from anthropic_gateway.bedrock_models import BedrockConfigError, ModelTable, load_model_ids, model_table
@@ -272,29 +271,34 @@ def test_count_tokens_is_signed_too(upstream, fake):
     assert fake.requests[-1].request.json()["model"] == "anthropic.claude-sonnet-4-5"
 
 
-def test_the_default_credential_chain_is_resolved_once_per_process(fake, monkeypatch):
+def test_the_default_credential_chain_is_resolved_once_until_forgotten(fake, monkeypatch):
     frozen = fake.credentials.get_frozen_credentials()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", frozen.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", frozen.secret_key)
     monkeypatch.setenv("AWS_SESSION_TOKEN", frozen.token)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setattr(bedrock_module, "_default_credentials", None)
 
-    first, second = (Bedrock(region=fake.region, base_url=fake.base_url) for _ in range(2))
-    assert _through(first, MESSAGE).status_code == 200
-    resolved = bedrock_module._default_credentials
-    assert _through(second, MESSAGE).status_code == 200
+    upstream = Bedrock(region=fake.region, base_url=fake.base_url)
+    assert _through(upstream, MESSAGE).status_code == 200
+    resolved = upstream._credentials
+    assert _through(upstream, MESSAGE).status_code == 200
+    assert resolved is not None and upstream._credentials is resolved
 
-    assert resolved is not None and bedrock_module._default_credentials is resolved
-    assert [r.auth for r in fake.requests] == ["sigv4", "sigv4"]
+    upstream.forget_credentials()  # a restored SnapStart snapshot: the chain is asked again
+    assert _through(upstream, MESSAGE).status_code == 200
+    assert upstream._credentials is not None and upstream._credentials is not resolved
+    assert [r.auth for r in fake.requests] == ["sigv4", "sigv4", "sigv4"]
 
 
-def test_a_bedrock_api_key_from_secrets_manager_is_sent_as_a_bearer_token(aws, fake, monkeypatch):
+def test_a_bedrock_api_key_from_secrets_manager_is_sent_as_a_bearer_token(aws, fake, monkeypatch, test_runtime):
     import boto3
 
     boto3.client("secretsmanager").create_secret(Name="bedrock-api-key-test", SecretString="bedrock-api-key-123")
     monkeypatch.setattr(fake, "api_key", "bedrock-api-key-123")
-    upstream = Bedrock(region=fake.region, base_url=fake.base_url, api_key_secret="bedrock-api-key-test")
+    secrets = test_runtime.secrets
+    upstream = Bedrock(
+        region=fake.region, base_url=fake.base_url, api_key_secret="bedrock-api-key-test", secrets=secrets
+    )
 
     response = _through(upstream, MESSAGE)
 

@@ -7,19 +7,18 @@ ones, as under `make dev`) and the mapped model id; it answers with the fake Ant
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from decimal import Decimal
 
 import anthropic
 import httpx
 import pytest
 
-from anthropic_gateway import bedrock as bedrock_module
 from anthropic_gateway import pricing
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
 from support.captured_lines import dimension_sets, metric_values
 from support.fake_bedrock import FakeBedrock
+from support.gateways import start_gateway
 from support.servers import free_port
 
 MODEL = "claude-haiku-4-5"
@@ -30,16 +29,18 @@ MESSAGE = {"model": MODEL, "max_tokens": 64, "messages": HELLO}
 
 
 @pytest.fixture(scope="module")
-def fake_bedrock(gateway):
-    """A fake Bedrock the gateway's BEDROCK_BASE_URL points at, checking moto's credentials as the signer's."""
+def fake_bedrock(aws):
+    """A fake Bedrock checking moto's credentials (the environment's, found by botocore's chain) as the signer's."""
     region = get_settings().aws_region
     with FakeBedrock(region=region, access_key="testing", secret_key="testing", token=None) as fake:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("BEDROCK_BASE_URL", fake.base_url)
-            patch.setattr(bedrock_module, "_default_credentials", None)  # resolve from the environment (moto's)
-            get_settings.cache_clear()
-            yield fake
-        get_settings.cache_clear()
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def gateway(fake_bedrock):
+    """The gateway of these tests: its BEDROCK_BASE_URL is the fake Bedrock."""
+    with start_gateway(bedrock_base_url=fake_bedrock.base_url) as server:
+        yield server
 
 
 @pytest.fixture
@@ -54,13 +55,6 @@ def _sdk(gateway, key: str) -> anthropic.Anthropic:
 
 def _http(gateway, key: str, **headers: str) -> httpx.Client:
     return httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key, **headers}, timeout=30)
-
-
-def _settings_patch(monkeypatch, **changes) -> None:
-    from anthropic_gateway import forwarding
-
-    patched = replace(forwarding.get_settings(), **changes)
-    monkeypatch.setattr(forwarding, "get_settings", lambda: patched)
 
 
 # -- the same shapes from both upstreams ---------------------------------------------------------------------------
@@ -220,8 +214,8 @@ def test_an_anthropic_outage_status_fails_over_to_bedrock(
     assert ["service", "Upstream"] in dimension_sets(by_upstream)
 
 
-def test_an_unreachable_anthropic_fails_over_to_bedrock(gateway, make_key, bedrock, captured, monkeypatch):
-    _settings_patch(monkeypatch, anthropic_api_base=f"http://127.0.0.1:{free_port()}")
+def test_an_unreachable_anthropic_fails_over_to_bedrock(gateway_with, make_key, bedrock, captured):
+    gateway = gateway_with(bedrock_base_url=bedrock.base_url, anthropic_api_base=f"http://127.0.0.1:{free_port()}")
     with _http(gateway, make_key(upstreams=["anthropic", "bedrock"])) as http:
         response = http.post("/v1/messages", json=MESSAGE)
 
@@ -232,9 +226,9 @@ def test_an_unreachable_anthropic_fails_over_to_bedrock(gateway, make_key, bedro
 
 
 def test_an_anthropic_that_does_not_answer_in_time_fails_over_to_bedrock(
-    gateway, make_key, bedrock, fake_upstream, captured, monkeypatch
+    gateway_with, make_key, bedrock, fake_upstream, captured
 ):
-    _settings_patch(monkeypatch, upstream_read_timeout=0.5)
+    gateway = gateway_with(bedrock_base_url=bedrock.base_url, upstream_read_timeout=0.5)
     with _http(gateway, make_key(upstreams=["anthropic", "bedrock"]), **{"x-fake-header-delay-ms": "60000"}) as http:
         response = http.post("/v1/messages", json=MESSAGE)
 
@@ -272,21 +266,16 @@ def test_an_anthropic_4xx_is_the_clients_answer(gateway, make_key, bedrock, fake
     assert bedrock.requests == []
 
 
-def test_a_429_fails_over_only_when_the_operator_turns_it_on(gateway, make_key, bedrock, fake_upstream, monkeypatch):
-    client = _sdk(gateway, make_key(upstreams=["anthropic", "bedrock"]))
+def test_a_429_fails_over_only_when_the_operator_turns_it_on(gateway, gateway_with, make_key, bedrock, fake_upstream):
+    key = make_key(upstreams=["anthropic", "bedrock"])
     fake_upstream.fail_next(429)
     with pytest.raises(anthropic.RateLimitError):
-        client.messages.create(**MESSAGE)
+        _sdk(gateway, key).messages.create(**MESSAGE)
     assert bedrock.requests == []
 
-    monkeypatch.setenv("BEDROCK_FAILOVER_ON_429", "true")
-    get_settings.cache_clear()
-    try:
-        fake_upstream.fail_next(429)
-        raw = client.messages.with_raw_response.create(**MESSAGE)
-    finally:
-        monkeypatch.delenv("BEDROCK_FAILOVER_ON_429")
-        get_settings.cache_clear()
+    turned_on = gateway_with(bedrock_base_url=bedrock.base_url, bedrock_failover_on_429=True)  # BEDROCK_FAILOVER_ON_429
+    fake_upstream.fail_next(429)
+    raw = _sdk(turned_on, key).messages.with_raw_response.create(**MESSAGE)
     assert raw.headers["x-gateway-upstream"] == "bedrock" and len(bedrock.requests) == 1
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from anthropic_gateway import keys, secrets
+from anthropic_gateway import keys
 
 BURST = 32
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}
@@ -21,11 +21,11 @@ MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "
 
 @pytest.fixture
 def cold(gateway) -> Iterator[None]:
-    """The gateway's process as a new instance finds it: no secret and no key record in hand."""
-    secrets.clear()
+    """The gateway's process as a new instance finds it before its warm-up: no secret, no key record in hand."""
+    gateway.app.runtime.secrets.forget()
     keys.key_cache.invalidate()
     yield
-    secrets.clear()
+    gateway.app.runtime.secrets.forget()
 
 
 async def _burst(url: str, key: str) -> list[httpx.Response]:

@@ -25,7 +25,8 @@ from playwright.sync_api import Page, Playwright, expect, sync_playwright
 from samcli.yamlhelper import yaml_parse
 
 from anthropic_gateway import console, day_spend
-from anthropic_gateway.ledger import ledger
+from anthropic_gateway.runtime import Runtime
+from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
 from tests.conftest import MASTER_KEY
 
@@ -462,7 +463,10 @@ DEMO_PEOPLE = [
 
 
 async def _seed_history() -> None:
-    """Two weeks of daily spend per tag, team and user, through the same ledger the gateway records with."""
+    """Two weeks of daily spend per tag, team and user, through a ledger like the gateway's (a runtime's), on this
+    loop."""
+    runtime = Runtime(get_settings())
+    deactivate = runtime.activate()
     today = day_spend.today()
     for back in range(1, 15):
         for index, (team_id, _, user_id, _) in enumerate(DEMO_PEOPLE):
@@ -473,4 +477,5 @@ async def _seed_history() -> None:
             counters = day_spend.counters(cost, usage, forwarded=True)
             where = {"tags": [f"team:{team_id}"], "team_id": team_id, "user_id": user_id}
             day_spend.add(counters, day=today - timedelta(days=back), **where)
-    await ledger.flush()
+    await runtime.ledger.flush()
+    deactivate()

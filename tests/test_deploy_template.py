@@ -378,6 +378,10 @@ def test_snapstart_hooks_are_paths_the_adapter_accepts(resources):
         assert re.fullmatch(r"(/[a-z0-9_-]+)+", path), path
         assert path != "/events" and not path.startswith(("/anthropic/", "/key/", "/spend/", "/ui"))
     assert len(set(paths)) == 2
+    # ... and the paths the gateway serves its hooks on (to the adapter only: tests/test_snapstart.py).
+    from anthropic_gateway.app import AFTER_RESTORE_PATH, BEFORE_CHECKPOINT_PATH
+
+    assert paths == [BEFORE_CHECKPOINT_PATH, AFTER_RESTORE_PATH]
 
 
 def test_a_new_gateway_layer_publishes_a_new_streaming_version(template):
@@ -437,7 +441,8 @@ def _reachable(path: str, api_paths: list[str]) -> bool:
 
 
 def test_every_app_route_is_reachable_through_the_http_api(resources):
-    from anthropic_gateway.app import app
+    from anthropic_gateway import admin
+    from anthropic_gateway.app import GatewayApp
 
     api_paths = [
         event["Properties"]["Path"]
@@ -445,7 +450,7 @@ def test_every_app_route_is_reachable_through_the_http_api(resources):
         if event["Type"] == "HttpApi"
     ]
 
-    app_paths = [*_route_paths(app.api.routes), app.PASS_THROUGH_PATH]  # the pass-through is in front of FastAPI
+    app_paths = [*_route_paths(admin.build().routes), *GatewayApp.OWN_PATHS]  # the admin app loads on first use
     assert "/health" in app_paths and "/anthropic/{path:path}" in app_paths
     missing = [path for path in app_paths if not _reachable(path, api_paths)]
     assert not missing, f"app routes without an HttpApi route in template.yaml: {missing}"
@@ -456,14 +461,15 @@ def test_every_app_route_is_reachable_through_the_http_api(resources):
 
 def test_every_app_route_is_reachable_through_the_rest_api(resources):
     """The REST API door serves what the Function URL serves: the pass-through, the admin API, /ui and /health."""
-    from anthropic_gateway.app import app
+    from anthropic_gateway import admin
+    from anthropic_gateway.app import GatewayApp
 
     properties = resources["RestApi"]["Properties"]
     # Its integrations name the function through !If, which SAM's change detection does not see: without a new
     # deployment on every update, switching ComputeMode would leave the stage calling the deleted function.
     assert properties["AlwaysDeploy"] is True
     api_paths = list(properties["DefinitionBody"]["paths"])
-    app_paths = [*_route_paths(app.api.routes), app.PASS_THROUGH_PATH]
+    app_paths = [*_route_paths(admin.build().routes), *GatewayApp.OWN_PATHS]  # the admin app loads on first use
     missing = [path for path in app_paths if not _reachable(path, api_paths)]
     assert not missing, f"app routes without a REST API route in template.yaml: {missing}"
     for api_path in api_paths:
@@ -475,7 +481,8 @@ def test_api_handler_is_mangum_over_the_shared_app():
     source = (ROOT / "functions" / "api" / "handler.py").read_text()
     assert "from anthropic_gateway.app import app" in source
     assert 'Mangum(app, lifespan="off")' in source
-    assert "run_until_complete(drain())" in source  # accounting finishes before Lambda freezes the process
+    assert "run_until_complete(app.start())" in source  # the runtime is built and warmed at init
+    assert "run_until_complete(app.drain())" in source  # accounting finishes before Lambda freezes the process
 
 
 # -- every combination of the streaming door's parameters ---------------------------------------------------------

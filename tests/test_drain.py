@@ -1,11 +1,12 @@
-"""`app.drain`, which both doors and the tests' `gateway.drain()` await: it returns once pending work is done."""
+"""`GatewayApp.drain`, which both doors and the tests' `gateway.drain()` await: it returns once pending work is done."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-from anthropic_gateway import app, background
+from anthropic_gateway.runtime import Runtime
+from anthropic_gateway.settings import get_settings
 
 
 def test_drain_returns_when_a_task_has_just_finished(aws):  # aws: the ledger it flushes writes to moto
@@ -16,9 +17,12 @@ def test_drain_returns_when_a_task_has_just_finished(aws):  # aws: the ledger it
         ran.append(True)
 
     async def scenario() -> None:
-        background.spawn(work())
+        runtime = Runtime(get_settings())
+        deactivate = runtime.activate()
+        runtime.background.spawn(work())
         await asyncio.sleep(0)  # the task runs and finishes; the callback that forgets it is only scheduled
-        await app.drain()
+        await runtime.drain()
+        deactivate()
 
     # In a thread: a drain that never yields to its loop cannot be interrupted from inside it.
     thread = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)

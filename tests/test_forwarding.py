@@ -229,16 +229,12 @@ def test_upstream_headers_equal_the_clients_minus_credentials_and_hop_by_hop(gat
     )
 
 
-def test_unreachable_upstream_is_a_502_in_anthropics_shape(http, monkeypatch):
-    from dataclasses import replace
-
-    from anthropic_gateway import forwarding
+def test_unreachable_upstream_is_a_502_in_anthropics_shape(gateway_with, virtual_key):
     from support.servers import free_port
 
-    dead = replace(forwarding.get_settings(), anthropic_api_base=f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setattr(forwarding, "get_settings", lambda: dead)
-
-    response = http.post("/v1/messages", json=MESSAGE)
+    gateway = gateway_with(anthropic_api_base=f"http://127.0.0.1:{free_port()}")
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": virtual_key}, timeout=30) as http:
+        response = http.post("/v1/messages", json=MESSAGE)
 
     assert response.status_code == 502
     assert response.json()["error"] == {

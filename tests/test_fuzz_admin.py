@@ -174,17 +174,16 @@ def test_the_fuzzers_reach_the_storage_layer(master):
 
 
 def _admin_schema() -> dict[str, Any]:
-    """The admin API's OpenAPI document, built here: production serves none (`openapi_url=None` in app.py).
+    """The admin API's OpenAPI document, built here: production serves none (`openapi_url=None` in admin.py).
 
     The POST routes read their JSON body by hand (any content-type, as curl -d sends), so FastAPI cannot see it;
     their request models are put into the document as the bodies they are.
     """
     from fastapi.openapi.utils import get_openapi
 
-    from anthropic_gateway import key_routes
-    from anthropic_gateway.app import app
+    from anthropic_gateway import admin, key_routes
 
-    document = get_openapi(title="admin", version="test", routes=app.api.routes)
+    document = get_openapi(title="admin", version="test", routes=admin.build().routes)
     bodies = {
         "/key/generate": key_routes.GenerateRequest,
         "/key/update": key_routes.UpdateRequest,

@@ -170,6 +170,8 @@ def test_any_request_gets_no_gateway_5xx_leaks_nothing_and_holds_nothing(
     forwarded = fake_upstream.requests
     if status == 0:  # answered early, the answer lost to the reset (see raw_request): nothing may have gone upstream
         assert forwarded == [], (target, [(r.method, r.path) for r in forwarded])
+    elif status == 200 and path == "" and method in ("GET", "HEAD"):  # the base URL: Claude Code's preconnect
+        assert forwarded == [] and payload in (b"", b'{"status":"ok"}'), (method, target, payload[:300])
     elif "x-gateway-request-id" not in response_headers:
         # Refused by the HTTP server before the app (uvicorn's "Invalid HTTP request received."; on Lambda the
         # Function URL or API Gateway does the same): a 400 of its own, and nothing reached the gateway's code.

@@ -15,7 +15,6 @@ from anthropic_gateway import ledger as ledger_module
 from anthropic_gateway.auth import Principal
 from anthropic_gateway.errors import GatewayError
 from anthropic_gateway.exchange import Admission
-from anthropic_gateway.ledger import ledger
 from anthropic_gateway.storage import budgets, holds, key_records, rates
 from anthropic_gateway.storage import table as gateway_table
 from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, Scope, TooManyParallel
@@ -329,7 +328,7 @@ def test_a_conflicting_write_is_retried(table, monkeypatch):
     assert stored(record)["reserved"] == Decimal("0.5")
 
 
-def test_settle_of_a_deleted_key_does_not_recreate_it(table):
+def test_settle_of_a_deleted_key_does_not_recreate_it(table, test_runtime):
     record = new_record(max_budget=Decimal(1))
     _, held = acquire(record, Decimal("0.1"))
     key_records.delete(record)
@@ -338,8 +337,8 @@ def test_settle_of_a_deleted_key_does_not_recreate_it(table):
     increments = governance.spend_increments(Decimal("0.5"), usage, True)
 
     async def through_the_ledger() -> None:  # a key without budget: coalesced, written at the flush
-        ledger.add(key_records.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
-        await ledger.flush()
+        test_runtime.ledger.add(key_records.record_pk(record.key_id), "KEY", increments, only_if_exists=True)
+        await test_runtime.ledger.flush()
 
     asyncio.run(through_the_ledger())
     assert stored(record) == {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -29,9 +28,13 @@ def held_key(make_key) -> str:
     return make_key(max_parallel_requests=1, max_budget=5)
 
 
+def _client(gateway, key: str) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30)
+
+
 @pytest.fixture
 def key_http(gateway, held_key) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": held_key}, timeout=30) as client:
+    with _client(gateway, held_key) as client:
         yield client
 
 
@@ -51,13 +54,6 @@ def _access_line(captured, request_id: str | None = None) -> dict:
         lines = [r for r in lines if r.get("request_id") == request_id]
     assert lines, "no access log line"
     return lines[-1]
-
-
-def _settings_patch(monkeypatch, **changes) -> None:
-    from anthropic_gateway import forwarding
-
-    patched = replace(forwarding.get_settings(), **changes)
-    monkeypatch.setattr(forwarding, "get_settings", lambda: patched)
 
 
 def test_client_gone_while_the_upstream_still_sends_its_headers(gateway, admin, held_key, fake_upstream, captured):
@@ -85,9 +81,10 @@ def test_client_gone_mid_body(gateway, admin, held_key, key_http, fake_upstream)
     assert key_http.post("/v1/messages", json=MESSAGE).status_code == 200
 
 
-def test_silent_upstream_is_a_504_and_releases(gateway, admin, held_key, key_http, monkeypatch, captured):
-    _settings_patch(monkeypatch, upstream_read_timeout=0.3)
-    response = key_http.post("/v1/messages", json=MESSAGE, headers={"x-fake-header-delay-ms": "600000"})
+def test_silent_upstream_is_a_504_and_releases(gateway_with, admin, held_key, captured):
+    gateway = gateway_with(upstream_read_timeout=0.3)
+    with _client(gateway, held_key) as key_http:
+        response = key_http.post("/v1/messages", json=MESSAGE, headers={"x-fake-header-delay-ms": "600000"})
     assert response.status_code == 504
     assert response.json() == {
         "type": "error",
@@ -97,9 +94,10 @@ def test_silent_upstream_is_a_504_and_releases(gateway, admin, held_key, key_htt
     assert _access_line(captured, response.headers["x-gateway-request-id"])["status"] == 504
 
 
-def test_refused_upstream_is_a_502_and_releases(gateway, admin, held_key, key_http, monkeypatch):
-    _settings_patch(monkeypatch, anthropic_api_base=f"http://127.0.0.1:{free_port()}")
-    response = key_http.post("/v1/messages", json=MESSAGE)
+def test_refused_upstream_is_a_502_and_releases(gateway_with, admin, held_key):
+    gateway = gateway_with(anthropic_api_base=f"http://127.0.0.1:{free_port()}")
+    with _client(gateway, held_key) as key_http:
+        response = key_http.post("/v1/messages", json=MESSAGE)
     assert response.status_code == 502
     assert response.json()["error"] == {
         "type": "api_error",
@@ -109,18 +107,18 @@ def test_refused_upstream_is_a_502_and_releases(gateway, admin, held_key, key_ht
 
 
 @pytest.fixture
-def upstream_cutting_its_stream(monkeypatch) -> Iterator[None]:
-    """An upstream that starts an SSE stream (chunked) and drops the connection partway through it."""
+def upstream_cutting_its_stream(gateway_with):
+    """A gateway whose upstream starts an SSE stream (chunked) and drops the connection partway through it."""
     start = {"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": {"input_tokens": 5}}}
     event = b"event: message_start\ndata: " + json.dumps(start).encode() + b"\n\n"
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     with CuttingUpstream(head + b"%x\r\n%s\r\n" % (len(event), event)) as upstream:
-        _settings_patch(monkeypatch, anthropic_api_base=upstream.url)
-        yield
+        yield gateway_with(anthropic_api_base=upstream.url)
 
 
-def test_upstream_cut_mid_body_releases(gateway, admin, held_key, key_http, upstream_cutting_its_stream, captured):
-    with key_http.stream("POST", "/v1/messages", json=STREAM) as response:
+def test_upstream_cut_mid_body_releases(admin, held_key, upstream_cutting_its_stream, captured):
+    gateway = upstream_cutting_its_stream
+    with _client(gateway, held_key) as key_http, key_http.stream("POST", "/v1/messages", json=STREAM) as response:
         assert response.status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):
             response.read()  # the gateway ends the response where the upstream broke off

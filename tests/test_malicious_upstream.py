@@ -14,7 +14,6 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import replace
 from decimal import Decimal
 
 import httpx
@@ -37,20 +36,29 @@ def tenant_of(request: Received) -> bytes:
 
 
 @pytest.fixture
-def upstream(gateway, monkeypatch) -> Iterator[Callable[[Callable[[Received], Reply]], MaliciousUpstream]]:
-    """Starts a MaliciousUpstream with the given `answer` and points the gateway's Anthropic upstream at it."""
-    from anthropic_gateway import forwarding
+def broken() -> Iterator[tuple[MaliciousUpstream, list[Callable[[Received], Reply]]]]:
+    """A MaliciousUpstream of the test's own, answering as the last answer `upstream` was given."""
+    answers: list[Callable[[Received], Reply]] = []
+    with MaliciousUpstream(lambda request: answers[-1](request)) as started:
+        yield started, answers
 
-    with ExitStack() as stack:
 
-        def start(answer: Callable[[Received], Reply]) -> MaliciousUpstream:
-            started = stack.enter_context(MaliciousUpstream(answer))
-            patched = replace(forwarding.get_settings(), anthropic_api_base=started.url)
-            monkeypatch.setattr(forwarding, "get_settings", lambda: patched)
-            return started
+@pytest.fixture
+def gateway(gateway_with, broken):
+    """A gateway of the test's own, whose Anthropic upstream is the broken one (same table, keys and secrets)."""
+    return gateway_with(anthropic_api_base=broken[0].url)
 
-        yield start
-        monkeypatch.undo()  # the gateway leaves the upstream before it stops
+
+@pytest.fixture
+def upstream(broken, gateway) -> Callable[[Callable[[Received], Reply]], MaliciousUpstream]:
+    """`upstream(answer)`: the gateway's Anthropic upstream, from now on answering with `answer`."""
+    started, answers = broken
+
+    def start(answer: Callable[[Received], Reply]) -> MaliciousUpstream:
+        answers.append(answer)
+        return started
+
+    return start
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -13,10 +14,12 @@ import pytest
 from anthropic_gateway import keys, metrics, pricing
 from anthropic_gateway.auth import Principal
 from anthropic_gateway.exchange import Exchange
+from anthropic_gateway.metrics import Metrics
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.usage import Usage, UsageTap
-from support.captured_lines import dimension_sets, metric_values, stored_key
+from support.captured_lines import Output, dimension_sets, metric_values, stored_key
+from support.gateways import start_gateway
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
 MODEL = "claude-sonnet-4-5"
@@ -24,22 +27,20 @@ USAGE = {"input_tokens": 1234, "output_tokens": 56, "cache_creation_input_tokens
 
 
 # The tags these tests send get Tag values of their own; test_unlisted_tags_* covers everything else.
-LISTED_TAGS = "team:m,app:json,stream:full,stream:cut,e:up,s:json,conc:*,t*"
+LISTED_TAGS = ("team:m", "app:json", "stream:full", "stream:cut", "e:up", "s:json", "conc:*", "t*")
+SERVICE = Metrics(get_settings(), Output()).service  # POWERTOOLS_SERVICE_NAME, as the gateway reads it
 
 
-@pytest.fixture(autouse=True)
-def metric_tags(monkeypatch):
-    """METRIC_TAGS as a stack would set it, read afresh; `set_to(value)` changes it within a test."""
+@pytest.fixture(scope="module")
+def listed_gateway(gateway):
+    """A gateway with METRIC_TAGS set as a stack would set it."""
+    with start_gateway(metric_tags=LISTED_TAGS) as server:
+        yield server
 
-    def set_to(value: str) -> None:
-        monkeypatch.setenv("METRIC_TAGS", value)
-        get_settings.cache_clear()
-        monkeypatch.setattr(metrics, "_pattern_tags", set())
 
-    set_to(LISTED_TAGS)
-    yield set_to
-    monkeypatch.undo()
-    get_settings.cache_clear()
+def writer(**changes) -> Metrics:
+    """A runtime's metrics writer, its settings changed by `changes` (METRIC_TAGS, the namespace)."""
+    return Metrics(replace(get_settings(), **changes), Output())
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ def key(gateway, alias) -> str:
 
 
 @pytest.fixture
-def gw(gateway, key):
-    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30) as client:
+def gw(listed_gateway, key):
+    with httpx.Client(base_url=listed_gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30) as client:
         yield client
 
 
@@ -110,7 +111,7 @@ def test_json_response_metrics_equal_the_upstream_usage(gw, captured, key, alias
     assert values["Latency"] > 0
     assert "TimeToFirstByte" not in values  # JSON: first byte and last byte arrive together
     assert dimension_sets(overall) == [["service"], ["service", "Model"], ["service", "Upstream"]]
-    assert overall["Model"] == MODEL and overall["Upstream"] == "anthropic" and overall["service"] == metrics.SERVICE
+    assert overall["Model"] == MODEL and overall["Upstream"] == "anthropic" and overall["service"] == SERVICE
     assert overall["key_alias"] == alias
 
     by_tag = lines.by_tag()
@@ -127,7 +128,7 @@ def test_json_response_metrics_equal_the_upstream_usage(gw, captured, key, alias
         assert_valid_emf(blob)
 
     access = lines.access
-    assert access["level"] == "INFO" and access["service"] == metrics.SERVICE
+    assert access["level"] == "INFO" and access["service"] == SERVICE
     assert (access["method"], access["route"], access["status"]) == ("POST", "/v1/messages", 200)
     assert access["model"] == MODEL
     assert {name: access[name] for name in USAGE} == USAGE
@@ -275,7 +276,7 @@ def test_ten_tags_stay_within_emf_limits(gw, captured):
         assert len(json.dumps(blob)) < 256 * 1024  # CloudWatch Logs' event size limit
 
 
-def test_no_secret_or_body_in_any_line(gateway, gw, captured, key):
+def test_no_secret_or_body_in_any_line(listed_gateway, gw, captured, key):
     marker = f"PROMPT-{uuid.uuid4().hex}"
     bad_key = "sk-" + "z" * 43
     responses = [
@@ -283,7 +284,7 @@ def test_no_secret_or_body_in_any_line(gateway, gw, captured, key):
         gw.post("/v1/messages", json=message(stream=True, text=marker)),
         gw.post("/v1/messages", json=message(text=marker), headers={"x-fake-error": "500"}),
     ]
-    with httpx.Client(base_url=gateway.url + "/anthropic", timeout=30) as anonymous:
+    with httpx.Client(base_url=listed_gateway.url + "/anthropic", timeout=30) as anonymous:
         responses.append(anonymous.post("/v1/messages", json=message(text=marker), headers={"x-api-key": MASTER_KEY}))
         responses.append(anonymous.post("/v1/messages", json=message(text=marker), headers={"x-api-key": bad_key}))
         responses.append(anonymous.post("/v1/messages", json=message(), headers={"authorization": f"Bearer {bad_key}"}))
@@ -296,15 +297,9 @@ def test_no_secret_or_body_in_any_line(gateway, gw, captured, key):
         assert secret not in text
 
 
-def test_namespace_comes_from_settings(monkeypatch):
+def test_namespace_comes_from_settings():
     exchange = Exchange(method="GET", path="/v1/models", status=200)
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "TeamGateway")
-    get_settings.cache_clear()
-    try:
-        blobs = [json.loads(line) for line in metrics.emf_blobs(exchange, 0.0)]
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    blobs = [json.loads(line) for line in writer(metrics_namespace="TeamGateway").emf_blobs(exchange, 0.0)]
     assert {d["Namespace"] for b in blobs for d in b["_aws"]["CloudWatchMetrics"]} == {"TeamGateway"}
 
 
@@ -344,8 +339,8 @@ def test_the_model_the_upstream_answered_with_is_a_dimension_value_only_when_kno
     assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-opus-4-1")
 
 
-def test_unlisted_tags_count_once_under_other_but_are_logged_and_spent(gateway, captured, admin, metric_tags):
-    metric_tags("team:*,app:listed")
+def test_unlisted_tags_count_once_under_other_but_are_logged_and_spent(gateway_with, captured, admin):
+    gateway = gateway_with(metric_tags=("team:*", "app:listed"))
     key = stored_key(tags=["dept:default"])
     invented = [f"u{uuid.uuid4().hex[:12]}" for _ in range(3)]
     with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30) as client:
@@ -362,24 +357,27 @@ def test_unlisted_tags_count_once_under_other_but_are_logged_and_spent(gateway, 
     assert set(invented) <= {row["individual_request_tag"] for row in spend}
 
 
-def test_pattern_tags_are_capped_per_process(metric_tags, monkeypatch):
-    metric_tags("team:*")
-    monkeypatch.setattr(metrics, "MAX_PATTERN_TAG_VALUES", 3)
-    values = [metrics.tag_dimension(f"team:{index}", []) for index in range(6)]
+def test_pattern_tags_are_capped_per_runtime():
+    tags = writer(metric_tags=("team:*",))
+    tags.max_pattern_tags = 3
+    values = [tags.tag_dimension(f"team:{index}", []) for index in range(6)]
     assert values == ["team:0", "team:1", "team:2", metrics.OTHER, metrics.OTHER, metrics.OTHER]
-    assert metrics.tag_dimension("team:1", []) == "team:1"  # one seen before keeps its value
-    assert metrics.tag_dimension("app:x", ["app:x"]) == "app:x"  # the key's default tags need no pattern
-    assert metrics.tag_dimension("app:x", []) == metrics.OTHER
+    assert tags.tag_dimension("team:1", []) == "team:1"  # one seen before keeps its value
+    assert tags.tag_dimension("app:x", ["app:x"]) == "app:x"  # the key's default tags need no pattern
+    assert tags.tag_dimension("app:x", []) == metrics.OTHER
+    assert writer().max_pattern_tags == metrics.MAX_PATTERN_TAG_VALUES == 100  # the bound a runtime starts with
 
 
-def test_distinct_dimension_values_stay_bounded_under_a_flood(gw, captured, metric_tags, monkeypatch):
+def test_distinct_dimension_values_stay_bounded_under_a_flood(gateway_with, key, captured):
     """200 requests, each with new tags and a new model: at most the listed values plus `other` reach CloudWatch."""
-    metric_tags("flood:*")
-    monkeypatch.setattr(metrics, "MAX_PATTERN_TAG_VALUES", 5)
-    for index in range(40):
-        tags = f"flood:{index},junk{uuid.uuid4().hex[:8]}"
-        response = gw.post("/v1/messages", json={**message(), "model": f"m-{index}"}, headers={"x-litellm-tags": tags})
-        assert response.status_code == 200
+    gateway = gateway_with(metric_tags=("flood:*",))
+    gateway.app.runtime.metrics.max_pattern_tags = 5
+    with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30) as gw:
+        for index in range(40):
+            tags = f"flood:{index},junk{uuid.uuid4().hex[:8]}"
+            body = {**message(), "model": f"m-{index}"}
+            response = gw.post("/v1/messages", json=body, headers={"x-litellm-tags": tags})
+            assert response.status_code == 200
     captured.for_request(response.headers["x-gateway-request-id"])
     records = captured.records()
     tag_values = {record["Tag"] for record in records if "Tag" in record}
@@ -400,7 +398,7 @@ def _powertools_blob(blob: dict) -> dict:
 
     directive = blob["_aws"]["CloudWatchMetrics"][0]
     primary, *extra = directive["Dimensions"]
-    provider = EphemeralMetrics(namespace=directive["Namespace"], service=metrics.SERVICE)
+    provider = EphemeralMetrics(namespace=directive["Namespace"], service=SERVICE)
     for name in primary:
         provider.add_dimension(name=name, value=blob[name])
     for dimension_set in extra:
@@ -423,7 +421,7 @@ def test_blobs_serialise_as_powertools_would():
     exchange.upstream, exchange.failover_cause = "bedrock", "status_529"
     record = KeyRecord(token="0" * 64, key_name="sk-...0000", key_alias="m", team_id="search", user_id="ana")
     exchange.principal = Principal(record=record)
-    lines = metrics.emf_blobs(exchange, 0.25)
+    lines = writer(metric_tags=LISTED_TAGS).emf_blobs(exchange, 0.25)
     assert json.loads(lines[0])["Team"] == metrics.team_dimension(exchange)  # the overall blob: [service, Team] too
     # by model, upstream and team, three tags, status class, failover cause
     assert len(lines) == 6 and all(line.endswith("}\n") and line.count("\n") == 1 for line in lines)
@@ -433,8 +431,8 @@ def test_blobs_serialise_as_powertools_would():
 
 
 def test_access_line_has_the_powertools_logger_shape():
-    line = metrics.access_line({"request_id": "r1", "status": 200, "model": None}, now=1_700_000_000.5)
+    line = writer().access_line({"request_id": "r1", "status": 200, "model": None}, now=1_700_000_000.5)
     assert list(line)[:5] == ["level", "location", "message", "timestamp", "service"]
-    assert line["message"] == "gateway request" and line["level"] == "INFO" and line["service"] == metrics.SERVICE
+    assert line["message"] == "gateway request" and line["level"] == "INFO" and line["service"] == SERVICE
     assert line["timestamp"].startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_700_000_000)) + ",500")
     assert line["request_id"] == "r1" and "model" not in line  # None left out, as Powertools' formatter does

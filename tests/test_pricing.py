@@ -26,16 +26,11 @@ def D(*values: str | int) -> tuple[Decimal, ...]:
 
 @pytest.fixture(autouse=True)
 def clean(monkeypatch):
-    """Default settings, nothing warned yet, and every warning recorded."""
-    monkeypatch.delenv("UNKNOWN_MODEL_RATE", raising=False)
-    get_settings.cache_clear()
-    pricing._warned.clear()
+    """Every warning recorded (fallback rates are memoised with the warning a bad one gives: forgotten too)."""
     pricing._fallback.cache_clear()
     warnings: list[tuple[str, dict]] = []
     monkeypatch.setattr(pricing.logger, "warning", lambda msg, extra=None: warnings.append((msg, extra or {})))
     yield warnings
-    get_settings.cache_clear()
-    pricing._warned.clear()
     pricing._fallback.cache_clear()
 
 
@@ -111,7 +106,10 @@ def test_bedrock_ids_are_priced_as_the_anthropic_model_they_serve(model, base, c
 def test_an_operators_bedrock_id_is_priced_as_its_model(monkeypatch):
     monkeypatch.setenv("BEDROCK_MODEL_IDS", '{"claude-opus-4-8": "arn:aws:bedrock:us-east-1:1:application-profile/x"}')
     get_settings.cache_clear()
-    assert pricing.resolve_model("arn:aws:bedrock:us-east-1:1:application-profile/x") == "claude-opus-4-8"
+    try:
+        assert pricing.resolve_model("arn:aws:bedrock:us-east-1:1:application-profile/x") == "claude-opus-4-8"
+    finally:
+        get_settings.cache_clear()  # read again, without it, by the next test
 
 
 @pytest.mark.parametrize(
@@ -151,19 +149,18 @@ def test_unknown_model_uses_max_rate_and_logs_once(clean):
         ("MAX", D(25, 125, "31.25", 50, "2.5")),
     ],
 )
-def test_configured_fallback(monkeypatch, clean, setting, expected):
-    monkeypatch.setenv("UNKNOWN_MODEL_RATE", setting)
-    get_settings.cache_clear()
-    assert rates_tuple(pricing.rates_for("mystery-model")) == expected
-    assert [msg for msg, _ in clean] == ["Unknown model, billed at the fallback rate"]
+def test_configured_fallback(clean, setting, expected):
+    unknown = pricing.UnknownModels(setting)  # UNKNOWN_MODEL_RATE
+    assert rates_tuple(pricing.rates_for("mystery-model", unknown)) == expected
+    pricing.rates_for("mystery-model", unknown)
+    assert [msg for msg, _ in clean] == ["Unknown model, billed at the fallback rate"]  # once per model
 
 
 @pytest.mark.parametrize("setting", ["cheap", "1/2/3", "-1/5", "nan/5", "gpt-4o"])
-def test_bad_fallback_setting_means_max(monkeypatch, clean, setting):
-    monkeypatch.setenv("UNKNOWN_MODEL_RATE", setting)
-    get_settings.cache_clear()
-    assert rates_tuple(pricing.rates_for("mystery-model")) == D(25, 125, "31.25", 50, "2.5")
-    pricing.rates_for("another-mystery")
+def test_bad_fallback_setting_means_max(clean, setting):
+    unknown = pricing.UnknownModels(setting)
+    assert rates_tuple(pricing.rates_for("mystery-model", unknown)) == D(25, 125, "31.25", 50, "2.5")
+    pricing.rates_for("another-mystery", unknown)
     assert sum("UNKNOWN_MODEL_RATE" in msg for msg, _ in clean) == 1
 
 
@@ -206,8 +203,7 @@ def test_haiku_5_5_long_prompt_tier():
     assert pricing.cost_usd("claude-haiku-5-5", above) == Decimal("0.0485")
 
 
-def test_unknown_model_cost_uses_fallback(monkeypatch):
-    monkeypatch.setenv("UNKNOWN_MODEL_RATE", "15/75")
-    get_settings.cache_clear()
+def test_unknown_model_cost_uses_fallback():
     usage = Usage(input_tokens=1000, output_tokens=1000, cache_read_input_tokens=1000)
-    assert pricing.cost_usd("mystery-model", usage) == Decimal("0.0915")  # 15 + 75 + 1.5 per thousand
+    unknown = pricing.UnknownModels("15/75")
+    assert pricing.cost_usd("mystery-model", usage, unknown) == Decimal("0.0915")  # 15 + 75 + 1.5 per thousand

@@ -6,8 +6,6 @@ gateway's own event loop returns once every after-response task has finished and
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import httpx
 import pytest
 
@@ -52,14 +50,10 @@ def test_batch_responses_are_accounted_once_each(gateway, captured, one_slot_key
     assert key_records.load(keys.hash_key(one_slot_key)).requests == 3
 
 
-def test_gateway_errors_are_accounted_once_and_release_what_admission_took(
-    gateway, captured, one_slot_key, monkeypatch
-):
-    from anthropic_gateway import forwarding
+def test_gateway_errors_are_accounted_once_and_release_what_admission_took(gateway_with, captured, one_slot_key):
     from support.servers import free_port
 
-    dead = replace(forwarding.get_settings(), anthropic_api_base=f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setattr(forwarding, "get_settings", lambda: dead)
+    gateway = gateway_with(anthropic_api_base=f"http://127.0.0.1:{free_port()}")
     with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": one_slot_key}, timeout=30) as http:
         request_ids = []
         for _ in range(2):  # refused after admission took the slot: only its accounting gives the slot back
@@ -86,20 +80,15 @@ def test_gateway_errors_are_accounted_once_and_release_what_admission_took(
 
 
 @pytest.fixture
-def upstream_cutting_off_its_json(monkeypatch):
-    """An upstream that promises a JSON body and closes the connection partway through it."""
-    from anthropic_gateway import forwarding
-
+def upstream_cutting_off_its_json(gateway_with):
+    """A gateway whose upstream promises a JSON body and closes the connection partway through it."""
     head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
     with CuttingUpstream(head + b'{"id": "msgbatch_') as upstream:
-        settings = replace(forwarding.get_settings(), anthropic_api_base=upstream.url)
-        monkeypatch.setattr(forwarding, "get_settings", lambda: settings)
-        yield
+        yield gateway_with(anthropic_api_base=upstream.url)
 
 
-def test_a_batch_body_cut_off_upstream_is_a_502_accounted_once(
-    gateway, captured, one_slot_key, upstream_cutting_off_its_json
-):
+def test_a_batch_body_cut_off_upstream_is_a_502_accounted_once(captured, one_slot_key, upstream_cutting_off_its_json):
+    gateway = upstream_cutting_off_its_json
     with httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": one_slot_key}, timeout=30) as http:
         response = http.post("/v1/messages/batches", json=BATCH)
         gateway.drain()

@@ -17,6 +17,7 @@ import pytest
 
 from anthropic_gateway.server_protocol import OneWritePerTurn, _TurnWriter
 from anthropic_gateway.settings import get_settings
+from support.gateways import start_gateway
 from support.servers import ThreadedUvicorn
 from support.waiting import eventually
 
@@ -24,17 +25,17 @@ HEALTH = b"GET /health HTTP/1.1\r\nhost: gateway\r\n\r\n"
 
 
 @pytest.fixture
-def door(monkeypatch) -> Iterator[Callable[..., ThreadedUvicorn]]:
-    """`door(**limits)`: the gateway served through the doors' protocol with these settings, for raw sockets."""
+def door(aws, monkeypatch) -> Iterator[Callable[..., ThreadedUvicorn]]:
+    """`door(**limits)`: a gateway of the test's own served through the doors' protocol with these settings, for
+    raw sockets."""
     from anthropic_gateway import server_protocol
-    from anthropic_gateway.app import app
 
     with ExitStack() as stack:
 
         def start(**limits: float) -> ThreadedUvicorn:
             bounded = replace(get_settings(), **limits)
             monkeypatch.setattr(server_protocol, "get_settings", lambda: bounded)
-            return stack.enter_context(ThreadedUvicorn(app, http=OneWritePerTurn, loop="asyncio", lifespan="off"))
+            return stack.enter_context(start_gateway(bounded))
 
         yield start
 

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from anthropic_gateway import day_spend, metrics, pricing
-from anthropic_gateway.ledger import ledger
+from anthropic_gateway.runtime import Runtime
+from anthropic_gateway.settings import get_settings
 from anthropic_gateway.storage import teams
 from anthropic_gateway.usage import Usage
 from support.captured_lines import stored_key
@@ -154,9 +155,12 @@ def _record(*calls: tuple[dict, Decimal, date]) -> None:
     """(where, cost, day): recorded as settle records a request, then the ledger's flush."""
 
     async def record_and_flush() -> None:
+        runtime = Runtime(get_settings())  # a ledger like the gateway's, on this loop
+        deactivate = runtime.activate()
         for where, amount, day in calls:
             day_spend.add(day_spend.counters(amount, Usage(input_tokens=1), forwarded=True), day=day, **where)
-        await ledger.flush()
+        await runtime.ledger.flush()
+        deactivate()
 
     asyncio.run(record_and_flush())
 

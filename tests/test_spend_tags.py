@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from anthropic_gateway import day_spend, money, pricing, tag_spend
-from anthropic_gateway.ledger import ledger
+from anthropic_gateway.runtime import Runtime
+from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
 from support.captured_lines import stored_key
 
@@ -110,9 +111,12 @@ def _record_now(*calls: tuple) -> None:
     """(tags, cost, usage, day): recorded as settle records a request (on an event loop), then the ledger's flush."""
 
     async def record_and_flush() -> None:
+        runtime = Runtime(get_settings())
+        deactivate = runtime.activate()
         for tags, cost, usage, day in calls:
             day_spend.add(day_spend.counters(cost, usage, forwarded=True), tags=tags, day=day)
-        await ledger.flush()
+        await runtime.ledger.flush()
+        deactivate()
 
     asyncio.run(record_and_flush())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import anthropic
@@ -38,16 +37,9 @@ def _fresh_https_upstream(https_upstream) -> None:
     https_upstream.reset()
 
 
-def _point_gateway_at(monkeypatch, url: str, ca_bundle: str | None) -> None:
-    from anthropic_gateway import forwarding
-
-    patched = replace(forwarding.get_settings(), anthropic_api_base=url, upstream_ca_bundle=ca_bundle)
-    monkeypatch.setattr(forwarding, "get_settings", lambda: patched)
-
-
-def test_sdk_through_the_gateway_to_an_https_upstream(gateway, virtual_key, https_upstream, tls_files, monkeypatch):
+def test_sdk_through_the_gateway_to_an_https_upstream(gateway_with, virtual_key, https_upstream, tls_files):
     assert https_upstream.url.startswith("https://")
-    _point_gateway_at(monkeypatch, https_upstream.url, tls_files[0])
+    gateway = gateway_with(anthropic_api_base=https_upstream.url, upstream_ca_bundle=tls_files[0])
     client = anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=virtual_key, max_retries=0)
 
     message = client.messages.create(
@@ -63,8 +55,8 @@ def test_sdk_through_the_gateway_to_an_https_upstream(gateway, virtual_key, http
     assert [r.path for r in https_upstream.requests] == ["/v1/messages", "/v1/messages"]
 
 
-def test_the_default_trust_store_refuses_an_unknown_ca(gateway, virtual_key, https_upstream, monkeypatch):
-    _point_gateway_at(monkeypatch, https_upstream.url, None)
+def test_the_default_trust_store_refuses_an_unknown_ca(gateway_with, virtual_key, https_upstream):
+    gateway = gateway_with(anthropic_api_base=https_upstream.url, upstream_ca_bundle=None)
     client = anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=virtual_key, max_retries=0)
 
     with pytest.raises(anthropic.APIStatusError) as refused:

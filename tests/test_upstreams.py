@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from anthropic_gateway import bedrock, keys
+from anthropic_gateway import keys
+from anthropic_gateway.runtime import Runtime
 from anthropic_gateway.settings import SettingsError, get_settings
 from anthropic_gateway.storage import key_records
 from support.fake_bedrock import FakeBedrock
@@ -49,13 +50,14 @@ def test_upstreams_is_set_by_generate_changed_by_update_and_shown_by_info(admin)
     assert updated.status_code == 200, updated.text
     assert admin.get("/key/info", params={"key": token}).json()["info"]["upstreams"] == ["bedrock", "anthropic"]
     record = key_records.load(token)
-    assert record is not None and keys.effective_upstreams(record) == ("bedrock", "anthropic")
+    default = get_settings().default_upstreams
+    assert record is not None and keys.effective_upstreams(record, default) == ("bedrock", "anthropic")
 
     # null: back to the deployment's default, which follows DEFAULT_UPSTREAMS from then on
     assert admin.post("/key/update", json={"key": token, "upstreams": None}).json()["upstreams"] is None
     record = key_records.load(token)
     assert record is not None and record.upstreams is None
-    assert keys.effective_upstreams(record) == ("anthropic",)
+    assert keys.effective_upstreams(record, get_settings().default_upstreams) == ("anthropic",)
 
 
 def test_a_key_without_upstreams_follows_default_upstreams(admin, environment):
@@ -67,9 +69,9 @@ def test_a_key_without_upstreams_follows_default_upstreams(admin, environment):
     environment.setenv("DEFAULT_UPSTREAMS", "anthropic, bedrock")
     get_settings.cache_clear()
 
-    assert keys.effective_upstreams(record) == ("anthropic", "bedrock")
+    assert keys.effective_upstreams(record, get_settings().default_upstreams) == ("anthropic", "bedrock")
     record.upstreams = ["bedrock"]
-    assert keys.effective_upstreams(record) == ("bedrock",)
+    assert keys.effective_upstreams(record, get_settings().default_upstreams) == ("bedrock",)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +127,7 @@ def test_default_settings_route_to_anthropic_only_and_bedrock_in_the_stack_regio
     assert settings.bedrock_base_url == "https://bedrock-mantle.eu-central-1.api.aws/anthropic"
     assert settings.bedrock_failover_on_429 is False
     assert settings.bedrock_api_key_secret is None
-    upstream = bedrock.get_bedrock()
+    upstream = Runtime(settings).bedrock
     assert (upstream.service, upstream.region) == ("bedrock-mantle", "eu-central-1")
     assert upstream.model_id("claude-sonnet-4-5") == "anthropic.claude-sonnet-4-5"
 
@@ -161,7 +163,7 @@ def test_a_bad_bedrock_model_ids_stops_the_start_and_says_why(environment, value
     assert reason in str(raised.value)
 
 
-def test_bedrock_settings_reach_the_process_bedrock_upstream(environment):
+def test_bedrock_settings_reach_the_runtimes_bedrock_upstream(environment):
     environment.setenv("BEDROCK_BASE_URL", "http://127.0.0.1:9/anthropic/")
     overrides = '{"claude-custom-1": "anthropic.claude-custom-1", "claude-haiku-4-5": null}'
     environment.setenv("BEDROCK_MODEL_IDS", overrides)
@@ -169,9 +171,10 @@ def test_bedrock_settings_reach_the_process_bedrock_upstream(environment):
     environment.setenv("BEDROCK_FAILOVER_ON_429", "true")
     environment.setenv("AWS_REGION", "ap-northeast-1")
 
-    upstream = bedrock.get_bedrock()
+    runtime = Runtime(get_settings())
+    upstream = runtime.bedrock
 
-    assert upstream is bedrock.get_bedrock()  # one per process
+    assert runtime.upstreams.bedrock is upstream  # the one the pass-through forwards with, one per runtime
     assert upstream.base_url == "http://127.0.0.1:9/anthropic"
     assert (upstream.service, upstream.region) == ("bedrock-mantle", "ap-northeast-1")  # a fake: the default service
     assert upstream.model_id("claude-custom-1") == "anthropic.claude-custom-1"
@@ -182,7 +185,7 @@ def test_bedrock_settings_reach_the_process_bedrock_upstream(environment):
 
     get_settings.cache_clear()
     environment.delenv("BEDROCK_MODEL_IDS")
-    assert bedrock.get_bedrock() is not upstream  # settings read again: a new upstream from them
+    assert Runtime(get_settings()).bedrock.model_id("claude-haiku-4-5") is not None  # a new runtime reads them again
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", True), ("on", True), ("False", False), ("", False)])
@@ -207,10 +210,10 @@ def test_with_moto_embedded_its_credentials_sign_bedrock_requests(aws, environme
     moto = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
     with FakeBedrock(access_key=moto[0], secret_key=moto[1], token=None) as fake:
         environment.setenv("BEDROCK_BASE_URL", fake.base_url)
-        environment.setattr(bedrock, "_default_credentials", None)  # resolved afresh through the chain
+        upstream = Runtime(get_settings()).bedrock  # its credentials resolved through the chain
         headers = [(b"content-type", b"application/json"), (b"anthropic-version", b"2023-06-01")]
 
-        url, signed, body = asyncio.run(bedrock.get_bedrock().prepare("POST", "/v1/messages", b"", headers, MESSAGE))
+        url, signed, body = asyncio.run(upstream.prepare("POST", "/v1/messages", b"", headers, MESSAGE))
         response = httpx.post(url, headers=signed, content=body, timeout=10)
 
     assert response.status_code == 200, response.text

@@ -17,56 +17,60 @@ from decimal import Decimal
 
 from aws_lambda_powertools import Logger
 
-from . import background, batches, day_spend, governance, metrics, pricing
+from . import batches, day_spend, governance, pricing
+from .background import Background
 from .exchange import Exchange
+from .metrics import Metrics
 
 logger = Logger(child=True)
-# Requests whose response has ended and which are not settled yet, per event loop (tests run several loops).
-_queued: dict[asyncio.AbstractEventLoop, list[Exchange]] = {}
 
 
-def cost_of(exchange: Exchange) -> Decimal:
-    usage = exchange.usage
-    return pricing.cost_usd(exchange.response_model, usage) if usage else Decimal(0)
+class Accounting:
+    """One runtime's accounting: the requests whose response has ended and which are not settled yet, and what
+    settling them writes with (metrics, unknown-model prices, after-response tasks)."""
 
+    def __init__(self, metrics: Metrics, unknown_models: pricing.UnknownModels, background: Background) -> None:
+        self._metrics, self._unknown_models, self._background = metrics, unknown_models, background
+        self._queued: list[Exchange] = []
 
-def after_response(exchange: Exchange) -> None:
-    """Settle `exchange` on the loop's next turn, with every other request that ended meanwhile. Never raises."""
-    loop = asyncio.get_running_loop()
-    queued = _queued.get(loop)
-    if queued is None:
-        queued = _queued[loop] = []
-        loop.call_soon(settle_queued, loop)
-    queued.append(exchange)
+    def cost_of(self, exchange: Exchange) -> Decimal:
+        usage = exchange.usage
+        return pricing.cost_usd(exchange.response_model, usage, self._unknown_models) if usage else Decimal(0)
 
+    def after_response(self, exchange: Exchange) -> None:
+        """Settle `exchange` on the loop's next turn, with every other request that ended meanwhile. Never
+        raises."""
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self.settle_queued)
+        self._queued.append(exchange)
 
-def settle_queued(loop: asyncio.AbstractEventLoop) -> None:
-    """Settle every request queued on `loop` now (drain calls it too, so nothing waits for a turn that never
-    comes). Failures are logged, never raised: the clients are already served."""
-    lines: list[str] = []
-    for exchange in _queued.pop(loop, ()):
-        cost = Decimal(0)
-        try:
-            cost = cost_of(exchange)
-            _settle_key(exchange, cost)
-        except Exception:
-            logger.exception("accounting failed", extra={"request_id": exchange.request_id})
-        try:
-            lines += metrics.lines(exchange, cost)  # EMF blobs + the access log line
-        except Exception:
-            logger.exception("metrics failed", extra={"request_id": exchange.request_id})
-        try:
-            day_spend.record(exchange, cost)  # per tag, team and user
-        except Exception:
-            logger.exception("spend per day failed", extra={"request_id": exchange.request_id})
-    metrics.write(lines)
+    def settle_queued(self) -> None:
+        """Settle every request queued now (drain calls it too, so nothing waits for a turn that never comes).
+        Failures are logged, never raised: the clients are already served."""
+        queued, self._queued = self._queued, []
+        lines: list[str] = []
+        for exchange in queued:
+            cost = Decimal(0)
+            try:
+                cost = self.cost_of(exchange)
+                self._settle_key(exchange, cost)
+            except Exception:
+                logger.exception("accounting failed", extra={"request_id": exchange.request_id})
+            try:
+                lines += self._metrics.lines(exchange, cost)  # EMF blobs + the access log line
+            except Exception:
+                logger.exception("metrics failed", extra={"request_id": exchange.request_id})
+            try:
+                day_spend.record(exchange, cost)  # per tag, team and user
+            except Exception:
+                logger.exception("spend per day failed", extra={"request_id": exchange.request_id})
+        self._metrics.write(lines)
 
-
-def _settle_key(exchange: Exchange, cost: Decimal) -> None:
-    if exchange.batch is not None or governance.settle_waits(exchange):
-        background.spawn(_settle_holds(exchange, cost))
-    elif (write := governance.settle_now(exchange, cost)) is not None:
-        background.spawn(governance.apply(write, exchange.request_id))
+    def _settle_key(self, exchange: Exchange, cost: Decimal) -> None:
+        if exchange.batch is not None or governance.settle_waits(exchange):
+            self._background.spawn(_settle_holds(exchange, cost))
+        elif (write := governance.settle_now(exchange, cost)) is not None:
+            self._background.spawn(governance.apply(write, exchange.request_id))
 
 
 async def _settle_holds(exchange: Exchange, cost: Decimal) -> None:

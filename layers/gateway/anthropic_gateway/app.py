@@ -1,133 +1,234 @@
 """The app both doors serve: uvicorn behind the Lambda Web Adapter, and Mangum behind API Gateway.
 
-`/anthropic/*` goes straight to the pass-through, a plain ASGI function (`GatewayApp`); FastAPI serves everything
-else (/key/*, /spend/*, /ui, /health) and the lifespan. Its router, middleware stack and dependency machinery
-cost a tenth of the pass-through's time for nothing it uses (issue 11).
+A plain ASGI app (`GatewayApp`) owns the lifespan, which builds the gateway's `Runtime` (runtime.py), and serves
+itself what must stay lean: `/anthropic/*` (the pass-through), `/health` (the adapter's readiness check), the base
+URL (`/anthropic`, Claude Code's preconnect) and the SnapStart hooks. Everything else (/key/*, /spend/*, /ui) is the
+admin app (admin.py: FastAPI), imported on its first request: FastAPI and pydantic were half the cold start of a
+process that may never serve an admin request (issue 21), and their router costs a tenth of a pass-through's time
+for nothing it uses (issue 11).
 
 A pass-through request reads top to bottom: authenticate -> read and check the body -> forward -> stream ->
-account (after the last byte: the response that ends the request calls `accounting.after_response`, see
-responses.py).
+account (after the last byte: the response that ends the request calls the runtime's
+`accounting.after_response`, see responses.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+import traceback
+from collections.abc import Awaitable
+from typing import IO
 
 from aws_lambda_powertools import Logger
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException
-from starlette.requests import Request as PlainRequest
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import (
-    accounting,
-    background,
-    console,
-    forwarding,
-    governance,
-    key_routes,
-    request_body,
-    routing,
-    spend_routes,
-    sso_routes,
-    tag_routes,
-    tags,
-    team_routes,
-    user_routes,
-)
+from . import forwarding, governance, request_body, routing, tags
 from .auth import authenticate
 from .batches import admit as admit_batch
-from .bedrock import get_bedrock
-from .errors import GatewayError, error_response, invalid_request, render
+from .errors import GatewayError, error_response, render
 from .exchange import Exchange
 from .front_door import Arrival
-from .ledger import ledger
 from .responses import BufferedResponse, DisconnectWatch, ExchangeResponse, RelayResponse
-from .settings import get_settings
+from .runtime import Runtime
+from .settings import Settings, get_settings
 
-logger = Logger()
+logger = Logger(child=True)
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_PASS_THROUGH = forwarding.PREFIX + "/"
+_BASE_URLS = frozenset({forwarding.PREFIX, forwarding.PREFIX + "/"})
 
+# SnapStart hooks: the Lambda Web Adapter POSTs to these (AWS_LWA_SNAPSTART_BEFORE_CHECKPOINT_PATH and
+# AWS_LWA_SNAPSTART_AFTER_RESTORE_PATH in template.yaml name them) before Lambda snapshots the environment and
+# after it restores one. Nobody else may: see `_from_the_adapter`.
+BEFORE_CHECKPOINT_PATH = "/_gateway/snapstart/before-checkpoint"
+AFTER_RESTORE_PATH = "/_gateway/snapstart/after-restore"
+# Every request the adapter forwards carries these two (it sets them, whatever the client sent); the hook calls it
+# makes on its own carry neither.
+_FORWARDED_BY_THE_ADAPTER = frozenset({b"x-amzn-request-context", b"x-amzn-lambda-context"})
 
-async def drain() -> None:
-    """Finish every request's after-response work (accounting), then write what the ledger still holds.
-
-    Lambda freezes a process between invocations: the buffered door drains before each invocation returns
-    (functions/api/handler.py), the streaming door at shutdown (uvicorn's lifespan; the Lambda Web Adapter is an
-    extension, so Lambda sends SIGTERM before it ends the environment).
-    """
-    accounting.settle_queued(asyncio.get_running_loop())
-    await background.wait()
-    await ledger.flush()
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    check_settings()
-    yield
-    await drain()
-    await forwarding.close_pool()
-
-
-def check_settings() -> None:
-    """Read the settings and build the Bedrock upstream at start, so a bad setting fails the Lambda Web Adapter's
-    readiness check (and `serve`) instead of every request; /health stays cheap. Bedrock is built whatever
-    DEFAULT_UPSTREAMS says, since any key may list it: that is local work only (no network, no credentials)."""
-    get_settings()
-    get_bedrock()
-
-
-api = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-api.include_router(key_routes.router)
-api.include_router(spend_routes.router)
-api.include_router(team_routes.router)
-api.include_router(user_routes.router)
-api.include_router(tag_routes.router)
-api.include_router(sso_routes.router)  # single sign-on: console sessions, personal keys (/sso/*)
-api.include_router(console.router)  # the admin console's static files, /ui
-
-
-@api.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+_OK_BODY = b'{"status":"ok"}'
+_OK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_OK_BODY)).encode())]
 
 
 class GatewayApp:
-    """Plain ASGI in front of FastAPI: pass-through requests to `anthropic_passthrough`, the rest to `api`."""
+    """The gateway's ASGI app. Its lifespan (or `start`/`stop`, for a door without one) builds and closes its
+    `Runtime`; a request before `start` is a bug of the door and fails.
 
-    PASS_THROUGH_PATH = forwarding.PREFIX + "/{path:path}"  # what it serves beside api.routes (for the template)
+    settings: the gateway's settings (default: read from the environment at start); stream: where EMF blobs and
+    log lines go (default: stdout).
+    """
 
-    def __init__(self, api: FastAPI) -> None:
-        self.api = api
+    PASS_THROUGH_PATH = forwarding.PREFIX + "/{path:path}"
+    # What it serves itself, besides the admin app's routes, that template.yaml's HTTP API routes to it (the base URL
+    # `/anthropic` matters to the streaming door's Claude Code clients; the SnapStart hooks to nobody outside).
+    OWN_PATHS = ("/health", PASS_THROUGH_PATH)
+
+    def __init__(self, settings: Settings | None = None, stream: IO[str] | None = None) -> None:
+        self._settings, self._stream = settings, stream
+        self.runtime: Runtime | None = None
+        self._admin: ASGIApp | None = None
+        self._admin_loading: asyncio.Future[ASGIApp] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in _METHODS and scope["path"].startswith(_PASS_THROUGH):
-            response = await anthropic_passthrough(PlainRequest(scope, receive))
-            await response(scope, receive, send)
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        runtime = self.runtime
+        if runtime is None:
+            raise RuntimeError("the gateway app was not started: run its lifespan, or await GatewayApp.start()")
+        deactivate = runtime.activate()
+        try:
+            if scope["type"] == "http":
+                path, method = scope["path"], scope["method"]
+                if path in _BASE_URLS and method in ("GET", "HEAD"):
+                    # Claude Code's best-effort preconnect to its base URL: answered here, no key, no upstream call.
+                    await _ok(send, head_only=method == "HEAD")
+                    return
+                if path.startswith(_PASS_THROUGH) and method in _METHODS:
+                    response = await anthropic_passthrough(runtime, Request(scope, receive))
+                    await response(scope, receive, send)
+                    return
+                if path == "/health":  # the Lambda Web Adapter's readiness check
+                    await (_ok(send) if method == "GET" else _refuse(scope, send, 405, "Method Not Allowed"))
+                    return
+                if path in (BEFORE_CHECKPOINT_PATH, AFTER_RESTORE_PATH):
+                    await self._snapstart_hook(runtime, scope, send)
+                    return
+            await self._admin_app(scope, receive, send)
+        finally:
+            deactivate()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the runtime (a setting that cannot work raises here, failing readiness instead of every request),
+        then warm it up: AWS clients made and secrets read before the first request (bounded: runtime.py)."""
+        runtime = Runtime(self._settings or get_settings(), self._stream)
+        deactivate = runtime.activate()
+        try:
+            await runtime.start()
+        finally:
+            deactivate()
+        self.runtime = runtime
+
+    async def drain(self) -> None:
+        """Finish the after-response work of every request served so far (see `Runtime.drain`)."""
+        if self.runtime is not None:
+            deactivate = self.runtime.activate()
+            try:
+                await self.runtime.drain()
+            finally:
+                deactivate()
+
+    async def stop(self) -> None:
+        """Drain and close the runtime (uvicorn's shutdown, after open streams had their grace period)."""
+        if self.runtime is not None:
+            deactivate = self.runtime.activate()
+            try:
+                await self.runtime.close()
+            finally:
+                deactivate()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception:
+                    await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.stop()
+                except Exception:
+                    await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- what is not the pass-through ----------------------------------------------------------------------------
+
+    async def _admin_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin app, imported on the first request that needs it, once however many arrive together: in a
+        worker thread, so streams in flight on this loop are not held up by the import."""
+        admin = self._admin
+        if admin is None:
+            loading = self._admin_loading
+            if loading is None:
+                loading = self._admin_loading = asyncio.ensure_future(asyncio.to_thread(_load_admin))
+            try:
+                admin = self._admin = await asyncio.shield(loading)
+            except Exception:
+                if self._admin_loading is loading:
+                    self._admin_loading = None  # the next request tries again
+                logger.exception("the admin app failed to load")
+                await error_response(500, "Internal gateway error.")(scope, receive, send)
+                return
+        await admin(scope, receive, send)
+
+    async def _snapstart_hook(self, runtime: Runtime, scope: Scope, send: Send) -> None:
+        if scope["method"] != "POST" or not _from_the_adapter(scope):
+            await _refuse(scope, send, 404, "Not found.")  # to anyone else, these paths do not exist
+            return
+        if scope["path"] == BEFORE_CHECKPOINT_PATH:
+            await runtime.before_checkpoint()
         else:
-            await self.api(scope, receive, send)
+            await runtime.after_restore()
+        logger.info("SnapStart hook done", extra={"hook": scope["path"]})
+        await _ok(send)
 
 
-_PASS_THROUGH = forwarding.PREFIX + "/"
+def _load_admin() -> ASGIApp:
+    from . import admin
+
+    return admin.build()
 
 
-async def anthropic_passthrough(request: Request) -> ExchangeResponse:
+def _from_the_adapter(scope: Scope) -> bool:
+    """Whether a request is the Lambda Web Adapter's own call: over loopback, and none of the headers it adds to
+    every request it forwards. A client's request through the Function URL or API Gateway is forwarded with them
+    (or, through Mangum, does not come from loopback)."""
+    client = scope.get("client")
+    host = client[0] if client else ""
+    loopback = host == "::1" or host.startswith(("127.", "::ffff:127."))
+    return loopback and not any(name.lower() in _FORWARDED_BY_THE_ADAPTER for name, _ in scope["headers"])
+
+
+async def _ok(send: Send, head_only: bool = False) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": _OK_HEADERS})
+    await send({"type": "http.response.body", "body": b"" if head_only else _OK_BODY})
+
+
+async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
+    """An error in Anthropic's shape, as the admin app answers a path or method it does not serve."""
+
+    async def unread() -> dict[str, object]:  # the response never reads the request
+        return {"type": "http.request", "body": b""}
+
+    headers = {"allow": "GET"} if status == 405 else None
+    await error_response(status, message, headers=headers)(scope, unread, send)
+
+
+# -- the pass-through -----------------------------------------------------------------------------------------------
+
+
+async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeResponse:
     exchange = Exchange(method=request.method, path="", arrival=Arrival.of(request.scope))
     response: ExchangeResponse | None = None
     try:
         try:
             exchange.principal = await authenticate(request.headers)
             exchange.path = forwarding.canonical_path(request.scope)  # the one path every check reads and sent
-            body = await request_body.read(request)  # litellm_metadata cut out; parsed at most once
+            body = await request_body.read(request, runtime.settings.max_request_bytes)  # litellm_metadata cut out
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
             await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
-            await admit_batch(exchange, body.raw)  # a batch create reserves its whole estimate (402 when it cannot)
+            # A batch create reserves its whole estimate (402 when it cannot); any request may start a batch sweep.
+            await admit_batch(exchange, body.raw, runtime.batch_sweeps)
             # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py
-            response = await _until_disconnect(request, routing.forward(request, body.raw, exchange))
+            response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body.raw, exchange))
         except GatewayError as exc:
             response = _error(exchange, exc)
         except _ClientGone:  # nobody reads this answer; it is what the access log shows (nginx's 499)
@@ -141,9 +242,9 @@ async def anthropic_passthrough(request: Request) -> ExchangeResponse:
             # Cancelled before any response existed (the server is stopping, or anything else that is not an
             # Exception): account here all the same, so the holds admission took are released.
             exchange.status, exchange.error_source = exchange.status or 499, exchange.error_source or "gateway"
-            accounting.after_response(exchange)
+            runtime.accounting.after_response(exchange)
     # Called by the response once it has ended, however it ended: every pass-through request is accounted once.
-    response.after_response = accounting.after_response
+    response.after_response = runtime.accounting.after_response
     return response
 
 
@@ -185,26 +286,4 @@ async def _until_disconnect(request: Request, forwarding_call: Awaitable[Exchang
     return response
 
 
-@api.exception_handler(GatewayError)
-async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-    return render(exc)
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
-    return render(invalid_request(exc.errors()))
-
-
-@api.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> Response:
-    message = "Not found." if exc.status_code == 404 else str(exc.detail)
-    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
-
-
-@api.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error", extra={"route": request.url.path})
-    return error_response(500, "Internal gateway error.")
-
-
-app = GatewayApp(api)
+app = GatewayApp()

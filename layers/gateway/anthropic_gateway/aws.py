@@ -2,13 +2,16 @@
 
 boto3's defaults (60 s read timeout, legacy retries with up to 5 attempts) turn a DynamoDB or Secrets Manager
 stall into a minute-long hang that holds a worker thread the whole time. Here:
-  - every client gets `config()`: short connect and read timeouts, standard retry mode, few attempts, so one
+  - every client gets `config`: short connect and read timeouts, standard retry mode, few attempts, so one
     blocking call is bounded by about attempts x (connect + read) seconds;
   - `call` runs a blocking AWS function in a worker thread under a limiter of its own (AWS work cannot take every
     thread of anyio's default pool of 40), and stops waiting at the request's deadline (`AWS_DEADLINE` seconds
     after the request's first AWS call). The caller answers 503; the thread finishes within its own bound, and
     `Unavailable.late` is the still-running work, for whoever must see what it did (governance releases what a
     late admission took).
+
+`AwsCalls` holds that state for one runtime (runtime.py). The module functions (`call`, `call_shared`, `run`,
+`recently_failed`, `note_failure`, `config`) act on the runtime of the app serving the request (`use`).
 """
 
 from __future__ import annotations
@@ -16,63 +19,32 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import weakref
 from collections.abc import Callable, Hashable
-from contextvars import ContextVar
-from functools import lru_cache
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.to_thread
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .settings import get_settings
+from .settings import Settings
 
 if TYPE_CHECKING:
     from botocore.config import Config
 
 _deadline: ContextVar[float | None] = ContextVar("aws_deadline", default=None)
-_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
-_late: set[asyncio.Future[Any]] = set()  # abandoned calls, kept alive until they end
-# Reads in flight by key, per event loop (call_shared).
-_in_flight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, asyncio.Future[Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+_in_use: ContextVar[AwsCalls] = ContextVar("aws_calls")
 
+# After a failure, reads that have a stale value to serve skip AWS for this long instead of each waiting out the
+# deadline again; the next request after it tries again, so recovery is noticed within a second.
+_FAILURE_MEMORY_SECONDS = 1.0
 
 # boto3's default session is not thread-safe: clients and resources are created under this lock, since on a cold
 # instance the first requests' worker threads may all want one at the same moment.
 boto3_lock = threading.Lock()
 
-_failed_at: float | None = None
-# After a failure, reads that have a stale value to serve skip AWS for this long instead of each waiting out the
-# deadline again; the next request after it tries again, so recovery is noticed within a second.
-_FAILURE_MEMORY_SECONDS = 1.0
-
-
-_on_recovery: list[Callable[[], None]] = []
-
-
-def note_failure() -> None:
-    global _failed_at
-    _failed_at = time.monotonic()
-
-
-def on_recovery(callback: Callable[[], None]) -> None:
-    """Run `callback` on the event loop when an AWS call succeeds after a failure (the ledger flushes then)."""
-    _on_recovery.append(callback)
-
-
-def _note_success() -> None:
-    global _failed_at
-    if _failed_at is not None:
-        _failed_at = None
-        for callback in _on_recovery:
-            callback()
-
-
-def recently_failed() -> bool:
-    return _failed_at is not None and time.monotonic() - _failed_at < _FAILURE_MEMORY_SECONDS
+# Called when an AWS call succeeds after a failure, whichever runtime made it: the ledger, which is still one per
+# process, registers its retry here when it is imported.
 
 
 class Unavailable(Exception):
@@ -83,87 +55,165 @@ class Unavailable(Exception):
         self.late = late
 
 
-@lru_cache(maxsize=1)
-def config() -> Config:
-    """The botocore config of every client the gateway creates (DynamoDB, Secrets Manager)."""
-    from botocore.config import Config
+class AwsCalls:
+    """The AWS side of one runtime: its client config, the worker threads AWS calls may use at once
+    (`AWS_THREADS`), the reads in flight (shared by callers asking for the same thing), calls abandoned at a
+    deadline, and the moment AWS last failed. One event loop's: a runtime belongs to one app and loop.
 
-    settings = get_settings()
-    return Config(
-        connect_timeout=settings.aws_connect_timeout,
-        read_timeout=settings.aws_read_timeout,
-        retries={"mode": "standard", "total_max_attempts": settings.aws_max_attempts},
-        tcp_keepalive=True,
-    )
-
-
-def limiter() -> anyio.CapacityLimiter:
-    """The worker threads AWS calls may use at once, per event loop (tests run several loops; Lambda one)."""
-    loop = asyncio.get_running_loop()
-    found = _limiters.get(loop)
-    if found is None:
-        found = _limiters[loop] = anyio.CapacityLimiter(get_settings().aws_threads)
-    return found
-
-
-async def call[T](function: Callable[..., T], *args: Any) -> T:
-    """`function(*args)` in a worker thread, waited for until the request's deadline (Unavailable after it).
-
-    The deadline starts at the request's first call: each request runs in a task of its own, so the ContextVar
-    is the request's. Errors of `function` are raised as they are.
+    Its clients come from boto3's default session, which the DynamoDB table handle (table.py) uses too: one
+    session resolves credentials and loads endpoint data once for both.
     """
-    deadline = _request_deadline()
-    return await _wait(asyncio.ensure_future(anyio.to_thread.run_sync(function, *args, limiter=limiter())), deadline)
 
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._limiter = anyio.CapacityLimiter(settings.aws_threads)
+        self._in_flight: dict[Hashable, asyncio.Future[Any]] = {}
+        self._late: set[asyncio.Future[Any]] = set()  # abandoned calls, kept alive until they end
+        self._failed_at: float | None = None
+        self._on_recovery: list[Callable[[], None]] = []
+        self._config: Config | None = None
 
-async def call_shared[T](key: Hashable, function: Callable[[], T]) -> T:
-    """`call(function)` for a read, shared: callers asking for the same `key` while its call runs wait for that
-    one call (each until its own deadline) instead of making their own. A burst of requests on a cold instance
-    then reads a secret or a key record once, not once per request, and no request waits behind the others'
-    copies of the same read."""
-    deadline = _request_deadline()
-    loop = asyncio.get_running_loop()
-    in_flight = _in_flight.setdefault(loop, {})
-    work = in_flight.get(key)
-    if work is None:
-        work = in_flight[key] = asyncio.ensure_future(anyio.to_thread.run_sync(function, limiter=limiter()))
-        work.add_done_callback(lambda done: in_flight.pop(key, None) if in_flight.get(key) is done else None)
-    return cast("T", await _wait(work, deadline))
+    @property
+    def config(self) -> Config:
+        """The botocore config of every client the gateway creates (DynamoDB, Secrets Manager)."""
+        if self._config is None:
+            from botocore.config import Config  # deferred: botocore's client machinery is a third of a cold start
 
+            self._config = Config(
+                connect_timeout=self._settings.aws_connect_timeout,
+                read_timeout=self._settings.aws_read_timeout,
+                retries={"mode": "standard", "total_max_attempts": self._settings.aws_max_attempts},
+                tcp_keepalive=True,
+            )
+        return self._config
 
-def _request_deadline() -> float:
-    now = time.monotonic()
-    deadline = _deadline.get()
-    if deadline is None:
-        deadline = now + get_settings().aws_deadline
-        _deadline.set(deadline)
-    if deadline <= now:
-        raise Unavailable(None)
-    return deadline
+    def client(self, service: str) -> Any:
+        """Blocking (call it in a worker thread): a new client bounded by `config`."""
+        import boto3  # deferred: botocore's client machinery is a third of a cold start
 
+        with boto3_lock:
+            return boto3.client(service, config=self.config)  # type: ignore[call-overload]
 
-async def _wait[T](work: asyncio.Future[T], deadline: float) -> T:
-    try:
-        result = await asyncio.wait_for(asyncio.shield(work), deadline - time.monotonic())
-    except (BotoCoreError, ClientError):
-        note_failure()
-        raise
-    except TimeoutError:
-        note_failure()
-        _late.add(work)
-        work.add_done_callback(_late.discard)
-        work.add_done_callback(_retrieve)
-        raise Unavailable(work) from None
-    _note_success()
-    return result
+    @staticmethod
+    def forget_session() -> None:
+        """Drop boto3's default session, with the credentials it resolved: the next client or resource is made
+        from a new one (SnapStart: a restored environment gets credentials of its own). Clients made so far keep
+        working for whoever holds them; their owners drop them too."""
+        import boto3
 
+        with boto3_lock:
+            boto3.DEFAULT_SESSION = None
 
-async def run[T](function: Callable[..., T], *args: Any) -> T:
-    """`function(*args)` in a worker thread under the AWS limiter, without a deadline: after-response work,
-    bounded by the client config alone."""
-    return await anyio.to_thread.run_sync(function, *args, limiter=limiter())
+    def on_recovery(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the event loop when an AWS call succeeds after a failure."""
+        self._on_recovery.append(callback)
+
+    def note_failure(self) -> None:
+        self._failed_at = time.monotonic()
+
+    def forget_failures(self) -> None:
+        """Forget the last failure (a restored snapshot's monotonic clock cannot say how long ago it was)."""
+        self._failed_at = None
+
+    def recently_failed(self) -> bool:
+        return self._failed_at is not None and time.monotonic() - self._failed_at < _FAILURE_MEMORY_SECONDS
+
+    def _note_success(self) -> None:
+        if self._failed_at is not None:
+            self._failed_at = None
+            for callback in self._on_recovery:
+                callback()
+
+    async def call[T](self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in a worker thread, waited for until the request's deadline (Unavailable after it).
+
+        The deadline starts at the request's first call: each request runs in a task of its own, so the ContextVar
+        is the request's. Errors of `function` are raised as they are.
+        """
+        deadline = self._request_deadline()
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(function, *args, limiter=self._limiter))
+        return await self._wait(work, deadline)
+
+    async def call_shared[T](self, key: Hashable, function: Callable[[], T]) -> T:
+        """`call(function)` for a read, shared: callers asking for the same `key` while its call runs wait for
+        that one call (each until its own deadline) instead of making their own. A burst of requests on a cold
+        instance then reads a secret or a key record once, not once per request, and no request waits behind the
+        others' copies of the same read."""
+        deadline = self._request_deadline()
+        in_flight = self._in_flight
+        work = in_flight.get(key)
+        if work is None:
+            work = in_flight[key] = asyncio.ensure_future(anyio.to_thread.run_sync(function, limiter=self._limiter))
+            work.add_done_callback(lambda done: in_flight.pop(key, None) if in_flight.get(key) is done else None)
+        return cast("T", await self._wait(work, deadline))
+
+    async def run[T](self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in a worker thread under the AWS limiter, without a deadline: after-response work,
+        bounded by the client config alone."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+
+    def _request_deadline(self) -> float:
+        now = time.monotonic()
+        deadline = _deadline.get()
+        if deadline is None:
+            deadline = now + self._settings.aws_deadline
+            _deadline.set(deadline)
+        if deadline <= now:
+            raise Unavailable(None)
+        return deadline
+
+    async def _wait[T](self, work: asyncio.Future[T], deadline: float) -> T:
+        try:
+            result = await asyncio.wait_for(asyncio.shield(work), deadline - time.monotonic())
+        except (BotoCoreError, ClientError):
+            self.note_failure()
+            raise
+        except TimeoutError:
+            self.note_failure()
+            self._late.add(work)
+            work.add_done_callback(self._late.discard)
+            work.add_done_callback(_retrieve)
+            raise Unavailable(work) from None
+        self._note_success()
+        return result
 
 
 def _retrieve(work: asyncio.Future[Any]) -> None:
     if not work.cancelled():
         work.exception()  # an abandoned call's error is not news: the request already answered 503
+
+
+# -- the runtime serving this request -------------------------------------------------------------------------------
+
+
+def use(calls: AwsCalls) -> Token[AwsCalls]:
+    """Make `calls` the one the module functions act on in this context (the app does, per request)."""
+    return _in_use.set(calls)
+
+
+def in_use() -> AwsCalls:
+    return _in_use.get()
+
+
+def config() -> Config:
+    return _in_use.get().config
+
+
+async def call[T](function: Callable[..., T], *args: Any) -> T:
+    return await _in_use.get().call(function, *args)
+
+
+async def call_shared[T](key: Hashable, function: Callable[[], T]) -> T:
+    return await _in_use.get().call_shared(key, function)
+
+
+async def run[T](function: Callable[..., T], *args: Any) -> T:
+    return await _in_use.get().run(function, *args)
+
+
+def note_failure() -> None:
+    _in_use.get().note_failure()
+
+
+def recently_failed() -> bool:
+    return _in_use.get().recently_failed()

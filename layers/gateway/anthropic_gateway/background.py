@@ -2,33 +2,42 @@
 
 A task, not an await in the response: accounting must not hold back the end of the response, and must survive
 the response's own cancellation (a client gone mid-stream). Lambda freezes a process between invocations, so the
-app's `drain` gives them a fixed point to finish (`wait`).
+runtime's `drain` gives them a fixed point to finish (`Background.wait`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from contextvars import ContextVar, Token
 from typing import Any
 
-_pending: set[asyncio.Task[None]] = set()
+_in_use: ContextVar[Background] = ContextVar("background")
+
+
+class Background:
+    """One runtime's after-response tasks (a runtime has one event loop)."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)  # the loop keeps only a weak reference to a task: this one keeps it alive
+        task.add_done_callback(self._pending.discard)
+
+    async def wait(self) -> None:
+        """Wait for every task spawned so far, and for any they spawn in turn (failures are theirs to log)."""
+        # Only the unfinished: a finished task stays in the set until its discard callback runs, and gathering
+        # finished tasks completes without yielding to the loop, so that callback would never run (a spin).
+        while tasks := [task for task in self._pending if not task.done()]:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def use(background: Background) -> Token[Background]:
+    return _in_use.set(background)
 
 
 def spawn(work: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.ensure_future(work)
-    _pending.add(task)  # the loop keeps only a weak reference to a task: this one keeps it alive
-    task.add_done_callback(_pending.discard)
-
-
-async def wait() -> None:
-    """Wait for every task spawned on this event loop so far, and for any they spawn in turn (failures are theirs
-    to log). Other loops' tasks are theirs to wait for: a process has one loop on Lambda, tests run several."""
-    while tasks := _of_this_loop(_pending):
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _of_this_loop(tasks: set[asyncio.Task[None]]) -> list[asyncio.Task[None]]:
-    # Only the unfinished: a finished task stays in the set until its discard callback runs, and gathering finished
-    # tasks completes without yielding to the loop, so that callback would never run (a spin).
-    loop = asyncio.get_running_loop()
-    return [task for task in list(tasks) if task.get_loop() is loop and not task.done()]  # list(): atomic copy
+    """Run `work` as an after-response task of the runtime serving this request."""
+    _in_use.get().spawn(work)

@@ -29,13 +29,6 @@ class CreateHold:
 
 
 @dataclass
-class SeenEnded:
-    """Batches a retrieve or list answer showed ended: their grace period starts."""
-
-    batch_ids: list[str]
-
-
-@dataclass
 class ResultsTap(UsageTap):
     """Sums the usage of a batch's JSONL results as they are relayed. Its own `usage` stays unseen: fetching
     results costs nothing; the batch's cost is settled on the batch (batches.settle)."""
@@ -78,4 +71,12 @@ class ResultsTap(UsageTap):
             setattr(self.total, name, getattr(self.total, name) + getattr(usage, name))
 
 
-BatchState = CreateHold | SeenEnded | ResultsTap
+@dataclass
+class BatchState:
+    """What a Message Batches request carries from its answer to its accounting, `Exchange.batch`. A request is
+    one of a create (`hold`), a retrieve or list whose answer showed batches ended (`seen_ended`: their grace
+    period starts) or a results fetch (`results`), so one member is set; batches.settle acts on each that is."""
+
+    hold: CreateHold | None = None
+    seen_ended: list[str] = field(default_factory=list)
+    results: ResultsTap | None = None

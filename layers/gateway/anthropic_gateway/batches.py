@@ -31,11 +31,11 @@ from typing import Any
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import aws, background, governance, keys, pricing
-from .batch_state import CreateHold, ResultsTap, SeenEnded
+from . import aws, background, governance, keys, ledger, pricing
+from .batch_state import BatchState, CreateHold, ResultsTap
 from .errors import GatewayError
 from .exchange import Exchange
-from .ledger import Write, ledger
+from .ledger import Write
 from .settings import get_settings
 from .storage import batch_items, holds
 from .storage.spend import OPERATION_MARKER_SECONDS
@@ -59,10 +59,11 @@ _MICRO_DOLLAR = Decimal("0.000001")
 # -- create -------------------------------------------------------------------------------------------------------
 
 
-async def admit(exchange: Exchange, body: bytes) -> None:
+async def admit(exchange: Exchange, body: bytes, sweeps: SweepClock) -> None:
     """Before a batch create goes upstream: reserve its estimate on the key's budget, or refuse (402). Any request
-    also starts a sweep of the batches due to be settled at their estimate, when none ran in the last minute."""
-    _start_sweep_if_due()
+    also starts a sweep of the batches due to be settled at their estimate, when `sweeps` (the runtime's) started
+    none in the last minute."""
+    sweeps.start_if_due()
     record = exchange.principal.record if exchange.principal else None
     if record is None or (exchange.method, exchange.path) != ("POST", CREATE_PATH):
         return  # the master key is not billed
@@ -83,8 +84,8 @@ async def admit(exchange: Exchange, body: bytes) -> None:
             f"more than a budget it falls under has left. {exc.message}",
             headers=exc.headers,
         ) from None
-    exchange.batch = CreateHold(
-        record.key_id, estimate, estimate if held else _ZERO, reservation_id, scopes=scopes, held=held
+    exchange.batch = BatchState(
+        hold=CreateHold(record.key_id, estimate, estimate if held else _ZERO, reservation_id, scopes=scopes, held=held)
     )
 
 
@@ -132,8 +133,8 @@ async def observe(exchange: Exchange, content: bytes) -> None:
         return
     if not isinstance(answer, dict):
         return
-    hold = exchange.batch
-    if isinstance(hold, CreateHold):
+    hold = exchange.batch.hold if exchange.batch else None
+    if hold is not None:
         if isinstance(answer.get("id"), str):
             hold.batch_id = answer["id"][:200]
             try:  # before the answer goes out, so no results fetch can come before the batch is known
@@ -145,7 +146,7 @@ async def observe(exchange: Exchange, content: bytes) -> None:
     shown: list[Any] = listed if isinstance(listed, list) else [answer]
     ended = [batch["id"][:200] for batch in shown if isinstance(batch, dict) and _ended(batch)]
     if exchange.method == "GET" and ended:
-        exchange.batch = SeenEnded(ended[:_MAX_NOTED])
+        exchange.batch = BatchState(seen_ended=ended[:_MAX_NOTED])
 
 
 def _ended(batch: dict[str, Any]) -> bool:
@@ -173,7 +174,8 @@ def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTa
     match = _RESULTS_PATH.fullmatch(exchange.path)
     if exchange.method != "GET" or status != 200 or match is None:
         return None
-    exchange.batch = tap = ResultsTap(content_type, batch_id=match.group(1))
+    tap = ResultsTap(content_type, batch_id=match.group(1))
+    exchange.batch = BatchState(results=tap)
     return tap
 
 
@@ -183,20 +185,20 @@ def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTa
 async def settle(exchange: Exchange) -> None:
     """What a finished batch request leaves to do (accounting calls it for every request with batch state).
     Never raises."""
-    state = exchange.batch
+    state = exchange.batch or BatchState()
+    hold, results = state.hold, state.results
     record = exchange.principal.record if exchange.principal else None
     try:
-        if isinstance(state, CreateHold) and not state.remembered and record is not None:
+        if hold is not None and not hold.remembered and record is not None:
             # Created but not remembered: billed at its estimate now. Refused or never answered: released.
-            cost = state.estimate if state.batch_id else _ZERO
-            scopes = state.scopes or (record.scope,)
-            await governance.settle_budget(scopes, state.held, state.reservation_id, state.reserved, cost)
-        elif isinstance(state, SeenEnded):
-            for batch_id in state.batch_ids:
-                await aws.run(_note_ended, batch_id)
-        elif isinstance(state, ResultsTap) and exchange.completed and exchange.status == 200:
+            cost = hold.estimate if hold.batch_id else _ZERO
+            scopes = hold.scopes or (record.scope,)
+            await governance.settle_budget(scopes, hold.held, hold.reservation_id, hold.reserved, cost)
+        for batch_id in state.seen_ended:
+            await aws.run(_note_ended, batch_id)
+        if results is not None and exchange.completed and exchange.status == 200:
             # The whole results file went through: billed exactly.
-            await settle_batch(state.batch_id, state.standard_cost * pricing.batch_multiplier(), state.total)
+            await settle_batch(results.batch_id, results.standard_cost * pricing.batch_multiplier(), results.total)
     except Exception:
         logger.exception("batch accounting failed", extra={"request_id": exchange.request_id})
 
@@ -249,16 +251,20 @@ async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None)
 
 # -- batches never fetched ----------------------------------------------------------------------------------------
 
-_last_sweep: list[datetime] = []
 
+class SweepClock:
+    """When a runtime last started a sweep (runtime.py holds one): at most one every SWEEP_INTERVAL."""
 
-def _start_sweep_if_due() -> None:
-    now = keys.utcnow()
-    # A clock that went backwards (tests move it) also allows a sweep.
-    if _last_sweep and timedelta(0) <= now - _last_sweep[0] < SWEEP_INTERVAL:
-        return
-    _last_sweep[:] = [now]
-    background.spawn(_sweep(now))
+    def __init__(self) -> None:
+        self._last: datetime | None = None
+
+    def start_if_due(self) -> None:
+        now = keys.utcnow()
+        # A clock that went backwards (tests move it) also allows a sweep.
+        if self._last is not None and timedelta(0) <= now - self._last < SWEEP_INTERVAL:
+            return
+        self._last = now
+        background.spawn(_sweep(now))
 
 
 async def _sweep(now: datetime) -> None:

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import re
 import threading
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
-from . import secrets
 from .bedrock_models import BedrockConfigError, ModelTable, model_table
 from .errors import GatewayError
 from .request_body import top_level_members
-from .settings import Settings, get_settings
+from .secrets import Secrets
+from .settings import Settings
 
 if TYPE_CHECKING:  # botocore is imported on first use: it would add a third to the cold start of every request
     from botocore.credentials import Credentials, ReadOnlyCredentials
@@ -86,24 +85,6 @@ def _splice(body: bytes, span: tuple[str, int, int], model_id: str) -> bytes:
 
 # -- signing ------------------------------------------------------------------------------------------------------
 
-_session_lock = threading.Lock()
-_default_credentials: Credentials | None = None
-
-
-def _process_credentials() -> Credentials | None:
-    """The default credential chain, resolved once per process (may do I/O: call it off the event loop).
-
-    In Lambda these are the function role's credentials from the environment; elsewhere botocore's chain
-    (profile, container, instance metadata) with refreshing credentials that botocore renews itself.
-    """
-    global _default_credentials
-    with _session_lock:
-        if _default_credentials is None:
-            import botocore.session
-
-            _default_credentials = botocore.session.Session().get_credentials()
-        return _default_credentials
-
 
 def signing_scope(base_url: str, region: str | None) -> tuple[str, str]:
     """(SigV4 service, region) for a base URL: from the host for Bedrock's endpoints, else bedrock-mantle."""
@@ -136,12 +117,13 @@ def sign(
 
 
 class Bedrock:
-    """One configured Bedrock upstream, created once per process from settings.
+    """One configured Bedrock upstream, created once per runtime from settings (`from_settings`).
 
     region: the stack's region (AWS_REGION); base_url: BEDROCK_BASE_URL, by default the region's bedrock-mantle
     endpoint; model_ids: BEDROCK_MODEL_IDS (raw JSON, merged over the shipped table); api_key_secret: the Secrets
-    Manager name of a Bedrock API key, used instead of SigV4 when given; credentials: tests only, instead of the
-    process's default credential chain.
+    Manager name of a Bedrock API key, used instead of SigV4 when given, read through `secrets` (the runtime's);
+    credentials: tests only, instead of the default credential chain (resolved on first use, then renewed by
+    botocore itself).
     """
 
     def __init__(
@@ -151,6 +133,7 @@ class Bedrock:
         base_url: str | None = None,
         model_ids: str | None = None,
         api_key_secret: str | None = None,
+        secrets: Secrets | None = None,
         credentials: Credentials | None = None,
     ) -> None:
         self.base_url = (base_url or f"https://bedrock-mantle.{region or 'us-east-1'}.api.aws/anthropic").rstrip("/")
@@ -159,7 +142,27 @@ class Bedrock:
         self.service, self.region = signing_scope(self.base_url, region)
         self.models = model_table(model_ids)
         self.api_key_secret = api_key_secret or None
+        if self.api_key_secret and secrets is None:
+            raise ValueError("a Bedrock API key secret is read through the runtime's secrets: pass them")
+        self._secrets = secrets
+        self._given_credentials = credentials
         self._credentials = credentials
+        self._credentials_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, secrets: Secrets) -> Bedrock:
+        return cls(
+            region=settings.aws_region,
+            base_url=settings.bedrock_base_url,
+            model_ids=settings.bedrock_model_ids,
+            api_key_secret=settings.bedrock_api_key_secret,
+            secrets=secrets,
+        )
+
+    def forget_credentials(self) -> None:
+        """Resolve the credential chain again on next use (a restored SnapStart snapshot gets new credentials)."""
+        with self._credentials_lock:
+            self._credentials = self._given_credentials
 
     def serves(self, method: str, path: str) -> bool:
         return method == "POST" and path in PATHS
@@ -183,8 +186,8 @@ class Bedrock:
         rewritten = _rewrite_for_bedrock(body, self.models)
         url = self.base_url + path + ("?" + query.decode("latin-1") if query else "")
         kept = [(n, v) for n, v in headers if not _dropped(n.decode("latin-1").lower())]
-        if self.api_key_secret:
-            key = await secrets.get(self.api_key_secret)
+        if self.api_key_secret and self._secrets is not None:
+            key = await self._secrets.get(self.api_key_secret)
             return url, [*kept, (b"authorization", b"Bearer " + key.encode())], rewritten
         credentials = await self._frozen_credentials()
         return (
@@ -193,12 +196,25 @@ class Bedrock:
             rewritten,
         )
 
+    def _default_credentials(self) -> Credentials | None:
+        """The default credential chain, resolved once (may do I/O: call it off the event loop).
+
+        In Lambda these are the function role's credentials from the environment; elsewhere botocore's chain
+        (profile, container, instance metadata) with refreshing credentials that botocore renews itself.
+        """
+        with self._credentials_lock:
+            if self._credentials is None:
+                import botocore.session
+
+                self._credentials = botocore.session.Session().get_credentials()
+            return self._credentials
+
     async def _frozen_credentials(self) -> ReadOnlyCredentials:
-        credentials = self._credentials or _default_credentials
+        credentials = self._credentials
         try:
             with anyio.fail_after(_CREDENTIALS_WAIT):
                 if credentials is None:
-                    credentials = await anyio.to_thread.run_sync(_process_credentials, abandon_on_cancel=True)
+                    credentials = await anyio.to_thread.run_sync(self._default_credentials, abandon_on_cancel=True)
                 from botocore.credentials import RefreshableCredentials
 
                 if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
@@ -209,21 +225,6 @@ class Bedrock:
         if credentials is None:
             raise GatewayError(503, "The gateway has no AWS credentials to call Amazon Bedrock with.")
         return credentials.get_frozen_credentials()
-
-
-def get_bedrock() -> Bedrock:
-    """The process's Bedrock upstream, built from settings on first use (and again if settings are re-read)."""
-    return _bedrock_for(get_settings())
-
-
-@lru_cache(maxsize=1)
-def _bedrock_for(settings: Settings) -> Bedrock:
-    return Bedrock(
-        region=settings.aws_region,
-        base_url=settings.bedrock_base_url,
-        model_ids=settings.bedrock_model_ids,
-        api_key_secret=settings.bedrock_api_key_secret,
-    )
 
 
 def _dropped(name: str) -> bool:

@@ -21,9 +21,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from . import ledger
 from .errors import GatewayError
 from .exchange import Exchange
-from .ledger import ledger
 from .storage import spend
 from .storage.spend import TAG_DAY_PREFIX, TEAM_DAY_PREFIX, USER_DAY_PREFIX
 from .storage.table import Item, Number

@@ -8,7 +8,6 @@ credentials (the client's key out, the upstream key in), `litellm_metadata` out 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import ssl
 import time
@@ -18,14 +17,15 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.types import Scope
 
-from . import batches, secrets
-from .bedrock import get_bedrock
+from . import batches
+from .bedrock import Bedrock
 from .bedrock_errors import anthropic_error
 from .errors import GatewayError
 from .exchange import Exchange
 from .front_door import Arrival
 from .responses import BufferedResponse, RelayResponse, bodiless
-from .settings import Settings, get_settings
+from .secrets import Secrets
+from .settings import Settings
 from .upstream_http import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 from .usage import UsageTap
 
@@ -127,8 +127,9 @@ def _invalid_path() -> GatewayError:
     return GatewayError(400, "Invalid path: only plain path segments can be forwarded to Anthropic.")
 
 
-def upstream_headers(scope: Scope, upstream_key: str | None) -> list[tuple[bytes, bytes]]:
-    """The client's headers minus credentials and hop-by-hop ones, plus the upstream key (Anthropic's only)."""
+def upstream_headers(scope: Scope, upstream_key: str | None, anthropic_version: str) -> list[tuple[bytes, bytes]]:
+    """The client's headers minus credentials and hop-by-hop ones, plus the upstream key (Anthropic's only), and
+    `anthropic_version` (DEFAULT_ANTHROPIC_VERSION) when the client named none."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
     named_in_connection = {
         token.strip().lower() for name, value in raw if name.lower() == b"connection" for token in value.split(b",")
@@ -142,7 +143,7 @@ def upstream_headers(scope: Scope, upstream_key: str | None) -> list[tuple[bytes
         has_version = has_version or lower == b"anthropic-version"
         headers.append((name, value))
     if not has_version:
-        headers.append((b"anthropic-version", get_settings().default_anthropic_version.encode()))
+        headers.append((b"anthropic-version", anthropic_version.encode()))
     # Ask for the body as-is: it is streamed through untouched and read for usage on the way.
     headers.append((b"accept-encoding", b"identity"))
     if upstream_key is not None:
@@ -152,24 +153,29 @@ def upstream_headers(scope: Scope, upstream_key: str | None) -> list[tuple[bytes
 
 # -- the shared upstream clients -----------------------------------------------------------------------------------
 
-_pools: dict[str, tuple[asyncio.AbstractEventLoop, Settings, str, UpstreamPool]] = {}
 
+class UpstreamPools:
+    """One runtime's keep-alive pools, one per upstream origin (Anthropic's, Bedrock's), made on first use.
 
-def pool(upstream: str = "anthropic") -> UpstreamPool:
-    """One keep-alive pool per upstream origin and process (per event loop: tests run several), from the settings.
-
-    It carries no per-user state: no cookies, no redirects, no proxy from the environment, no decompression.
+    A pool carries no per-user state: no cookies, no redirects, no proxy from the environment, no decompression.
     """
-    loop, settings = asyncio.get_running_loop(), get_settings()
-    base_url = settings.anthropic_api_base if upstream == "anthropic" else get_bedrock().base_url
-    held = _pools.get(upstream)
-    if held is None or held[0] is not loop or _changed(held[1], settings) or held[2] != base_url:
-        held = _pools[upstream] = (loop, settings, base_url, _new_pool(base_url, settings))
-    return held[3]
 
+    def __init__(self, settings: Settings, bedrock_base_url: str) -> None:
+        self._settings = settings
+        self._base_urls = {"anthropic": settings.anthropic_api_base, "bedrock": bedrock_base_url}
+        self._pools: dict[str, UpstreamPool] = {}
 
-def _changed(held: Settings, settings: Settings) -> bool:
-    return held is not settings and held != settings  # identity first: comparing every field costs microseconds
+    def get(self, upstream: str = "anthropic") -> UpstreamPool:
+        found = self._pools.get(upstream)
+        if found is None:
+            found = self._pools[upstream] = _new_pool(self._base_urls[upstream], self._settings)
+        return found
+
+    async def close(self) -> None:
+        """Close every connection; the next request opens new ones (pools are made again on use)."""
+        pools, self._pools = list(self._pools.values()), {}
+        for upstream_pool in pools:
+            await upstream_pool.aclose()
 
 
 def _new_pool(base_url: str, settings: Settings) -> UpstreamPool:
@@ -189,13 +195,15 @@ def _new_pool(base_url: str, settings: Settings) -> UpstreamPool:
     )
 
 
-async def close_pool() -> None:
-    loop = asyncio.get_running_loop()
-    held = list(_pools.values())
-    _pools.clear()
-    for pool_loop, _, _, upstream_pool in held:
-        if pool_loop is loop:
-            await upstream_pool.aclose()
+@dataclass(frozen=True)
+class Upstreams:
+    """What one runtime forwards with (runtime.py builds it; the app hands it to `routing.forward`): its settings,
+    its pools, its Bedrock upstream and its secrets (the upstream key)."""
+
+    settings: Settings
+    pools: UpstreamPools
+    bedrock: Bedrock
+    secrets: Secrets
 
 
 # -- sending ------------------------------------------------------------------------------------------------------
@@ -211,29 +219,30 @@ class Answer:
     error_body: bytes | None = None  # a Bedrock error, read whole and in Anthropic's shape
 
 
-async def ask(upstream: str, request: Request, body: bytes, exchange: Exchange) -> Answer:
+async def ask(upstreams: Upstreams, upstream: str, request: Request, body: bytes, exchange: Exchange) -> Answer:
     """Send the request to one upstream and wait for its answer's head. Raises UpstreamError when the upstream
     cannot be reached or does not answer in time, GatewayError when the request cannot go there at all."""
     query: bytes = request.scope["query_string"]
     try:
         if upstream == "bedrock":
-            return await _ask_bedrock(request, body, exchange, query)
-        upstream_pool = pool()
+            return await _ask_bedrock(upstreams, request, body, exchange, query)
+        upstream_pool = upstreams.pools.get("anthropic")
         target = upstream_pool.base_path + exchange.path.encode("ascii") + (b"?" + query if query else b"")
-        headers = upstream_headers(request.scope, await secrets.upstream_key())
+        version = upstreams.settings.default_anthropic_version
+        headers = upstream_headers(request.scope, await upstreams.secrets.upstream_key(), version)
         response = await upstream_pool.request(request.method, target, headers, body)
         return Answer(upstream, response, response.status)
     except ValueError:  # a query or header the client sent that would break HTTP framing
         raise GatewayError(400, "The request's query string or headers cannot be forwarded.") from None
 
 
-async def _ask_bedrock(request: Request, body: bytes, exchange: Exchange, query: bytes) -> Answer:
+async def _ask_bedrock(upstreams: Upstreams, request: Request, body: bytes, exchange: Exchange, query: bytes) -> Answer:
     """The same request to Amazon Bedrock: its model id and SigV4 (bedrock.py); its errors read and translated."""
-    headers = upstream_headers(request.scope, None)
-    url, headers, content = await get_bedrock().prepare(request.method, exchange.path, query, headers, body)
+    headers = upstream_headers(request.scope, None, upstreams.settings.default_anthropic_version)
+    url, headers, content = await upstreams.bedrock.prepare(request.method, exchange.path, query, headers, body)
     parts = urlsplit(url)
     target = (parts.path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
-    response = await pool("bedrock").request(request.method, target, headers, content)
+    response = await upstreams.pools.get("bedrock").request(request.method, target, headers, content)
     if response.status < 400:
         return Answer("bedrock", response, response.status)
     raw = await _read_capped(response)
@@ -264,7 +273,7 @@ async def _read_capped(response: UpstreamResponse) -> bytes:
 
 
 async def respond(
-    request: Request, exchange: Exchange, answer: Answer, body: bytes
+    settings: Settings, request: Request, exchange: Exchange, answer: Answer, body: bytes
 ) -> RelayResponse | BufferedResponse:
     """The response that relays the chosen answer back and ends the exchange (`responses.py`). `body` is the
     request's: a Messages answer that ends without its usage is billed the most that request can cost."""
@@ -299,7 +308,8 @@ async def respond(
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:
-            content = _rewrite_results_url(await upstream.aread(), _gateway_base(request))
+            gateway_base = _gateway_base(request, settings.public_base_url)
+            content = _rewrite_results_url(await upstream.aread(), gateway_base, settings.anthropic_api_base)
         except UpstreamError as exc:
             raise upstream_failure(exc, answer.upstream, "broke off its answer") from None
         finally:
@@ -321,8 +331,8 @@ def upstream_failure(exc: UpstreamError, upstream: str, what: str = "could not b
     return GatewayError(502, f"{_NAMES[upstream]} {what} ({type(exc).__name__}).")
 
 
-def _gateway_base(request: Request) -> str:
-    configured = get_settings().public_base_url
+def _gateway_base(request: Request, configured: str | None) -> str:
+    """The gateway's pass-through URL as clients reach it (`configured`: GATEWAY_PUBLIC_URL, when set)."""
     if configured:
         return configured.rstrip("/") + PREFIX
     # Through a REST API's own URL the public path starts with the stage, which the app never sees in its path.
@@ -330,8 +340,8 @@ def _gateway_base(request: Request) -> str:
     return str(request.base_url).rstrip("/") + stage + PREFIX
 
 
-def _rewrite_results_url(content: bytes, gateway_base: str) -> bytes:
-    upstream_base = get_settings().anthropic_api_base.encode()
+def _rewrite_results_url(content: bytes, gateway_base: str, anthropic_api_base: str) -> bytes:
+    upstream_base = anthropic_api_base.encode()
     api_host = b"https://api.anthropic.com"
 
     def replace(match: re.Match[bytes]) -> bytes:

@@ -44,12 +44,12 @@ from functools import partial
 
 from aws_lambda_powertools import Logger
 
-from . import aws, keys, money, owners, pricing
+from . import aws, keys, ledger, money, owners, pricing
 from .auth import Principal
 from .bedrock_models import model_table
 from .errors import GatewayError
 from .exchange import Admission, Exchange
-from .ledger import Write, ledger
+from .ledger import Write
 from .request_body import RequestBody
 from .settings import get_settings
 from .storage import budgets, holds, key_records, rates, spend

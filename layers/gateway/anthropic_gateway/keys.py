@@ -64,9 +64,10 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def effective_upstreams(record: KeyRecord) -> tuple[str, ...]:
-    """The upstreams that serve this key's requests, in failover order: its own, or the deployment's default."""
-    return tuple(record.upstreams) if record.upstreams else get_settings().default_upstreams
+def effective_upstreams(record: KeyRecord, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The upstreams that serve this key's requests, in failover order: its own, or the deployment's `default`
+    (DEFAULT_UPSTREAMS)."""
+    return tuple(record.upstreams) if record.upstreams else default
 
 
 def money(value: float | Decimal | None) -> Decimal | None:
@@ -197,6 +198,13 @@ class KeyDirectory:
         with self._lock:
             self._tokens.add(token)
             self._added[token] = time.monotonic()
+
+    def forget(self) -> None:
+        """Start over, as a new process does (after a SnapStart restore: the snapshot's monotonic clock did not run
+        while it waited, so a directory it holds cannot tell its own age)."""
+        with self._lock:
+            self._tokens, self._added, self._loaded_at = set(), {}, None
+            self._window_start, self._misses, self._flooded = 0.0, 0, False
 
 
 key_cache: RecordCache[str, KeyRecord] = RecordCache()  # by hash

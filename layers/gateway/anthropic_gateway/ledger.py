@@ -3,8 +3,8 @@
 Spend, request and token counters only ever grow by ADD, which commutes, so the increments of many requests can
 be summed in memory and written together. A request then costs a dict update instead of an UpdateItem (about
 1 ms of boto3 CPU that would otherwise compete with the next request). A flush runs `SPEND_FLUSH_SECONDS` after
-the first pending increment, and at every `flush` (the app's `drain`: the buffered door's end of invocation, the
-streaming door's shutdown). What must reach the table before the next admission decision (the spend that goes with
+the first pending increment, and at every `flush` (the runtime's `drain`: the buffered door's end of invocation,
+the streaming door's shutdown). What must reach the table before the next admission decision (the spend that goes with
 a budget reservation's release, tpm tokens, parallel slots) is not coalesced: governance writes it directly, and
 hands it here when that fails; so do batch settles.
 
@@ -18,6 +18,8 @@ to 30 s), at every flush, and so as soon as DynamoDB answers again.
 
 What a crash can lose: the increments summed since the last flush (`SPEND_FLUSH_SECONDS`), and the writes kept
 for retry when the process dies during a DynamoDB outage.
+
+Each runtime has its ledger (runtime.py); `add` and `retry_later` act on that of the runtime serving the request.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from functools import partial
 
 from aws_lambda_powertools import Logger
 
-from . import aws
-from .settings import get_settings
+from .aws import AwsCalls
+from .settings import Settings
 from .storage import holds, spend
 from .storage.table import Number
 
@@ -75,7 +78,11 @@ def counters_write(items: Sequence[Counters]) -> Write:
 
 
 class Ledger:
-    def __init__(self) -> None:
+    """One runtime's counters not written yet, and the writes that failed (see the module's docstring). Its
+    writes go through the runtime's AWS calls, which call `retry_now` when DynamoDB answers again."""
+
+    def __init__(self, settings: Settings, aws: AwsCalls) -> None:
+        self._settings, self._aws = settings, aws
         # (pk, sk) -> (increments, only if the item exists)
         self._pending: dict[tuple[str, str], tuple[dict[str, Number], bool]] = {}
         self._failed: list[Write] = []  # oldest first
@@ -96,7 +103,7 @@ class Ledger:
             schedule = not self._flush_scheduled
             self._flush_scheduled = True
         if schedule:
-            asyncio.get_running_loop().call_later(get_settings().spend_flush_seconds, self._flush_in_background)
+            asyncio.get_running_loop().call_later(self._settings.spend_flush_seconds, self._flush_in_background)
 
     def retry_later(self, write: Write) -> None:
         """Keep a write that failed elsewhere (a settle) and retry it with the ledger's; on the loop."""
@@ -131,7 +138,7 @@ class Ledger:
         writes = retries + [counters_write(items[start : start + GROUP]) for start in range(0, len(items), GROUP)]
         if not writes:
             return
-        failed = await aws.run(_apply_all, writes)
+        failed = await self._aws.run(_apply_all, writes)
         self._keep(failed)
         if failed:
             self._schedule_retry()
@@ -143,7 +150,7 @@ class Ledger:
             return
         with self._lock:
             kept = failed + self._failed  # what failed now is older than what failed since it was taken
-            limit = get_settings().ledger_max_entries
+            limit = self._settings.ledger_max_entries
             dropped = len(kept) - limit
             self._failed = kept[:limit]
             if dropped > 0:
@@ -162,7 +169,7 @@ class Ledger:
     def _schedule_retry(self) -> None:
         if self._retry_delay:  # one retry at a time
             return
-        self._retry_delay = get_settings().ledger_retry_seconds
+        self._retry_delay = self._settings.ledger_retry_seconds
         asyncio.get_running_loop().call_later(self._retry_delay, self._retry)
 
     def _retry(self) -> None:
@@ -221,5 +228,18 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
-ledger = Ledger()
-aws.on_recovery(ledger.retry_now)  # flushes at recovery: what failed is written as soon as DynamoDB answers again
+_in_use: ContextVar[Ledger] = ContextVar("ledger")
+
+
+def use(ledger: Ledger) -> Token[Ledger]:
+    return _in_use.set(ledger)
+
+
+def add(pk: str, sk: str, increments: Mapping[str, Number], *, only_if_exists: bool = False) -> None:
+    """`Ledger.add` on the ledger of the runtime serving the request."""
+    _in_use.get().add(pk, sk, increments, only_if_exists=only_if_exists)
+
+
+def retry_later(write: Write) -> None:
+    """`Ledger.retry_later` on the ledger of the runtime serving the request."""
+    _in_use.get().retry_later(write)

@@ -23,6 +23,8 @@ Blobs and the access line are serialised here, straight to the EMF spec and to t
 building them through a Powertools provider per blob and the logging machinery cost five times as much CPU per
 request (issue 11). Powertools still defines the units (`MetricUnit`), the service name and every other log line;
 tests/test_metrics.py checks the blobs against Powertools' own serialisation.
+
+`Metrics` is one runtime's writer (runtime.py): its stream, namespace and service, and the Tag values it gave out.
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import sys
 import threading
 import time
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
@@ -42,7 +43,7 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled as _is_m
 
 from . import pricing
 from .exchange import Exchange
-from .settings import get_settings
+from .settings import Settings
 from .storage.tags import registry as registered_tags
 from .storage.teams import registry as registered_teams
 from .usage import Usage
@@ -82,7 +83,7 @@ FAILOVER_CAUSES = ("status_529", "status_5xx", "status_429", "unreachable", "tim
 STATUS_METRICS = ("Requests", "UpstreamErrors", "GatewayErrors")  # the only ones emitted per StatusClass
 UNKNOWN_MODEL = "unknown"  # no model named or answered (a 401, GET /v1/models)
 OTHER = "other"  # the one value for every model and tag that does not get its own
-# Distinct tags that METRIC_TAGS patterns (`team:*`) may turn into Tag values per process; later ones are `other`.
+# Distinct tags that METRIC_TAGS patterns (`team:*`) may turn into Tag values per runtime; later ones are `other`.
 MAX_PATTERN_TAG_VALUES = 100
 
 _TOKENS = (
@@ -91,74 +92,128 @@ _TOKENS = (
     ("CacheCreationInputTokens", "cache_creation_input_tokens"),
     ("CacheReadInputTokens", "cache_read_input_tokens"),
 )
-_pattern_tags: set[str] = set()  # tags given a Tag value of their own through a METRIC_TAGS pattern
-_pattern_tags_lock = threading.Lock()
-
-
-class _Stdout:
-    """The stream EMF blobs and log lines go to: stdout as it was at import (like Powertools' Logger), written one
-    whole line per call so concurrent writers cannot interleave; `target` lets tests read exactly what ships."""
-
-    def __init__(self) -> None:
-        self.default = sys.stdout
-        self.target: IO[str] | None = None
-
-    def write(self, text: str) -> None:
-        (self.target or self.default).write(text)
-
-    def flush(self) -> None:
-        (self.target or self.default).flush()
-
-
-output = _Stdout()
-# The gateway's Powertools logger (JSON, service from POWERTOOLS_SERVICE_NAME). Every Logger() of the service shares
-# one handler, set up by whichever is created first; point it at `output` either way, so all log lines and the EMF
-# blobs go through the same stream.
-logger = Logger(stream=cast("IO[str]", output))  # write and flush: all a logging handler uses
-if isinstance(logger.logger_handler, logging.StreamHandler) and logger.logger_handler.stream is not output:
-    logger.logger_handler.setStream(output)
-SERVICE = logger.service
+logger = Logger(child=True)
 ACCESS_MESSAGE = "gateway request"
 _LOCATION = "access_line"  # where Powertools says a line was logged (its funcName): the function that builds this one
-# POWERTOOLS_METRICS_DISABLED / POWERTOOLS_DEV, read once like every other setting (get_settings), not per request.
-is_metrics_disabled = functools.lru_cache(maxsize=1)(_is_metrics_disabled)
 
 
-def lines(exchange: Exchange, cost: Decimal) -> list[str]:
-    """The request's EMF blobs, then its access log line (a failure of the first still gives the second), as JSON
-    lines for `write`."""
-    usd = float(cost)  # exact until here: EMF and the log line are JSON numbers
-    lines: list[str] = []
-    try:
-        if not is_metrics_disabled():
-            lines += emf_blobs(exchange, usd)
-    except Exception:
-        logger.exception("metrics failed", extra={"request_id": exchange.request_id})
-    if logging.getLogger(logger.name).isEnabledFor(logging.INFO):  # the Powertools logger's level (LOG_LEVEL)
-        lines.append(_json_line(access_line(access_fields(exchange, usd))))
-    return lines
+class Metrics:
+    """One runtime's EMF blobs and access log lines: the stream they go to (Lambda ships stdout to CloudWatch),
+    the namespace (POWERTOOLS_METRICS_NAMESPACE) and service (POWERTOOLS_SERVICE_NAME) they carry, and the tags a
+    METRIC_TAGS pattern gave a Tag value of their own."""
 
+    def __init__(self, settings: Settings, stream: IO[str]) -> None:
+        self.stream = stream
+        self.namespace = settings.metrics_namespace
+        self.metric_tags = settings.metric_tags
+        self.service = logger.service  # Powertools' own reading of POWERTOOLS_SERVICE_NAME
+        # POWERTOOLS_METRICS_DISABLED / POWERTOOLS_DEV, read once like every other setting, not per request.
+        self.disabled = _is_metrics_disabled()
+        self.max_pattern_tags = MAX_PATTERN_TAG_VALUES
+        self._pattern_tags: set[str] = set()
+        self._pattern_tags_lock = threading.Lock()
+        self._log = logging.getLogger(self.service)  # the Powertools logger of the service: its level is LOG_LEVEL
 
-def write(lines: list[str]) -> None:
-    """Write `lines` (of any number of requests) in one write, flushed: on the streaming door stdout is a pipe that
-    Python buffers in blocks, and what sits in the buffer reaches CloudWatch only when 8 KB have piled up or the
-    process ends (the Powertools logger's handler flushes its own lines; these bypass it)."""
-    if lines:
-        output.write("".join(lines))
-        output.flush()
+    def route_logs(self) -> None:
+        """Point the service's Powertools logger (every log line of the gateway) at this stream, so log lines and
+        EMF blobs share one stream, each written whole. Its handler is set up by whichever Logger of the service
+        is created first; logging is the process's, so a process runs one runtime (tests give theirs one stream)."""
+        powertools = Logger(service=self.service, stream=self.stream)
+        handler = powertools.logger_handler
+        if isinstance(handler, logging.StreamHandler) and handler.stream is not self.stream:
+            handler.setStream(self.stream)
 
+    def lines(self, exchange: Exchange, cost: Decimal) -> list[str]:
+        """The request's EMF blobs, then its access log line (a failure of the first still gives the second), as
+        JSON lines for `write`."""
+        usd = float(cost)  # exact until here: EMF and the log line are JSON numbers
+        lines: list[str] = []
+        try:
+            if not self.disabled:
+                lines += self.emf_blobs(exchange, usd)
+        except Exception:
+            logger.exception("metrics failed", extra={"request_id": exchange.request_id})
+        if self._log.isEnabledFor(logging.INFO):
+            lines.append(_json_line(self.access_line(access_fields(exchange, usd))))
+        return lines
 
-def access_line(fields: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """The access log record as the Powertools Logger writes one (its default keys first, None values left out),
-    built directly: the logging machinery and Powertools' formatter were most of the cost of a request's line."""
-    moment = time.time() if now is None else now
-    date, zone = _local_second(int(moment))
-    stamp = f"{date},{int(moment % 1 * 1000):03d}{zone}"
-    line = {"level": "INFO", "location": _LOCATION, "message": ACCESS_MESSAGE, "timestamp": stamp, "service": SERVICE}
-    for name, value in fields.items():
-        if value is not None:
-            line[name] = value
-    return line
+    def write(self, lines: list[str]) -> None:
+        """Write `lines` (of any number of requests) in one write, flushed: on the streaming door stdout is a pipe
+        that Python buffers in blocks, and what sits in the buffer reaches CloudWatch only when 8 KB have piled up
+        or the process ends (the Powertools logger's handler flushes its own lines; these bypass it)."""
+        if lines:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+
+    def access_line(self, fields: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+        """The access log record as the Powertools Logger writes one (its default keys first, None values left
+        out), built directly: the logging machinery and Powertools' formatter were most of the cost of a request's
+        line."""
+        moment = time.time() if now is None else now
+        date, zone = _local_second(int(moment))
+        stamp = f"{date},{int(moment % 1 * 1000):03d}{zone}"
+        line = {
+            "level": "INFO",
+            "location": _LOCATION,
+            "message": ACCESS_MESSAGE,
+            "timestamp": stamp,
+            "service": self.service,
+        }
+        for name, value in fields.items():
+            if value is not None:
+                line[name] = value
+        return line
+
+    def emf_blobs(self, exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[str]:
+        """The request's EMF blobs, one JSON line each (see the module's docstring for which). Its metric values are
+        serialised once and shared by the blobs that carry them all."""
+        timestamp = timestamp_ms or int(time.time() * 1000)
+        shape = (self.namespace, self.service)
+        metadata = _metadata(exchange)
+        values = _values(exchange, cost)
+        names, numbers = _metric_members(values)
+
+        dimensions, sets = {"Model": model_dimension(exchange)}, _MAIN_SETS
+        if exchange.upstream in UPSTREAMS:
+            dimensions["Upstream"], sets = exchange.upstream, _MAIN_SETS_WITH_UPSTREAM
+        if (team := team_dimension(exchange)) is not None:
+            dimensions["Team"], sets = team, (*sets, _TEAM_SET)
+        blobs = [_blob(shape, sets, dimensions, names, metadata + numbers, timestamp)]
+        for tag in self.tag_dimensions(exchange):
+            blobs.append(_blob(shape, _TAG_SETS, {"Tag": tag}, names, metadata + numbers, timestamp))
+        status_names, status_numbers = _metric_members([value for value in values if value[0] in STATUS_METRICS])
+        status = {"StatusClass": status_class(exchange.status)}
+        blobs.append(_blob(shape, _STATUS_SETS, status, status_names, metadata + status_numbers, timestamp))
+        if exchange.failover_cause in FAILOVER_CAUSES:
+            failover_names, failover_numbers = _metric_members([("Failovers", 1)])
+            cause = {"Cause": exchange.failover_cause}
+            blobs.append(_blob(shape, _CAUSE_SETS, cause, failover_names, metadata + failover_numbers, timestamp))
+        return blobs
+
+    def tag_dimensions(self, exchange: Exchange) -> list[str]:
+        """The request's tags as Tag dimension values, each once (so `other` counts a request once, however many of
+        its tags it stands for). The access log and /spend/tags keep every tag as sent."""
+        record = _record(exchange)
+        defaults = record.tags if record and isinstance(record.tags, list) else []
+        return list(dict.fromkeys(self.tag_dimension(tag, defaults) for tag in exchange.tags))
+
+    def tag_dimension(self, tag: str, key_defaults: list[str]) -> str:
+        """`tag` when the operator chose it as a metric dimension, else `other`.
+
+        Chosen: the key's default tags (set by an admin), a registered tag (/tag/new; read from memory), a tag
+        listed in METRIC_TAGS, or one matching a `prefix*` pattern there while fewer than `max_pattern_tags` distinct
+        tags have matched in this runtime.
+        """
+        allowed = self.metric_tags
+        if tag in key_defaults or tag in allowed or tag in registered_tags.snapshot():
+            return tag
+        if not any(pattern.endswith("*") and tag.startswith(pattern[:-1]) for pattern in allowed):
+            return OTHER
+        with self._pattern_tags_lock:
+            if tag in self._pattern_tags or len(self._pattern_tags) < self.max_pattern_tags:
+                self._pattern_tags.add(tag)
+                return tag
+        return OTHER
 
 
 @functools.lru_cache(maxsize=2)  # formatted once per second, not per request
@@ -177,33 +232,6 @@ def _json_line(record: dict[str, Any]) -> str:
     return _encoder.encode(record) + "\n"
 
 
-def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) -> list[str]:
-    """The request's EMF blobs, one JSON line each (see the module's docstring for which). Its metric values are
-    serialised once and shared by the blobs that carry them all."""
-    timestamp = timestamp_ms or int(time.time() * 1000)
-    namespace = get_settings().metrics_namespace
-    metadata = _metadata(exchange)
-    values = _values(exchange, cost)
-    names, numbers = _metric_members(values)
-
-    dimensions, sets = {"Model": model_dimension(exchange)}, _MAIN_SETS
-    if exchange.upstream in UPSTREAMS:
-        dimensions["Upstream"], sets = exchange.upstream, _MAIN_SETS_WITH_UPSTREAM
-    if (team := team_dimension(exchange)) is not None:
-        dimensions["Team"], sets = team, (*sets, _TEAM_SET)
-    blobs = [_blob(namespace, sets, dimensions, names, metadata + numbers, timestamp)]
-    for tag in tag_dimensions(exchange):
-        blobs.append(_blob(namespace, _TAG_SETS, {"Tag": tag}, names, metadata + numbers, timestamp))
-    status_names, status_numbers = _metric_members([value for value in values if value[0] in STATUS_METRICS])
-    status = {"StatusClass": status_class(exchange.status)}
-    blobs.append(_blob(namespace, _STATUS_SETS, status, status_names, metadata + status_numbers, timestamp))
-    if exchange.failover_cause in FAILOVER_CAUSES:
-        failover_names, failover_numbers = _metric_members([("Failovers", 1)])
-        cause = {"Cause": exchange.failover_cause}
-        blobs.append(_blob(namespace, _CAUSE_SETS, cause, failover_names, metadata + failover_numbers, timestamp))
-    return blobs
-
-
 DimensionSets = tuple[tuple[str, ...], ...]
 _MAIN_SETS: DimensionSets = (("service",), ("service", "Model"))
 _MAIN_SETS_WITH_UPSTREAM: DimensionSets = (*_MAIN_SETS, ("service", "Upstream"))
@@ -214,17 +242,17 @@ _CAUSE_SETS: DimensionSets = (("service", "Cause"),)
 
 
 def _blob(
-    namespace: str,
+    shape: tuple[str, str],
     sets: DimensionSets,
     dimensions: dict[str, str],
     names: tuple[str, ...],
     rest: str,
     timestamp: int,
 ) -> str:
-    """One blob: the `_aws` directive for its shape, service and the `dimensions`' values, then `rest` (metadata and
-    values, already serialised)."""
+    """One blob: the `_aws` directive for its shape (namespace, service), service and the `dimensions`' values, then
+    `rest` (metadata and values, already serialised)."""
     members = "".join([f",{_quote(name)}:{_quote(value)}" for name, value in dimensions.items()])
-    return _aws_prefix(namespace, sets, names) % timestamp + members + rest
+    return _aws_prefix(*shape, sets, names) % timestamp + members + rest
 
 
 def _metadata(exchange: Exchange) -> str:
@@ -256,7 +284,7 @@ _COUNTS = frozenset(name for name, unit in METRIC_UNITS.items() if unit is Metri
 
 
 @functools.lru_cache(maxsize=256)  # shapes: the dimension sets times the metric lists (TimeToFirstByte or not)
-def _aws_prefix(namespace: str, dimension_sets: DimensionSets, metrics: tuple[str, ...]) -> str:
+def _aws_prefix(namespace: str, service: str, dimension_sets: DimensionSets, metrics: tuple[str, ...]) -> str:
     """A blob's JSON (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html)
     up to the service member, with `%d` where the timestamp goes: the `_aws` directive depends only on the blob's
     shape, so it is built once per shape. Members follow in the order Powertools' provider writes them: dimensions,
@@ -267,8 +295,8 @@ def _aws_prefix(namespace: str, dimension_sets: DimensionSets, metrics: tuple[st
         "Metrics": [{"Name": name, "Unit": METRIC_UNITS[name].value} for name in metrics],
     }
     directive_json = _encoder.encode(directive).replace("%", "%%")
-    service = _quote(SERVICE).replace("%", "%%")
-    return '{"_aws":{"Timestamp":%d,"CloudWatchMetrics":[' + directive_json + ']},"service":' + service
+    service_json = _quote(service).replace("%", "%%")
+    return '{"_aws":{"Timestamp":%d,"CloudWatchMetrics":[' + directive_json + ']},"service":' + service_json
 
 
 def _values(exchange: Exchange, cost: float) -> MetricValues:
@@ -294,33 +322,6 @@ def model_dimension(exchange: Exchange) -> str:
     if not model:
         return UNKNOWN_MODEL
     return pricing.resolve_model(model[:256]) or OTHER
-
-
-def tag_dimensions(exchange: Exchange) -> list[str]:
-    """The request's tags as Tag dimension values, each once (so `other` counts a request once, however many of
-    its tags it stands for). The access log and /spend/tags keep every tag as sent."""
-    record = _record(exchange)
-    defaults = record.tags if record and isinstance(record.tags, list) else []
-    return list(dict.fromkeys(tag_dimension(tag, defaults) for tag in exchange.tags))
-
-
-def tag_dimension(tag: str, key_defaults: list[str]) -> str:
-    """`tag` when the operator chose it as a metric dimension, else `other`.
-
-    Chosen: the key's default tags (set by an admin), a registered tag (/tag/new; read from memory), a tag listed
-    in METRIC_TAGS, or one matching a `prefix*` pattern there while fewer than MAX_PATTERN_TAG_VALUES distinct
-    tags have matched in this process.
-    """
-    allowed = get_settings().metric_tags
-    if tag in key_defaults or tag in allowed or tag in registered_tags.snapshot():
-        return tag
-    if not any(pattern.endswith("*") and tag.startswith(pattern[:-1]) for pattern in allowed):
-        return OTHER
-    with _pattern_tags_lock:
-        if tag in _pattern_tags or len(_pattern_tags) < MAX_PATTERN_TAG_VALUES:
-            _pattern_tags.add(tag)
-            return tag
-    return OTHER
 
 
 def team_dimension(exchange: Exchange) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -30,8 +31,7 @@ logger = Logger(child=True)
 _PRICES_FILE = Path(__file__).with_name("pricing.json")  # shipped next to this module in the layer
 _FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
 _SUFFIX = re.compile(r"-(?:\d{8}|latest)$")
-_MAX_WARNED = 256  # distinct unknown models logged per process; bounds memory if clients send junk names
-_warned: set[str] = set()
+_MAX_WARNED = 256  # distinct unknown models logged per runtime; bounds memory if clients send junk names
 
 
 @dataclass(frozen=True)
@@ -110,16 +110,36 @@ def _fallback(spec: str) -> Rates:
     return Rates(*(max(getattr(rates, name) for rates in models.values()) for name in _FIELDS))
 
 
-def rates_for(model: str | None) -> Rates:
+class UnknownModels:
+    """How one runtime prices models pricing.json does not know: UNKNOWN_MODEL_RATE, logged once per model name."""
+
+    def __init__(self, rate: str) -> None:
+        self.rate = rate
+        self._warned: set[str] = set()
+
+    def rates(self, model: str | None) -> Rates:
+        name = (model or "")[:100]
+        if name not in self._warned and len(self._warned) < _MAX_WARNED:
+            self._warned.add(name)
+            logger.warning("Unknown model, billed at the fallback rate", extra={"model": name, "fallback": self.rate})
+        return _fallback(self.rate)
+
+
+_in_use: ContextVar[UnknownModels] = ContextVar("unknown_models")
+
+
+def use(unknown_models: UnknownModels) -> Token[UnknownModels]:
+    """Price unknown models as `unknown_models` says in this context (the app does, per request)."""
+    return _in_use.set(unknown_models)
+
+
+def rates_for(model: str | None, unknown_models: UnknownModels | None = None) -> Rates:
+    """The rates `model` is billed at; a model pricing.json does not know at `unknown_models`' rate (by default
+    that of the runtime serving the request)."""
     known = resolve_model(model) if model else None
     if known is not None:
         return _table()[0][known]
-    spec = get_settings().unknown_model_rate
-    name = (model or "")[:100]
-    if name not in _warned and len(_warned) < _MAX_WARNED:
-        _warned.add(name)
-        logger.warning("Unknown model, billed at the fallback rate", extra={"model": name, "fallback": spec})
-    return _fallback(spec)
+    return (unknown_models or _in_use.get()).rates(model)
 
 
 @lru_cache(maxsize=1)
@@ -129,11 +149,11 @@ def batch_multiplier() -> Decimal:
     return Decimal(data["batch"]["multiplier"])
 
 
-def cost_usd(model: str | None, usage: Usage) -> Decimal:
-    """USD cost of one response, exact."""
+def cost_usd(model: str | None, usage: Usage, unknown_models: UnknownModels | None = None) -> Decimal:
+    """USD cost of one response, exact (`unknown_models`: as for `rates_for`)."""
     five, hour = usage.cache_creation_5m_input_tokens, usage.cache_creation_1h_input_tokens
     written = max(usage.cache_creation_input_tokens, five + hour)
-    rates = rates_for(model).for_prompt(usage.input_tokens + written + usage.cache_read_input_tokens)
+    rates = rates_for(model, unknown_models).for_prompt(usage.input_tokens + written + usage.cache_read_input_tokens)
     # 1-hour writes at their rate; 5-minute writes, and any write the TTL split (if reported) leaves out, at 5m.
     writes = (written - hour) * rates.cache_write_5m + hour * rates.cache_write_1h
     total = usage.input_tokens * rates.input + usage.output_tokens * rates.output

@@ -20,7 +20,6 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from .errors import GatewayError
-from .settings import get_settings
 
 # A body up to this size is parsed on the event loop; larger ones in a worker thread.
 _INLINE_PARSE_BYTES = 64 * 1024
@@ -76,8 +75,9 @@ class RequestBody:
             self._duplicate = _first_duplicate([name for name, _, _, _ in members])
 
 
-async def read(request: Request) -> RequestBody:
-    """The client's body with `litellm_metadata` cut out (its tags are the gateway's, not Anthropic's).
+async def read(request: Request, max_bytes: int) -> RequestBody:
+    """The client's body with `litellm_metadata` cut out (its tags are the gateway's, not Anthropic's); past
+    `max_bytes` (MAX_REQUEST_BYTES) a 413.
 
     Parsed here only when it may carry `litellm_metadata` (its name, or a `\\u` escape that could spell it);
     a body the gateway cannot read goes through untouched for the upstream to judge, unless it names
@@ -85,7 +85,7 @@ async def read(request: Request) -> RequestBody:
     A body with a Content-Encoding is refused: the upstream would decode it into something no check read.
     """
     _refuse_encoded(request.headers)
-    return await prepare(await _read_bytes(request))
+    return await prepare(await _read_bytes(request, max_bytes))
 
 
 def _refuse_encoded(headers: Headers) -> None:
@@ -179,9 +179,8 @@ def _skip_ws(text: str, pos: int) -> int:
     return match.end() if match else pos  # `*`: it always matches
 
 
-async def _read_bytes(request: Request) -> bytes:
-    """The whole request body, refused with 413 once it passes the Lambda payload limit."""
-    limit = get_settings().max_request_bytes
+async def _read_bytes(request: Request, limit: int) -> bytes:
+    """The whole request body, refused with 413 once it passes `limit` (by default Lambda's payload limit)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)

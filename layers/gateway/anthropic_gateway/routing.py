@@ -13,50 +13,55 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from . import forwarding
-from .bedrock import get_bedrock, model_span
+from .bedrock import model_span
 from .errors import GatewayError
 from .exchange import Exchange
 from .keys import effective_upstreams
 from .responses import BufferedResponse, RelayResponse
-from .settings import get_settings
+from .settings import Settings
 from .upstream_http import UpstreamError, UpstreamTimeout
 
 _OUTAGE = {529: "status_529", 500: "status_5xx", 502: "status_5xx", 503: "status_5xx", 504: "status_5xx"}
 
 
-def upstream_order(exchange: Exchange, method: str, body: bytes) -> list[str]:
+def upstream_order(upstreams: forwarding.Upstreams, exchange: Exchange, method: str, body: bytes) -> list[str]:
     """The upstreams to try for this request, in order: the key's, less Bedrock where it cannot serve it.
 
     A key whose only upstream is Bedrock keeps it either way: `Bedrock.prepare` then says why (404 for a path, 400
     for a model), rather than the request silently going to Anthropic.
     """
     record = exchange.principal.record if exchange.principal else None
-    order = effective_upstreams(record) if record else get_settings().default_upstreams
+    default = upstreams.settings.default_upstreams
+    order = effective_upstreams(record, default) if record else default
     if "bedrock" not in order:
         return list(order)
-    span = model_span(body) if get_bedrock().serves(method, exchange.path) else None
+    bedrock = upstreams.bedrock
+    span = model_span(body) if bedrock.serves(method, exchange.path) else None
     if span and exchange.model is None:
         exchange.model = span[0][:200]  # the client's model: what a Bedrock answer is priced as
-    servable = span is not None and get_bedrock().model_id(span[0]) is not None
+    servable = span is not None and bedrock.model_id(span[0]) is not None
     usable = [name for name in order if name != "bedrock" or servable]
     return usable or list(order)
 
 
-def failover_cause(status: int) -> str | None:
+def failover_cause(status: int, settings: Settings) -> str | None:
     """Why an answer with this status goes to the next upstream, or None when it is the client's answer."""
-    if status == 429 and get_settings().bedrock_failover_on_429:
+    if status == 429 and settings.bedrock_failover_on_429:
         return "status_429"
     return _OUTAGE.get(status)
 
 
-async def forward(request: Request, body: bytes, exchange: Exchange) -> RelayResponse | BufferedResponse:
-    """Send the request to the first upstream that answers for real; relay that answer to the client."""
-    order = upstream_order(exchange, request.method, body)
+async def forward(
+    upstreams: forwarding.Upstreams, request: Request, body: bytes, exchange: Exchange
+) -> RelayResponse | BufferedResponse:
+    """Send the request to the first upstream of `upstreams` that answers for real; relay that answer to the
+    client."""
+    order = upstream_order(upstreams, exchange, request.method, body)
     for position, upstream in enumerate(order):
         last = position == len(order) - 1
         exchange.upstream = upstream
         try:
-            answer = await forwarding.ask(upstream, request, body, exchange)
+            answer = await forwarding.ask(upstreams, upstream, request, body, exchange)
         except UpstreamError as exc:
             if last:
                 raise forwarding.upstream_failure(exc, upstream) from None
@@ -69,9 +74,9 @@ async def forward(request: Request, body: bytes, exchange: Exchange) -> RelayRes
                 raise
             exchange.failover_cause = "unreachable"
             continue
-        cause = None if last else failover_cause(answer.status)
+        cause = None if last else failover_cause(answer.status, upstreams.settings)
         if cause is None:
-            return await forwarding.respond(request, exchange, answer, body)
+            return await forwarding.respond(upstreams.settings, request, exchange, answer, body)
         await answer.response.aclose()  # nothing of it went to the client: close it unread
         exchange.failover_cause = cause
     raise AssertionError("unreachable: the last upstream's answer is always returned")

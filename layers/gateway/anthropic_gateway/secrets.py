@@ -1,91 +1,118 @@
 """The upstream Anthropic key and the master key, from Secrets Manager through Powertools Parameters.
 
-Values are cached per process for `SECRETS_MAX_AGE` seconds, so a rotated secret is picked up without a
+Values are cached per runtime for `SECRETS_MAX_AGE` seconds, so a rotated secret is picked up without a
 redeploy. Only a cache miss does network I/O, and that runs in a worker thread, off the event loop, under the
 request's AWS deadline (aws.py). When Secrets Manager cannot be read at a refresh, the value in hand keeps
 serving for up to `AWS_STALE_SECONDS` past its age (a rotation then waits as long); with no value in hand (a cold
 start during an outage) the request gets a 503.
+
+`Secrets` holds one runtime's values (runtime.py); `master_key`, `upstream_key` and `get` read those of the
+runtime serving the request.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from functools import lru_cache, partial
+from contextvars import ContextVar, Token
+from functools import partial
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 
-from . import aws
+from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
-from .settings import get_settings
+from .settings import Settings
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
 logger = Logger(child=True)
-_fetched_at: dict[str, float] = {}
-_last_good: dict[str, str] = {}
+_in_use: ContextVar[Secrets] = ContextVar("secrets")
 
 
-@lru_cache(maxsize=1)
-def _provider() -> SecretsProvider:
-    """One Powertools provider over a Secrets Manager client with the gateway's bounded config."""
-    import boto3
-    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+class Secrets:
+    """The secrets of one runtime: a Powertools provider over a Secrets Manager client of the runtime's, and the
+    values read, with the moment each was read."""
 
-    with aws.boto3_lock:
-        return SecretsProvider(boto3_client=boto3.client("secretsmanager", config=aws.config()))
+    def __init__(self, settings: Settings, aws: AwsCalls) -> None:
+        self._settings, self._aws = settings, aws
+        self._fetched_at: dict[str, float] = {}
+        self._last_good: dict[str, str] = {}
+        self._provider: SecretsProvider | None = None
+        self._lock = threading.Lock()
+
+    def provider(self) -> SecretsProvider:
+        """Blocking: the provider, made on first use (its client costs a cold start's share of botocore)."""
+        with self._lock:
+            if self._provider is None:
+                from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+                self._provider = SecretsProvider(boto3_client=self._aws.client("secretsmanager"))
+            return self._provider
+
+    def forget(self) -> None:
+        """Forget every value and the client: the next read goes to Secrets Manager over a new connection."""
+        with self._lock:
+            self._fetched_at.clear()
+            self._last_good.clear()
+            self._provider = None
+
+    async def upstream_key(self) -> str:
+        return await self.get(self._settings.upstream_key_secret)
+
+    async def master_key(self) -> str:
+        return await self.get(self._settings.master_key_secret)
+
+    async def get(self, name: str) -> str:
+        """Secret `name` (the two keys, or another the gateway is configured with, e.g. BEDROCK_API_KEY_SECRET_NAME),
+        from the cache while it is younger than SECRETS_MAX_AGE."""
+        fetched = self._fetched_at.get(name)
+        max_age = self._settings.secrets_max_age
+        servable = (
+            fetched is not None
+            and name in self._last_good
+            and time.monotonic() - fetched < max_age + self._settings.stale_seconds
+        )
+        try:
+            if fetched is not None and time.monotonic() - fetched < max_age - 1:
+                # What Powertools' cache holds too, read from here: its lookup cost more than the rest of a
+                # request's authentication (issue 11).
+                return self._last_good[name]
+            if servable and self._aws.recently_failed():
+                return self._last_good[name]  # AWS failed a moment ago: serve what we have instead of waiting again
+            return await self._aws.call_shared(("secret", name), partial(self._fetch, name))
+        except Exception as exc:  # the reason may name the secret; never its value
+            reason = "timeout" if isinstance(exc, Unavailable) else type(exc).__name__
+            if servable:
+                self._aws.note_failure()
+                logger.warning("secret served past its max age", extra={"error": reason})
+                return self._last_good[name]
+            raise GatewayError(503, f"The gateway cannot read its configuration secret ({reason}).") from None
+
+    def _fetch(self, name: str) -> str:
+        started = time.monotonic()
+        value = self.provider().get(name, max_age=self._settings.secrets_max_age, force_fetch=True)
+        text = value if isinstance(value, str) else bytes(value).decode() if isinstance(value, bytes) else str(value)
+        self._fetched_at[name] = started  # Powertools' entry expires max_age after a moment no earlier than this
+        self._last_good[name] = text
+        return text
 
 
-def _fetch(name: str) -> str:
-    started = time.monotonic()
-    value = _provider().get(name, max_age=get_settings().secrets_max_age, force_fetch=True)
-    text = value if isinstance(value, str) else bytes(value).decode() if isinstance(value, bytes) else str(value)
-    _fetched_at[name] = started  # Powertools' entry expires max_age after a moment no earlier than this
-    _last_good[name] = text
-    return text
+# -- the runtime serving this request -------------------------------------------------------------------------------
 
 
-async def _secret(name: str) -> str:
-    fetched = _fetched_at.get(name)
-    max_age = get_settings().secrets_max_age
-    servable = fetched is not None and name in _last_good and time.monotonic() - fetched < max_age + _stale_seconds()
-    try:
-        if fetched is not None and time.monotonic() - fetched < max_age - 1:
-            # What Powertools' cache holds too, read from here: its lookup cost more than the rest of a request's
-            # authentication (issue 11).
-            return _last_good[name]
-        if servable and aws.recently_failed():
-            return _last_good[name]  # AWS failed a moment ago: serve what we have instead of waiting again
-        return await aws.call_shared(("secret", name), partial(_fetch, name))
-    except Exception as exc:  # the reason may name the secret; never its value
-        reason = "timeout" if isinstance(exc, aws.Unavailable) else type(exc).__name__
-        if servable:
-            aws.note_failure()
-            logger.warning("secret served past its max age", extra={"error": reason})
-            return _last_good[name]
-        raise GatewayError(503, f"The gateway cannot read its configuration secret ({reason}).") from None
-
-
-def _stale_seconds() -> float:
-    return get_settings().stale_seconds
-
-
-def clear() -> None:
-    """Forget every value (tests)."""
-    _fetched_at.clear()
-    _last_good.clear()
-    _provider().clear_cache()  # type: ignore[no-untyped-call]
+def use(secrets: Secrets) -> Token[Secrets]:
+    return _in_use.set(secrets)
 
 
 async def get(name: str) -> str:
-    """Any other secret the gateway is configured with (e.g. BEDROCK_API_KEY_SECRET_NAME), cached the same way."""
-    return await _secret(name)
+    return await _in_use.get().get(name)
 
 
 async def upstream_key() -> str:
-    return await _secret(get_settings().upstream_key_secret)
+    return await _in_use.get().upstream_key()
 
 
 async def master_key() -> str:
-    return await _secret(get_settings().master_key_secret)
+    return await _in_use.get().master_key()

@@ -1,0 +1,54 @@
+"""The admin API (/key/*, /team/*, /user/*, /tag/*, /spend/*, /sso/*) and the console (/ui): a FastAPI app, imported on
+first use (app.py).
+
+FastAPI, pydantic and these routes are half of what importing the gateway would cost, and a pass-through request
+uses none of them: the app loads this module the first time a request is not one it serves itself.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Logger
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from . import console, key_routes, spend_routes, sso_routes, tag_routes, team_routes, user_routes
+from .errors import GatewayError, error_response, invalid_request, render
+
+logger = Logger(child=True)
+
+
+def build() -> FastAPI:
+    """The admin app. Every error it produces is in Anthropic's shape, like the pass-through's."""
+    api = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    api.include_router(key_routes.router)
+    api.include_router(spend_routes.router)
+    api.include_router(team_routes.router)
+    api.include_router(user_routes.router)
+    api.include_router(tag_routes.router)
+    api.include_router(sso_routes.router)  # single sign-on: console sessions, personal keys (/sso/*)
+    api.include_router(console.router)  # the admin console's static files, /ui
+    api.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+    api.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    api.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    api.add_exception_handler(Exception, _unexpected)
+    return api
+
+
+async def _gateway_error(request: Request, exc: GatewayError) -> Response:
+    return render(exc)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    return render(invalid_request(exc.errors()))
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    message = "Not found." if exc.status_code == 404 else str(exc.detail)
+    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", extra={"route": request.url.path})
+    return error_response(500, "Internal gateway error.")

@@ -1,0 +1,184 @@
+"""Everything a running gateway holds, in one object: built when its app starts, closed when it stops.
+
+As with Starlette's `app.state`, the app (app.py) builds one `Runtime` in its lifespan, or at the buffered door's
+init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to one app and its event loop:
+
+    settings        the environment, read once (settings.py)
+    aws             bounded AWS calls: client config, worker-thread limiter, reads in flight, failure memory
+                    (aws.py)
+    secrets         the upstream and master keys and any other secret, cached (secrets.py)
+    bedrock         the Bedrock upstream and its credentials (bedrock.py)
+    pools           keep-alive connections to each upstream (forwarding.py)
+    upstreams       what the pass-through forwards with: settings, pools, Bedrock, secrets (forwarding.py)
+    metrics         where EMF blobs and log lines go, and the Tag values given out (metrics.py)
+    unknown_models  the price of models pricing.json does not know, and which were logged (pricing.py)
+    background      after-response tasks (background.py)
+    accounting      requests ended and not settled yet (accounting.py)
+    ledger          counters not written yet, and writes kept for retry (ledger.py)
+    batch_sweeps    when the last sweep of the batches due to be settled started (batches.py)
+
+Code that has the runtime at hand uses it directly, and hands on the part a callee needs: the app gives
+`routing.forward` the `upstreams` and `request_body.read` the size limit; accounting gets the metrics writer, the
+unknown-model prices and the background tasks. The other modules of the request path still reach their part
+through the module's own functions (`aws.call`, `secrets.master_key`, `pricing.rates_for`, `background.spawn`,
+`ledger.add`), which act on the runtime serving the request: `activate` makes it theirs in the request's context,
+and tasks and worker threads started from there inherit it.
+
+Still one per process, in the modules that hold them: boto3's default session, which the DynamoDB table handle
+(storage/table.py) and the Secrets Manager client share, and that handle; the key cache and key directory
+(keys.py); and the settings those modules read through `get_settings()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import ssl
+import sys
+from collections.abc import Callable
+from contextvars import Token
+from typing import IO, Any
+
+from aws_lambda_powertools import Logger
+
+from . import aws, background, batches, keys, ledger, pricing, secrets
+from .accounting import Accounting
+from .aws import AwsCalls
+from .background import Background
+from .bedrock import Bedrock
+from .errors import GatewayError
+from .forwarding import UpstreamPools, Upstreams
+from .ledger import Ledger
+from .metrics import Metrics
+from .secrets import Secrets
+from .settings import Settings
+from .storage import table
+
+logger = Logger(child=True)
+
+
+class Runtime:
+    """The state of one running gateway (see the module's docstring for its parts).
+
+    Building one does no I/O and raises on settings that cannot work (a bad BEDROCK_BASE_URL), so the app can
+    refuse to start. `stream`: where EMF blobs and log lines go (stdout, as it is when the runtime is built).
+    """
+
+    def __init__(self, settings: Settings, stream: IO[str] | None = None) -> None:
+        self.settings = settings
+        self.aws = AwsCalls(settings)
+        self.secrets = Secrets(settings, self.aws)
+        self.bedrock = Bedrock.from_settings(settings, self.secrets)
+        self.pools = UpstreamPools(settings, self.bedrock.base_url)
+        self.upstreams = Upstreams(settings, self.pools, self.bedrock, self.secrets)
+        self.metrics = Metrics(settings, stream or sys.stdout)
+        self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate)
+        self.background = Background()
+        self.accounting = Accounting(self.metrics, self.unknown_models, self.background)
+        self.ledger = Ledger(settings, self.aws)
+        self.batch_sweeps = batches.SweepClock()
+        # What failed is written as soon as DynamoDB answers again, not when the backoff says.
+        self.aws.on_recovery(self.ledger.retry_now)
+
+    def activate(self) -> Callable[[], None]:
+        """Make this the runtime the request path's modules act on, in the current context (a request's, or the
+        lifespan's); returns what undoes it."""
+        tokens: tuple[Token[Any], ...] = (
+            aws.use(self.aws),
+            secrets.use(self.secrets),
+            ledger.use(self.ledger),
+            pricing.use(self.unknown_models),
+            background.use(self.background),
+        )
+
+        def deactivate() -> None:
+            for token in reversed(tokens):
+                token.var.reset(token)
+
+        return deactivate
+
+    async def start(self) -> None:
+        """Log lines to this runtime's stream, then `warm`: call it in the runtime's context (`activate`)."""
+        self.metrics.route_logs()
+        await self.warm()
+
+    async def warm(self) -> None:
+        """Make the AWS clients and read both keys now, at init, rather than in front of the first request: what a
+        cold start costs is then paid before the Lambda Web Adapter's readiness check passes. Bounded by
+        AWS_DEADLINE: an AWS outage at start delays readiness by that much at most, and a request then reads what
+        the warm-up could not (the work still running is shared with it, `aws.call_shared`)."""
+
+        async def warm_up() -> list[object]:  # a task of its own: its AWS deadline is not the caller's
+            # The DynamoDB handle first (it imports boto3; DynamoDB is not called), then both keys at once (the
+            # first makes the Secrets Manager client): CPU work one thread at a time, cheaper than three at once.
+            results: list[object] = []
+            try:
+                results.append(await self.aws.call(table.handle))
+            except Exception as exc:
+                results.append(exc)
+            reads = (self.secrets.master_key(), self.secrets.upstream_key())
+            return [*results, *await asyncio.gather(*reads, return_exceptions=True)]
+
+        failures = [_reason(result) for result in await asyncio.create_task(warm_up()) if isinstance(result, Exception)]
+        if failures:
+            logger.warning(
+                "warm-up at start incomplete; requests will read what it could not", extra={"errors": failures}
+            )
+
+    async def drain(self) -> None:
+        """Finish every request's after-response work (accounting), then write what the ledger still holds.
+
+        Lambda freezes a process between invocations: the buffered door drains before each invocation returns
+        (functions/api/handler.py), the streaming door at shutdown (uvicorn's lifespan; the Lambda Web Adapter is an
+        extension, so Lambda sends SIGTERM before it ends the environment).
+        """
+        self.accounting.settle_queued()
+        await self.background.wait()
+        await self.ledger.flush()
+
+    async def close(self) -> None:
+        """Drain, then close every upstream connection and drop the secrets: the one place a runtime ends."""
+        await self.drain()
+        await self.pools.close()
+        self.secrets.forget()
+
+    # -- SnapStart (app.py serves the hooks) ----------------------------------------------------------------------
+
+    async def before_checkpoint(self) -> None:
+        """Before Lambda snapshots this environment: finish pending work, then leave nothing in memory that must
+        not be shared by every environment restored from the snapshot (connections, credentials, secrets)."""
+        await self.drain()
+        await self.forget()
+
+    async def after_restore(self) -> None:
+        """In an environment restored from a snapshot, before it serves: forget whatever the snapshot holds,
+        re-seed every random source (each restored environment starts from the same memory), then warm up again.
+        Its monotonic clock did not run while the snapshot waited, so no cached value can tell its own age."""
+        await self.forget()
+        reseed_random()
+        await self.warm()
+
+    async def forget(self) -> None:
+        """Close upstream connections, drop AWS clients and credentials, forget cached secrets and key records."""
+        await self.pools.close()
+        self.secrets.forget()
+        self.aws.forget_session()
+        self.aws.forget_failures()
+        self.bedrock.forget_credentials()
+        table.handle.cache_clear()
+        keys.key_cache.invalidate()
+        keys.key_directory.forget()
+
+
+def _reason(exc: Exception) -> str:
+    """Why a warm-up read failed, for the log: the gateway's own message (it never holds a secret), else the type."""
+    return exc.message if isinstance(exc, GatewayError) else type(exc).__name__
+
+
+def reseed_random() -> None:
+    """Fresh entropy for every random source a process restored from a snapshot would otherwise share: Python's
+    `random` (botocore's retry jitter, Powertools' log sampling) and OpenSSL's generator (TLS). Ids that must be
+    unique never come from these (`exchange.new_request_id`, `secrets`: os.urandom)."""
+    random.seed()
+    ssl.RAND_add(os.urandom(32), 32.0)
