@@ -29,7 +29,7 @@ from pydantic import (
 from . import governance, keys, money, secrets, tags
 from .auth import master_only
 from .errors import GatewayError, invalid_request
-from .money import Amount, MoneyJSONResponse
+from .money_fields import Amount, MoneyJSONResponse
 from .refusals import key_owner_error
 from .settings import parse_upstreams
 from .storage import key_records, table

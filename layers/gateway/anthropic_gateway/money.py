@@ -3,18 +3,15 @@
 Money is Decimal from the JSON a client sends to DynamoDB and back. Python's json module and pydantic read a JSON
 number as a binary float (`0.1` becomes 0.1000000000000000055..., `123456789.123456789` becomes 123456789.12345679)
 and write a Decimal as a string or in exponent notation (`1E-7`), so every edge that reads or writes an amount
-(the key API, the spend reports, the CLI) goes through here: `loads` and `amount` on the way in, `dumps` and
-`MoneyJSONResponse` on the way out.
+(the key API, the spend reports, the CLI) goes through here: `loads` and `amount` on the way in, `dumps` on the
+way out (the admin API's answers through money_fields.py). No pydantic here: the pass-through's policy reads it.
 """
 
 from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Annotated, Any
-
-from pydantic import WithJsonSchema
-from starlette.responses import JSONResponse
+from typing import Any
 
 # An amount is a whole multiple of 1e-12 USD below 1e15 USD, written with at most 18 significant digits.
 # - 12 decimal places: the digits of every cost end above them (pricing.json's prices per MTok have at most 3
@@ -28,10 +25,6 @@ from starlette.responses import JSONResponse
 MAX_SIGNIFICANT_DIGITS = 18
 MAX_DECIMAL_PLACES = 12
 MAX_AMOUNT = Decimal(10) ** 15
-
-# A money field of a response model: a number in the OpenAPI document (pydantic's default says string), written
-# exactly by MoneyJSONResponse from the model's `model_dump()`.
-Amount = Annotated[Decimal, WithJsonSchema({"type": "number"})]
 
 
 class MoneyError(ValueError):
@@ -135,11 +128,3 @@ class _Writer:
                 self.parts.append(json.dumps(key, ensure_ascii=self.ensure_ascii) + colon)
             self.write(item, level + 1)
         self.parts.append(("" if self.indent is None else "\n" + " " * (self.indent * level)) + closing)
-
-
-class MoneyJSONResponse(JSONResponse):
-    """A JSON answer whose Decimals (from `model_dump()`, not `model_dump(mode="json")`) are written as exact
-    numbers; otherwise the bytes Starlette's JSONResponse writes."""
-
-    def render(self, content: Any) -> bytes:
-        return dumps(content).encode("utf-8")

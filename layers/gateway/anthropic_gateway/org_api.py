@@ -3,7 +3,7 @@ scope takes, how a scope's budget shows in an answer, and the bounds of one call
 
 Field validation reuses the key API's (key_routes.py): the same ranges, durations and names, so a value that
 is a 400 on /key/generate is one here too. Bodies are read with money.loads, so budgets are the exact Decimal the
-client wrote, from the JSON on the wire to DynamoDB and back (money.MoneyJSONResponse writes them).
+client wrote, from the JSON on the wire to DynamoDB and back (money_fields.MoneyJSONResponse writes them).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi import Request
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from . import key_routes, keys, money, owners
+from . import key_routes, keys, money, money_fields, owners
 from .errors import GatewayError, invalid_request
 from .key_routes import Duration, Limit, ModelName
 from .refusals import admin_error
@@ -130,7 +130,7 @@ def first_reset(budget_duration: str | None, now: datetime) -> str | None:
 
 def answer(content: Any) -> Response:
     """A JSON answer with every amount exact: pydantic models dumped in Python mode (Decimal kept)."""
-    return money.MoneyJSONResponse(_dumped(content))
+    return money_fields.MoneyJSONResponse(_dumped(content))
 
 
 def _dumped(content: Any) -> Any:
@@ -193,12 +193,12 @@ class BudgetView(BaseModel):
     """A scope's budget and limits as every answer shows them (money exact)."""
 
     models: list[str]
-    max_budget: money.Amount | None
+    max_budget: money_fields.Amount | None
     budget_duration: str | None
     budget_reset_at: str | None
-    spend: money.Amount  # in the current budget period (all time without budget_duration)
-    total_spend: money.Amount
-    reserved_spend: money.Amount  # estimates held by requests in flight
+    spend: money_fields.Amount  # in the current budget period (all time without budget_duration)
+    total_spend: money_fields.Amount
+    reserved_spend: money_fields.Amount  # estimates held by requests in flight
     rpm_limit: int | None
     tpm_limit: int | None
     max_parallel_requests: int | None

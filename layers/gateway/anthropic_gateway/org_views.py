@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import money
+from . import money_fields
 from .key_routes import KeyInfo
 from .org_api import MAX_SHOWN_KEYS, BudgetView, budget_fields, fresh
 from .storage import key_links, key_records, members, tags, teams, users
@@ -61,12 +61,12 @@ class MemberInfo(BaseModel):
     team_id: str
     user_id: str
     role: str
-    max_budget_in_team: money.Amount | None
+    max_budget_in_team: money_fields.Amount | None
     budget_duration: str | None
     budget_reset_at: str | None
-    spend: money.Amount  # the member's spend in this team, in the current period
-    total_spend: money.Amount
-    reserved_spend: money.Amount
+    spend: money_fields.Amount  # the member's spend in this team, in the current period
+    total_spend: money_fields.Amount
+    reserved_spend: money_fields.Amount
     litellm_budget_table: dict[str, Any] | None  # LiteLLM's shape of the same budget
     created_at: str
     updated_at: str

@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from . import day_spend, key_spend, org_spend, tag_spend
 from .auth import master_only
-from .money import Amount, MoneyJSONResponse
+from .money_fields import Amount, MoneyJSONResponse
 from .storage import key_records
 
 MAX_KEYS = 100  # /spend/keys?limit=
