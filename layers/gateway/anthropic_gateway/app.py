@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import (
     accounting,
+    audit_routes,
     background,
     console,
     forwarding,
@@ -86,6 +87,7 @@ api.include_router(spend_routes.router)
 api.include_router(team_routes.router)
 api.include_router(user_routes.router)
 api.include_router(tag_routes.router)
+api.include_router(audit_routes.router)
 api.include_router(console.router)  # the admin console's static files, /ui
 
 

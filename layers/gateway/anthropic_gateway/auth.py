@@ -1,10 +1,12 @@
-"""Who is calling: the master key, a virtual key, or nobody. Every route authenticates here."""
+"""Who is calling: the master key, a virtual key, or nobody. Every route authenticates here: the pass-through with
+`authenticate`, the admin API with `admin_caller` (access.py then decides what the caller may do)."""
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 from aws_lambda_powertools import Logger
 from starlette.datastructures import Headers
@@ -92,17 +94,52 @@ async def authenticate(headers: Headers) -> Principal:
     return Principal(record=record)
 
 
-async def master_only(request: Request) -> None:
-    """Router dependency of the admin routes (/key/*, /spend/*)."""
-    await require_master(request.headers)
+# -- the admin API ------------------------------------------------------------------------------------------------
 
 
-async def require_master(headers: Headers) -> None:
-    key = presented_key(headers)
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling the admin API, however they proved it: the one value that role checks and the audit log's
+    "who" read.
+
+    kind: "master" (the master key), "key" (a virtual key: `key` is its record, `user_id` its user if any; its
+    role is its user's, read by the role checks), or "sso" (a console session: `user_id` is the person's user,
+    `subject` the ID token's sub, `role` and `teams` read from the user at this request).
+    """
+
+    kind: Literal["master", "key", "sso"]
+    role: str | None = None
+    user_id: str | None = None
+    teams: tuple[str, ...] = ()
+    key: KeyRecord | None = None
+    subject: str | None = None
+    email: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """The caller as a log or an audit record names it: never a secret."""
+        if self.kind == "master":
+            return "master"
+        if self.kind == "key" and self.key is not None:
+            return f"key:{self.key.key_alias or self.key.token}"
+        return f"sso:{self.subject}"
+
+
+MASTER_CALLER = Caller(kind="master", role="proxy_admin")
+
+
+async def admin_caller(request: Request) -> Caller:
+    """The caller of an admin route: the master key or a usable virtual key in the headers; 401 otherwise."""
+    key = presented_key(request.headers)
     if key is None:
         raise GatewayError(401, "Missing master key: send it as Authorization: Bearer <master key>.")
     if _is_master(key, await secrets.master_key()):
-        return
-    if await _lookup(key) is not None:
-        raise GatewayError(403, "This route needs the master key; virtual keys cannot manage keys.")
-    raise GatewayError(401, "Invalid master key.")
+        return MASTER_CALLER
+    record = await _lookup(key)
+    if record is None:
+        raise GatewayError(401, "Invalid master key.")
+    if record.blocked:
+        raise GatewayError(401, "This key is blocked.")
+    if record.expired(keys.utcnow()):
+        raise GatewayError(401, f"This key expired at {record.expires}.")
+    return Caller(kind="key", key=record, user_id=record.user_id)

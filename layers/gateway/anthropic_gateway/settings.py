@@ -27,6 +27,7 @@ class Settings:
     master_key_secret: str
     secrets_max_age: int
     key_cache_ttl: float
+    audit_retention_days: int
     max_request_bytes: int
     default_anthropic_version: str
     upstream_connect_timeout: float
@@ -108,6 +109,8 @@ def get_settings() -> Settings:
         master_key_secret=env("MASTER_KEY_SECRET_NAME", "anthropic-gateway/master-key"),
         secrets_max_age=int(_float("SECRETS_MAX_AGE", 300)),
         key_cache_ttl=_float("KEY_CACHE_TTL", 10.0),
+        # How long the audit log keeps an entry (DynamoDB's TTL deletes it after), in days.
+        audit_retention_days=_positive_int("AUDIT_RETENTION_DAYS", 365),
         max_request_bytes=int(_float("MAX_REQUEST_BYTES", LAMBDA_MAX_REQUEST_BYTES)),
         default_anthropic_version=env("DEFAULT_ANTHROPIC_VERSION", "2023-06-01"),
         upstream_connect_timeout=_float("UPSTREAM_CONNECT_TIMEOUT", 10.0),
@@ -167,6 +170,13 @@ def get_settings() -> Settings:
         # Open connections per process; one more is answered 503 and closed.
         max_connections=int(_float("MAX_CONNECTIONS", 2048)),
     )
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = _float(name, default)
+    if not 1 <= value <= 100 * 365 or value != int(value):
+        raise SettingsError(f"{name}={value:g}: expected a whole number of days, 1 to 36500")
+    return int(value)
 
 
 def _upstreams(name: str, raw: str) -> tuple[str, ...]:

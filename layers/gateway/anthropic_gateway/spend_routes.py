@@ -1,4 +1,5 @@
-"""The spend reports (master key only), in LiteLLM's shapes: `GET /spend/keys` and `GET /spend/tags`.
+"""The spend reports, in LiteLLM's shapes: `GET /spend/keys` (the keys the caller may read, access.py) and
+`GET /spend/tags` (proxy_admin and proxy_admin_viewer).
 
 key_spend.py and tag_spend.py build them; this module serves them, money written from Decimal as exact plain JSON
 numbers (money.MoneyJSONResponse: no binary float in between, no exponent notation).
@@ -9,18 +10,19 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from . import key_spend, tag_spend
-from .auth import master_only
+from .access import admin_access
+from .access import of as access_of
 from .money import Amount, MoneyJSONResponse
 from .storage import key_records
 
 MAX_KEYS = 100  # /spend/keys?limit=
 
-router = APIRouter(prefix="/spend", dependencies=[Depends(master_only)])
+router = APIRouter(prefix="/spend", dependencies=[Depends(admin_access)])
 
 
 class KeySpend(BaseModel):
@@ -70,12 +72,14 @@ class TagSpend(BaseModel):
 
 
 @router.get("/keys", response_model=list[KeySpend])
-async def spend_keys(limit: Annotated[int, Query(ge=1, le=MAX_KEYS)] = 10) -> Response:
-    records = await anyio.to_thread.run_sync(key_records.list_records)
+async def spend_keys(http_request: Request, limit: Annotated[int, Query(ge=1, le=MAX_KEYS)] = 10) -> Response:
+    access = access_of(http_request)
+    records = [r for r in await anyio.to_thread.run_sync(key_records.list_records) if access.may_read_key(r)]
     return MoneyJSONResponse(key_spend.top_keys(records, limit))
 
 
 @router.get("/tags", response_model=list[TagSpend])
-async def spend_tags(start_date: str | None = None, end_date: str | None = None) -> Response:
+async def spend_tags(http_request: Request, start_date: str | None = None, end_date: str | None = None) -> Response:
+    access_of(http_request).require_reader("read spend per tag")
     start, end = tag_spend.parse_range(start_date, end_date)
     return MoneyJSONResponse(await anyio.to_thread.run_sync(tag_spend.report, start, end))
