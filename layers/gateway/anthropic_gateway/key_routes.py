@@ -602,7 +602,7 @@ def _delete(named_keys: list[str], aliases: list[str], access: Access) -> list[s
         raise GatewayError(404, f"Nothing deleted; not found: {', '.join(missing[:20])}.")
     for record in records.values():  # all allowed, or nothing deleted
         access.check_manage_key(record, "delete")
-    deleted = []
+    deleted: list[str] = []
     for key_id, record in records.items():
         current: KeyRecord | None = record
         for _ in range(3):
@@ -616,6 +616,13 @@ def _delete(named_keys: list[str], aliases: list[str], access: Access) -> list[s
                 continue
             audit.written(entry)
             break
+        else:  # it kept changing under us: say so rather than report it deleted
+            raise GatewayError(
+                409,
+                f"Key {record.token} was changed by other requests while it was being deleted; retry."
+                + (f" Deleted before it: {', '.join(deleted)}." if deleted else ""),
+                error_type="invalid_request_error",
+            )
         keys.key_cache.invalidate(record.token, *([current.token] if current else []))
         deleted.append((current or record).token)
     return deleted
