@@ -230,3 +230,24 @@ def test_bad_filters_are_400s(admin):
         assert (status, kind) == (400, "invalid_request_error"), params
     other_filters = exact(admin.get("/audit", params={"page_size": 1, "start_date": "2000-01-01"}))["cursor"]
     assert error_of(admin.get("/audit", params={"target": "team:x", "cursor": other_filters}))[0] == 400
+
+
+def test_the_cli_reads_the_audit_log_page_by_page(admin, gateway, monkeypatch, capsys):
+    from anthropic_gateway.__main__ import main
+    from tests.conftest import MASTER_KEY
+
+    team = new_team(admin)["team_id"]
+    for limit in (1, 2):
+        ok(admin.post("/team/update", json={"team_id": team, "rpm_limit": limit}))
+    monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
+    monkeypatch.setenv("GATEWAY_URL", gateway.url)
+
+    assert main(["audit", "--target", f"team:{team}", "--page-size", "2"]) == 0
+    first = json.loads(capsys.readouterr().out, parse_float=Decimal)
+    assert [entry["after"] for entry in first["entries"]] == [{"rpm_limit": 2}, {"rpm_limit": 1}]
+    assert main(["audit", "--target", f"team:{team}", "--page-size", "2", "--cursor", first["cursor"]]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert [entry["action"] for entry in second["entries"]] == ["team.create"] and second["cursor"] is None
+
+    assert main(["audit", "--start-date", "soon"]) == 1
+    assert "start_date" in capsys.readouterr().err

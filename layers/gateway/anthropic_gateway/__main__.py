@@ -1,5 +1,5 @@
 """`python -m anthropic_gateway serve` runs the gateway locally; `... keys|teams|users|tags <command>` manage
-keys, teams, users and registered tags.
+keys, teams, users and registered tags; `... audit` reads the audit log.
 
 `anthropic-gateway ...` is the same command, as the console script the package installs
 (pyproject.toml; `make dev` installs it into .venv).
@@ -21,12 +21,13 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import main as keys_main
 
         return keys_main(argv[1:])
-    if argv[:1] in (["teams"], ["users"], ["tags"]):
+    if argv[:1] in (["teams"], ["users"], ["tags"], ["audit"]):
         from .org_cli import main as org_main
 
         return org_main(argv[0], argv[1:])
     print(
-        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> (keys --help for the commands)",
+        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | audit [filters]"
+        " (keys --help for the commands)",
         file=sys.stderr,
     )
     return 2
