@@ -251,3 +251,20 @@ def test_the_cli_reads_the_audit_log_page_by_page(admin, gateway, monkeypatch, c
 
     assert main(["audit", "--start-date", "soon"]) == 1
     assert "start_date" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raw", ["0", "1.5", "36501", "-3", "nan", "inf", "many"])
+def test_a_retention_that_is_not_whole_days_stops_the_start(monkeypatch, raw):
+    from anthropic_gateway.settings import SettingsError, get_settings
+
+    monkeypatch.setenv("AUDIT_RETENTION_DAYS", raw)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match="AUDIT_RETENTION_DAYS"):
+            get_settings()
+        monkeypatch.setenv("AUDIT_RETENTION_DAYS", "30")
+        get_settings.cache_clear()
+        assert get_settings().audit_retention_days == 30
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

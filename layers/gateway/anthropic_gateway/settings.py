@@ -110,7 +110,7 @@ def get_settings() -> Settings:
         secrets_max_age=int(_float("SECRETS_MAX_AGE", 300)),
         key_cache_ttl=_float("KEY_CACHE_TTL", 10.0),
         # How long the audit log keeps an entry (DynamoDB's TTL deletes it after), in days.
-        audit_retention_days=_positive_int("AUDIT_RETENTION_DAYS", 365),
+        audit_retention_days=_whole_days("AUDIT_RETENTION_DAYS", _float("AUDIT_RETENTION_DAYS", 365)),
         max_request_bytes=int(_float("MAX_REQUEST_BYTES", LAMBDA_MAX_REQUEST_BYTES)),
         default_anthropic_version=env("DEFAULT_ANTHROPIC_VERSION", "2023-06-01"),
         upstream_connect_timeout=_float("UPSTREAM_CONNECT_TIMEOUT", 10.0),
@@ -172,8 +172,7 @@ def get_settings() -> Settings:
     )
 
 
-def _positive_int(name: str, default: int) -> int:
-    value = _float(name, default)
+def _whole_days(name: str, value: float) -> int:
     if not 1 <= value <= 100 * 365 or value != int(value):
         raise SettingsError(f"{name}={value:g}: expected a whole number of days, 1 to 36500")
     return int(value)
