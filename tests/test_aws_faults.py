@@ -22,7 +22,9 @@ import pytest
 
 from anthropic_gateway import keys
 from anthropic_gateway.storage import key_records, table
+from anthropic_gateway.storage.layout import TEAM_SK, USER_SK, member_sk, team_pk, user_pk
 from support.fault_proxy import FaultProxy
+from support.orgs import new_key, ok, unique
 from support.servers import answers, free_port
 from support.waiting import eventually
 from tests.test_governance import HELLO, MODEL, cost, usage_header
@@ -217,6 +219,91 @@ def test_secrets_and_keys_keep_serving_stale_through_an_outage(proxy, start_gate
         served += 1
     proxy.mode = "pass"
     eventually(lambda: settled_to(key, served), timeout=30, what="spend of the outage recorded")
+
+
+# -- a request of several scopes: its key, team, membership and user, each with a budget -------------------------
+
+
+def budgeted_org_key(admin) -> tuple[str, list[tuple[str, str]]]:
+    """A key with a budget, in a team with a budget, of a user with a budget and one in the team: every admission
+    is one TransactWriteItems of four budget holds, every settle one transaction over the four records. The key and
+    the (pk, sk) of each scope's record."""
+    team_id, user_id = unique("team"), unique("user")
+    ok(admin.post("/team/new", json={"team_id": team_id, "max_budget": 10}))
+    ok(admin.post("/user/new", json={"user_id": user_id, "max_budget": 10, "auto_create_key": False}))
+    member = {"team_id": team_id, "member": {"user_id": user_id}, "max_budget_in_team": 10}
+    ok(admin.post("/team/member_add", json=member))
+    key = new_key(admin, team_id=team_id, user_id=user_id, max_budget=10)["key"]
+    records = [
+        (key_records.record_pk(keys.hash_key(key)), "KEY"),
+        (team_pk(team_id), TEAM_SK),
+        (team_pk(team_id), member_sk(user_id)),
+        (user_pk(user_id), USER_SK),
+    ]
+    return key, records
+
+
+def every_scope_settled_to(records: list[tuple[str, str]], served: int) -> bool:
+    """Each scope's record counts exactly `served` requests, their tokens and spend, and holds nothing."""
+    for pk, sk in records:
+        item = table.get(pk, sk) or {}
+        if not (
+            item.get("requests", 0) == served
+            and item.get("input_tokens", 0) == served * USAGE["input_tokens"]
+            and item.get("output_tokens", 0) == served * USAGE["output_tokens"]
+            and item.get("spend", 0) == served * cost(**USAGE)
+            and item.get("budget_headroom") == item.get("max_budget", 0) - item.get("spend", 0)
+            and item.get("reserved", 0) == 0
+            and not item.get("reservations")
+        ):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("fault", ["stall", "drop"])
+def test_dynamodb_down_during_a_reservation_across_scopes_is_a_fast_503_holding_nothing(
+    fault, proxy, start_gateway, admin
+):
+    url = start_gateway()
+    key, records = budgeted_org_key(admin)
+    warm_up(url, key)  # key, team, user and membership cached
+
+    proxy.mode = fault
+    refused, took = ask(url, key)
+    assert refused.status_code == 503 and took < BOUND, refused.text
+
+    proxy.mode = "pass"
+    eventually(lambda: ask(url, key)[0].status_code == 200, what="recovered by itself")
+    eventually(lambda: every_scope_settled_to(records, 2), timeout=30, what="each scope counted once, nothing held")
+
+
+def test_dynamodb_losing_answers_during_a_settle_across_scopes_counts_each_scope_once(proxy, start_gateway, admin):
+    """The settle transaction over four records applies, its answer is lost, and it is retried: the operation
+    marker makes every retry find it applied, so no scope counts the request twice."""
+    url = start_gateway()
+    key, records = budgeted_org_key(admin)
+    warm_up(url, key)
+
+    slow = {"x-fake-chunks": "6", "x-fake-delay-ms": "150"}
+    with httpx.Client(timeout=30) as client:
+        request = client.build_request(
+            "POST",
+            url + "/anthropic/v1/messages",
+            headers={"x-api-key": key, "anthropic-version": "2023-06-01", **usage_header(**USAGE), **slow},
+            json={"model": MODEL, "max_tokens": 20, "messages": HELLO, "stream": True},
+        )
+        stream = client.send(request, stream=True)  # admitted while AWS answers
+        proxy.mode = "lose_answers"
+        assert stream.status_code == 200
+        stream.read()
+        stream.close()
+        before = proxy.forwarded
+        eventually(lambda: proxy.forwarded > before + 1, what="the settle reached DynamoDB, its answer lost")
+
+    proxy.mode = "pass"
+    eventually(lambda: every_scope_settled_to(records, 2), timeout=30, what="the retried settle applied once")
+    assert ask(url, key)[0].status_code == 200  # a barrier: written after every retry
+    eventually(lambda: every_scope_settled_to(records, 3), timeout=30, what="barrier written")
 
 
 def test_sigterm_mid_stream_exits_within_the_grace_and_flushes(aws, fake_upstream, make_key):

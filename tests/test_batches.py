@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from unittest.mock import ANY
@@ -111,6 +112,41 @@ def test_results_fetched_many_times_settle_once(gateway, admin, make_key):
     assert len(list(client.messages.batches.results(batch.id))) == 2
     info = info_of(gateway, admin, key)
     assert money(info["spend"]) == exact_cost(2, **USAGE) and info["reserved_spend"] == 0
+
+
+def test_a_batch_is_reserved_and_settled_on_its_keys_team_and_user_too(gateway, admin, fake_upstream):
+    team_id, user_id = f"batch-team-{uuid.uuid4().hex[:8]}", f"batch-user-{uuid.uuid4().hex[:8]}"
+    assert admin.post("/team/new", json={"team_id": team_id, "max_budget": 10}).status_code == 200
+    new_user = {"user_id": user_id, "teams": [team_id], "max_budget": 10, "auto_create_key": False}
+    assert admin.post("/user/new", json=new_user).status_code == 200
+    key = admin.post("/key/generate", json={"team_id": team_id, "user_id": user_id}).json()["key"]
+    client = sdk(gateway, key)
+    records = [(f"TEAM#{team_id}", "TEAM"), (f"USER#{user_id}", "USER"), (f"TEAM#{team_id}", f"MEMBER#{user_id}")]
+
+    batch = create(client, count=3)
+    gateway.drain()
+    reserved = reserved_on_the_batch(batch.id)
+    assert reserved >= exact_cost(3, **USAGE)
+    # Held on the team's and the user's budgets (the key and the membership have none), as one reservation each.
+    assert [Decimal(table.get(pk, sk).get("reserved", 0)) for pk, sk in records] == [reserved, reserved, 0]
+
+    assert len(list(client.messages.batches.results(batch.id))) == 3
+    gateway.drain()
+    for pk, sk in [*records, (f"KEY#{keys.hash_key(key)}", "KEY")]:
+        item = table.get(pk, sk)
+        assert Decimal(item["spend"]) == exact_cost(3, **USAGE) and item.get("reserved", 0) == 0, (pk, sk)
+        assert not item.get("reservations") and item["input_tokens"] == 3 * USAGE["input_tokens"]
+
+    # A batch whose estimate is more than the team's budget has left is refused before the upstream, naming it.
+    left = float(exact_cost(3, **USAGE) + Decimal("0.001"))  # some headroom, less than the estimate
+    assert admin.post("/team/update", json={"team_id": team_id, "max_budget": left}).status_code == 200
+    before = len(fake_upstream.requests)
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        create(client, count=3)
+    message = refused.value.body["error"]["message"]
+    assert refused.value.status_code == 402 and message.startswith("This batch may cost up to $")
+    assert f"Team {team_id!r} has reached its budget" in message
+    assert len(fake_upstream.requests) == before
 
 
 def test_an_unbudgeted_key_gets_its_batch_spend_recorded(gateway, admin, make_key):
@@ -221,7 +257,8 @@ def open_batch(own_table, monkeypatch):
     )
     keys.put_new(record)
     estimate, lease = Decimal(1), int(batches.RESERVATION_LEASE.total_seconds())
-    assert asyncio.run(governance.reserve_budget(record, estimate, "batch-r1", lease_seconds=lease, whole=True))
+    held = asyncio.run(governance.reserve_budget([record.scope], estimate, "batch-r1", lease_seconds=lease, whole=True))
+    assert held == (record.scope,)
     remembered = batch_items.remember(
         "b1",
         key_id=record.key_id,

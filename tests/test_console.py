@@ -15,6 +15,7 @@ import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import anthropic
@@ -23,7 +24,7 @@ import pytest
 from playwright.sync_api import Page, Playwright, expect, sync_playwright
 from samcli.yamlhelper import yaml_parse
 
-from anthropic_gateway import console, tag_spend
+from anthropic_gateway import console, day_spend
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
 from tests.conftest import MASTER_KEY
@@ -367,20 +368,29 @@ def test_spend_page_shows_the_tags_of_the_requests_made(watched, gateway, admin,
     assert rows[team]["log_count"] == 3 and rows[app]["log_count"] == 2, rows
 
     watched.sign_in()
-    page.get_by_role("link", name="Spend").click()
-    table = page.locator("table.spend")
+    page.get_by_role("link", name="Spend", exact=True).click()
+    table = page.locator("table.spend-tag")
     expect(table.locator(f'tr[data-tag="{team}"] td').nth(1)).to_have_text("3")
     expect(table.locator(f'tr[data-tag="{app}"] td').nth(1)).to_have_text("2")
     spend = table.locator(f'tr[data-tag="{team}"] td').nth(2)
     expect(spend).to_have_text(f"${rows[team]['total_spend']:,.2f}")
     chart = page.get_by_role("img", name="Spend (USD) per day and tag")
-    today = tag_spend.today().isoformat()
+    today = day_spend.today().isoformat()
     expect(chart.locator(f'rect[data-series="{team}"][data-day="{today}"]')).to_have_count(1)
-    expect(page.locator(".legend")).to_contain_text(team)
+    expect(page.get_by_role("region", name="Spend per tag").locator(".legend")).to_contain_text(team)
     page.get_by_label("Metric").select_option("requests")
     expect(page.get_by_role("img", name="Requests per day and tag")).to_be_visible()
     top = page.get_by_role("region", name="Top keys by spend")
     expect(top.get_by_role("link", name=alias)).to_be_visible()
+
+    # The tag table's last row counts each tagged request once (the rows count a two-tag request twice), from the
+    # API's distinct totals; one meaning of "requests" on the page, stated.
+    totals = admin.get("/spend/tags/totals").json()
+    total_row = table.locator("tfoot tr").first
+    expect(total_row.locator("th")).to_have_text("All tagged requests")
+    expect(total_row.locator("td").first).to_have_text(f"{totals['log_count']:,}")
+    assert totals["log_count"] <= sum(row["log_count"] for row in rows.values()) - 2  # our two two-tag requests
+    expect(page.locator("#requests-meaning")).to_contain_text("requests the gateway refused itself")
 
     # A range without those days shows no such tags; an impossible one shows the API's message.
     page.get_by_label("From", exact=True).fill("2001-01-01")
@@ -389,12 +399,14 @@ def test_spend_page_shows_the_tags_of_the_requests_made(watched, gateway, admin,
     expect(page.get_by_role("region", name="Spend per tag")).to_contain_text("No tagged requests in this range.")
     page.get_by_label("From", exact=True).fill("2001-02-01")
     page.get_by_role("button", name="Apply").click()
-    expect(page.get_by_role("alert")).to_contain_text("start_date (2001-02-01) is after end_date (2001-01-31)")
+    for region in ("Spend per tag", "Spend per team", "Spend per user"):
+        alert = page.get_by_role("region", name=region).get_by_role("alert")
+        expect(alert).to_contain_text("start_date (2001-02-01) is after end_date (2001-01-31)")
 
     if SCREENSHOTS:
         page.get_by_label("Metric").select_option("spend")
         page.get_by_role("button", name="30 days").click()
-        expect(page.locator(".legend")).to_contain_text(team)
+        expect(page.get_by_role("region", name="Spend per tag").locator(".legend")).to_contain_text(team)
         screenshot(page, "console-spend.png")
     watched.assert_master_key_kept_in_session_only()
 
@@ -411,7 +423,8 @@ def spend_rows(admin: httpx.Client) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def showcase(gateway):
-    """With CONSOLE_SCREENSHOTS=1: demo keys with some spend, and two weeks of tag spend, for the pictures."""
+    """With CONSOLE_SCREENSHOTS=1: demo keys with some spend, and two weeks of spend per tag, team and user, for
+    the pictures."""
     if not SCREENSHOTS:
         return
     with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30) as http:
@@ -425,6 +438,10 @@ def showcase(gateway):
             {"key_alias": "ci-evals", "models": ["claude-*"], "max_budget": 10, "tags": ["team:platform"],
              "blocked": True},
         ]  # fmt: skip
+        for team_id, alias, user_id, email in DEMO_PEOPLE:
+            http.post("/team/new", json={"team_id": team_id, "team_alias": alias, "max_budget": 5000})
+            http.post("/user/new", json={"user_id": user_id, "user_email": email, "teams": [team_id],
+                                         "auto_create_key": False})  # fmt: skip
         for settings, usage in zip(demo, [3_000_000, 5_000_000, 20_000_000, 400_000], strict=True):
             key = http.post("/key/generate", json=settings).json()["key"]
             if not settings.get("blocked"):
@@ -433,15 +450,27 @@ def showcase(gateway):
                     extra_headers={"x-fake-usage": json.dumps({"input_tokens": usage, "output_tokens": usage // 20})},
                 )  # fmt: skip
     with ThreadPoolExecutor(1) as thread:  # a loop of its own: Playwright's runs on this thread
-        thread.submit(asyncio.run, _seed_tag_history()).result()
+        thread.submit(asyncio.run, _seed_history()).result()
 
 
-async def _seed_tag_history() -> None:
-    """Two weeks of daily spend per tag, through the same ledger the gateway records with."""
-    today = tag_spend.today()
+# Demo teams with one member each: (team_id, team_alias, user_id, user_email).
+DEMO_PEOPLE = [
+    ("search", "Search", "ana", "ana@example.com"),
+    ("support", "Support", "bo", "bo@example.com"),
+    ("data", "Data platform", "chen", "chen@example.com"),
+]
+
+
+async def _seed_history() -> None:
+    """Two weeks of daily spend per tag, team and user, through the same ledger the gateway records with."""
+    today = day_spend.today()
     for back in range(1, 15):
-        for index, (tag, scale) in enumerate([("team:search", 3), ("team:support", 2), ("team:data", 5)]):
+        for index, (team_id, _, user_id, _) in enumerate(DEMO_PEOPLE):
+            scale = (3, 2, 5)[index]
             tokens = 100_000 * scale * (1 + (back * (index + 2)) % 5)
             usage = Usage(input_tokens=tokens, output_tokens=tokens // 10)
-            tag_spend.record([tag], tokens * 3e-6 + tokens // 10 * 15e-6, usage, day=today - timedelta(days=back))
+            cost = Decimal(tokens * 3 + tokens // 10 * 15) / 1_000_000
+            counters = day_spend.counters(cost, usage, forwarded=True)
+            where = {"tags": [f"team:{team_id}"], "team_id": team_id, "user_id": user_id}
+            day_spend.add(counters, day=today - timedelta(days=back), **where)
     await ledger.flush()

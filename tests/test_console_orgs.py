@@ -3,11 +3,13 @@ Chromium against the gateway on loopback, with raw HTTP and the SDK checking tha
 
 from __future__ import annotations
 
+import json
 import uuid
 
+import anthropic
 from playwright.sync_api import expect
 
-from support.orgs import ok, works
+from support.orgs import HELLO, exact, ok, works
 from tests import test_console
 from tests.test_console import Watched, confirm
 
@@ -195,5 +197,55 @@ def test_names_people_typed_are_text_and_api_errors_are_shown(watched: Watched, 
     expect(page.get_by_role("alert")).to_contain_text("user_id")
     page.goto(f"{watched.url}#/teams/{unique('missing')}")
     expect(page.get_by_role("alert")).to_contain_text("Could not load this team")
+    assert watched.dialogs == []
+    watched.assert_master_key_kept_in_session_only()
+
+
+def test_the_spend_page_shows_spend_per_team_and_per_user(watched: Watched, gateway, admin):
+    """Requests made with a team member's key (real SDK) show up per team and per user, with names people typed
+    as text, links to the team's and the user's pages, and the rows' total."""
+    page = watched.page
+    team_id, alias = unique("spend-team"), f"<b>Spenders</b> {uuid.uuid4().hex[:6]}"
+    ok(admin.post("/team/new", json={"team_id": team_id, "team_alias": alias}))
+    email = unique("spender") + "@example.com"
+    user = ok(admin.post("/user/new", json={"user_email": email, "teams": [team_id], "auto_create_key": False}))
+    key = ok(admin.post("/key/generate", json={"team_id": team_id, "user_id": user["user_id"]}))["key"]
+    client = anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=key, max_retries=0)
+    # Large usage, so this team and user lead their reports (and charts) whatever else the session recorded today.
+    usage = json.dumps({"input_tokens": 9_000_000, "output_tokens": 1_000})
+    for _ in range(2):
+        client.messages.create(
+            model="claude-sonnet-4-5", max_tokens=8, messages=HELLO, extra_headers={"x-fake-usage": usage}
+        )
+    gateway.drain()  # spend per day is written after the responses
+    team_row = next(row for row in exact(admin.get("/spend/teams")) if row["team_id"] == team_id)
+    user_rows = exact(admin.get("/spend/users"))
+
+    watched.sign_in()
+    page.get_by_role("link", name="Spend").click()
+    teams_region = page.get_by_role("region", name="Spend per team")
+    row = teams_region.locator(f'table.spend-team tr[data-team="{team_id}"]')
+    expect(row.locator("td").nth(1)).to_have_text("2")
+    expect(row.locator("td").nth(2)).to_have_text(f"${team_row['total_spend']:,.2f}")
+    chart = teams_region.get_by_role("img", name="Spend (USD) per day and team")
+    expect(chart.locator(f'rect[data-series="{alias}"]')).to_have_count(1)
+    total = teams_region.locator("tfoot tr")
+    expect(total.locator("th")).to_have_text("Total")
+    all_teams = sum(row["log_count"] for row in exact(admin.get("/spend/teams")))  # a request has one team
+    expect(total.locator("td").first).to_have_text(f"{all_teams:,}")
+
+    users_region = page.get_by_role("region", name="Spend per user")
+    user_row = users_region.locator(f'table.spend-user tr[data-user="{user["user_id"]}"]')
+    expect(user_row.locator("td").nth(1)).to_have_text("2")
+    expect(user_row.get_by_role("link", name=email)).to_be_visible()  # no alias: the email names the user
+    assert any(row["user_id"] == user["user_id"] and row["log_count"] == 2 for row in user_rows)
+    assert page.locator("main img, main b, main script").count() == 0  # the alias is text
+
+    page.get_by_label("Metric").select_option("requests")
+    expect(teams_region.get_by_role("img", name="Requests per day and team")).to_be_visible()
+    expect(users_region.get_by_role("img", name="Requests per day and user")).to_be_visible()
+
+    row.get_by_role("link", name=alias).click()
+    expect(page.get_by_role("heading", name=alias)).to_be_visible()
     assert watched.dialogs == []
     watched.assert_master_key_kept_in_session_only()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +29,10 @@ KEYS: dict[str, dict[str, object] | None] = {
     "tpm": {"tpm_limit": 1_000_000},
     "parallel": {"max_parallel_requests": 10},
     "all": {"max_budget": 100.0, "rpm_limit": 1000, "tpm_limit": 1_000_000, "max_parallel_requests": 10},
+    # Keys of a team and of a user who is a member of it (issue 19): the team and the user with no limits, and
+    # both with a budget (the key itself has none).
+    "team": {"team": {}, "user": {}},
+    "team_budgets": {"team": {"max_budget": 100.0}, "user": {"max_budget": 100.0}},
 }
 _WRITES = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem")
 
@@ -54,10 +59,26 @@ def _describe(calls: list[tuple[str, bytes]]) -> tuple[str, str]:
     return " + ".join(parts) or "none", str(units)
 
 
+def _org_key(admin: httpx.Client, team: dict[str, object], user: dict[str, object]) -> str:
+    """A key of a new team and of a new user who is a member of it."""
+    team_id, user_id = f"cost-{uuid.uuid4().hex[:8]}", f"cost-{uuid.uuid4().hex[:8]}"
+    assert admin.post("/team/new", json={"team_id": team_id, **team}).status_code == 200
+    new_user = {"user_id": user_id, "teams": [team_id], "auto_create_key": False, **user}
+    assert admin.post("/user/new", json=new_user).status_code == 200
+    response = admin.post("/key/generate", json={"team_id": team_id, "user_id": user_id})
+    assert response.status_code == 200, response.text
+    return str(response.json()["key"])
+
+
 @pytest.mark.parametrize("kind", list(KEYS))
-def test_writes_per_request_are_what_docs_cost_md_says(gateway, make_key, aws_calls, kind):
+def test_writes_per_request_are_what_docs_cost_md_says(gateway, admin, make_key, aws_calls, kind):
     settings = KEYS[kind]
-    key = MASTER_KEY if settings is None else make_key(**settings)
+    if settings is None:
+        key = MASTER_KEY
+    elif "team" in settings:
+        key = _org_key(admin, **settings)
+    else:
+        key = make_key(**settings)
     headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
     measured = []
     with httpx.Client(base_url=gateway.url, timeout=30) as http:

@@ -124,7 +124,7 @@ def test_layer_ships_only_what_lambda_runs(sam_build):
     compiled = {p.name.split(".")[0] + ".py" for p in package.glob("__pycache__/*")}
     shipped = {p.name for p in package.iterdir()} | compiled
     assert {"app.py", "responses.py", "forwarding.py"} <= shipped
-    assert not {"__main__.py", "cli.py", "local.py"} & shipped
+    assert not {"__main__.py", "cli.py", "login_cli.py", "local.py"} & shipped
     assert (ROOT / "layers" / "gateway" / "anthropic_gateway" / "local.py").is_file()  # still in the repo
 
 

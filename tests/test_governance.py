@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from anthropic_gateway import governance, keys, pricing
+from anthropic_gateway.auth import Principal
 from anthropic_gateway.storage import holds, key_records, rates, table
 from anthropic_gateway.usage import Usage
 
@@ -124,7 +125,7 @@ def test_a_stream_cut_off_by_the_client_is_billed_for_what_was_seen(admin, gatew
 def test_keys_without_limits_cost_no_dynamodb_call_before_the_upstream(gateway, make_key, monkeypatch):
     key = make_key(models=["claude-haiku-4-5"], tags=["team:a"], metadata={"a": 1})
     record = key_records.load(keys.hash_key(key))
-    assert not any(scope.governed for scope in governance.scopes(record))
+    assert not any(scope.governed for scope in governance.scopes(Principal(record)))
 
     def no_dynamodb(*args, **kwargs):
         raise AssertionError("admission touched DynamoDB")

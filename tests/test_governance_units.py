@@ -11,12 +11,14 @@ from decimal import Decimal
 import pytest
 
 from anthropic_gateway import governance, keys, pricing
+from anthropic_gateway import ledger as ledger_module
+from anthropic_gateway.auth import Principal
 from anthropic_gateway.errors import GatewayError
 from anthropic_gateway.exchange import Admission
 from anthropic_gateway.ledger import ledger
-from anthropic_gateway.storage import budgets, holds, key_records, rates, spend
+from anthropic_gateway.storage import budgets, holds, key_records, rates
 from anthropic_gateway.storage import table as gateway_table
-from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, TooManyParallel
+from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, Scope, TooManyParallel
 from anthropic_gateway.usage import Usage
 from support.fake_anthropic import expected_input_tokens
 
@@ -42,6 +44,10 @@ def test_model_allowed(model, allowed):
     assert governance.model_allowed(model, ["claude-haiku-4-5", "claude-opus-4-*"]) is allowed
 
 
+def allowing(*models: str) -> Scope:
+    return Scope(kind="key", id="k", pk="KEY#k", sk="KEY", models=models)
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [
@@ -54,10 +60,10 @@ def test_model_allowed(model, allowed):
 )
 def test_check_models(body, status):
     if status is None:
-        governance.check_models(["claude-haiku-4-5"], "/v1/messages", body)
+        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body)
         return
     with pytest.raises(GatewayError) as refused:
-        governance.check_models(["claude-haiku-4-5"], "/v1/messages", body)
+        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body)
     assert refused.value.status == status
 
 
@@ -67,7 +73,7 @@ def test_check_models(body, status):
 )
 def test_check_models_in_malformed_batches(requests):
     with pytest.raises(GatewayError) as refused:
-        governance.check_models(["m"], governance.BATCH_PATH, {"requests": requests})
+        governance.check_models([allowing("m")], governance.BATCH_PATH, {"requests": requests})
     assert refused.value.status == 400
 
 
@@ -157,14 +163,14 @@ def assert_headroom_invariant(record: key_records.KeyRecord) -> dict:
 def acquire(record: key_records.KeyRecord, estimate: Decimal = Decimal(0), request_id: str | None = None):
     """Admission's DynamoDB side, as governance.admit runs it (at keys.utcnow()): the outcome and the holds."""
     admission = Admission(request_id or keys.new_key())
-    governed = [scope for scope in governance.scopes(record) if scope.governed]
+    governed = [scope for scope in governance.scopes(Principal(record)) if scope.governed]
     return governance._acquire(governed, admission, estimate), admission
 
 
 def settle(record, admission, cost=Decimal(0), usage=None, forwarded=True):
     """Settle's DynamoDB side for a request that got an answer, as governance.settle_now builds it."""
     counters = governance.spend_increments(cost, usage, forwarded) if forwarded or usage else {}
-    scopes = governance.scopes(record)
+    scopes = governance.scopes(Principal(record))
     changes = governance.settle_changes(
         scopes,
         hold_id=admission.request_id,
@@ -339,13 +345,19 @@ def test_settle_of_a_deleted_key_does_not_recreate_it(table):
     assert stored(record) == {}
 
 
-def test_counters_are_added_once_per_operation(table):
-    assert spend.add_once("op-1", "P", "S", {"spend": Decimal("0.25")}, marker_ttl=1) is spend.Recorded.ADDED
-    assert spend.add_once("op-1", "P", "S", {"spend": Decimal("0.25")}, marker_ttl=1) is spend.Recorded.ALREADY_ADDED
-    assert spend.add_once("op-2", "P", "S", {"spend": Decimal("0.5")}, marker_ttl=1) is spend.Recorded.ADDED
+def test_counters_are_added_once_per_operation_and_an_item_gone_is_left_out(table):
+    def write(*items: tuple[str, str, Decimal, bool]) -> ledger_module.Write:
+        """The ledger's write of counters to several items in one transaction."""
+        return ledger_module.counters_write([(pk, sk, {"spend": amount}, only) for pk, sk, amount, only in items])
+
+    first = write(("P", "S", Decimal("0.25"), False))
+    assert first.apply() is holds.Settled.APPLIED
+    assert first.apply() is holds.Settled.ALREADY_APPLIED  # its retry, after an answer lost
+    assert write(("P", "S", Decimal("0.5"), False), ("Q", "S", Decimal(2), False)).apply() is holds.Settled.APPLIED
     assert gateway_table.get("P", "S") == {"pk": "P", "sk": "S", "spend": Decimal("0.75")}
-    gone = spend.add_once("op-3", "gone", "S", {"spend": Decimal(1)}, marker_ttl=1, only_if_exists=True)
-    assert gone is spend.Recorded.ITEM_GONE and gateway_table.get("gone", "S") is None
+    # A key deleted while its request ran: its counters are left out, the others' written all the same.
+    assert write(("gone", "S", Decimal(1), True), ("Q", "S", Decimal(1), True)).apply() is holds.Settled.APPLIED
+    assert gateway_table.get("gone", "S") is None and gateway_table.get("Q", "S")["spend"] == 3
 
 
 def test_regenerate_moves_the_key_not_the_record(table):

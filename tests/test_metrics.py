@@ -11,8 +11,10 @@ import httpx
 import pytest
 
 from anthropic_gateway import keys, metrics, pricing
+from anthropic_gateway.auth import Principal
 from anthropic_gateway.exchange import Exchange
 from anthropic_gateway.settings import get_settings
+from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.usage import Usage, UsageTap
 from support.captured_lines import dimension_sets, metric_values, stored_key
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
@@ -407,7 +409,7 @@ def _powertools_blob(blob: dict) -> dict:
         provider.add_metric(name=metric["Name"], unit=MetricUnit(metric["Unit"]), value=blob[metric["Name"]][0])
     names = {"_aws", *(name for names in directive["Dimensions"] for name in names)}
     names |= {metric["Name"] for metric in directive["Metrics"]}
-    for name in blob.keys() - names:
+    for name in [name for name in blob if name not in names]:  # in the blob's order (a set's is arbitrary)
         provider.add_metadata(key=name, value=blob[name])
     provider.set_timestamp(blob["_aws"]["Timestamp"])
     return dict(provider.serialize_metric_set())
@@ -419,8 +421,11 @@ def test_blobs_serialise_as_powertools_would():
     exchange.tap = UsageTap("text/event-stream")
     exchange.tap.usage, exchange.tap.seen_usage = Usage(input_tokens=123_456_789, output_tokens=7), True
     exchange.upstream, exchange.failover_cause = "bedrock", "status_529"
+    record = KeyRecord(token="0" * 64, key_name="sk-...0000", key_alias="m", team_id="search", user_id="ana")
+    exchange.principal = Principal(record=record)
     lines = metrics.emf_blobs(exchange, 0.25)
-    # by model and upstream, three tags, status class, failover cause
+    assert json.loads(lines[0])["Team"] == metrics.team_dimension(exchange)  # the overall blob: [service, Team] too
+    # by model, upstream and team, three tags, status class, failover cause
     assert len(lines) == 6 and all(line.endswith("}\n") and line.count("\n") == 1 for line in lines)
     for line in lines:
         blob = json.loads(line)

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -107,3 +109,28 @@ def test_python_dash_m_runs_the_org_commands(gateway):
     done = subprocess.run([sys.executable, "-m", "anthropic_gateway", "tags", "list"], env=env, capture_output=True,
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0 and isinstance(json.loads(done.stdout), list)
+
+
+def test_spend_per_team_user_and_tag_from_the_command_line(run):
+    from tests.test_spend_orgs import _record
+
+    day = date(1990, 1, 1) + timedelta(days=uuid.uuid4().int % 10_000)  # a day no other test records on
+    team_id, user_id, tags = unique("cli-team"), unique("cli-user"), [unique("cli:a"), unique("cli:b")]
+    where = {"team_id": team_id, "user_id": user_id, "tags": tags}
+    _record((where, Decimal("0.1"), day), (where, Decimal("0.2"), day))
+    dates = ("--start-date", day.isoformat(), "--end-date", day.isoformat())
+
+    status, [row] = run("teams", "spend", *dates)
+    assert status == 0 and row["team_id"] == team_id
+    assert (row["total_spend"], row["log_count"], row["daily"][0]["date"]) == (Decimal("0.3"), 2, day.isoformat())
+    status, [row] = run("users", "spend", *dates)
+    assert status == 0 and (row["user_id"], row["total_spend"]) == (user_id, Decimal("0.3"))
+    status, rows = run("tags", "spend", *dates)
+    assert status == 0 and sorted((row["individual_request_tag"], row["log_count"]) for row in rows) == [
+        (tags[0], 2),
+        (tags[1], 2),
+    ]
+    status, totals = run("tags", "spend", "--totals", *dates)
+    assert status == 0 and (totals["log_count"], totals["total_spend"]) == (2, Decimal("0.3"))  # each request once
+    status, error = run("teams", "spend", "--start-date", "2023-07-15", "--end-date", "2023-07-14")
+    assert status == 1 and "after end_date" in error["error"]["message"]

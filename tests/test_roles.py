@@ -217,6 +217,13 @@ ROUTES: dict[str, tuple[Callable[[Case], httpx.Response], dict[str, set[str]]]] 
         {**dict.fromkeys(A, ALL), "team_admin": OWN, "internal_user": OWN},
     ),
     "GET /spend/tags": (lambda case: case.http.get("/spend/tags"), dict.fromkeys(P, ALL)),
+    "GET /spend/tags/totals": (lambda case: case.http.get("/spend/tags/totals"), dict.fromkeys(P, ALL)),
+    # Filtered to the caller's teams (users): a team admin reads its teams' rows, anyone its own user's.
+    "GET /spend/teams": (lambda case: case.http.get("/spend/teams"), {**dict.fromkeys(P, ALL), "team_admin": ALL}),
+    "GET /spend/users": (
+        lambda case: case.http.get("/spend/users"),
+        dict.fromkeys(set(CALLERS) - {"no_user"}, ALL),
+    ),
     "POST /team/new": (lambda case: case.http.post("/team/new", json={"team_alias": "x"}), dict.fromkeys(A, ALL)),
     "POST /team/update": (
         _team("POST", "/team/update", lambda team: {"team_id": team["team_id"], "rpm_limit": 9}),

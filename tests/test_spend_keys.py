@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import httpx
 
-from anthropic_gateway import key_spend, keys, money, pricing
-from anthropic_gateway.storage import key_records, spend
+from anthropic_gateway import key_spend, keys, ledger, money, pricing
+from anthropic_gateway.storage import holds, key_records
 from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.usage import Usage
 
@@ -63,12 +63,8 @@ def test_top_keys_are_answered_exactly(admin, make_key):
     key = make_key(key_alias=f"exact-{unique}")
     record = key_records.load(keys.hash_key(key))
     for amount in ("0.1", "0.2", "1e-7"):  # as the ledger writes each request's spend
-        assert (
-            spend.add_once(
-                f"test-{unique}-{amount}", f"KEY#{record.key_id}", "KEY", {"total_spend": Decimal(amount)}, marker_ttl=1
-            )
-            is spend.Recorded.ADDED
-        )
+        write = ledger.counters_write([(f"KEY#{record.key_id}", "KEY", {"total_spend": Decimal(amount)}, True)])
+        assert write.apply() is holds.Settled.APPLIED
 
     response = admin.get("/spend/keys", params={"limit": 100})
     assert response.status_code == 200

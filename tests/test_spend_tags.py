@@ -12,7 +12,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from anthropic_gateway import money, pricing, tag_spend
+from anthropic_gateway import day_spend, money, pricing, tag_spend
 from anthropic_gateway.ledger import ledger
 from anthropic_gateway.usage import Usage
 from support.captured_lines import stored_key
@@ -34,7 +34,7 @@ def gw(gateway):
 
 def around_today() -> dict:
     # A day either side, so a test running across midnight UTC still sees its requests.
-    today = tag_spend.today()
+    today = day_spend.today()
     return {"start_date": (today - timedelta(days=1)).isoformat(), "end_date": (today + timedelta(days=1)).isoformat()}
 
 
@@ -93,7 +93,7 @@ def test_spend_per_tag_matches_the_requests_made(gateway, gw, admin, unique):
     for tag, included in ((team, sent), (app, sent[:2])):
         row = rows[tag]
         assert row["total_spend"] == pytest.approx(sum(cost(usage) for usage, _, _ in included), rel=1e-9)
-        for name in tag_spend._TOKENS:
+        for name in day_spend.TOKENS:
             assert row[name] == sum(usage[name] for usage, _, _ in included)
         assert row["total_tokens"] == sum(sum(usage.values()) for usage, _, _ in included)
         assert len(row["daily"]) == 1 and row["daily"][0]["log_count"] == row["log_count"]
@@ -107,11 +107,11 @@ def test_spend_per_tag_matches_the_requests_made(gateway, gw, admin, unique):
 
 
 def _record_now(*calls: tuple) -> None:
-    """tag_spend.record as settle calls it (on an event loop), then the ledger's flush."""
+    """(tags, cost, usage, day): recorded as settle records a request (on an event loop), then the ledger's flush."""
 
     async def record_and_flush() -> None:
-        for call in calls:
-            tag_spend.record(*call[:3], day=call[3])
+        for tags, cost, usage, day in calls:
+            day_spend.add(day_spend.counters(cost, usage, forwarded=True), tags=tags, day=day)
         await ledger.flush()
 
     asyncio.run(record_and_flush())

@@ -1,5 +1,6 @@
 """`python -m anthropic_gateway serve` runs the gateway locally; `... keys|teams|users|tags <command>` manage
-keys, teams, users and registered tags; `... audit` reads the audit log.
+        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | audit [filters] | login | key "
+        "(keys --help for the commands)",
 
 `anthropic-gateway ...` is the same command, as the console script the package installs
 (pyproject.toml; `make dev` installs it into .venv).
@@ -25,9 +26,13 @@ def main(argv: list[str] | None = None) -> int:
         from .org_cli import main as org_main
 
         return org_main(argv[0], argv[1:])
+    if argv[:1] in (["login"], ["key"]):  # a developer's personal key through single sign-on
+        from .login_cli import main as login_main
+
+        return login_main(argv)
     print(
-        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | audit [filters]"
-        " (keys --help for the commands)",
+        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | audit [filters] | login | key "
+        "(keys --help for the commands)",
         file=sys.stderr,
     )
     return 2

@@ -1,4 +1,5 @@
-"""What happens once a request is over: its cost, the key's spend and token counters, metrics, spend per tag.
+"""What happens once a request is over: its cost, the key's spend and token counters, metrics, spend per day (per
+tag, team and user).
 
 Runs after the last byte has gone to the client (the response that ends the request calls `after_response`:
 responses.py), never in front of it.
@@ -16,7 +17,7 @@ from decimal import Decimal
 
 from aws_lambda_powertools import Logger
 
-from . import background, batches, governance, metrics, pricing, tag_spend
+from . import background, batches, day_spend, governance, metrics, pricing
 from .exchange import Exchange
 
 logger = Logger(child=True)
@@ -55,10 +56,9 @@ def settle_queued(loop: asyncio.AbstractEventLoop) -> None:
         except Exception:
             logger.exception("metrics failed", extra={"request_id": exchange.request_id})
         try:
-            if exchange.tags:
-                tag_spend.record(exchange.tags, cost, exchange.usage)
+            day_spend.record(exchange, cost)  # per tag, team and user
         except Exception:
-            logger.exception("tag spend failed", extra={"request_id": exchange.request_id})
+            logger.exception("spend per day failed", extra={"request_id": exchange.request_id})
     metrics.write(lines)
 
 

@@ -34,6 +34,7 @@ from . import (
     request_body,
     routing,
     spend_routes,
+    sso_routes,
     tag_routes,
     tags,
     team_routes,
@@ -87,6 +88,7 @@ api.include_router(spend_routes.router)
 api.include_router(team_routes.router)
 api.include_router(user_routes.router)
 api.include_router(tag_routes.router)
+api.include_router(sso_routes.router)  # single sign-on: console sessions, personal keys (/sso/*)
 api.include_router(audit_routes.router)
 api.include_router(console.router)  # the admin console's static files, /ui
 

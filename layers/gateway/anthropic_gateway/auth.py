@@ -1,10 +1,11 @@
-"""Who is calling: the master key, a virtual key, or nobody. Every route authenticates here: the pass-through with
-`authenticate`, the admin API with `admin_caller` (access.py then decides what the caller may do)."""
+"""Who is calling: the master key, a virtual key (with its team, user and membership), a person signed in to the
+console, or nobody. Every route authenticates here: the pass-through with keys alone (`authenticate`), the admin API
+with keys or the console's single sign-on session (`admin_caller`)."""
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
@@ -12,14 +13,18 @@ from aws_lambda_powertools import Logger
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from . import aws, keys, secrets
+from . import aws, keys, owners, secrets, sso_session
 from .errors import GatewayError
+from .owners import Owners
+from .storage import users
 from .storage.key_records import KeyRecord
+from .storage.teams import registry as registered_teams
 
 
 @dataclass(frozen=True)
 class Principal:
     record: KeyRecord | None  # None for the master key
+    owners: Owners = field(default_factory=Owners)  # the key's team, user and membership (owners.py)
 
     @property
     def is_master(self) -> bool:
@@ -65,7 +70,7 @@ async def _lookup(key: str) -> KeyRecord | None:
     hit, record = keys.key_cache.get(token)
     if hit:
         return record
-    stale = keys.key_cache.stale(token)
+    _, stale = keys.key_cache.stale(token)
     if stale is not None and aws.recently_failed():
         return stale  # AWS failed a moment ago: no request waits out the deadline again for a known key
     try:
@@ -75,6 +80,43 @@ async def _lookup(key: str) -> KeyRecord | None:
             logger.warning("key served from the expired cache", extra={"error": type(exc).__name__})
             return stale
         raise GatewayError(503, "The gateway cannot check API keys right now; retry.") from None
+
+
+async def _owners_of(record: KeyRecord) -> Owners:
+    """The key's team, user and membership: cached, else read under the request's deadline; during an outage, as
+    cached a while ago (like the key record itself), else a 503."""
+    found = owners.cached(record)
+    if found is not None:
+        return found
+    stale = owners.stale(record)
+    if stale is not None and aws.recently_failed():
+        return stale
+    try:
+        return await aws.call_shared(("owners", record.team_id, record.user_id), partial(owners.load, record))
+    except Exception as exc:
+        if stale is not None:
+            logger.warning("key owners served from the expired cache", extra={"error": type(exc).__name__})
+            return stale
+        raise GatewayError(503, "The gateway cannot check this key's team and user right now; retry.") from None
+
+
+def _check_owners(record: KeyRecord, found: Owners) -> None:
+    """A key of a blocked, deleted or being-deleted team or user, or of a user who left the team, is refused as a
+    blocked key is: the team or user is named."""
+    if record.team_id is not None:
+        team = found.team
+        if team is None or team.deleting:
+            raise GatewayError(401, f"This key's team {record.team_id!r} has been deleted.")
+        if team.blocked:
+            raise GatewayError(401, f"This key's team {record.team_id!r} is blocked.")
+    if record.user_id is not None:
+        user = found.user
+        if user is None or user.deleting:
+            raise GatewayError(401, f"This key's user {record.user_id!r} has been deleted.")
+        if user.blocked:
+            raise GatewayError(401, f"This key's user {record.user_id!r} is blocked.")
+    if record.team_id is not None and record.user_id is not None and found.member is None:
+        raise GatewayError(401, f"This key's user {record.user_id!r} is no longer in team {record.team_id!r}.")
 
 
 async def authenticate(headers: Headers) -> Principal:
@@ -91,7 +133,13 @@ async def authenticate(headers: Headers) -> Principal:
         raise GatewayError(401, "This key is blocked.")
     if record.expired(keys.utcnow()):
         raise GatewayError(401, f"This key expired at {record.expires}.")
-    return Principal(record=record)
+    if record.team_id:
+        registered_teams.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
+    if record.team_id is None and record.user_id is None:
+        return Principal(record=record)
+    found = await _owners_of(record)
+    _check_owners(record, found)
+    return Principal(record=record, owners=found)
 
 
 # -- the admin API ------------------------------------------------------------------------------------------------
@@ -129,17 +177,43 @@ MASTER_CALLER = Caller(kind="master", role="proxy_admin")
 
 
 async def admin_caller(request: Request) -> Caller:
-    """The caller of an admin route: the master key or a usable virtual key in the headers; 401 otherwise."""
+    """The caller of an admin route: a key in the headers (the master key or a virtual key), else the console's
+    single sign-on session cookie, whose state-changing requests must carry its CSRF token. 401 for neither (and
+    for a blocked or expired key). What the caller may do is access.py's."""
     key = presented_key(request.headers)
-    if key is None:
-        raise GatewayError(401, "Missing master key: send it as Authorization: Bearer <master key>.")
-    if _is_master(key, await secrets.master_key()):
-        return MASTER_CALLER
-    record = await _lookup(key)
-    if record is None:
-        raise GatewayError(401, "Invalid master key.")
-    if record.blocked:
-        raise GatewayError(401, "This key is blocked.")
-    if record.expired(keys.utcnow()):
-        raise GatewayError(401, f"This key expired at {record.expires}.")
-    return Caller(kind="key", key=record, user_id=record.user_id)
+    if key is not None:
+        if _is_master(key, await secrets.master_key()):
+            return MASTER_CALLER
+        record = await _lookup(key)
+        if record is None:
+            raise GatewayError(401, "Invalid master key.")
+        if record.blocked:
+            raise GatewayError(401, "This key is blocked.")
+        if record.expired(keys.utcnow()):
+            raise GatewayError(401, f"This key expired at {record.expires}.")
+        return Caller(kind="key", key=record, user_id=record.user_id)
+    session = await sso_session.session_of(request.cookies)
+    if session is None:
+        raise GatewayError(401, "Missing master key: send it as Authorization: Bearer <master key>, or sign in.")
+    if not sso_session.csrf_ok(session, request.method, request.headers.get(sso_session.CSRF_HEADER)):
+        raise GatewayError(
+            403,
+            f"Missing or wrong {sso_session.CSRF_HEADER} header: a change made with the console's session cookie "
+            "needs the session's CSRF token (GET /sso/session).",
+        )
+    try:
+        user = await aws.call(users.get, session.user_id)
+    except aws.Unavailable:
+        raise GatewayError(503, "The gateway cannot read its users right now; retry.") from None
+    if user is None or user.deleting:
+        raise GatewayError(401, "Your user no longer exists: sign in again.")
+    if user.blocked:
+        raise GatewayError(401, f"User {user.user_id!r} is blocked.")
+    return Caller(
+        kind="sso",
+        role=user.user_role,
+        user_id=user.user_id,
+        teams=tuple(user.teams),
+        subject=session.user_id,
+        email=session.email,
+    )

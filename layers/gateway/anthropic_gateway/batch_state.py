@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from . import pricing
+from .storage.scopes import Scope
 from .storage.spend import TOKEN_COUNTERS
 from .usage import Usage, UsageTap
 
@@ -19,8 +20,10 @@ class CreateHold:
 
     key_id: str
     estimate: Decimal
-    reserved: Decimal  # on the key's budget; 0 without a budget
-    reservation_id: str  # names the hold on the key's budget (governance.reserve_budget)
+    reserved: Decimal  # on each budget of `held`; 0 without one
+    reservation_id: str  # names the holds (governance.reserve_budget)
+    scopes: tuple[Scope, ...] = ()  # the create's scopes (governance.scopes): its cost is recorded on each
+    held: tuple[Scope, ...] = ()  # those whose budget holds `reserved`
     batch_id: str | None = None
     remembered: bool = False
 

@@ -1,8 +1,10 @@
-"""Message Batches billed to the key that created them: reserved at create, settled once from the results.
+"""Message Batches billed to the key that created them, and to its team, membership, user and tags: reserved at
+create, settled once from the results.
 
   - **create** (`admit`, before the request goes upstream): an upper bound of the whole batch at batch prices
     (each request's prompt bytes and `max_tokens`, as governance estimates one Message, times pricing's batch
-    multiplier) is reserved on the key's budget if all of it fits, else 402. Keys without a budget reserve nothing.
+    multiplier) is reserved on every budget of the create's scopes (governance.scopes) if all of it fits in each,
+    in one call, else 402 naming the budget. Scopes without a budget reserve nothing.
   - **the answer** (`observe`, before it goes back to the client): a created batch is remembered, one item
     `BATCH#<id>`/`BATCH` {key_id, estimate, reserved, state}; an upstream refusal releases the reservation (`settle`).
   - **results** (`results_tap`): `GET .../results` is summed line by line as it is relayed (JSONL, one line held at
@@ -11,9 +13,10 @@
     BATCH_SETTLE_GRACE_HOURS (24); after that, or 29 days after its creation (when Anthropic deletes the results),
     it is settled at its estimate. Due batches are found by a sweep of the open batches (gsi1 `BATCH#OPEN`, by due
     time) that any pass-through request starts, at most once a minute per instance.
-Settling is one transaction: the batch's state `open` -> `settled` with the key's spend, tokens and the released
-reservation. Its condition (the batch is still open) makes it exactly once, however many fetches and sweeps race
-and however often it is retried; a settle that dies on the way leaves the batch open, for the next fetch or sweep.
+Settling is one transaction: the batch's state `open` -> `settled` with the spend and tokens on each scope and the
+released reservations. Its condition (the batch is still open) makes it exactly once, however many fetches and
+sweeps race and however often it is retried; a settle that dies on the way leaves the batch open, for the next
+fetch or sweep.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .errors import GatewayError
 from .exchange import Exchange
 from .ledger import Write, ledger
 from .settings import get_settings
-from .storage import batch_items, holds, key_records
+from .storage import batch_items, holds
 from .storage.spend import OPERATION_MARKER_SECONDS
 from .usage import Usage
 
@@ -65,9 +68,11 @@ async def admit(exchange: Exchange, body: bytes) -> None:
         return  # the master key is not billed
     estimate = await anyio.to_thread.run_sync(estimate_batch, body)
     reservation_id = "batch-" + exchange.request_id
-    try:  # a key without a budget holds nothing
+    admission = exchange.admission
+    scopes = admission.scopes if admission is not None and admission.scopes else (record.scope,)
+    try:  # scopes without a budget hold nothing
         held = await governance.reserve_budget(
-            record, estimate, reservation_id, lease_seconds=int(RESERVATION_LEASE.total_seconds()), whole=True
+            scopes, estimate, reservation_id, lease_seconds=int(RESERVATION_LEASE.total_seconds()), whole=True
         )
     except GatewayError as exc:
         if exc.status != 402:
@@ -75,10 +80,12 @@ async def admit(exchange: Exchange, body: bytes) -> None:
         raise GatewayError(
             402,
             f"This batch may cost up to ${estimate:.6f} at batch prices (each request's prompt and max_tokens), "
-            f"more than this key's budget has left. {exc.message}",
+            f"more than a budget it falls under has left. {exc.message}",
             headers=exc.headers,
         ) from None
-    exchange.batch = CreateHold(record.key_id, estimate, estimate if held else _ZERO, reservation_id)
+    exchange.batch = CreateHold(
+        record.key_id, estimate, estimate if held else _ZERO, reservation_id, scopes=scopes, held=held
+    )
 
 
 def estimate_batch(body: bytes) -> Decimal:
@@ -156,6 +163,8 @@ def _remember(hold: CreateHold, ended: bool) -> bool:
         now=now,
         due=now + _grace() if ended else now + RESULTS_RETENTION,
         ended=ended,
+        scopes=hold.scopes,
+        held=hold.held,
     )
 
 
@@ -180,7 +189,8 @@ async def settle(exchange: Exchange) -> None:
         if isinstance(state, CreateHold) and not state.remembered and record is not None:
             # Created but not remembered: billed at its estimate now. Refused or never answered: released.
             cost = state.estimate if state.batch_id else _ZERO
-            await governance.settle_budget(record, state.reservation_id, state.reserved, cost)
+            scopes = state.scopes or (record.scope,)
+            await governance.settle_budget(scopes, state.held, state.reservation_id, state.reserved, cost)
         elif isinstance(state, SeenEnded):
             for batch_id in state.batch_ids:
                 await aws.run(_note_ended, batch_id)
@@ -208,14 +218,14 @@ async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None)
     if item is None or item.get("state") != "open":
         return False
     cost = Decimal(item["estimate"]) if cost is None else cost
-    key = key_records.scope_of(str(item["key_id"]))  # a deleted key: nothing billed
+    covered, holders = batch_items.scopes_of(item)  # a deleted key, team...: nothing billed on it
     now = keys.utcnow()
     changes = [batch_items.settled(batch_id, cost, now)]
     changes += governance.settle_changes(
-        [key],
+        covered,
         hold_id=str(item.get("reservation_id") or "batch-" + batch_id),
         reserved=Decimal(item.get("reserved", 0)),
-        holders=[key],
+        holders=holders,
         counters=governance.spend_increments(cost, usage, forwarded=False),
         now=now,
     )

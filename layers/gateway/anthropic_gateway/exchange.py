@@ -12,6 +12,7 @@ from typing import Literal
 from .auth import Principal
 from .batch_state import BatchState
 from .front_door import Arrival
+from .storage.scopes import Scope
 from .usage import Usage, UsageTap
 
 # Who failed a request: the gateway refused or could not serve it, or the upstream answered with an error or broke off.
@@ -30,6 +31,7 @@ class Admission:
     parallel slot on each of its scopes that has a budget or a parallel limit."""
 
     request_id: str  # names its budget reservations and its parallel slots
+    scopes: tuple[Scope, ...] = ()  # every scope the request belongs to, as admitted: settle writes on these
     reserved: Decimal | None = None  # the estimate held on each budget (None: nothing held)
     slot: str | None = None  # the parallel slot held on each parallel limit (None: none)
     late: asyncio.Future[object] | None = None  # admission work still running after the deadline answered 503
@@ -59,6 +61,13 @@ class Exchange:
     @property
     def usage(self) -> Usage | None:
         return self.tap.usage if self.tap and self.tap.seen_usage else None
+
+    @property
+    def forwarded(self) -> bool:
+        """Whether an upstream had the request: it ended with a status the gateway did not produce by refusing or
+        failing it (a client that left before the answer counts: the upstream had it). Only these count as
+        `requests` in every spend counter (keys, tags, teams, users)."""
+        return self.status is not None and self.error_source != "gateway"
 
     @property
     def response_model(self) -> str | None:

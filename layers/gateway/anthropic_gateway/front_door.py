@@ -12,7 +12,8 @@ The header is believed only on a connection that arrived on a loopback address: 
 127.0.0.1 alone (functions/proxy/run.sh), and a client reaching `make dev` from another machine cannot name itself.
 
 Capturing is cheap and happens as a request arrives (`Arrival.of`); the JSON is read only when the access line is
-written, after the response.
+written, after the response. So is Claude Code's `x-claude-code-session-id` (`client_session`), which attributes
+a developer's requests to the session they came from.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from typing import Any, Literal
 
 Door = Literal["function_url", "rest_api", "http_api", "direct"]
 CONTEXT_HEADER = b"x-amzn-request-context"
+SESSION_HEADER = b"x-claude-code-session-id"  # Claude Code sends it on every request of a session
+_SESSION = re.compile(rb"[\x20-\x7e]+")  # printable ASCII: the value is the client's, and goes into the logs
+_LONGEST_SESSION = 128  # bytes kept of it (Claude Code's are UUIDs, 36)
 _LONGEST = 256  # characters kept of any one value from a context (an IP address, a request id, a path)
 _PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)*")  # plain path segments only: it goes into links the gateway hands out
 
@@ -45,20 +49,32 @@ class Arrival:
     context: bytes | None  # the adapter's request context, from a loopback connection only
     event: Mapping[str, Any] | None  # the API Gateway event, under Mangum
     path: str  # the path the app serves, which a REST API context's path ends with
+    session: bytes | None = None  # x-claude-code-session-id as sent (the first one)
 
     @classmethod
     def of(cls, scope: Mapping[str, Any]) -> Arrival:
         client = scope.get("client")
         event = scope.get("aws.event")
-        context = None
-        if _is_loopback(scope.get("server")):
-            context = next((value for name, value in scope.get("headers", ()) if name == CONTEXT_HEADER), None)
+        context = session = None
+        loopback = _is_loopback(scope.get("server"))
+        for name, value in scope.get("headers", ()):  # one pass: the first of each counts
+            if name == SESSION_HEADER and session is None:
+                session = value
+            elif name == CONTEXT_HEADER and loopback and context is None:
+                context = value
         return cls(
             peer=str(client[0]) if client else None,
             context=context,
             event=event if isinstance(event, Mapping) else None,
             path=str(scope.get("path", "")),
+            session=session,
         )
+
+    def client_session(self) -> str | None:
+        """The client's Claude Code session id for the access log: its first 128 bytes when they are printable
+        ASCII, else None (a client-controlled value never brings control characters or bulk into the logs)."""
+        value = self.session.strip()[:_LONGEST_SESSION] if self.session else b""
+        return value.decode("ascii") if _SESSION.fullmatch(value) else None
 
     def front_door(self) -> FrontDoor:
         if self.event is not None:

@@ -1,29 +1,35 @@
-"""What a virtual key may do, checked on every pass-through request before it goes upstream; spend at the end.
+"""What a request may do, checked on every pass-through request before it goes upstream; spend at the end.
 
-Policy: which scopes and limits apply to a request (its key today: `scopes`), and what storage's outcomes mean
-for the client. `admit` runs after authentication (blocked and expired keys never get here) and refuses, in order:
-  - a model outside the key's `models` allowlist            -> 403 permission_error   (no I/O)
+Policy: which scopes a request belongs to (`scopes`: its key, the key's team, its membership in that team, its
+user, and each registered tag the request carries), and what storage's outcomes mean for the client. A request is
+admitted only if every one of them allows it. `admit` runs after authentication (blocked and expired keys, and keys
+of blocked teams and users, never get here) and refuses, in order, naming the scope that refused:
+  - a model outside any scope's `models` allowlist           -> 403 permission_error   (no I/O)
   - more than `rpm_limit` requests or `tpm_limit` tokens in the current minute -> 429 rate_limit_error, retry-after
   - a spent budget (`max_budget` in the current `budget_duration` period)  -> 402 billing_error
   - more than `max_parallel_requests` in flight             -> 429 rate_limit_error, retry-after
-  - a key deleted, regenerated or blocked meanwhile (seen by the budget hold) -> 401 authentication_error
+  - a key deleted, regenerated or blocked, or a team, user or tag blocked or deleted, meanwhile (seen by the
+    budget hold) -> 401 authentication_error
   - DynamoDB not answering within the request's deadline    -> 503 api_error (a limit that cannot be checked is
     not waived)
-Keys without budget or limits cost no DynamoDB call here: the common case stays one cached lookup. The others cost
-one: the rate count, the budget hold and the parallel slot of every scope are taken together (storage/holds.py),
-all or none, and when conditions fail the refusal is the first in the order above, as if checked one by one.
+Requests whose scopes have no budget or limits cost no DynamoDB call here: the common case stays cached lookups
+(the key's record, its team's, user's and membership's: owners.py; the registered tags: storage/tags.py). The
+others cost one: the rate counts, the budget holds and the parallel slots of every scope are taken together
+(storage/holds.py: one UpdateItem, or one TransactWriteItems for several), all or none, and when conditions fail
+the refusal is the first in the order above, as if checked one by one.
 
 The budget hold reserves an estimate of the request's cost (`estimate_cost`, an upper bound for nearly every
-request); `settle` (after the body ended) records the actual cost, tokens and requests, gives the reservation back
-and frees the slot, in one transaction applied exactly once (docs/keys.md "Budgets: the guarantee"). Requests that
-hold nothing leave their counters to the ledger, which writes them coalesced.
+request) on every budgeted scope; `settle` (after the body ended) records the actual cost, tokens and requests on
+every scope, gives the reservations back and frees the slots, in one transaction applied exactly once (docs/keys.md
+"Budgets: the guarantee"). Requests that hold nothing leave their counters to the ledger, which writes them
+coalesced.
 
 Bounded: admission's DynamoDB work runs under the request's AWS deadline (aws.call); past it the request gets a
 503 and settle waits for the late work before it releases what that work took. A settle write that fails is handed
 to the ledger, which retries it (it applies once) until DynamoDB answers.
 
-For other callers (batches): `reserve_budget` holds an amount on a key's budget under an id and a lease;
-`settle_budget` and `settle_changes` record the exact cost once and release the hold.
+For other callers (batches): `reserve_budget` holds an amount on the budgets of a request's scopes under an id and
+a lease; `settle_budget` and `settle_changes` record the exact cost once on each and release the holds.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from functools import partial
 
 from aws_lambda_powertools import Logger
 
-from . import aws, keys, pricing
+from . import aws, keys, money, owners, pricing
+from .auth import Principal
 from .bedrock_models import model_table
 from .errors import GatewayError
 from .exchange import Admission, Exchange
@@ -46,9 +53,10 @@ from .ledger import Write, ledger
 from .request_body import RequestBody
 from .settings import get_settings
 from .storage import budgets, holds, key_records, rates, spend
-from .storage.key_records import KeyRecord
 from .storage.scopes import Blocked, Check, Gone, OverBudget, RateLimited, Refusal, Scope, TooManyParallel
 from .storage.table import Number
+from .storage.tags import TagRecord
+from .storage.tags import registry as registered_tags
 from .usage import Usage
 
 logger = Logger(child=True)
@@ -61,9 +69,18 @@ _SNAPSHOT = re.compile(r"(.+)-\d{8}")
 _ZERO = Decimal(0)
 
 
-def scopes(record: KeyRecord) -> list[Scope]:
-    """Every scope a request with this key belongs to: its limits are checked, its spend recorded on each."""
-    return [record.scope]
+def scopes(
+    principal: Principal, tags: Sequence[str] = (), registered: Mapping[str, TagRecord] | None = None
+) -> list[Scope]:
+    """Every scope a request of this virtual key carrying `tags` belongs to: the key, its team, its membership in
+    that team, its user, and each of `tags` that is `registered`. Each one's limits are checked, and the request's
+    spend is recorded on each (so a team's spend is the sum of its keys' spend)."""
+    record, found = principal.record, principal.owners
+    assert record is not None, "the master key belongs to no scope"
+    covered = [record.scope]
+    covered += [owner.scope for owner in (found.team, found.member, found.user) if owner is not None]
+    covered += [registered[tag].scope for tag in dict.fromkeys(tags) if registered and tag in registered]
+    return covered
 
 
 # -- admission --------------------------------------------------------------------------------------------------
@@ -72,22 +89,25 @@ def scopes(record: KeyRecord) -> list[Scope]:
 async def admit(exchange: Exchange, body: RequestBody) -> None:
     """Refuse the request (GatewayError), or admit it; what it holds until settle goes on `exchange.admission`.
     Master key: no limits."""
-    record = exchange.principal.record if exchange.principal else None
-    if record is None:
+    principal = exchange.principal
+    if principal is None or principal.record is None:
         return
-    governed = [scope for scope in scopes(record) if scope.governed]
-    checks_models = bool(record.models) and _names_models(exchange)
+    covered = scopes(principal, exchange.tags, await registered_for(exchange.tags))
+    governed = [scope for scope in covered if scope.governed]
+    allowlists = [scope for scope in covered if scope.models]
+    checks_models = bool(allowlists) and _names_models(exchange)
     budgeted = any(scope.budgeted for scope in governed)
     estimates = budgeted and (exchange.method, exchange.path) == ("POST", ESTIMATED_PATH)
     parsed = await body.parsed(strict=checks_models) if checks_models or estimates else None
     if isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and exchange.model is None:
         exchange.model = parsed["model"][:200]
     if checks_models:
-        check_models(record.models, exchange.path, parsed)
+        check_models(allowlists, exchange.path, parsed)
+    # Set before the checks that can refuse: settle then releases whatever was taken, refused or not, and records
+    # the request's spend on the scopes it was admitted under.
+    exchange.admission = admission = Admission(exchange.request_id, tuple(covered))
     if not governed:
         return
-    # Set before the checks that can refuse: settle then releases whatever was taken, refused or not.
-    exchange.admission = admission = Admission(exchange.request_id)
     estimate = estimate_cost(parsed, len(body.raw)) if estimates else _ZERO
     try:
         outcome = await aws.call(_acquire, governed, admission, estimate)
@@ -128,6 +148,25 @@ def _acquire(
     return outcome
 
 
+async def registered_for(tags: Sequence[str]) -> Mapping[str, TagRecord]:
+    """The registered tags, for a request that carries tags: from memory (refreshed in the background past
+    KEY_CACHE_TTL); read now, under the request's deadline, when this process has no copy younger than
+    KEY_CACHE_TTL + AWS_STALE_SECONDS (a cold start, or an outage that outlived it): a 503 when that fails, since a
+    tag's limits that cannot be known are not waived."""
+    if not tags:
+        return {}
+    settings = get_settings()
+    found = registered_tags.current(settings.key_cache_ttl + settings.stale_seconds)
+    if found is not None:
+        return found
+    try:
+        await aws.call_shared("registered-tags", registered_tags.load)
+    except Exception as exc:
+        logger.warning("registered tags not read", extra={"error": type(exc).__name__})
+        raise GatewayError(503, "The gateway cannot read the registered tags' limits right now; retry.") from None
+    return registered_tags.snapshot()
+
+
 def _names_models(exchange: Exchange) -> bool:
     return exchange.method == "POST" and (exchange.path in MODEL_PATHS or exchange.path == BATCH_PATH)
 
@@ -149,7 +188,9 @@ def _allowed(model: str, allowlist: list[str]) -> bool:
     return False
 
 
-def check_models(allowlist: list[str], path: str, parsed: object) -> None:
+def check_models(allowlists: Sequence[Scope], path: str, parsed: object) -> None:
+    """403 unless every scope's allowlist (`models`: the request may use the intersection) allows the model of
+    the request, or of each request in a batch."""
     if path == BATCH_PATH:
         requests = parsed.get("requests") if isinstance(parsed, dict) else None
         if not isinstance(requests, list):
@@ -157,18 +198,20 @@ def check_models(allowlist: list[str], path: str, parsed: object) -> None:
         for index, entry in enumerate(requests):
             params = entry.get("params") if isinstance(entry, dict) else None
             model = params.get("model") if isinstance(params, dict) else None
-            _check_model(allowlist, model, f"requests[{index}].params.model")
+            _check_model(allowlists, model, f"requests[{index}].params.model")
         return
     model = parsed.get("model") if isinstance(parsed, dict) else None
-    _check_model(allowlist, model, "model")
+    _check_model(allowlists, model, "model")
 
 
-def _check_model(allowlist: list[str], model: object, where: str) -> None:
+def _check_model(allowlists: Sequence[Scope], model: object, where: str) -> None:
     if not isinstance(model, str):
         raise GatewayError(400, f"{where}: expected a string naming the model.")
-    if not model_allowed(model, allowlist):
-        shown = ", ".join(allowlist[:20]) + (", ..." if len(allowlist) > 20 else "")
-        raise GatewayError(403, f"This key may not use model {model[:200]!r} ({where}). Allowed models: {shown}.")
+    for scope in allowlists:
+        if not model_allowed(model, list(scope.models)):
+            shown = ", ".join(scope.models[:20]) + (", ..." if len(scope.models) > 20 else "")
+            who = _subject(scope)
+            raise GatewayError(403, f"{who} may not use model {model[:200]!r} ({where}). Allowed models: {shown}.")
 
 
 def estimate_cost(parsed: object, body_bytes: int) -> Decimal:
@@ -209,27 +252,61 @@ def refusal(outcome: Refusal | holds.Contended) -> GatewayError:
             headers={"retry-after": "1"},
         )
     if isinstance(outcome, Gone | Blocked):
-        if outcome.scope.token is not None:  # a key: this instance stops serving it at once
-            keys.key_cache.invalidate(outcome.scope.token)
-        return GatewayError(401, "This key is blocked." if isinstance(outcome, Blocked) else "Invalid API key.")
+        scope = outcome.scope
+        if scope.token is not None:  # a key: this instance stops serving it at once
+            keys.key_cache.invalidate(scope.token)
+            return GatewayError(401, "This key is blocked." if isinstance(outcome, Blocked) else "Invalid API key.")
+        owners.forget()  # its team or user changed on another instance: read them again
+        if scope.kind == "member":
+            return GatewayError(401, f"This key's user {scope.id!r} is no longer in team {scope.within!r}.")
+        state = "is blocked" if isinstance(outcome, Blocked) else "has been deleted"
+        return GatewayError(401, f"This key's {scope.kind} {scope.id!r} {state}.")
     return GatewayError(503, f"The limits of {who} kept changing while this request was admitted; retry the request.")
 
 
 def _named(scope: Scope) -> str:
-    return "this key" if scope.kind == "key" else f"{scope.kind} {scope.id!r}"
+    """The scope as a refusal names it: this key, team 'search', user 'ana' (in team 'search'), tag 'app:x'."""
+    if scope.kind == "key":
+        return "this key"
+    name = {"member": "user"}.get(scope.kind, scope.kind)
+    return f"{name} {scope.id!r}" + (f" in team {scope.within!r}" if scope.within is not None else "")
+
+
+def _subject(scope: Scope) -> str:
+    """`_named` to start a sentence with."""
+    named = _named(scope)
+    return named[0].upper() + named[1:]
+
+
+# Where an admin raises each kind of scope's budget.
+_RAISE = {
+    "key": "Raise max_budget with /key/update to continue.",
+    "team": "An admin can raise the team's max_budget with /team/update.",
+    "user": "An admin can raise the user's max_budget with /user/update.",
+    "member": "An admin can raise max_budget_in_team with /team/member_update.",
+    "tag": "An admin can raise the tag's max_budget with /tag/update.",
+}
 
 
 def _over_budget(outcome: OverBudget) -> GatewayError:
-    message = (
-        f"Budget exceeded: {_named(outcome.scope)} has spent ${outcome.spend:.6f} of its ${outcome.max_budget} budget"
-    )
+    scope = outcome.scope
+    its = "their" if scope.kind in ("user", "member") else "its"
+    period = " for this period" if outcome.reset_at else ""
+    message = f"{_subject(scope)} has reached {its} budget of ${_dollars(outcome.max_budget)}{period}"
+    message += f" (spent ${outcome.spend:.6f}"
     if outcome.reserved > 0:
-        message += f" (${outcome.reserved:.6f} more is reserved by requests in flight)"
+        message += f", ${outcome.reserved:.6f} more reserved by requests in flight"
     if outcome.reset_at:
         message += f"; the budget resets at {outcome.reset_at}"
-    message += ". Raise max_budget with /key/update to continue."
+    message += "). " + _RAISE.get(scope.kind, "")
     # 402, not 429: SDKs retry 429 on their own, which cannot help with a spent budget.
-    return GatewayError(402, message, headers={"x-should-retry": "false"})
+    return GatewayError(402, message.strip(), headers={"x-should-retry": "false"})
+
+
+def _dollars(amount: Decimal) -> str:
+    """An amount as written for people: cents when it is whole cents ($5000.00), else exact ($0.0005)."""
+    cents = amount.quantize(Decimal("0.01"))
+    return f"{cents:.2f}" if cents == amount else money.plain(amount)
 
 
 def reset_budget_if_due(period: Mapping[str, object], now: datetime) -> bool:
@@ -265,15 +342,15 @@ def settle_now(exchange: Exchange, cost: Decimal) -> Write | None:
     if record is None:
         return None
     admission = exchange.admission
-    # Only requests that got an answer from Anthropic count; refusals by the gateway itself do not.
-    forwarded = exchange.status is not None and exchange.error_source != "gateway"
+    forwarded = exchange.forwarded  # refusals by the gateway itself do not count as requests
     usage = exchange.usage
     reserved = admission.reserved if admission else None
     slot = admission.slot if admission else None
     if not (forwarded or usage or reserved is not None or slot is not None):
         return None
     counters = spend_increments(cost, usage, forwarded) if forwarded or usage else {}
-    covered = scopes(record)
+    # The scopes it was admitted under (a refused request never got that far: its key alone, with nothing to write).
+    covered = list(admission.scopes) if admission is not None and admission.scopes else [record.scope]
     if reserved is None and counters:
         # Nothing held on a record: the counters can wait for the ledger's next flush.
         for scope in covered:
@@ -360,37 +437,45 @@ def spend_increments(cost: Decimal, usage: Usage | None, forwarded: bool) -> dic
 
 
 async def reserve_budget(
-    record: KeyRecord, amount: Decimal, reservation_id: str, *, lease_seconds: int, whole: bool = False
-) -> bool:
-    """Hold `amount` on the key's budget under `reservation_id` (unique, e.g. the batch id) for up to
-    `lease_seconds` (past it, an admission that finds the budget exhausted releases it); whether it is held (a key
-    without a budget holds nothing). Raises GatewayError: 402 when the budget is spent, 401 for a key blocked or
-    deleted meanwhile, 503 when DynamoDB does not answer. Safe to repeat with the same id."""
-    if record.max_budget is None:
-        return False
-    hold = budgets.BudgetHold(record.scope, reservation_id, amount, keys.utcnow(), lease_seconds, whole)
+    covered: Sequence[Scope], amount: Decimal, reservation_id: str, *, lease_seconds: int, whole: bool = False
+) -> tuple[Scope, ...]:
+    """Hold `amount` on the budget of every scope in `covered` that has one (a request's key, team, membership,
+    user, tags), all in one call or none, under `reservation_id` (unique, e.g. the batch's) for up to
+    `lease_seconds` (past it, an admission that finds the budget exhausted releases it); the scopes held (none
+    without budgets). Raises GatewayError: 402 naming the budget that is spent, 401 for a key, team or user blocked
+    or deleted meanwhile, 503 when DynamoDB does not answer. Safe to repeat with the same id."""
+    budgeted = [scope for scope in covered if scope.budgeted]
+    if not budgeted:
+        return ()
+    now = keys.utcnow()
+    checks = [budgets.BudgetHold(scope, reservation_id, amount, now, lease_seconds, whole) for scope in budgeted]
     try:
-        outcome = await aws.call(partial(holds.admit, [hold], request_id=reservation_id))
+        outcome = await aws.call(partial(holds.admit, checks, request_id=reservation_id))
     except Exception as exc:
         if isinstance(exc, aws.Unavailable) and exc.late is not None:
             await asyncio.gather(exc.late, return_exceptions=True)
-        # Whatever the write did, the hold is released: the caller refuses the work.
-        await settle_budget(record, reservation_id, amount, _ZERO)
-        raise GatewayError(503, "The gateway cannot check this key's budget right now; retry.") from None
+        # Whatever the write did, the holds are released: the caller refuses the work.
+        await settle_budget(covered, budgeted, reservation_id, amount, _ZERO)
+        raise GatewayError(503, "The gateway cannot check the budgets of this request right now; retry.") from None
     if not isinstance(outcome, holds.Admitted):
         raise refusal(outcome)
-    return bool(outcome.holds)
+    return tuple(check.scope for check in outcome.holds)
 
 
 async def settle_budget(
-    record: KeyRecord, reservation_id: str, reserved: Decimal, cost: Decimal, usage: Usage | None = None
+    covered: Sequence[Scope],
+    holders: Sequence[Scope],
+    reservation_id: str,
+    reserved: Decimal,
+    cost: Decimal,
+    usage: Usage | None = None,
 ) -> None:
-    """Record `cost` (and `usage`) on the key once for `reservation_id`, and release its hold of `reserved`, in one
-    write. Never raises; what DynamoDB does not take now the ledger retries. Safe to call again (it applies once)."""
+    """Record `cost` (and `usage`) once for `reservation_id` on every scope in `covered`, and release the hold of
+    `reserved` on `holders`, in one transaction. Never raises; what DynamoDB does not take now the ledger retries.
+    Safe to call again (it applies once)."""
     counters = spend_increments(cost, usage, forwarded=False) if cost or usage else {}
-    key = record.scope
     changes = settle_changes(
-        [key], hold_id=reservation_id, reserved=reserved, holders=[key], counters=counters, now=keys.utcnow()
+        covered, hold_id=reservation_id, reserved=reserved, holders=holders, counters=counters, now=keys.utcnow()
     )
     if (write := _write(f"settle-{reservation_id}", changes)) is not None:
         await apply(write, reservation_id)

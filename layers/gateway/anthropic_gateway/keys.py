@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -89,51 +90,51 @@ def regenerate(record: KeyRecord, new_plain: str, audit: table.Put | None = None
     return record
 
 
-class KeyCache:
-    """Per-process cache of key records, so the hot path skips DynamoDB for keys seen in the last few seconds.
+class RecordCache[K: Hashable, V]:
+    """Per-process cache of records, so the hot path skips DynamoDB for records read in the last few seconds.
 
     Changes made through this process (update, block, delete, regenerate) call `invalidate` and apply at once;
-    changes made on another Lambda instance reach this one within `KEY_CACHE_TTL` seconds. Unknown keys are
-    cached too, so a client retrying a bad key does not hammer the table; the size bound keeps random keys from
-    filling memory. When DynamoDB cannot be read, a record past its TTL keeps serving for up to `AWS_STALE_SECONDS`
-    more (`stale`).
+    changes made on another Lambda instance reach this one within `KEY_CACHE_TTL` seconds. Absent records are
+    cached too (as None), so a client retrying a bad key does not hammer the table; the size bound keeps random
+    keys from filling memory. When DynamoDB cannot be read, a record past its TTL keeps serving for up to
+    `AWS_STALE_SECONDS` more (`stale`).
     """
 
     def __init__(self, max_entries: int = 10_000):
-        self._entries: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
+        self._entries: OrderedDict[K, tuple[float, V | None]] = OrderedDict()
         self._max_entries = max_entries
         self._lock = threading.Lock()
 
-    def get(self, token: str) -> tuple[bool, KeyRecord | None]:
+    def get(self, key: K) -> tuple[bool, V | None]:
         with self._lock:
-            entry = self._entries.get(token)
+            entry = self._entries.get(key)
             if entry is None or time.monotonic() - entry[0] > get_settings().key_cache_ttl:
                 return False, None
             return True, entry[1]
 
-    def stale(self, token: str) -> KeyRecord | None:
-        """The record cached for `token`, expired no longer than AWS_STALE_SECONDS ago: for outages only."""
+    def stale(self, key: K) -> tuple[bool, V | None]:
+        """The record cached for `key`, expired no longer than AWS_STALE_SECONDS ago: for outages only."""
         settings = get_settings()
         with self._lock:
-            entry = self._entries.get(token)
+            entry = self._entries.get(key)
         if entry is None or time.monotonic() - entry[0] > settings.key_cache_ttl + settings.stale_seconds:
-            return None
-        return entry[1]
+            return False, None
+        return True, entry[1]
 
-    def put(self, token: str, record: KeyRecord | None) -> None:
+    def put(self, key: K, record: V | None) -> None:
         with self._lock:
-            self._entries[token] = (time.monotonic(), record)
-            self._entries.move_to_end(token)
+            self._entries[key] = (time.monotonic(), record)
+            self._entries.move_to_end(key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
-    def invalidate(self, *tokens: str) -> None:
-        """Forget the given hashes, or everything when called without arguments."""
+    def invalidate(self, *keys: K) -> None:
+        """Forget the given entries, or everything when called without arguments."""
         with self._lock:
-            if not tokens:
+            if not keys:
                 self._entries.clear()
-            for token in tokens:
-                self._entries.pop(token, None)
+            for key in keys:
+                self._entries.pop(key, None)
 
 
 class KeyDirectory:
@@ -198,7 +199,7 @@ class KeyDirectory:
             self._added[token] = time.monotonic()
 
 
-key_cache = KeyCache()
+key_cache: RecordCache[str, KeyRecord] = RecordCache()  # by hash
 key_directory = KeyDirectory()
 
 

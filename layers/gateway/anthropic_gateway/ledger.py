@@ -8,11 +8,13 @@ streaming door's shutdown). What must reach the table before the next admission 
 a budget reservation's release, tpm tokens, parallel slots) is not coalesced: governance writes it directly, and
 hands it here when that fails; so do batch settles.
 
-Exactly once: each item's sum becomes a write with an operation id of its own (`storage.spend.add_once`), fixed
-when the sum is taken; a write that fails is retried with the same id, so a write whose answer was lost is never
-applied twice. Writes that fail are kept (oldest first, at most `LEDGER_MAX_ENTRIES`; newer ones beyond that are
-dropped and counted in a log line) and retried with backoff (`LEDGER_RETRY_SECONDS`, doubling up to 30 s), at
-every flush, and so as soon as DynamoDB answers again.
+Exactly once: the sums of a flush are written in transactions of up to `GROUP` items (a request's key, team,
+user, membership and tag days together: one call, not one per item), each with an operation id of its own, fixed
+when the sums are taken (storage/holds.py's settle, with its operation marker); a write that fails is retried with
+the same id, so a write whose answer was lost is never applied twice. An item deleted meanwhile (a key, a team) is
+left out, and the rest written. Writes that fail are kept (oldest first, at most `LEDGER_MAX_ENTRIES`; newer ones
+beyond that are dropped and counted in a log line) and retried with backoff (`LEDGER_RETRY_SECONDS`, doubling up
+to 30 s), at every flush, and so as soon as DynamoDB answers again.
 
 What a crash can lose: the increments summed since the last flush (`SPEND_FLUSH_SECONDS`), and the writes kept
 for retry when the process dies during a DynamoDB outage.
@@ -24,7 +26,7 @@ import asyncio
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -32,12 +34,15 @@ from aws_lambda_powertools import Logger
 
 from . import aws
 from .settings import get_settings
-from .storage import spend
+from .storage import holds, spend
 from .storage.table import Number
 
 logger = Logger(child=True)
 
 _MAX_RETRY_SECONDS = 30.0
+# Counter items per transaction. DynamoDB takes 100 in one; fewer keep what a conflict with a concurrent write to
+# one of them retries small, and still make one call of everything a request or two write.
+GROUP = 25
 
 
 @dataclass(frozen=True)
@@ -48,19 +53,25 @@ class Write:
     apply: Callable[[], object]  # blocking; raises when it could not be written (what it returns is not used)
 
 
-def counters_write(pk: str, sk: str, increments: Mapping[str, Number], *, only_if_exists: bool) -> Write:
-    """ADD `increments` to the item once, however often the write is retried."""
+Counters = tuple[str, str, Mapping[str, Number], bool]  # pk, sk, increments, only if the item exists
+
+
+def counters_write(items: Sequence[Counters]) -> Write:
+    """ADD each item's increments once, however often the write is retried: one transaction of their updates and
+    the operation marker; an item that must exist and is gone is left out."""
     operation = "ctr-" + secrets.token_hex(12)
     marker_ttl = int(time.time()) + spend.OPERATION_MARKER_SECONDS
-
-    def apply() -> None:
-        recorded = spend.add_once(
-            operation, pk, sk, dict(increments), marker_ttl=marker_ttl, only_if_exists=only_if_exists
+    changes = [
+        holds.Change(
+            spend.add(pk, sk, dict(increments), condition="attribute_exists(pk)" if only_if_exists else None),
+            counts=True,
+            moot=f"counters not recorded: the item was deleted meanwhile ({sk})",
         )
-        if recorded is spend.Recorded.ITEM_GONE:
-            logger.info("counters not recorded: the item was deleted meanwhile", extra={"sk": sk})
-
-    return Write(f"counters {sk}", apply)
+        for pk, sk, increments, only_if_exists in items
+    ]
+    return Write(
+        f"counters of {len(changes)} items", partial(holds.settle, changes, operation=operation, marker_ttl=marker_ttl)
+    )
 
 
 class Ledger:
@@ -116,11 +127,8 @@ class Ledger:
             batch, self._pending = self._pending, {}
             self._flush_scheduled = False
             retries, self._failed = self._failed, []
-        writes = retries + [
-            counters_write(pk, sk, increments, only_if_exists=only_if_exists)
-            for (pk, sk), (increments, only_if_exists) in batch.items()
-            if increments
-        ]
+        items = [(pk, sk, totals, only) for (pk, sk), (totals, only) in batch.items() if totals]
+        writes = retries + [counters_write(items[start : start + GROUP]) for start in range(0, len(items), GROUP)]
         if not writes:
             return
         failed = await aws.run(_apply_all, writes)

@@ -3,10 +3,11 @@
 Lambda ships stdout to CloudWatch Logs, which turns every EMF blob into metrics: no agent, no API call, and
 nothing in front of the response (accounting writes each request's `lines` after its last byte).
 
-The blobs of one request share a timestamp and carry its request id and key alias as metadata (searchable in
-Logs Insights, never dimensions):
-  - one with dimension sets [service], [service, Model] and [service, Upstream] (anthropic or bedrock: which one
-    answered, once a request reached the routing step): the totals, the per-model and the per-upstream view;
+The blobs of one request share a timestamp and carry its request id, key alias, team id and user id as metadata
+(searchable in Logs Insights, never dimensions):
+  - one with dimension sets [service], [service, Model], [service, Upstream] (anthropic or bedrock: which one
+    answered, once a request reached the routing step) and [service, Team] (a request of a team's key): the
+    totals, the per-model, per-upstream and per-team view (a request has one team, so it shares this blob);
   - one per tag with [service, Tag]. An EMF blob gives each dimension one value (Powertools merges every
     dimension set into one flat object), so tags cannot share a blob;
   - one with [service, StatusClass] carrying only Requests and the two error counts: errors by 2xx/4xx/5xx
@@ -15,8 +16,9 @@ Logs Insights, never dimensions):
     other metric is multiplied by causes.
 Dimension values are bounded, whatever clients send (each distinct value is a custom metric, billed monthly):
 `Model` is a model id pricing.json knows (`other` for any other, `unknown` when there is none), and `Tag` is a
-tag the operator chose (the key's default tags, registered tags, METRIC_TAGS) or `other`; see `model_dimension`,
-`tag_dimension`.
+tag the operator chose (the key's default tags, registered tags, METRIC_TAGS) or `other`, and `Team` a team an admin
+created (storage/teams.py's registry, at most MAX_DIMENSION_TEAMS) or `other`; see `model_dimension`,
+`tag_dimension`, `team_dimension`.
 Blobs and the access line are serialised here, straight to the EMF spec and to the Powertools Logger's JSON shape:
 building them through a Powertools provider per blob and the logging machinery cost five times as much CPU per
 request (issue 11). Powertools still defines the units (`MetricUnit`), the service name and every other log line;
@@ -42,6 +44,7 @@ from . import pricing
 from .exchange import Exchange
 from .settings import get_settings
 from .storage.tags import registry as registered_tags
+from .storage.teams import registry as registered_teams
 from .usage import Usage
 
 if TYPE_CHECKING:
@@ -64,7 +67,7 @@ METRIC_UNITS = {
     "Failovers": MetricUnit.Count,
 }
 METRIC_NAMES = tuple(METRIC_UNITS)
-DIMENSION_NAMES = ("service", "Model", "Tag", "StatusClass", "Upstream", "Cause")
+DIMENSION_NAMES = ("service", "Model", "Tag", "StatusClass", "Upstream", "Cause", "Team")
 DIMENSION_SETS = (
     ("service",),
     ("service", "Model"),
@@ -72,6 +75,7 @@ DIMENSION_SETS = (
     ("service", "StatusClass"),
     ("service", "Upstream"),
     ("service", "Cause"),
+    ("service", "Team"),
 )
 UPSTREAMS = ("anthropic", "bedrock")  # the only Upstream values
 FAILOVER_CAUSES = ("status_529", "status_5xx", "status_429", "unreachable", "timeout")  # the only Cause values
@@ -185,6 +189,8 @@ def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) 
     dimensions, sets = {"Model": model_dimension(exchange)}, _MAIN_SETS
     if exchange.upstream in UPSTREAMS:
         dimensions["Upstream"], sets = exchange.upstream, _MAIN_SETS_WITH_UPSTREAM
+    if (team := team_dimension(exchange)) is not None:
+        dimensions["Team"], sets = team, (*sets, _TEAM_SET)
     blobs = [_blob(namespace, sets, dimensions, names, metadata + numbers, timestamp)]
     for tag in tag_dimensions(exchange):
         blobs.append(_blob(namespace, _TAG_SETS, {"Tag": tag}, names, metadata + numbers, timestamp))
@@ -201,6 +207,7 @@ def emf_blobs(exchange: Exchange, cost: float, timestamp_ms: int | None = None) 
 DimensionSets = tuple[tuple[str, ...], ...]
 _MAIN_SETS: DimensionSets = (("service",), ("service", "Model"))
 _MAIN_SETS_WITH_UPSTREAM: DimensionSets = (*_MAIN_SETS, ("service", "Upstream"))
+_TEAM_SET = ("service", "Team")
 _TAG_SETS: DimensionSets = (("service", "Tag"),)
 _STATUS_SETS: DimensionSets = (("service", "StatusClass"),)
 _CAUSE_SETS: DimensionSets = (("service", "Cause"),)
@@ -221,10 +228,13 @@ def _blob(
 
 
 def _metadata(exchange: Exchange) -> str:
-    """The blob members after its dimensions: request id and key alias (plain members, never dimensions)."""
+    """The blob members after its dimensions: request id, key alias, team and user ids (plain members, never
+    dimensions: any number of values costs nothing more)."""
     members = ',"request_id":' + _quote(exchange.request_id)
-    if (record := _record(exchange)) and record.key_alias:
-        members += ',"key_alias":' + _quote(record.key_alias)
+    if (record := _record(exchange)) is not None:
+        for name, value in (("key_alias", record.key_alias), ("team_id", record.team_id), ("user_id", record.user_id)):
+            if value:
+                members += f',"{name}":' + _quote(value)
     return members
 
 
@@ -313,6 +323,17 @@ def tag_dimension(tag: str, key_defaults: list[str]) -> str:
     return OTHER
 
 
+def team_dimension(exchange: Exchange) -> str | None:
+    """The Team value of a request of a team's key: its team id when the team is in the registry of teams admins
+    created (read from memory), else `other`; None for a key without a team (and the master key). CloudWatch takes
+    only ASCII dimension values: a team id with other characters is `other` too (the access log keeps it)."""
+    record = _record(exchange)
+    if record is None or not record.team_id:
+        return None
+    team_id = record.team_id
+    return team_id if team_id.isascii() and team_id in registered_teams.snapshot() else OTHER
+
+
 def status_class(status: int | None) -> str:
     return f"{status // 100}xx" if status else "unknown"
 
@@ -350,6 +371,9 @@ def access_fields(exchange: Exchange, cost: float) -> dict[str, Any]:
         "auth": None if principal is None else "master" if principal.is_master else "virtual_key",
         "key_alias": record.key_alias if record else None,
         "key_hash_prefix": record.token[:12] if record else None,  # of the SHA-256 hash, never of the key
+        "team_id": record.team_id if record else None,
+        "user_id": record.user_id if record else None,
+        "session_id": exchange.arrival.client_session() if exchange.arrival else None,  # Claude Code's session
         "upstream": exchange.upstream,  # anthropic or bedrock: which answered (None: refused before routing)
         "failover_cause": exchange.failover_cause,  # set when the first upstream's answer was not used
         **_front_door_fields(exchange),

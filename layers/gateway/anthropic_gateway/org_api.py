@@ -20,7 +20,7 @@ from fastapi import Request
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from . import key_routes, keys, money
+from . import key_routes, keys, money, owners
 from .errors import GatewayError, invalid_request
 from .key_routes import Duration, Limit, ModelName
 from .refusals import admin_error
@@ -153,21 +153,24 @@ def refuse_unless_done(refused: Refused | None) -> None:
         raise admin_error(refused)
 
 
-def forget_deleted_keys(cascade: Cascade) -> None:
-    """Drop the keys a cascade deleted from this process's key cache: they stop here at once (elsewhere within
-    KEY_CACHE_TTL)."""
+def forget_cached(cascade: Cascade) -> None:
+    """Drop what a delete changed from this process's caches (the keys the cascade deleted, the teams, users and
+    memberships cached for requests): it applies here at once, elsewhere within KEY_CACHE_TTL."""
     if cascade.tokens:  # invalidate() without arguments would forget every key
         keys.key_cache.invalidate(*cascade.tokens)
+    owners.forget()
 
 
 def retrying[R: ScopeRecord](find: Callable[[], R], change: Callable[[R], Refused | None]) -> R:
-    """Read, change, read again (blocking); a concurrent change (CONFLICT) means another read and another try."""
+    """Read, change, read again (blocking); a concurrent change (CONFLICT) means another read and another try.
+    The records cached for requests are dropped after the change."""
     for _ in range(3):
         record = find()
         refused = change(record)
         if refused == CONFLICT:
             continue
         refuse_unless_done(refused)
+        owners.forget()  # the requests of its keys see the change here at once (budgets, limits, blocked)
         return find()
     raise admin_error(CONFLICT)
 

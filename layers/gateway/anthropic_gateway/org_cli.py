@@ -8,6 +8,7 @@ prints the JSON answer (errors on stderr, exit status 1). Amounts go out and com
     python -m anthropic_gateway teams member-add <team_id> --user-email ana@example.com --max-budget-in-team 300
     python -m anthropic_gateway users new --user-email ana@example.com --max-budget 300 --no-key
     python -m anthropic_gateway tags new app:nightly --max-budget 50 --budget-duration 1d
+    python -m anthropic_gateway teams spend --start-date 2026-01-01 --end-date 2026-01-31
     python -m anthropic_gateway audit --target team:search --start-date 2026-12-01
 """
 
@@ -58,6 +59,21 @@ def _body(args: argparse.Namespace, *fields: str) -> dict[str, Any]:
     return body
 
 
+def _spend_command(commands: Any, plural: str) -> argparse.ArgumentParser:
+    """`spend`: spend, requests and tokens per team (user, tag) and UTC day, over a date range."""
+    command: argparse.ArgumentParser = commands.add_parser(
+        "spend", parents=[_common()], help=f"spend, requests and tokens per {plural[:-1]} and day"
+    )
+    command.add_argument("--start-date", help="first UTC day, YYYY-MM-DD (default: 29 days before the end)")
+    command.add_argument("--end-date", help="last UTC day, YYYY-MM-DD (default: today)")
+    return command
+
+
+def _spend_request(path: str, args: argparse.Namespace) -> Request:
+    query = {"start_date": args.start_date, "end_date": args.end_date}
+    return "GET", path, {name: value for name, value in query.items() if value is not None}, None
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -96,6 +112,7 @@ def _team_parser() -> argparse.ArgumentParser:
     listing.add_argument("--user-id", help="only this user's teams")
     delete = commands.add_parser("delete", parents=[common], help="delete teams with their keys and memberships")
     delete.add_argument("team_ids", nargs="+")
+    _spend_command(commands, "teams")
 
     for name, text in (("member-add", "add users (created if new) to a team"),
                        ("member-update", "change a member's role or budget"),
@@ -127,6 +144,8 @@ def _team_request(args: argparse.Namespace) -> Request:
         return "GET", "/team/list", {"user_id": args.user_id} if args.user_id else None, None
     if command == "delete":
         return "POST", "/team/delete", None, {"team_ids": args.team_ids}
+    if command == "spend":
+        return _spend_request("/spend/teams", args)
     body: dict[str, Any] = {"team_id": args.team_id}
     for option, field in (("role", "role"), ("max_budget_in_team", "max_budget_in_team"),
                           ("budget_duration", "budget_duration")):  # fmt: skip
@@ -182,6 +201,7 @@ def _user_parser() -> argparse.ArgumentParser:
     listing.add_argument("--user-email", help="only users whose email contains this")
     delete = commands.add_parser("delete", parents=[common], help="delete users with their keys and memberships")
     delete.add_argument("user_ids", nargs="+")
+    _spend_command(commands, "users")
     return parser
 
 
@@ -204,6 +224,8 @@ def _user_request(args: argparse.Namespace) -> Request:
         query = {"page": args.page, "page_size": args.page_size, "role": args.role, "team": args.team,
                  "user_email": args.user_email}  # fmt: skip
         return "GET", "/user/list", {name: value for name, value in query.items() if value is not None}, None
+    if command == "spend":
+        return _spend_request("/spend/users", args)
     return "POST", "/user/delete", None, {"user_ids": args.user_ids}
 
 
@@ -226,6 +248,10 @@ def _tag_parser() -> argparse.ArgumentParser:
     for name, text in (("info", "a registered tag with its spend"), ("delete", "unregister a tag")):
         commands.add_parser(name, parents=[common], help=text).add_argument("name")
     commands.add_parser("list", parents=[common], help="every registered tag")
+    spend = _spend_command(commands, "tags")
+    spend.add_argument(
+        "--totals", action="store_true", help="the tagged requests' totals, each request once however many tags"
+    )
     return parser
 
 
@@ -236,6 +262,8 @@ def _tag_request(args: argparse.Namespace) -> Request:
         return "GET", "/tag/info", {"name": args.name}, None
     if args.command == "delete":
         return "POST", "/tag/delete", None, {"name": args.name}
+    if args.command == "spend":
+        return _spend_request("/spend/tags/totals" if args.totals else "/spend/tags", args)
     return "GET", "/tag/list", None, None
 
 

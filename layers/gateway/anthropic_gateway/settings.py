@@ -8,10 +8,14 @@ local run needs, `cli` reads its own MASTER_KEY and GATEWAY_URL), and so do the 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from .bedrock_models import BedrockConfigError, load_model_ids
 
@@ -65,6 +69,27 @@ class Settings:
     request_head_timeout: float
     keep_alive_timeout: float
     max_connections: int
+    # Single sign-on (OpenID Connect) for the console and personal keys (docs/access.md); off without an issuer.
+    oidc: OidcSettings | None = None
+
+
+# LiteLLM's `user_role` values, from most to least powerful: what a person may do on the admin API.
+ROLES = ("proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer")
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    issuer: str  # the discovery document is at <issuer>/.well-known/openid-configuration
+    client_id: str
+    client_secret_name: str | None  # Secrets Manager; None for a public client (PKCE alone)
+    scopes: str  # asked for at sign-in, space-separated; "openid" always among them
+    role_claim: str | None  # an ID-token claim holding a role directly (e.g. a custom claim), over the group mapping
+    groups_claim: str  # the ID-token claim listing the person's groups
+    group_roles: Mapping[str, str]  # IdP group -> role; a person in several groups gets the most powerful role
+    group_teams: Mapping[str, tuple[str, ...]]  # IdP group -> team ids the person joins
+    default_role: str  # the role of a person no group maps (a new user's; a known user keeps theirs)
+    session_hours: float  # how long a console sign-in lasts
+    personal_key_hours: float  # how long a personal key from `anthropic-gateway login` works
 
 
 class SettingsError(ValueError):
@@ -169,6 +194,7 @@ def get_settings() -> Settings:
         keep_alive_timeout=_float("KEEP_ALIVE_TIMEOUT", 5.0),
         # Open connections per process; one more is answered 503 and closed.
         max_connections=int(_float("MAX_CONNECTIONS", 2048)),
+        oidc=_oidc(),
     )
 
 
@@ -176,6 +202,90 @@ def _whole_days(name: str, value: float) -> int:
     if not 1 <= value <= 100 * 365 or value != int(value):
         raise SettingsError(f"{name}={value:g}: expected a whole number of days, 1 to 36500")
     return int(value)
+
+
+def _oidc() -> OidcSettings | None:
+    env = os.environ.get
+    issuer = (env("OIDC_ISSUER") or "").strip().rstrip("/")
+    client_id = (env("OIDC_CLIENT_ID") or "").strip()
+    if not issuer:
+        if client_id:
+            raise SettingsError("OIDC_CLIENT_ID is set but OIDC_ISSUER is not: set both for single sign-on")
+        return None
+    _check_issuer(issuer)
+    if not client_id:
+        raise SettingsError("OIDC_ISSUER is set but OIDC_CLIENT_ID is not: set both for single sign-on")
+    scopes = (env("OIDC_SCOPES") or "openid email profile").split()
+    default_role = (env("OIDC_DEFAULT_ROLE") or "internal_user").strip()
+    if default_role not in ROLES:
+        raise SettingsError(f"OIDC_DEFAULT_ROLE={default_role[:40]!r}: expected one of {', '.join(ROLES)}")
+    oidc = OidcSettings(
+        issuer=issuer,
+        client_id=client_id,
+        client_secret_name=(env("OIDC_CLIENT_SECRET_NAME") or "").strip() or None,
+        scopes=" ".join(["openid", *(scope for scope in dict.fromkeys(scopes) if scope != "openid")]),
+        role_claim=(env("OIDC_ROLE_CLAIM") or "").strip() or None,
+        groups_claim=(env("OIDC_GROUPS_CLAIM") or "groups").strip(),
+        group_roles=MappingProxyType(_group_roles(env("OIDC_GROUP_ROLES") or "{}")),
+        group_teams=MappingProxyType(_group_teams(env("OIDC_GROUP_TEAMS") or "{}")),
+        default_role=default_role,
+        session_hours=_float("OIDC_SESSION_HOURS", 8.0),
+        personal_key_hours=_float("PERSONAL_KEY_HOURS", 12.0),
+    )
+    for name, hours in (("OIDC_SESSION_HOURS", oidc.session_hours), ("PERSONAL_KEY_HOURS", oidc.personal_key_hours)):
+        if not 0 < hours <= 24 * 90:
+            raise SettingsError(f"{name}={hours}: expected more than 0 and at most 2160 hours (90 days)")
+    return oidc
+
+
+def _check_issuer(issuer: str) -> None:
+    """https, or http on this machine only (a local test provider): ID tokens and codes must not cross a network
+    in the clear, and the issuer must equal the discovery document's `issuer` and every token's `iss` exactly."""
+    try:
+        parts = urlsplit(issuer)
+        host = parts.hostname or ""
+    except ValueError:
+        raise SettingsError(f"OIDC_ISSUER={issuer[:100]!r}: not a URL") from None
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and (host == "localhost" or _is_loopback_address(host)):
+        return
+    raise SettingsError(f"OIDC_ISSUER={issuer[:100]!r}: expected an https:// URL (http only on localhost)")
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _json_object(name: str, raw: str) -> dict[str, object]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f'{name}: expected a JSON object {{"<IdP group>": ...}}')
+    return value
+
+
+def _group_roles(raw: str) -> dict[str, str]:
+    roles = _json_object("OIDC_GROUP_ROLES", raw)
+    for group, role in roles.items():
+        if role not in ROLES:
+            raise SettingsError(f"OIDC_GROUP_ROLES[{group[:60]!r}]: expected one of {', '.join(ROLES)}")
+    return {group: str(role) for group, role in roles.items()}
+
+
+def _group_teams(raw: str) -> dict[str, tuple[str, ...]]:
+    teams: dict[str, tuple[str, ...]] = {}
+    for group, value in _json_object("OIDC_GROUP_TEAMS", raw).items():
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise SettingsError(f"OIDC_GROUP_TEAMS[{group[:60]!r}]: expected a team id or a list of team ids")
+        teams[group] = tuple(dict.fromkeys(names))
+    return teams
 
 
 def _upstreams(name: str, raw: str) -> tuple[str, ...]:

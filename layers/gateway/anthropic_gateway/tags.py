@@ -24,7 +24,8 @@ _KEY_LIKE = re.compile(r"(?:sk|key)[-_][A-Za-z0-9_-]{20,}", re.IGNORECASE)
 
 
 def resolve(litellm_metadata: dict[str, Any] | None, headers: Headers, principal: Principal | None) -> list[str]:
-    """The request's tags: body, then header, then the key's defaults; de-duplicated, first occurrence kept."""
+    """The request's tags: body, then header, then the key's defaults, then its team's; de-duplicated, first
+    occurrence kept."""
     merged = [*_from_body(litellm_metadata), *_from_header(headers), *_from_key(principal)]
     tags = list(dict.fromkeys(merged))
     if tags:
@@ -69,6 +70,6 @@ def _from_header(headers: Headers) -> list[str]:
 def _from_key(principal: Principal | None) -> list[str]:
     record = principal.record if principal else None
     defaults = record.tags if record else None
-    if not isinstance(defaults, list):
-        return []
-    return [str(tag).strip() for tag in defaults]
+    team = principal.owners.team if principal else None
+    found = [*(defaults if isinstance(defaults, list) else []), *(team.tags if team is not None else [])]
+    return [str(tag).strip() for tag in found]

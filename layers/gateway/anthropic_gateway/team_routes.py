@@ -37,7 +37,7 @@ from .org_api import (
     blocking,
     changes_of,
     first_reset,
-    forget_deleted_keys,
+    forget_cached,
     parse_body,
     refuse_unless_done,
     retrying,
@@ -220,7 +220,7 @@ async def delete_teams(http_request: Request) -> Response:
                 if refused is not None and refused.reason != "missing":  # missing: deleted by someone else meanwhile
                     raise _partial(refused, cascade)
         finally:
-            forget_deleted_keys(cascade)
+            forget_cached(cascade)
         return {"deleted_teams": team_ids, "deleted_keys": cascade.keys, "deleted_members": cascade.members}
 
     return answer(await blocking(delete))
@@ -357,7 +357,7 @@ async def member_delete(http_request: Request) -> Response:
         cascade = Cascade(remaining=org_api.MAX_CASCADE)
         unfinished = Refused("unfinished", "member", user_id, team=team.team_id)
         refused = delete_keys(pk, cascade, unfinished, user_id=user_id)
-        forget_deleted_keys(cascade)
+        forget_cached(cascade)
         if refused is not None:
             raise _partial(refused, cascade)
         return {**team_view(teams.get(team.team_id) or team).model_dump(), "deleted_keys": cascade.keys}

@@ -34,7 +34,7 @@ from .org_api import (
     blocking,
     changes_of,
     first_reset,
-    forget_deleted_keys,
+    forget_cached,
     parse_body,
     refuse_unless_done,
     retrying,
@@ -196,7 +196,7 @@ async def delete_users(http_request: Request) -> Response:
                     error.message += f" This call deleted {cascade.keys} keys and {cascade.members} memberships."
                     raise error
         finally:
-            forget_deleted_keys(cascade)
+            forget_cached(cascade)
         return {"deleted_users": user_ids, "deleted_keys": cascade.keys, "deleted_memberships": cascade.members}
 
     return answer(await blocking(delete))

@@ -1,7 +1,9 @@
 """Batch items: the Message Batches a key created, from the create's answer until they are settled.
 
-  pk=BATCH#<batch id>  sk=BATCH  {key_id, estimate, reserved, reservation_id, state: open|settled, created_at,
-                                  ended_seen_at, settled_cost, settled_at, ttl}
+  pk=BATCH#<batch id>  sk=BATCH  {key_id, scopes, estimate, reserved, reservation_id, state: open|settled,
+                                  created_at, ended_seen_at, settled_cost, settled_at, ttl}
+  `scopes`: [{kind, id, pk, sk, held}], the records its cost is recorded on (its key's, team's, membership's,
+  user's, tags'), and which of them hold `reserved` on their budget.
   gsi1pk=BATCH#OPEN, gsi1sk=<due time>#<batch id> while open: the sweep finds the batches due, oldest first
 
 Settling flips `state` from open to settled on the condition that it is open, in the same transaction as the key's
@@ -10,11 +12,13 @@ spend (`settled` is a guard change of holds.settle): one fetch or sweep settles 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from . import table
+from . import key_records, table
 from .holds import Change
+from .scopes import Scope
 
 OPEN_INDEX = "BATCH#OPEN"  # gsi1pk of the batches not settled yet
 ITEM_TTL = timedelta(days=30)
@@ -38,6 +42,8 @@ def remember(
     now: datetime,
     due: datetime,
     ended: bool,
+    scopes: Sequence[Scope] = (),
+    held: Sequence[Scope] = (),
 ) -> bool:
     """Store a new open batch, due to be settled at its estimate at `due`. False when another batch item has its
     id (never ours: a write retried after its answer was lost finds its own item, and that counts as stored)."""
@@ -54,6 +60,11 @@ def remember(
         "gsi1pk": OPEN_INDEX,
         "gsi1sk": _due_key(due, batch_id),
     }
+    if scopes:
+        item["scopes"] = [
+            {"kind": scope.kind, "id": scope.id, "pk": scope.pk, "sk": scope.sk, "held": scope in held}
+            for scope in scopes
+        ]
     if ended:
         item["ended_seen_at"] = table.iso_seconds(now)
     failed = table.write([table.Put(item, "attribute_not_exists(pk)")])
@@ -67,6 +78,17 @@ def note_ended(batch_id: str, now: datetime, due: datetime) -> None:
     values = {":now": table.iso_seconds(now), ":due": _due_key(due, batch_id), ":open": "open"}
     condition = "#state = :open AND attribute_not_exists(#ended)"
     table.write([table.Update(_pk(batch_id), "BATCH", "SET #ended = :now, #due = :due", condition, names, values)])
+
+
+def scopes_of(item: table.Item) -> tuple[list[Scope], list[Scope]]:
+    """The scopes a batch's cost is recorded on, and those whose budget holds its reservation. A batch stored
+    before batches had scopes: its key, which holds the reservation if it has one."""
+    stored = item.get("scopes")
+    if not isinstance(stored, list):
+        key = key_records.scope_of(str(item["key_id"]))
+        return [key], [key]
+    covered = [Scope(kind=str(s["kind"]), id=str(s["id"]), pk=str(s["pk"]), sk=str(s["sk"])) for s in stored]
+    return covered, [scope for scope, s in zip(covered, stored, strict=True) if s.get("held")]
 
 
 def get(batch_id: str) -> table.Item | None:

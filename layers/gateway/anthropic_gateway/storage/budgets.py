@@ -1,4 +1,4 @@
-"""Budget holds and reservations, on the record of any budgeted scope (a key today).
+"""Budget holds and reservations, on the record of any budgeted scope (a key, team, user, membership or tag).
 
 Every budgeted record carries the same bookkeeping: `max_budget` (absent: no budget), `budget_duration`,
 `budget_reset_at`, `spend` (this period), `total_spend`, `reserved` (held by requests in flight), `reservations`
@@ -91,6 +91,8 @@ class BudgetHold:
 
     def failed(self, item: table.Item) -> Verdict | Refusal:
         reservations = item.get("reservations")
+        if not item and self.scope.optional:
+            return Verdict.DROP
         if not item or (self.scope.token is not None and item.get("token") != self.scope.token):
             return Gone(self.scope)
         if item.get("blocked"):

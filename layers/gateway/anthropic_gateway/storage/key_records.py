@@ -122,6 +122,7 @@ class KeyRecord:
             max_parallel_requests=self.max_parallel_requests,
             max_budget=self.max_budget,
             token=self.token,
+            models=tuple(self.models),
         )
 
 

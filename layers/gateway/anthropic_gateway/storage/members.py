@@ -14,6 +14,7 @@ from . import table
 from .layout import MEMBER_PREFIX, TEAM_SK, USER_SK, check_live, member_sk, partition, put_new, team_pk, user_pk
 from .outcomes import Refused
 from .scope_items import ScopeRecord, Transaction, apply, change, why_not
+from .scopes import Scope
 
 ROLES = ("admin", "user")
 
@@ -23,6 +24,12 @@ class Membership(ScopeRecord):
     team_id: str
     user_id: str
     role: str = "user"
+
+    @property
+    def scope(self) -> Scope:
+        """The user's budget in the team (`max_budget_in_team`)."""
+        pk, sk = team_pk(self.team_id), member_sk(self.user_id)
+        return self.as_scope("member", self.user_id, pk, sk, within=self.team_id)
 
     def to_item(self) -> table.Item:
         item = self.attributes()

@@ -25,6 +25,7 @@ from typing import Any, Self
 from . import key_links, key_records, table
 from .layout import KEY_PREFIX
 from .outcomes import CONFLICT, Refused
+from .scopes import Scope
 
 ZERO = Decimal(0)
 MONEY = frozenset({"max_budget", "spend", "total_spend", "reserved"})
@@ -57,6 +58,27 @@ class ScopeRecord:
         # Money stays exact Decimal; every other number becomes the int (or float, in metadata) JSON holds.
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{name: item[name] if name in MONEY else table.plain(item[name]) for name in names & item.keys()})
+
+    def as_scope(
+        self, kind: str, id: str, pk: str, sk: str, *, within: str | None = None, optional: bool = False
+    ) -> Scope:
+        """The record as a scope of the requests it governs. A membership (`within` its team) shares its team's
+        pk, where the team's rate counters and slots are: it has a budget, never rates or slots of its own.
+        `optional`: see Scope."""
+        own_pk = within is None
+        return Scope(
+            kind=kind,
+            id=id,
+            pk=pk,
+            sk=sk,
+            rpm_limit=self.rpm_limit if own_pk else None,
+            tpm_limit=self.tpm_limit if own_pk else None,
+            max_parallel_requests=self.max_parallel_requests if own_pk else None,
+            max_budget=self.max_budget,
+            models=tuple(self.models),
+            within=within,
+            optional=optional,
+        )
 
     def attributes(self) -> table.Item:
         """The record as the attributes of a new item: unset fields left out, budget bookkeeping started."""

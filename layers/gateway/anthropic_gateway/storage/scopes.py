@@ -1,10 +1,11 @@
 """A scope: one thing a request is governed by, as storage sees it.
 
-A key is a scope today; a team, a user, a membership in a team and a registered tag are scopes too (issue 19). Each
-has a record item (pk, sk) that carries the budget bookkeeping every budgeted scope shares (`max_budget`, `spend`,
-`reserved`, `budget_headroom`, `reservations`, ...: budgets.py), and may have limits. Its rate counters
-(`<pk>`/`RATE#<minute>`) and parallel slots (`<pk>`/`PARALLEL`) live under its pk, so a scope with rate or parallel
-limits has a pk of its own.
+A request belongs to its key, and to the key's team, user and membership in that team, and to each registered tag
+it carries: each is a scope. Each has a record item (pk, sk) that carries the budget bookkeeping every budgeted
+scope shares (`max_budget`, `spend`, `reserved`, `budget_headroom`, `reservations`, ...: budgets.py), and may have
+limits. Its rate counters (`<pk>`/`RATE#<minute>`) and parallel slots (`<pk>`/`PARALLEL`) live under its pk, so a
+scope with rate or parallel limits has a pk of its own (a membership, which shares its team's pk, has a budget
+only).
 
 Admission (holds.py) makes checks on scopes, all in one call: a request counted on a rate counter (rates.py), a
 parallel slot taken (rates.py), a budget hold (budgets.py). Each check is one conditional write, and knows what
@@ -24,8 +25,8 @@ from .table import Item, Update
 
 @dataclass(frozen=True)
 class Scope:
-    kind: str  # "key" (today), "team", "user", "member", "tag": how a refusal names it
-    id: str
+    kind: str  # "key", "team", "user", "member", "tag": how a refusal names it
+    id: str  # the key's id, the team's, the user's (also of a membership), the tag's name
     pk: str  # the record that carries the scope's budget bookkeeping
     sk: str
     rpm_limit: int | None = None
@@ -35,6 +36,11 @@ class Scope:
     # Keys only: a hold is taken only while the record's `token` is still this one (the presented key), so a key
     # deleted or regenerated on another instance stops holding at once.
     token: str | None = None
+    models: tuple[str, ...] = ()  # the scope's model allowlist (empty: every model); policy checks it
+    within: str | None = None  # a membership's team
+    # A tag: if its record is gone (unregistered meanwhile), it no longer governs the request, so a hold on it is
+    # dropped, not refused.
+    optional: bool = False
 
     @property
     def rate_limited(self) -> bool:

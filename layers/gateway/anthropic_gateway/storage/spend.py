@@ -7,8 +7,10 @@ A retry of a write that did apply (its answer was lost to a timeout) finds its m
 operation id is fixed before the first attempt and every retry sends the same request (ClientRequestToken: real
 DynamoDB answers a repeat within 10 minutes with success; the marker covers later retries, and moto).
 
-Spend per tag: one item per (UTC day, tag), pk=TAGSPEND#<YYYY-MM-DD> sk=<tag>, with the same counters. No TTL:
-they are the spend history, and there is at most one per tag a day. A report over a date range is one Query a day.
+Spend per day: one item per (UTC day, tag), (UTC day, team) and (UTC day, user), with the same counters:
+pk=TAGSPEND#<YYYY-MM-DD> sk=<tag>, pk=TEAMSPEND#<YYYY-MM-DD> sk=<team_id>, pk=USERSPEND#<YYYY-MM-DD> sk=<user_id>.
+No TTL: they are the spend history, and there is at most one per tag, team or user a day. A report over a date
+range is one Query a day.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import date
-from enum import Enum
 from typing import Any
 
 from . import table
@@ -27,12 +28,8 @@ TOKEN_COUNTERS = ("input_tokens", "output_tokens", "cache_creation_input_tokens"
 # ClientRequestToken window is 10 minutes; a frozen Lambda instance can retry hours later).
 OPERATION_MARKER_SECONDS = 7 * 86400
 TAG_DAY_PREFIX = "TAGSPEND#"
-
-
-class Recorded(Enum):
-    ADDED = "added"
-    ALREADY_ADDED = "already added"  # a retry of a write that had applied
-    ITEM_GONE = "item gone"  # only_if_exists, and the item is not there (a key deleted while its request ran)
+TEAM_DAY_PREFIX = "TEAMSPEND#"
+USER_DAY_PREFIX = "USERSPEND#"
 
 
 def marker(operation: str, ttl: int) -> table.Put:
@@ -58,31 +55,13 @@ def add(
     return table.Update(pk, sk, expression, condition, names, values)
 
 
-def add_once(
-    operation: str,
-    pk: str,
-    sk: str,
-    increments: Mapping[str, Number],
-    *,
-    marker_ttl: int,
-    only_if_exists: bool = False,
-) -> Recorded:
-    """ADD `increments` to the item at most once for `operation` (a unique id the caller keeps across its retries,
-    with the same `marker_ttl`, so every retry is the same request). `only_if_exists`: never create the item."""
-    change = add(pk, sk, increments, condition="attribute_exists(pk)" if only_if_exists else None)
-    failed = table.write([marker(operation, marker_ttl), change], token=request_token(operation))
-    if not failed:
-        return Recorded.ADDED
-    return Recorded.ALREADY_ADDED if 0 in failed else Recorded.ITEM_GONE
+def day_item(prefix: str, day: date, name: str) -> tuple[str, str]:
+    """The (pk, sk) of the counters of `name` (a tag, team id or user id: `prefix` says which) for `day`."""
+    return prefix + day.isoformat(), name
 
 
-def tag_day(day: date, tag: str) -> tuple[str, str]:
-    """The (pk, sk) of a tag's counters for `day`."""
-    return TAG_DAY_PREFIX + day.isoformat(), tag
-
-
-def tag_days(day: date) -> list[table.Item]:
-    """Every tag's counters for `day`."""
+def day_items(prefix: str, day: date) -> list[table.Item]:
+    """Every tag's (team's, user's: `prefix`) counters for `day`."""
     return table.query_all(
-        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": TAG_DAY_PREFIX + day.isoformat()}
+        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": prefix + day.isoformat()}
     )

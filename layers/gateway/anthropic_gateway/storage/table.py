@@ -37,6 +37,7 @@ Number = int | Decimal
 _SERIALIZE_EVENT, _SERIALIZE_ID = "before-parameter-build.dynamodb", "dynamodb-attr-value-input"
 # LiteLLM's duration strings: 30s, 10m, 1h, 1d, 2w, 1mo (a month counts as 30 days).
 _DURATION = re.compile(r"(\d{1,6})(s|m|h|d|w|mo)")
+_BATCH_GET_ATTEMPTS = 3
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
 
 
@@ -150,6 +151,23 @@ def parse_duration(text: str) -> timedelta:
 def get(pk: str, sk: str) -> Item | None:
     """The item, read consistently, or None."""
     return handle().get_item(Key={"pk": pk, "sk": sk}, ConsistentRead=True).get("Item")
+
+
+def get_many(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
+    """The items of `keys` (at most 100) that exist, by (pk, sk), read consistently in one BatchGetItem (and one
+    more for each part DynamoDB leaves unprocessed, at most `_BATCH_GET_ATTEMPTS` in all)."""
+    client, name = handle().meta.client, handle().name
+    found: dict[tuple[str, str], Item] = {}
+    request: Any = {name: {"Keys": [{"pk": pk, "sk": sk} for pk, sk in dict.fromkeys(keys)], "ConsistentRead": True}}
+    for _ in range(_BATCH_GET_ATTEMPTS):
+        # The resource's client takes and answers resource-form values (the handle's serializer is registered on it).
+        answer: Any = client.batch_get_item(RequestItems=request)
+        for item in answer.get("Responses", {}).get(name, []):
+            found[(str(item["pk"]), str(item["sk"]))] = item
+        request = answer.get("UnprocessedKeys") or None
+        if not request:
+            return found
+    raise Conflict()
 
 
 def query_all(**query: Any) -> list[Item]:

@@ -5,6 +5,9 @@ A team is a budgeted scope: its budget and limits apply to every request of its 
 with members, and adding members, create missing users on the way (as LiteLLM does) in the same transaction.
 Deleting a team deletes its keys and memberships first, in bounded steps (`Cascade`), with the team marked
 `deleting` (and blocked) so no key or member joins it meanwhile.
+
+`registry` keeps the teams in memory (storage/registry.py), so metrics read which team ids exist without I/O: a
+team is a CloudWatch `Team` dimension value of its own, up to MAX_DIMENSION_TEAMS (the oldest teams).
 """
 
 from __future__ import annotations
@@ -16,8 +19,14 @@ from . import members, table, users
 from .layout import KEY_PREFIX, TEAM_SK, list_all, listed, partition, put_new, team_pk
 from .members import Membership
 from .outcomes import Refused
+from .registry import Registry
 from .scope_items import Cascade, ScopeRecord, Transaction, apply, change, delete_keys, mark_deleting, remove, why_not
+from .scopes import Scope
 from .users import UserRecord
+
+# Each team in the registry is a CloudWatch dimension value (about 10 custom metrics, billed monthly). Teams are
+# created by admins, so their number is the operator's; past this many, newer teams are counted as `other`.
+MAX_DIMENSION_TEAMS = 1000
 
 
 @dataclass(kw_only=True)
@@ -28,6 +37,10 @@ class TeamRecord(ScopeRecord):
     metadata: dict[str, Any] = field(default_factory=dict)
     blocked: bool = False
     deleting: bool = False
+
+    @property
+    def scope(self) -> Scope:
+        return self.as_scope("team", self.team_id, team_pk(self.team_id), TEAM_SK)
 
     def to_item(self) -> table.Item:
         item = self.attributes()
@@ -68,8 +81,11 @@ def create(team: TeamRecord, joining: list[Joining], audit: table.Put | None = N
     refused = transaction.run(idempotency=f"team-new#{team.team_id}#{team.created_at}")
     if refused == Refused("exists", "team", team.team_id):
         stored = get(team.team_id)
-        if stored is not None and stored.created_at == team.created_at:
-            return None  # our own write, retried after its answer was lost
+        if stored is None or stored.created_at != team.created_at:
+            return refused
+        refused = None  # our own write, retried after its answer was lost
+    if refused is None:
+        registry.put(team)
     return refused
 
 
@@ -94,9 +110,11 @@ def _join(transaction: Transaction, joining: list[Joining], *, team_checked: boo
 def update(team: TeamRecord, changes: dict[str, Any], now: str, audit: table.Put | None = None) -> Refused | None:
     """Admin `changes` to the team as read, unless it is being deleted."""
     pk = team_pk(team.team_id)
-    if apply(change(pk, TEAM_SK, team, changes, now, live=True), audit):
-        return None
-    return why_not(pk, TEAM_SK, Refused("missing", "team", team.team_id))
+    if not apply(change(pk, TEAM_SK, team, changes, now, live=True), audit):
+        return why_not(pk, TEAM_SK, Refused("missing", "team", team.team_id))
+    if (stored := get(team.team_id)) is not None:
+        registry.put(stored)
+    return None
 
 
 def delete(team_id: str, cascade: Cascade, now: str, audit: table.Put | None = None) -> Refused | None:
@@ -114,4 +132,19 @@ def delete(team_id: str, cascade: Cascade, now: str, audit: table.Put | None = N
             return refused
         cascade.members += 1
     remove(pk, TEAM_SK)
+    registry.discard(team_id)
     return None
+
+
+class TeamRegistry(Registry[TeamRecord]):
+    """The teams as this process last read them (at most MAX_DIMENSION_TEAMS, oldest first): registry.py."""
+
+    def __init__(self) -> None:
+        super().__init__("team-registry", _oldest_first, lambda team: team.team_id, MAX_DIMENSION_TEAMS)
+
+
+def _oldest_first() -> list[TeamRecord]:
+    return list(reversed(list_teams()))
+
+
+registry = TeamRegistry()

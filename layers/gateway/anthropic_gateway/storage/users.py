@@ -16,6 +16,7 @@ from .layout import EMAIL_SK, USER_SK, email_pk, list_all, listed, put_new, user
 from .members import Membership
 from .outcomes import Refused
 from .scope_items import Cascade, ScopeRecord, Transaction, change, delete_keys, mark_deleting, remove, why_not
+from .scopes import Scope
 
 ROLES = ("proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer")
 DEFAULT_ROLE = "internal_user"
@@ -37,6 +38,10 @@ class UserRecord(ScopeRecord):
         record = super().from_item(item)
         record.teams = sorted(item.get("teams") or ())  # a string set in the item
         return record
+
+    @property
+    def scope(self) -> Scope:
+        return self.as_scope("user", self.user_id, user_pk(self.user_id), USER_SK)
 
     def to_item(self) -> table.Item:
         item = self.attributes()

@@ -1,4 +1,5 @@
-// Every call the console makes goes through here: the gateway's own JSON API with the master key.
+// Every call the console makes goes through here: the gateway's own JSON API with the master key, or with the
+// single sign-on session (an HttpOnly cookie the page never sees; changes carry the session's CSRF token).
 // The key lives in sessionStorage only (gone when the tab closes); never in a URL, a cookie or localStorage.
 
 const STORAGE_NAME = "anthropic-gateway.master-key";
@@ -9,7 +10,9 @@ export const gatewayRoot = new URL(".", location.href).href.replace(/\/$/, "");
 export const session = {
   key: () => sessionStorage.getItem(STORAGE_NAME),
   signIn: (key) => sessionStorage.setItem(STORAGE_NAME, key),
-  signOut: () => sessionStorage.removeItem(STORAGE_NAME),
+  signOut: () => { sessionStorage.removeItem(STORAGE_NAME); session.sso = null; },
+  sso: null,  // GET /sso/session's answer (who, role, csrf_token) while signed in with SSO; memory only
+  signedIn: () => Boolean(session.key() || session.sso),
 };
 
 export class ApiError extends Error {
@@ -26,7 +29,9 @@ export async function api(path, { method = "GET", query, body, key = session.key
   for (const [name, value] of Object.entries(query ?? {})) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
   }
-  const headers = { authorization: `Bearer ${key}` };
+  const headers = {};
+  if (key) headers.authorization = `Bearer ${key}`;
+  else if (session.sso && method !== "GET") headers["x-csrf-token"] = session.sso.csrf_token;
   if (body !== undefined) headers["content-type"] = "application/json";
   let response;
   try {
@@ -35,7 +40,7 @@ export async function api(path, { method = "GET", query, body, key = session.key
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
-      credentials: "omit",
+      credentials: key ? "omit" : "same-origin",  // the SSO session cookie, to this gateway only
     });
   } catch (error) {
     throw new ApiError(0, "network_error", `The gateway could not be reached (${error.message}).`);

@@ -1,12 +1,14 @@
-// The console's entry point: sign-in, the hash routes (#/keys, #/keys/<hash>, #/teams, #/teams/<id>, #/users,
-// #/users/<id>, #/tags, #/spend, #/audit) and sign-out. The master key is in sessionStorage only; routes and links carry
-// key hashes and team or user ids at most (percent-encoded), never a key.
+// The console's entry point: sign-in (master key or SSO), the hash routes (#/keys, #/keys/<hash>, #/teams,
+// #/teams/<id>, #/users, #/users/<id>, #/tags, #/spend, #/audit, #/sign-in/<why SSO failed>) and sign-out. The
+// master key is in sessionStorage only; routes and links carry key hashes and team or user ids at most
+// (percent-encoded), never a key.
 
 import { api, session } from "./api.js";
 import { auditView } from "./audit.js";
 import { h, message } from "./dom.js";
 import { keyView } from "./key.js";
 import { keysView } from "./keys.js";
+import * as sso from "./sso.js";
 import { spendView } from "./spend.js";
 import { tagsView } from "./tags.js";
 import { teamView } from "./team.js";
@@ -17,19 +19,26 @@ import { usersView } from "./users.js";
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const signOutButton = document.getElementById("sign-out");
+const who = document.getElementById("who");
 const state = { keys: {}, spend: {}, users: {}, audit: {} };  // filters and pages, kept while the tab is open
 let flashed = null;
 
 const flash = (text) => { flashed = text; };
 
 async function route() {
-  const signedIn = Boolean(session.key());
+  const signedIn = session.signedIn();
   nav.hidden = signOutButton.hidden = !signedIn;
+  who.textContent = sso.whoText();
+  const [, view = "keys", encoded] = location.hash.split("/");
+  if (view === "sign-in") {  // back from a single sign-on that failed
+    history.replaceState(null, "", location.pathname);
+    signIn(sso.failure(encoded));
+    return;
+  }
   if (!signedIn) {
     signIn();
     return;
   }
-  const [, view = "keys", encoded] = location.hash.split("/");
   const token = encoded === undefined ? undefined : decoded(encoded);
   for (const link of nav.querySelectorAll("a")) link.classList.toggle("active", link.dataset.view === view);
   const notice = flashed ? message("success", flashed) : null;
@@ -44,9 +53,11 @@ async function route() {
     else await keysView(main, state.keys);
     if (notice) main.prepend(notice);
   } catch (error) {
-    if (error.status === 401) {  // the master key changed (rotated) since sign-in
+    if (error.status === 401) {  // the master key changed (rotated) since sign-in, or the SSO session ended
+      const text = session.sso ? "Your session has ended: sign in again."
+        : "The gateway no longer accepts this master key: sign in again.";
       session.signOut();
-      signIn("The gateway no longer accepts this master key: sign in again.");
+      signIn(text);
     } else {
       main.replaceChildren(message("error", `Something went wrong: ${error.message}`));
     }
@@ -63,6 +74,7 @@ function decoded(text) {
 
 function signIn(notice) {
   nav.hidden = signOutButton.hidden = true;
+  who.textContent = "";
   const input = h("input", {
     type: "password", name: "master-key", id: "master-key", autocomplete: "off", required: true,
     placeholder: "sk-...", spellcheck: "false",
@@ -99,9 +111,13 @@ function signIn(notice) {
   });
   main.replaceChildren(form);
   input.focus();
+  sso.signInButton().then((button) => {
+    if (button) form.querySelector("h1").after(button, h("p", { class: "muted" }, "or with the master key:"));
+  });
 }
 
-signOutButton.addEventListener("click", () => {
+signOutButton.addEventListener("click", async () => {
+  if (session.sso) await sso.signOut().catch(() => {});  // the cookie goes; signed out here either way
   session.signOut();
   state.keys = {};
   state.spend = {};
@@ -111,4 +127,5 @@ signOutButton.addEventListener("click", () => {
   signIn();
 });
 window.addEventListener("hashchange", route);
+if (!session.key()) await sso.restoreSession();  // a session cookie from an SSO sign-in, if any
 route();

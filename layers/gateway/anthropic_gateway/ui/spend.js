@@ -1,16 +1,50 @@
-// The spend page: spend, requests and tokens per tag per day from /spend/tags (chart and table) for a date
-// range, and the keys that spent the most from /spend/keys.
+// The spend page: spend, requests and tokens per day for a date range, per tag (/spend/tags, with the tagged
+// requests' totals from /spend/tags/totals), per team (/spend/teams) and per user (/spend/users), each as a chart
+// and a table; and the keys that spent the most from /spend/keys.
 
 import { api } from "./api.js";
 import { PALETTE, stackedBars } from "./chart.js";
 import { count, h, message, usd } from "./dom.js";
 
-const MAX_SERIES = 8;  // more tags than this: the rest are stacked together as "other tags"
+const MAX_SERIES = 8;  // more rows than this: the rest are stacked together as "N other tags" (teams, users)
 const TOKENS = ["input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"];
 const METRICS = {
   spend: { label: "Spend (USD)", daily: (d) => d.spend, format: (v) => usd(v) },
   requests: { label: "Requests", daily: (d) => d.log_count, format: (v) => count(Math.round(v)) },
   tokens: { label: "Tokens", daily: (d) => d.total_tokens, format: (v) => compact(v) },
+};
+// What "Requests" means everywhere on this page, as the gateway counts it for keys, tags, teams and users alike.
+const REQUESTS_MEANING = "Requests are the requests an upstream (Anthropic or Bedrock) had, upstream errors "
+  + "included; requests the gateway refused itself (an invalid key, a limit, a spent budget) are not counted, "
+  + "here or on keys. Days are UTC.";
+
+// One breakdown per kind: where its rows come from, how a row is named and linked, and what its total row is.
+const KINDS = {
+  tag: {
+    path: "/spend/tags", plural: "tags", region: "Spend per tag",
+    name: (row) => row.individual_request_tag, link: () => null,
+    empty: "No tagged requests in this range. Tags come from litellm_metadata.tags, the x-litellm-tags header or the key's tags.",
+    note: "A request with several tags is counted under each of them; the last row counts each tagged request once.",
+    totalLabel: "All tagged requests",
+    // The tag rows do not add up (a request is in each of its tags' rows): the API counts each request once.
+    total: (range) => api("/spend/tags/totals", { query: range }),
+  },
+  team: {
+    path: "/spend/teams", plural: "teams", region: "Spend per team",
+    name: (row) => row.team_alias ?? row.team_id, link: (row) => `#/teams/${encodeURIComponent(row.team_id)}`,
+    empty: "No requests with team keys in this range.",
+    note: "The requests of the keys each team has.",
+    totalLabel: "Total",
+    total: null,  // a request has one team at most: the rows add up
+  },
+  user: {
+    path: "/spend/users", plural: "users", region: "Spend per user",
+    name: (row) => row.user_alias ?? row.user_email ?? row.user_id, link: (row) => `#/users/${encodeURIComponent(row.user_id)}`,
+    empty: "No requests with user keys in this range.",
+    note: "The requests of the keys each user has, in every team.",
+    totalLabel: "Total",
+    total: null,  // a request has one user at most: the rows add up
+  },
 };
 
 export async function spendView(main, state) {
@@ -30,77 +64,97 @@ export async function spendView(main, state) {
   const form = h("form", { class: "toolbar-form", "aria-label": "Date range" },
     h("label", {}, "From ", start), h("label", {}, "To ", end), h("label", {}, "Show ", metric),
     h("button", { type: "submit", class: "primary" }, "Apply"), presets);
-  const byTag = h("section", { class: "panel", "aria-label": "Spend per tag" }, message("info", "Loading spend…"));
+  const sections = Object.entries(KINDS).map(([kind, config]) => breakdown(kind, config, state));
   const byKey = h("section", { class: "panel", "aria-label": "Top keys by spend" }, message("info", "Loading keys…"));
 
-  let report = null;
-  const draw = () => byTag.replaceChildren(...tagSection(report, state));
-  const load = async () => {
-    byTag.replaceChildren(message("info", "Loading spend…"));
-    try {
-      report = await api("/spend/tags", { query: { start_date: state.start, end_date: state.end } });
-      draw();
-    } catch (error) {
-      byTag.replaceChildren(message("error", `Could not load spend per tag: ${error.message}`));
-    }
-  };
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     Object.assign(state, { start: start.value, end: end.value, metric: metric.value });
-    load();
+    for (const section of sections) section.load();
   });
   metric.addEventListener("change", () => {
     state.metric = metric.value;
-    if (report) draw();
+    for (const section of sections) section.draw();
   });
 
-  main.replaceChildren(h("div", { class: "page-head" }, h("h1", {}, "Spend"), form), byTag, byKey);
-  await Promise.all([load(), loadTopKeys(byKey)]);
+  main.replaceChildren(h("div", { class: "page-head" }, h("h1", {}, "Spend"), form),
+    h("p", { class: "muted", id: "requests-meaning" }, REQUESTS_MEANING),
+    ...sections.map((section) => section.element), byKey);
+  await Promise.all([...sections.map((section) => section.load()), loadTopKeys(byKey)]);
 }
 
-function tagSection(report, state) {
-  const title = h("h2", {}, `Per tag, ${state.start} to ${state.end} (UTC)`);
-  if (!report.length) {
-    return [title, message("info", "No tagged requests in this range. Tags come from litellm_metadata.tags, the x-litellm-tags header or the key's tags.")];
-  }
+/** A section for one kind: its element, `load` (the report for the range) and `draw` (for another metric). */
+function breakdown(kind, config, state) {
+  const element = h("section", { class: "panel", "aria-label": config.region }, message("info", "Loading spend…"));
+  let loaded = null;
+  const draw = () => { if (loaded) element.replaceChildren(...sectionContent(kind, config, loaded, state)); };
+  const load = async () => {
+    element.replaceChildren(message("info", "Loading spend…"));
+    const range = { start_date: state.start, end_date: state.end };
+    try {
+      const [rows, total] = await Promise.all([api(config.path, { query: range }), config.total?.(range)]);
+      loaded = { rows, total: total ?? sumRows(rows) };
+      draw();
+    } catch (error) {
+      loaded = null;
+      element.replaceChildren(message("error", `Could not load spend per ${kind}: ${error.message}`));
+    }
+  };
+  return { element, load, draw };
+}
+
+function sectionContent(kind, config, { rows, total }, state) {
+  const title = h("h2", {}, `Per ${kind}, ${state.start} to ${state.end} (UTC)`);
+  if (!rows.length) return [title, message("info", config.empty)];
   const days = [];
   for (let day = state.start; day <= state.end; day = shift(day, 1)) days.push(day);
   const metric = METRICS[state.metric];
-  const shown = report.slice(0, MAX_SERIES);
-  const rest = report.slice(MAX_SERIES);
-  const valuesOf = (rows) => days.map((day) => rows.reduce(
+  const shown = rows.slice(0, MAX_SERIES);
+  const rest = rows.slice(MAX_SERIES);
+  const valuesOf = (group) => days.map((day) => group.reduce(
     (sum, row) => sum + row.daily.filter((d) => d.date === day).reduce((s, d) => s + metric.daily(d), 0), 0));
-  const series = shown.map((row, i) => ({ name: row.individual_request_tag, color: PALETTE[i], values: valuesOf([row]) }));
-  if (rest.length) series.push({ name: `${rest.length} other tags`, color: PALETTE[MAX_SERIES], values: valuesOf(rest) });
+  const series = shown.map((row, i) => ({ name: config.name(row), color: PALETTE[i], values: valuesOf([row]) }));
+  if (rest.length) series.push({ name: `${rest.length} other ${config.plural}`, color: PALETTE[MAX_SERIES], values: valuesOf(rest) });
   const legend = h("ul", { class: "legend" }, series.map((s) => {
     const swatch = h("span", { class: "swatch" });
     swatch.style.background = s.color;
     return h("li", {}, swatch, s.name);
   }));
-  return [title, stackedBars({ days, series, format: metric.format, label: `${metric.label} per day and tag` }), legend, tagTable(report, series)];
+  return [
+    title,
+    stackedBars({ days, series, format: metric.format, label: `${metric.label} per day and ${kind}` }),
+    legend,
+    h("p", { class: "hint" }, config.note),
+    spendTable(kind, config, rows, total, series),
+  ];
 }
 
-function tagTable(report, series) {
-  const colors = Object.fromEntries(series.map((s) => [s.name, s.color]));
-  const total = (name) => report.reduce((sum, row) => sum + row[name], 0);
+function spendTable(kind, config, rows, total, series) {
+  const colors = new Map(series.map((s, i) => [i, s.color]));
   const cells = (row) => [
     h("td", { class: "num" }, count(row.log_count)),
     h("td", { class: "num" }, usd(row.total_spend)),
     TOKENS.map((name) => h("td", { class: "num" }, count(row[name]))),
     h("td", { class: "num" }, count(row.total_tokens)),
   ];
-  return h("div", { class: "table-wrap" }, h("table", { class: "spend" },
-    h("thead", {}, h("tr", {}, ["Tag", "Requests", "Spend", "Input", "Output", "Cache write", "Cache read", "Total tokens"]
+  const heading = kind[0].toUpperCase() + kind.slice(1);
+  return h("div", { class: "table-wrap" }, h("table", { class: `spend spend-${kind}` },
+    h("thead", {}, h("tr", {}, [heading, "Requests", "Spend", "Input", "Output", "Cache write", "Cache read", "Total tokens"]
       .map((title, i) => h("th", { scope: "col", class: i ? "num" : "" }, title)))),
-    h("tbody", {}, report.map((row) => {
+    h("tbody", {}, rows.map((row, i) => {
       const swatch = h("span", { class: "swatch" });
-      swatch.style.background = colors[row.individual_request_tag] ?? PALETTE[MAX_SERIES];
-      return h("tr", { "data-tag": row.individual_request_tag }, h("td", {}, swatch, row.individual_request_tag), cells(row));
+      swatch.style.background = colors.get(i) ?? PALETTE[MAX_SERIES];
+      const name = config.name(row);
+      const href = config.link(row);
+      const id = kind === "tag" ? row.individual_request_tag : row[`${kind}_id`];
+      return h("tr", { [`data-${kind}`]: id }, h("td", {}, swatch, href ? h("a", { href }, name) : name), cells(row));
     })),
-    h("tfoot", {}, h("tr", {}, h("th", { scope: "row" }, "Total"), cells({
-      log_count: total("log_count"), total_spend: total("total_spend"), total_tokens: total("total_tokens"),
-      ...Object.fromEntries(TOKENS.map((name) => [name, total(name)])),
-    })))));
+    h("tfoot", {}, h("tr", { class: "total" }, h("th", { scope: "row" }, config.totalLabel), cells(total)))));
+}
+
+function sumRows(rows) {
+  const sum = (name) => rows.reduce((total, row) => total + Number(row[name]), 0);
+  return Object.fromEntries(["log_count", "total_spend", ...TOKENS, "total_tokens"].map((name) => [name, sum(name)]));
 }
 
 async function loadTopKeys(section) {

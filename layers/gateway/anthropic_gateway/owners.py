@@ -1,0 +1,115 @@
+"""The team, user and membership a key belongs to, as the request path reads them: cached like key records.
+
+A key record names its team and its user (`team_id`, `user_id`); every request of the key is governed by them too
+(governance.scopes). Their records (limits, models, default tags, blocked) are cached per process by (pk, sk) for
+KEY_CACHE_TTL, as key records are, absent ones included, at most `MAX_ENTRIES`: a warm request reads none of them.
+A cold one reads what is missing, at most the team, the user and the membership, in one BatchGetItem, under the
+request's AWS deadline (auth.py), shared by the requests that need the same records at that moment. A change made
+through this process's admin API applies here at once (`forget`); one made on another instance within
+KEY_CACHE_TTL. Budgets do not wait for the cache: every budget hold is conditional on the record as it is now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .keys import RecordCache
+from .storage import table
+from .storage.key_records import KeyRecord
+from .storage.layout import TEAM_SK, USER_SK, member_sk, team_pk, user_pk
+from .storage.members import Membership
+from .storage.teams import TeamRecord
+from .storage.users import UserRecord
+
+MAX_ENTRIES = 10_000  # teams, users and memberships are admin-made: this bounds memory, not what clients send
+
+Record = TeamRecord | UserRecord | Membership
+_cache: RecordCache[tuple[str, str], Record] = RecordCache(MAX_ENTRIES)
+
+
+@dataclass(frozen=True)
+class Owners:
+    """The records of a key's team, user and membership, as cached (None: the key has none, or it is gone)."""
+
+    team: TeamRecord | None = None
+    user: UserRecord | None = None
+    member: Membership | None = None
+
+
+def needed(record: KeyRecord) -> list[tuple[str, str]]:
+    """The (pk, sk) of the records a request of this key is governed by, besides the key's own."""
+    wanted = []
+    if record.team_id is not None:
+        wanted.append((team_pk(record.team_id), TEAM_SK))
+    if record.user_id is not None:
+        wanted.append((user_pk(record.user_id), USER_SK))
+    if record.team_id is not None and record.user_id is not None:
+        wanted.append((team_pk(record.team_id), member_sk(record.user_id)))
+    return wanted
+
+
+def cached(record: KeyRecord) -> Owners | None:
+    """The key's owners from the cache without I/O, or None when one of them is not cached (or has expired)."""
+    found: dict[tuple[str, str], Record | None] = {}
+    for place in needed(record):
+        hit, owner = _cache.get(place)
+        if not hit:
+            return None
+        found[place] = owner
+    return _owners(record, found)
+
+
+def stale(record: KeyRecord) -> Owners | None:
+    """The key's owners as cached, expired no longer than AWS_STALE_SECONDS ago: for outages only."""
+    found: dict[tuple[str, str], Record | None] = {}
+    for place in needed(record):
+        hit, owner = _cache.stale(place)
+        if not hit:
+            return None
+        found[place] = owner
+    return _owners(record, found)
+
+
+def load(record: KeyRecord) -> Owners:
+    """Blocking. The key's owners: what is cached, and what is not read in one BatchGetItem and cached."""
+    found: dict[tuple[str, str], Record | None] = {}
+    missing = []
+    for place in needed(record):
+        hit, owner = _cache.get(place)
+        if hit:
+            found[place] = owner
+        else:
+            missing.append(place)
+    if missing:
+        items = table.get_many(missing)
+        for place in missing:
+            item = items.get(place)
+            found[place] = _record(place, item) if item is not None else None
+            _cache.put(place, found[place])
+    return _owners(record, found)
+
+
+def forget() -> None:
+    """Drop every cached team, user and membership: an admin change made here applies here at once."""
+    _cache.invalidate()
+
+
+def _record(place: tuple[str, str], item: table.Item) -> Record:
+    if place[1] == TEAM_SK:
+        return TeamRecord.from_item(item)
+    if place[1] == USER_SK:
+        return UserRecord.from_item(item)
+    return Membership.from_item(item)
+
+
+def _owners(record: KeyRecord, found: dict[tuple[str, str], Record | None]) -> Owners:
+    team = found.get((team_pk(record.team_id), TEAM_SK)) if record.team_id is not None else None
+    user = found.get((user_pk(record.user_id), USER_SK)) if record.user_id is not None else None
+    member = None
+    if record.team_id is not None and record.user_id is not None:
+        member = found.get((team_pk(record.team_id), member_sk(record.user_id)))
+    return Owners(
+        team=team if isinstance(team, TeamRecord) else None,
+        user=user if isinstance(user, UserRecord) else None,
+        member=member if isinstance(member, Membership) else None,
+    )
