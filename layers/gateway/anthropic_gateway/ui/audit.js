@@ -26,16 +26,20 @@ export async function auditView(main, state) {
   const more = h("button", { type: "button", class: "ghost", hidden: true }, "Older entries");
   let cursor = null;
   let rows = [];
+  let latest = 0;  // only the answer to the latest request is shown: an earlier one may arrive after it
 
   const load = async (next) => {
     const query = Object.fromEntries(FILTERS.map(([name]) => [name, state[name]]));
+    const request = ++latest;
     try {
       const page = await api("/audit", { query: { ...query, page_size: 50, cursor: next ?? undefined } });
+      if (request !== latest) return;
       rows = next ? [...rows, ...page.entries] : page.entries;
       cursor = page.cursor;
       listing.replaceChildren(auditTable(rows));
       more.hidden = !cursor;
     } catch (error) {
+      if (request !== latest) return;
       listing.replaceChildren(message("error", `Could not read the audit log: ${error.message}`));
       more.hidden = true;
     }
