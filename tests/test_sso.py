@@ -195,14 +195,19 @@ def test_roles_from_groups_gate_the_admin_api(sso_gateway, idp, admin):
         status, kind, message = error_of(http.post("/key/generate", json={}))
         assert (status, kind) == (403, "permission_error") and "proxy_admin_viewer" in message
     developer = session_cookie(sign_in(sso_gateway.url, idp, DEV.sub))
-    status, _, message = error_of(httpx.get(f"{sso_gateway.url}/key/list", headers={"cookie": developer}))
+    # An internal user sees its own keys only (docs/access.md), and not the audit log.
+    listed = ok(httpx.get(f"{sso_gateway.url}/key/list", headers={"cookie": developer}, params={"size": 100}))
+    assert all(
+        ok(admin.get("/key/info", params={"key": token}))["info"]["user_id"] == DEV.sub for token in listed["keys"]
+    )
+    status, _, message = error_of(httpx.get(f"{sso_gateway.url}/audit", headers={"cookie": developer}))
     assert status == 403 and "internal_user" in message
     # A role changed by an admin applies to the next request of the same session.
     ok(admin.post("/user/update", json={"user_id": DEV.sub, "user_role": "proxy_admin_viewer"}))
-    assert httpx.get(f"{sso_gateway.url}/key/list", headers={"cookie": developer}).status_code == 200
+    assert httpx.get(f"{sso_gateway.url}/audit", headers={"cookie": developer}).status_code == 200
     # ... and a blocked user's session stops at once.
     ok(admin.post("/user/update", json={"user_id": DEV.sub, "blocked": True}))
-    assert error_of(httpx.get(f"{sso_gateway.url}/key/list", headers={"cookie": developer}))[0] == 401
+    assert error_of(httpx.get(f"{sso_gateway.url}/audit", headers={"cookie": developer}))[0] == 401
     ok(admin.post("/user/update", json={"user_id": DEV.sub, "blocked": False, "user_role": "internal_user"}))
 
 

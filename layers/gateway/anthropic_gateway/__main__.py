@@ -1,6 +1,6 @@
 """`python -m anthropic_gateway serve` runs the gateway locally; `... keys|teams|users|tags <command>` manage
-keys, teams, users and registered tags; `... login` and `... key` give a developer a personal key through single
-sign-on.
+        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | audit [filters] | login | key "
+        "(keys --help for the commands)",
 
 `anthropic-gateway ...` is the same command, as the console script the package installs
 (pyproject.toml; `make dev` installs it into .venv).
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         from .cli import main as keys_main
 
         return keys_main(argv[1:])
-    if argv[:1] in (["teams"], ["users"], ["tags"]):
+    if argv[:1] in (["teams"], ["users"], ["tags"], ["audit"]):
         from .org_cli import main as org_main
 
         return org_main(argv[0], argv[1:])
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return login_main(argv)
     print(
-        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | login | key "
+        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | audit [filters] | login | key "
         "(keys --help for the commands)",
         file=sys.stderr,
     )

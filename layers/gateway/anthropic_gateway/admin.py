@@ -1,5 +1,5 @@
-"""The admin API (/key/*, /team/*, /user/*, /tag/*, /spend/*, /sso/*) and the console (/ui): a FastAPI app, imported on
-first use (app.py).
+"""The admin API (/key/*, /team/*, /user/*, /tag/*, /spend/*, /sso/*, /audit) and the console (/ui): a FastAPI
+app, imported on first use (app.py).
 
 FastAPI, pydantic and these routes are half of what importing the gateway would cost, and a pass-through request
 uses none of them: the app loads this module the first time a request is not one it serves itself.
@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from . import console, key_routes, spend_routes, sso_routes, tag_routes, team_routes, user_routes
+from . import audit_routes, console, key_routes, spend_routes, sso_routes, tag_routes, team_routes, user_routes
 from .errors import GatewayError, error_response, invalid_request, render
 
 logger = Logger(child=True)
@@ -28,6 +28,7 @@ def build() -> FastAPI:
     api.include_router(user_routes.router)
     api.include_router(tag_routes.router)
     api.include_router(sso_routes.router)  # single sign-on: console sessions, personal keys (/sso/*)
+    api.include_router(audit_routes.router)
     api.include_router(console.router)  # the admin console's static files, /ui
     api.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
     api.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]

@@ -174,12 +174,12 @@ class Caller:
 
 
 MASTER_CALLER = Caller(kind="master", role="proxy_admin")
-_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 async def admin_caller(request: Request) -> Caller:
     """The caller of an admin route: a key in the headers (the master key or a virtual key), else the console's
-    single sign-on session cookie, whose state-changing requests must carry its CSRF token. 401 for neither."""
+    single sign-on session cookie, whose state-changing requests must carry its CSRF token. 401 for neither (and
+    for a blocked or expired key). What the caller may do is access.py's."""
     key = presented_key(request.headers)
     if key is not None:
         if _is_master(key, await secrets.master_key()):
@@ -187,6 +187,10 @@ async def admin_caller(request: Request) -> Caller:
         record = await _lookup(key)
         if record is None:
             raise GatewayError(401, "Invalid master key.")
+        if record.blocked:
+            raise GatewayError(401, "This key is blocked.")
+        if record.expired(keys.utcnow()):
+            raise GatewayError(401, f"This key expired at {record.expires}.")
         return Caller(kind="key", key=record, user_id=record.user_id)
     session = await sso_session.session_of(request.cookies)
     if session is None:
@@ -212,20 +216,4 @@ async def admin_caller(request: Request) -> Caller:
         teams=tuple(user.teams),
         subject=session.user_id,
         email=session.email,
-    )
-
-
-async def master_only(request: Request) -> None:
-    """Router dependency of the admin routes: the master key, or a person whose role is the master key's
-    (proxy_admin; proxy_admin_viewer for reads). The caller is left in `request.state.caller`."""
-    caller = await admin_caller(request)
-    request.state.caller = caller
-    if caller.role == "proxy_admin" or (caller.role == "proxy_admin_viewer" and request.method in _READS):
-        return
-    if caller.kind == "key":
-        raise GatewayError(403, "This route needs the master key; virtual keys cannot manage keys.")
-    raise GatewayError(
-        403,
-        f"Your role ({caller.role}) cannot use this route: it needs proxy_admin"
-        + (" (proxy_admin_viewer may read)." if request.method in _READS else "."),
     )

@@ -1,4 +1,8 @@
-"""The key management API (master key only), in LiteLLM proxy's request and response shapes.
+"""The key management API, in LiteLLM proxy's request and response shapes.
+
+Who may do what is access.py's: the master key and proxy_admin everything, proxy_admin_viewer reads, a team's
+admin the team's keys, an internal user its own keys; /key/list shows only the keys the caller may read. Every
+change is stored with its audit entry in one transaction (audit.py).
 
 Responses carry the key's hash (`token`, LiteLLM's name for it) and never a plain key, except the one response
 that creates it (/key/generate, /key/regenerate). Every change invalidates this process's key cache, so it
@@ -26,13 +30,15 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from . import governance, keys, money, secrets, tags
-from .auth import master_only
+from . import audit, governance, keys, money, secrets, tags
+from .access import Access, admin_access
+from .access import of as access_of
 from .errors import GatewayError, invalid_request
 from .money_fields import Amount, MoneyJSONResponse
 from .refusals import key_owner_error
 from .settings import parse_upstreams
-from .storage import key_records, table
+from .storage import key_records, members, table, teams, users
+from .storage.audit import Entry
 from .storage.key_records import KeyRecord
 
 MAX_LIST_SIZE = 100
@@ -53,7 +59,7 @@ MAX_LIMIT = 10**12
 MAX_KEY_TAGS = tags.MAX_TAGS  # a name of its own: inside KeySettings, `tags` is the field
 
 
-router = APIRouter(prefix="/key", dependencies=[Depends(master_only)])
+router = APIRouter(prefix="/key", dependencies=[Depends(admin_access)])
 
 
 # -- request shapes ---------------------------------------------------------------------------------------------
@@ -351,7 +357,8 @@ def _find(key: str | None, key_alias: str | None) -> KeyRecord:
 
 
 def _retrying(find: Callable[[], KeyRecord], change: Callable[[KeyRecord], Any]) -> KeyRecord:
-    """Read, change, and read again; a concurrent admin change (Conflict) means another read and another try."""
+    """Read, change, and read again; a concurrent admin change (Conflict) means another read and another try.
+    `find` checks the caller may make the change (access.py), on every read."""
     for _ in range(3):
         record = find()
         try:
@@ -379,6 +386,8 @@ async def _check_new_key(key: str, field: str) -> str:
 @router.post("/generate", response_model=KeyWithInfo)
 async def generate_key(http_request: Request) -> Response:
     request = await parse_body(http_request, GenerateRequest)
+    access = access_of(http_request)
+    request.team_id, request.user_id = access.new_key_owner(request.team_id, request.user_id)
     plain = await _check_new_key(request.key, "key") if request.key is not None else keys.new_key()
     now = keys.utcnow()
     record = KeyRecord(
@@ -402,8 +411,14 @@ async def generate_key(http_request: Request) -> Response:
         team_id=request.team_id,
         user_id=request.user_id,
     )
+    entry = audit.entry(access.caller, "key.generate", audit.key_target(record), None, audit.key_fields(record))
+
+    def create() -> None:
+        _check_limits(access, audit.key_fields(record), record.team_id, record.user_id)
+        keys.put_new(record, audit.put(entry))
+
     try:
-        await anyio.to_thread.run_sync(keys.put_new, record)
+        await anyio.to_thread.run_sync(create)
     except key_records.LinkRefused as exc:
         raise key_owner_error(exc.refused) from None
     except key_records.KeyExists:
@@ -417,7 +432,20 @@ async def generate_key(http_request: Request) -> Response:
             error_type="invalid_request_error",
         ) from None
     keys.key_cache.invalidate(record.token)  # it may be cached as unknown from an earlier attempt
+    audit.written(entry)
     return _answer(KeyWithInfo.of(record, key=plain))
+
+
+def _check_limits(access: Access, settings: dict[str, Any], team_id: str | None, user_id: str | None) -> None:
+    """The key's limits within those of its team, user and membership, unless the caller is a proxy_admin."""
+    if access.is_admin:
+        return
+    team = teams.get(team_id) if team_id else None
+    user = users.get(user_id) if user_id else None
+    membership = members.get(team_id, user_id) if team_id and user_id else None
+    access.check_within(
+        settings, [(f"team {team_id!r}", team), (f"user {user_id!r}", user), ("the user's membership", membership)]
+    )
 
 
 def _expiry(duration: str | None, now: datetime) -> str | None:
@@ -429,15 +457,16 @@ def _next_reset(budget_duration: str | None, now: datetime) -> str | None:
 
 
 @router.get("/info", response_model=KeyInfoResponse)
-async def key_info(key: str | None = None) -> Response:
+async def key_info(http_request: Request, key: str | None = None) -> Response:
     if not key:
         raise GatewayError(400, "key: required (the key or, better, its hash: /key/info?key=<hash>).")
-    record = await anyio.to_thread.run_sync(_info, key)
+    record = await anyio.to_thread.run_sync(_info, key, access_of(http_request))
     return _answer(KeyInfoResponse(key=record.token, info=KeyInfo.of(record)))
 
 
-def _info(key: str) -> KeyRecord:
+def _info(key: str, access: Access) -> KeyRecord:
     record = _find(key, None)
+    access.check_read_key(record)
     period = {
         "key_id": record.key_id,
         "budget_duration": record.budget_duration,
@@ -476,17 +505,38 @@ async def update_key(http_request: Request) -> Response:
         else:
             changes[name] = value
     alias_change = "key_alias" in changes
+    access, entries = access_of(http_request), list[Entry]()
+
+    def find() -> KeyRecord:
+        record = _find(request.key, request.key_alias)
+        access.check_manage_key(record, "update", own_allowed=False)
+        access.check_moves(record, changes)
+        owners = (changes.get("team_id", record.team_id), changes.get("user_id", record.user_id))
+        # The limits it changes; all of them when it moves (they must fit its new team and user).
+        moves = owners != (record.team_id, record.user_id)
+        _check_limits(access, {**audit.key_fields(record), **changes} if moves else changes, *owners)
+        return record
 
     def change(record: KeyRecord) -> None:
         if changes:
-            key_records.update(record, changes, new_alias=changes.get("key_alias"), alias_change=alias_change)
+            before, after = audit.changed(audit.key_fields(record), changes)
+            entries.append(audit.entry(access.caller, "key.update", audit.key_target(record), before, after))
+            key_records.update(
+                record,
+                changes,
+                new_alias=changes.get("key_alias"),
+                alias_change=alias_change,
+                audit=audit.put(entries[-1]),
+            )
 
     try:
-        record = await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
+        record = await anyio.to_thread.run_sync(_retrying, find, change)
     except key_records.AliasTaken:
         raise GatewayError(400, f"key_alias {changes.get('key_alias')!r} is already in use.") from None
     except key_records.LinkRefused as exc:
         raise key_owner_error(exc.refused) from None
+    if entries:
+        audit.written(entries[-1])
     return _answer(KeyWithInfo.of(record, key=record.token))
 
 
@@ -502,11 +552,22 @@ async def unblock_key(http_request: Request) -> Response:
 
 async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     request = await parse_body(http_request, KeyRef)
-    record = await anyio.to_thread.run_sync(
-        _retrying,
-        lambda: _find(request.key, request.key_alias),
-        lambda record: key_records.update(record, {"blocked": blocked}),
-    )
+    access, entries = access_of(http_request), list[Entry]()
+    action = "block" if blocked else "unblock"
+
+    def find() -> KeyRecord:
+        record = _find(request.key, request.key_alias)
+        # An internal user may block its own key (say, one it leaked), not unblock one an admin blocked.
+        access.check_manage_key(record, action, own_allowed=blocked)
+        return record
+
+    def change(record: KeyRecord) -> None:
+        before, after = {"blocked": record.blocked}, {"blocked": blocked}
+        entries.append(audit.entry(access.caller, f"key.{action}", audit.key_target(record), before, after))
+        key_records.update(record, {"blocked": blocked}, audit=audit.put(entries[-1]))
+
+    record = await anyio.to_thread.run_sync(_retrying, find, change)
+    audit.written(entries[-1])
     return _answer(KeyInfo.of(record))
 
 
@@ -515,11 +576,12 @@ async def delete_keys(http_request: Request) -> DeletedKeys:
     request = await parse_body(http_request, DeleteRequest)
     if not request.keys and not request.key_aliases:
         raise GatewayError(400, "Name the keys to delete: `keys` (keys or hashes) or `key_aliases`.")
-    deleted = await anyio.to_thread.run_sync(_delete, request.keys or [], request.key_aliases or [])
+    access = access_of(http_request)
+    deleted = await anyio.to_thread.run_sync(_delete, request.keys or [], request.key_aliases or [], access)
     return DeletedKeys(deleted_keys=deleted)
 
 
-def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
+def _delete(named_keys: list[str], aliases: list[str], access: Access) -> list[str]:
     """All named keys must exist (else 404 and nothing is deleted); returns the deleted keys' hashes."""
     tokens = [_token(key, "keys") for key in named_keys]
     records: dict[str, KeyRecord] = {}
@@ -538,18 +600,29 @@ def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
             records[record.key_id] = record
     if missing:
         raise GatewayError(404, f"Nothing deleted; not found: {', '.join(missing[:20])}.")
-    deleted = []
+    for record in records.values():  # all allowed, or nothing deleted
+        access.check_manage_key(record, "delete")
+    deleted: list[str] = []
     for key_id, record in records.items():
         current: KeyRecord | None = record
         for _ in range(3):
             if current is None:  # deleted by someone else meanwhile
                 break
+            entry = audit.entry(access.caller, "key.delete", audit.key_target(current), audit.key_fields(current))
             try:
-                key_records.delete(current)
+                key_records.delete(current, audit.put(entry))
             except key_records.Conflict:  # regenerated or deleted meanwhile: read it again
                 current = key_records.load_by_key_id(key_id)
                 continue
+            audit.written(entry)
             break
+        else:  # it kept changing under us: say so rather than report it deleted
+            raise GatewayError(
+                409,
+                f"Key {record.token} was changed by other requests while it was being deleted; retry."
+                + (f" Deleted before it: {', '.join(deleted)}." if deleted else ""),
+                error_type="invalid_request_error",
+            )
         keys.key_cache.invalidate(record.token, *([current.token] if current else []))
         deleted.append((current or record).token)
     return deleted
@@ -557,6 +630,7 @@ def _delete(named_keys: list[str], aliases: list[str]) -> list[str]:
 
 @router.get("/list", response_model=KeyList)
 async def list_keys(
+    http_request: Request,
     page: Annotated[int, Query(ge=1)] = 1,
     size: Annotated[int, Query(ge=1, le=MAX_LIST_SIZE)] = 10,
     key_alias: str | None = None,
@@ -569,6 +643,8 @@ async def list_keys(
         records = [found] if found else []
     else:
         records = await anyio.to_thread.run_sync(key_records.list_records)
+    access = access_of(http_request)
+    records = [record for record in records if access.may_read_key(record)]
     shown = records[(page - 1) * size : page * size]
     listed = KeyList(
         keys=[KeyInfo.of(r) for r in shown] if return_full_object else [r.token for r in shown],
@@ -584,17 +660,26 @@ async def regenerate_key(http_request: Request) -> Response:
     request = await parse_body(http_request, RegenerateRequest)
     plain = await _check_new_key(request.new_key, "new_key") if request.new_key is not None else keys.new_key()
     old: list[str] = []
+    access, entries = access_of(http_request), list[Entry]()
+
+    def find() -> KeyRecord:
+        record = _find(request.key, request.key_alias)
+        access.check_manage_key(record, "regenerate")
+        return record
 
     def change(record: KeyRecord) -> None:
         old.append(record.token)
-        keys.regenerate(record, plain)
+        before, after = {"token": record.token}, {"token": keys.hash_key(plain)}
+        entries.append(audit.entry(access.caller, "key.regenerate", audit.key_target(record), before, after))
+        keys.regenerate(record, plain, audit.put(entries[-1]))
 
     try:
-        await anyio.to_thread.run_sync(_retrying, lambda: _find(request.key, request.key_alias), change)
+        await anyio.to_thread.run_sync(_retrying, find, change)
     except key_records.KeyExists:
         raise GatewayError(400, "new_key: this key is already in use, or was used before; choose another.") from None
     new_token = keys.hash_key(plain)
     keys.key_cache.invalidate(new_token, *old)  # the old key stops working here at once
+    audit.written(entries[-1])
     record = await anyio.to_thread.run_sync(key_records.load, new_token)
     if record is None:
         raise GatewayError(

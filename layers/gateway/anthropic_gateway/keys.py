@@ -75,18 +75,18 @@ def money(value: float | Decimal | None) -> Decimal | None:
     return None if value is None else table.stored(value) if isinstance(value, float) else Decimal(value)
 
 
-def put_new(record: KeyRecord) -> None:
+def put_new(record: KeyRecord, audit: table.Put | None = None) -> None:
     """Store a new key (storage/key_records.put_new: KeyExists, AliasTaken, Conflict); it works here at once, on
     other instances within KEY_CACHE_TTL."""
-    key_records.put_new(record)
+    key_records.put_new(record, audit)
     key_directory.add(record.token)
 
 
-def regenerate(record: KeyRecord, new_plain: str) -> KeyRecord:
+def regenerate(record: KeyRecord, new_plain: str, audit: table.Put | None = None) -> KeyRecord:
     """Give the record the key `new_plain` (storage/key_records.regenerate: KeyExists, Conflict); the old key stops
     working in the same write, the new one works here at once."""
     new_token = hash_key(new_plain)
-    key_records.regenerate(record, new_token, key_name(new_plain))
+    key_records.regenerate(record, new_token, key_name(new_plain), audit)
     key_directory.add(new_token)
     return record
 

@@ -1,4 +1,5 @@
-"""`python -m anthropic_gateway teams|users|tags ...`: the team, user and tag APIs from a terminal.
+"""`python -m anthropic_gateway teams|users|tags|audit ...`: the team, user and tag APIs and the audit log from a
+terminal.
 
 A client like `keys` (cli.py): it reads MASTER_KEY and GATEWAY_URL (or --url), talks HTTP to the gateway, and
 prints the JSON answer (errors on stderr, exit status 1). Amounts go out and come back exact (money.py).
@@ -8,6 +9,7 @@ prints the JSON answer (errors on stderr, exit status 1). Amounts go out and com
     python -m anthropic_gateway users new --user-email ana@example.com --max-budget 300 --no-key
     python -m anthropic_gateway tags new app:nightly --max-budget 50 --budget-duration 1d
     python -m anthropic_gateway teams spend --start-date 2026-01-01 --end-date 2026-01-31
+    python -m anthropic_gateway audit --target team:search --start-date 2026-12-01
 """
 
 from __future__ import annotations
@@ -265,15 +267,41 @@ def _tag_request(args: argparse.Namespace) -> Request:
     return "GET", "/tag/list", None, None
 
 
+# -- the audit log ------------------------------------------------------------------------------------------------
+
+
+def _audit_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m anthropic_gateway audit",
+        parents=[_common()],
+        description="Read the audit log, newest first: a page of entries and the cursor of the next page.",
+    )
+    parser.add_argument("--actor", help="master, key:<alias or token>, sso:<subject>, or a user id")
+    parser.add_argument("--target", help="key:<key_id>, team:<team_id>, user:<user_id> or tag:<name>")
+    parser.add_argument("--action", help="an action (key.update) or its start (key)")
+    parser.add_argument("--start-date", help="YYYY-MM-DD (UTC; default: 30 days before the end)")
+    parser.add_argument("--end-date", help="YYYY-MM-DD (UTC, inclusive; default: today)")
+    parser.add_argument("--page-size", type=int, help="entries per page, at most 100 (default 50)")
+    parser.add_argument("--cursor", help="the `cursor` a previous page gave, for the next one")
+    return parser
+
+
+def _audit_request(args: argparse.Namespace) -> Request:
+    names = ("actor", "target", "action", "start_date", "end_date", "page_size", "cursor")
+    query = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return "GET", "/audit", query, None
+
+
 _KINDS = {
     "teams": (_team_parser, _team_request),
     "users": (_user_parser, _user_request),
     "tags": (_tag_parser, _tag_request),
+    "audit": (_audit_parser, _audit_request),
 }
 
 
 def main(kind: str, argv: list[str] | None = None) -> int:
-    """Run `kind` (teams, users or tags) with the command line `argv`; the exit status."""
+    """Run `kind` (teams, users, tags or audit) with the command line `argv`; the exit status."""
     build, request_for = _KINDS[kind]
     args = build().parse_args(argv)
     master_key = os.environ.get("MASTER_KEY", "").strip()

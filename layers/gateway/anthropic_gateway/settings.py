@@ -31,6 +31,7 @@ class Settings:
     master_key_secret: str
     secrets_max_age: int
     key_cache_ttl: float
+    audit_retention_days: int
     max_request_bytes: int
     default_anthropic_version: str
     upstream_connect_timeout: float
@@ -133,6 +134,8 @@ def get_settings() -> Settings:
         master_key_secret=env("MASTER_KEY_SECRET_NAME", "anthropic-gateway/master-key"),
         secrets_max_age=int(_float("SECRETS_MAX_AGE", 300)),
         key_cache_ttl=_float("KEY_CACHE_TTL", 10.0),
+        # How long the audit log keeps an entry (DynamoDB's TTL deletes it after), in days.
+        audit_retention_days=_whole_days("AUDIT_RETENTION_DAYS", _float("AUDIT_RETENTION_DAYS", 365)),
         max_request_bytes=int(_float("MAX_REQUEST_BYTES", LAMBDA_MAX_REQUEST_BYTES)),
         default_anthropic_version=env("DEFAULT_ANTHROPIC_VERSION", "2023-06-01"),
         upstream_connect_timeout=_float("UPSTREAM_CONNECT_TIMEOUT", 10.0),
@@ -193,6 +196,12 @@ def get_settings() -> Settings:
         max_connections=int(_float("MAX_CONNECTIONS", 2048)),
         oidc=_oidc(),
     )
+
+
+def _whole_days(name: str, value: float) -> int:
+    if not 1 <= value <= 100 * 365 or value != int(value):
+        raise SettingsError(f"{name}={value:g}: expected a whole number of days, 1 to 36500")
+    return int(value)
 
 
 def _oidc() -> OidcSettings | None:

@@ -1,4 +1,6 @@
-"""The tag API (master key), in LiteLLM proxy's routes and shapes: registered tags with a budget and limits.
+"""The tag API, in LiteLLM proxy's routes and shapes: registered tags with a budget and limits. Changes take
+proxy_admin (or the master key), reads proxy_admin or proxy_admin_viewer (access.py); every change is stored with
+its audit entry in one transaction (audit.py).
 
 A registered tag's budget and limits apply to every request that carries the tag, whatever its key or team, and
 the tag is a CloudWatch `Tag` dimension value of its own (docs/metrics.md). Tags that are not registered still
@@ -13,9 +15,10 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from . import keys
+from . import audit, keys
 from . import tags as request_tags
-from .auth import master_only
+from .access import admin_access
+from .access import of as access_of
 from .errors import GatewayError
 from .org_api import (
     Description,
@@ -30,9 +33,11 @@ from .org_api import (
 )
 from .org_views import fresh_tag, tag_info
 from .storage import tags
+from .storage.audit import Entry
+from .storage.outcomes import Refused
 from .storage.tags import MAX_REGISTERED, TagRecord
 
-router = APIRouter(prefix="/tag", dependencies=[Depends(master_only)])
+router = APIRouter(prefix="/tag", dependencies=[Depends(admin_access)])
 MAX_NAMES = 100  # tags one POST /tag/info asks about
 
 
@@ -74,6 +79,8 @@ class TagNames(BaseModel):
 @router.post("/new")
 async def new_tag(http_request: Request) -> Response:
     request = await parse_body(http_request, NewTag)
+    access = access_of(http_request)
+    access.require_admin("register tags")
     now = keys.utcnow()
     tag = TagRecord(
         name=request.name,
@@ -94,7 +101,9 @@ async def new_tag(http_request: Request) -> Response:
         # reads no more than MAX_REGISTERED all the same, so metric dimensions stay bounded.
         if len(tags.list_tags()) >= MAX_REGISTERED:
             raise GatewayError(400, f"At most {MAX_REGISTERED} registered tags; delete some first.")
-        refuse_unless_done(tags.create(tag))
+        entry = audit.entry(access.caller, "tag.create", _target(tag.name), None, audit.fields(tag))
+        refuse_unless_done(tags.create(tag, audit.put(entry)))
+        audit.written(entry)
         return {"message": f"Tag {tag.name} created successfully", "tag": tag_info(tag)}
 
     return answer(await blocking(create))
@@ -103,11 +112,20 @@ async def new_tag(http_request: Request) -> Response:
 @router.post("/update")
 async def update_tag(http_request: Request) -> Response:
     request = await parse_body(http_request, UpdateTag)
+    access = access_of(http_request)
+    access.require_admin("change tags")
     now = keys.utcnow()
     changes = changes_of(request, now, identifying={"name"})
+    entries: list[Entry] = []
+
+    def change(tag: TagRecord) -> Refused | None:
+        before, after = audit.changed(audit.fields(tag), changes)
+        entries.append(audit.entry(access.caller, "tag.update", _target(tag.name), before, after))
+        return tags.update(tag, changes, now.isoformat(), audit.put(entries[-1]))
 
     def update() -> Any:
-        tag = retrying(lambda: _tag(request.name), lambda tag: tags.update(tag, changes, now.isoformat()))
+        tag = retrying(lambda: _tag(request.name), change)
+        audit.written(entries[-1])
         return {"message": f"Tag {tag.name} updated successfully", "tag": tag_info(tag)}
 
     return answer(await blocking(update))
@@ -116,12 +134,22 @@ async def update_tag(http_request: Request) -> Response:
 @router.post("/delete")
 async def delete_tag(http_request: Request) -> Response:
     request = await parse_body(http_request, TagRef)
-    refuse_unless_done(await blocking(tags.delete, request.name))
+    access = access_of(http_request)
+    access.require_admin("delete tags")
+
+    def delete() -> None:
+        tag = _tag(request.name)
+        entry = audit.entry(access.caller, "tag.delete", _target(tag.name), audit.fields(tag))
+        refuse_unless_done(tags.delete(request.name, audit.put(entry)))
+        audit.written(entry)
+
+    await blocking(delete)
     return answer({"message": f"Tag {request.name} deleted successfully"})
 
 
 @router.get("/info")
-async def tag_info_route(name: str | None = None) -> Response:
+async def tag_info_route(http_request: Request, name: str | None = None) -> Response:
+    access_of(http_request).require_reader("read tags")
     if not name:
         raise GatewayError(400, "name: required (/tag/info?name=<tag>).")
     return answer(await blocking(lambda: tag_info(fresh_tag(_tag(name)))))
@@ -130,6 +158,7 @@ async def tag_info_route(name: str | None = None) -> Response:
 @router.post("/info")
 async def tags_info(http_request: Request) -> Response:
     """LiteLLM's form: {"names": [...]} -> {name: tag}; 404 naming the tags that are not registered."""
+    access_of(http_request).require_reader("read tags")
     request = await parse_body(http_request, TagNames)
     names = list(dict.fromkeys(request.names))
 
@@ -143,9 +172,14 @@ async def tags_info(http_request: Request) -> Response:
 
 
 @router.get("/list")
-async def list_tags() -> Response:
+async def list_tags(http_request: Request) -> Response:
     """Every registered tag, oldest first (LiteLLM's /tag/list: a JSON array)."""
+    access_of(http_request).require_reader("read tags")
     return answer(await blocking(lambda: [tag_info(fresh_tag(tag)) for tag in tags.list_tags()]))
+
+
+def _target(name: str) -> str:
+    return f"tag:{name}"
 
 
 def _tag(name: str) -> TagRecord:

@@ -1,4 +1,8 @@
-"""The team API (master key), in LiteLLM proxy's routes and shapes: teams, their members and members' budgets.
+"""The team API, in LiteLLM proxy's routes and shapes: teams, their members and members' budgets.
+
+Teams are created, changed and deleted by proxy_admin (and the master key); a team's admins (members with role
+"admin") manage its members, within the team's budget; reads take proxy_admin, proxy_admin_viewer or the team's
+admin (access.py). Every change is stored with its audit entry in one transaction (audit.py).
 
 A team is a budget and limits shared by its keys; a membership is a user's role and own budget in the team.
 Deleting a team deletes its keys and memberships (as LiteLLM does), in bounded steps (org_api.MAX_CASCADE per
@@ -17,8 +21,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from . import keys, org_api
-from .auth import master_only
+from . import audit, keys, org_api
+from .access import Access, admin_access
+from .access import of as access_of
 from .errors import GatewayError
 from .key_routes import MAX_KEY_TAGS, Duration, Identifier, _tags
 from .org_api import (
@@ -40,6 +45,7 @@ from .org_api import (
 from .org_views import MemberInfo, fresh_member, keys_under, member_info, team_memberships, team_view, user_info
 from .refusals import admin_error
 from .storage import key_links, members, teams, users
+from .storage.audit import Entry
 from .storage.layout import team_pk
 from .storage.members import Membership
 from .storage.outcomes import Refused
@@ -47,7 +53,7 @@ from .storage.scope_items import Cascade, delete_keys
 from .storage.teams import Joining, TeamRecord
 from .storage.users import UserRecord
 
-router = APIRouter(prefix="/team", dependencies=[Depends(master_only)])
+router = APIRouter(prefix="/team", dependencies=[Depends(admin_access)])
 
 Role = Literal["admin", "user"]
 Tags = Annotated[list[str], Field(max_length=MAX_KEY_TAGS), AfterValidator(_tags)]
@@ -120,6 +126,8 @@ class MemberUpdate(MemberRef):
 @router.post("/new")
 async def new_team(http_request: Request) -> Response:
     request = await parse_body(http_request, NewTeam)
+    access = access_of(http_request)
+    access.require_admin("create teams")
     now = keys.utcnow()
     team = TeamRecord(
         team_id=request.team_id or str(uuid.uuid4()),
@@ -140,7 +148,10 @@ async def new_team(http_request: Request) -> Response:
 
     def create() -> Any:
         joining = _joining(team, request.members_with_roles or [], None, None, now)
-        refuse_unless_done(teams.create(team, joining))
+        after = {**audit.fields(team), "members": _joined(joining)}
+        entry = audit.entry(access.caller, "team.create", _target(team.team_id), None, after)
+        refuse_unless_done(teams.create(team, joining, audit.put(entry)))
+        audit.written(entry)
         return team_view(teams.get(team.team_id) or team)
 
     return answer(await blocking(create))
@@ -149,11 +160,13 @@ async def new_team(http_request: Request) -> Response:
 @router.post("/update")
 async def update_team(http_request: Request) -> Response:
     request = await parse_body(http_request, UpdateTeam)
+    access = access_of(http_request)
+    access.require_admin("change teams")
     now = keys.utcnow()
     changes = changes_of(request, now, identifying={"team_id"})
 
     def update() -> Any:
-        team = retrying(lambda: _team(request.team_id), lambda team: teams.update(team, changes, now.isoformat()))
+        team = _changed(access, "team.update", request.team_id, changes, now.isoformat())
         return {"team_id": team.team_id, "data": team_view(team)}
 
     return answer(await blocking(update))
@@ -171,11 +184,13 @@ async def unblock_team(http_request: Request) -> Response:
 
 async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     request = await parse_body(http_request, TeamRef)
+    access = access_of(http_request)
+    access.require_admin("block or unblock teams")
     now = keys.utcnow().isoformat()
+    action = "team.block" if blocked else "team.unblock"
 
     def change() -> Any:
-        team = retrying(lambda: _team(request.team_id), lambda team: teams.update(team, {"blocked": blocked}, now))
-        return team_view(team)
+        return team_view(_changed(access, action, request.team_id, {"blocked": blocked}, now))
 
     return answer(await blocking(change))
 
@@ -183,10 +198,13 @@ async def _set_blocked(http_request: Request, blocked: bool) -> Response:
 @router.post("/delete")
 async def delete_teams(http_request: Request) -> Response:
     request = await parse_body(http_request, DeleteTeams)
+    access = access_of(http_request)
+    access.require_admin("delete teams")
     team_ids = list(dict.fromkeys(request.team_ids))
 
     def delete() -> Any:
-        missing = [team_id for team_id in team_ids if teams.get(team_id) is None]
+        found = {team_id: team for team_id in team_ids if (team := teams.get(team_id)) is not None}
+        missing = [team_id for team_id in team_ids if team_id not in found]
         if missing:
             shown = ", ".join(repr(team_id) for team_id in missing)
             raise GatewayError(404, f"Nothing deleted; no team {shown}.")
@@ -194,7 +212,11 @@ async def delete_teams(http_request: Request) -> Response:
         now = keys.utcnow().isoformat()
         try:
             for team_id in team_ids:
-                refused = teams.delete(team_id, cascade, now)
+                # The entry goes with the mark that starts the delete: a repeated call (to finish) records again.
+                entry = audit.entry(access.caller, "team.delete", _target(team_id), audit.fields(found[team_id]))
+                refused = teams.delete(team_id, cascade, now, audit.put(entry))
+                if refused is None or refused.reason == "unfinished":  # the entry is stored with the mark
+                    audit.written(entry)
                 if refused is not None and refused.reason != "missing":  # missing: deleted by someone else meanwhile
                     raise _partial(refused, cascade)
         finally:
@@ -212,9 +234,10 @@ def _partial(refused: Refused, cascade: Cascade) -> GatewayError:
 
 
 @router.get("/info")
-async def team_info(team_id: str | None = None) -> Response:
+async def team_info(http_request: Request, team_id: str | None = None) -> Response:
     if not team_id:
         raise GatewayError(400, "team_id: required (/team/info?team_id=<team id>).")
+    access_of(http_request).check_read_team(team_id)
 
     def info() -> Any:
         view = team_view(_team(team_id))
@@ -225,8 +248,12 @@ async def team_info(team_id: str | None = None) -> Response:
 
 
 @router.get("/list")
-async def list_teams(user_id: str | None = None) -> Response:
-    """Every team (LiteLLM's /team/list: a JSON array), or the teams of `user_id`."""
+async def list_teams(http_request: Request, user_id: str | None = None) -> Response:
+    """Every team (LiteLLM's /team/list: a JSON array), or the teams of `user_id`; only the teams the caller may
+    read (a team admin: its teams)."""
+    access = access_of(http_request)
+    if user_id is not None:
+        access.check_read_user(user_id)
 
     def listing() -> Any:
         if user_id is None:
@@ -236,7 +263,7 @@ async def list_teams(user_id: str | None = None) -> Response:
             if user is None:
                 raise GatewayError(404, f"User {user_id[:256]!r} not found.")
             found = [team for team_id in user.teams if (team := teams.get(team_id)) is not None]
-        return [team_view(team) for team in found]
+        return [team_view(team) for team in found if access.reads_all or team.team_id in access.admin_teams]
 
     return answer(await blocking(listing))
 
@@ -245,14 +272,20 @@ async def list_teams(user_id: str | None = None) -> Response:
 async def member_add(http_request: Request) -> Response:
     request = await parse_body(http_request, MemberAdd)
     added = request.member if isinstance(request.member, list) else [request.member]
+    access = access_of(http_request)
+    access.check_team_admin(request.team_id, "add members")
     now = keys.utcnow()
 
     def add() -> Any:
         team = _team(request.team_id)
         if team.deleting:
             raise admin_error(Refused("deleting", "team", team.team_id))
+        _check_member_budget(access, team, request.max_budget_in_team)
         joining = _joining(team, added, request.max_budget_in_team, request.budget_duration, now)
-        refuse_unless_done(teams.add_members(team.team_id, joining, now.isoformat()))
+        added_members = {"members": _joined(joining)}
+        entry = audit.entry(access.caller, "team.member_add", _target(team.team_id), None, added_members)
+        refuse_unless_done(teams.add_members(team.team_id, joining, now.isoformat(), audit.put(entry)))
+        audit.written(entry)
         view = team_view(teams.get(team.team_id) or team)
         added_ids = [join.membership.user_id for join in joining]
         return {
@@ -279,12 +312,24 @@ async def member_update(http_request: Request) -> Response:
         changes["budget_duration"] = request.budget_duration
         changes["budget_reset_at"] = first_reset(request.budget_duration, now)
 
+    access = access_of(http_request)
+    access.check_team_admin(request.team_id, "change members")
+    entries: list[Entry] = []
+
+    def change(membership: Membership) -> Refused | None:
+        before, after = audit.changed(audit.fields(membership), changes)
+        before["user_id"] = after["user_id"] = membership.user_id
+        target = _target(membership.team_id)
+        entries.append(audit.entry(access.caller, "team.member_update", target, before, after))
+        return members.update(membership, changes, now.isoformat(), audit.put(entries[-1]))
+
     def update() -> MemberInfo:
+        if "max_budget" in changes:
+            _check_member_budget(access, _team(request.team_id), changes["max_budget"])
         user_id = _member_id(request)
-        membership = retrying(
-            lambda: _membership(request.team_id, user_id),
-            lambda membership: members.update(membership, changes, now.isoformat()),
-        )
+        membership = retrying(lambda: _membership(request.team_id, user_id), change)
+        if entries:
+            audit.written(entries[-1])
         return member_info(fresh_member(membership))
 
     return answer(await blocking(update))
@@ -294,10 +339,17 @@ async def member_update(http_request: Request) -> Response:
 async def member_delete(http_request: Request) -> Response:
     """Remove a member, and delete its keys in the team (they would name a team their user is not in)."""
     request = await parse_body(http_request, MemberRef)
+    access = access_of(http_request)
+    access.check_team_admin(request.team_id, "remove members")
 
     def delete() -> Any:
         team, user_id = _team(request.team_id), _member_id(request)
-        refused = members.leave(team.team_id, user_id)
+        membership = members.get(team.team_id, user_id)
+        before = audit.fields(membership) if membership else {"user_id": user_id}
+        entry = audit.entry(access.caller, "team.member_delete", _target(team.team_id), before)
+        refused = members.leave(team.team_id, user_id, audit.put(entry))
+        if refused is None:
+            audit.written(entry)
         pk = team_pk(team.team_id)
         # Not a member any more, but with keys left in the team by an earlier call stopped at the bound: carry on.
         if refused is not None and not (refused.reason == "missing" and key_links.key_ids(pk, user_id=user_id)):
@@ -314,6 +366,38 @@ async def member_delete(http_request: Request) -> Response:
 
 
 # -- helpers (blocking) -------------------------------------------------------------------------------------------
+
+
+def _target(team_id: str) -> str:
+    return f"team:{team_id}"
+
+
+def _joined(joining: list[Joining]) -> list[dict[str, Any]]:
+    """The members a change adds, as its audit entry shows them (new users flagged)."""
+    return [{**audit.fields(join.membership), "new_user": join.new_user is not None} for join in joining]
+
+
+def _changed(access: Access, action: str, team_id: str, changes: dict[str, Any], now: str) -> TeamRecord:
+    """The team with admin `changes` applied, recorded as `action`."""
+    entries: list[Entry] = []
+
+    def change(team: TeamRecord) -> Refused | None:
+        before, after = audit.changed(audit.fields(team), changes)
+        entries.append(audit.entry(access.caller, action, _target(team.team_id), before, after))
+        return teams.update(team, changes, now, audit.put(entries[-1]))
+
+    team = retrying(lambda: _team(team_id), change)
+    audit.written(entries[-1])
+    return team
+
+
+def _check_member_budget(access: Access, team: TeamRecord, budget: Decimal | None) -> None:
+    """A team admin gives a member at most the team's own budget (proxy_admin is not bound)."""
+    if budget is not None and not access.is_admin and team.max_budget is not None and budget > team.max_budget:
+        raise access.refuse(
+            f"give a member max_budget_in_team {budget}",
+            f"at most team {team.team_id!r}'s max_budget ({team.max_budget}) (proxy_admin)",
+        )
 
 
 def _team(team_id: str) -> TeamRecord:

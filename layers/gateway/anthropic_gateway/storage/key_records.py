@@ -148,6 +148,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _audited(actions: list[table.Action], audit: table.Put | None) -> int:
+    """Add the change's audit entry, if any, as the transaction's last action; its index (-1: none)."""
+    if audit is None:
+        return -1
+    actions.append(audit)
+    return len(actions) - 1
+
+
 # -- reads --------------------------------------------------------------------------------------------------------
 
 
@@ -202,15 +210,17 @@ def current_tokens() -> set[str]:
 # -- writes -------------------------------------------------------------------------------------------------------
 
 
-def put_new(record: KeyRecord) -> None:
+def put_new(record: KeyRecord, audit: table.Put | None = None) -> None:
     """Store a new key record; its hash must be unused (KeyExists), its alias, if any, free (AliasTaken), and its
-    team and user, if any, ready to take it (LinkRefused): checked atomically."""
+    team and user, if any, ready to take it (LinkRefused): checked atomically. `audit`: the change's audit entry,
+    stored in the same transaction (every write here takes one)."""
     actions: list[table.Action] = [table.Put(record.to_item(), _NEW)]
     if record.key_alias is not None:
         actions.append(_alias(record.key_alias, record.key_id))
     linked = len(actions)
     links = key_links.relink(record.key_id, (None, None), (record.team_id, record.user_id))
     actions += links.actions
+    audited = _audited(actions, audit)
     # The token makes DynamoDB answer a retry (botocore's, after a lost answer) as the success it was.
     failed = table.write(
         actions, token=hashlib.sha256(f"{record.key_id}#{record.created_at}".encode()).hexdigest()[:36]
@@ -222,13 +232,20 @@ def put_new(record: KeyRecord) -> None:
         return  # our own write, retried after its answer was lost
     if 0 in failed:
         raise KeyExists()
+    if audited in failed:
+        raise Conflict()
     if failed_links := [index - linked for index in failed if index >= linked]:
         raise LinkRefused(links.refusal(failed_links))
     raise AliasTaken(record.key_alias)
 
 
 def update(
-    record: KeyRecord, changes: Mapping[str, Any], *, new_alias: str | None = None, alias_change: bool = False
+    record: KeyRecord,
+    changes: Mapping[str, Any],
+    *,
+    new_alias: str | None = None,
+    alias_change: bool = False,
+    audit: table.Put | None = None,
 ) -> None:
     """Apply admin `changes` (name -> value, None removes) to the record as read; Conflict if it changed since.
 
@@ -266,10 +283,11 @@ def update(
     owners = (changes.get("team_id", record.team_id), changes.get("user_id", record.user_id))
     links = key_links.relink(record.key_id, (record.team_id, record.user_id), owners)
     actions += links.actions
+    audited = _audited(actions, audit)
     failed = table.write(actions)
-    if 0 in failed:
+    if 0 in failed or audited in failed:
         raise Conflict()
-    if failed_links := [index - linked for index in failed if index >= linked]:
+    if failed_links := [index - linked for index in failed if index >= linked and index != audited]:
         raise LinkRefused(links.refusal(failed_links))
     if moves_alias and new_alias is not None and 1 in failed:
         raise AliasTaken(new_alias)
@@ -277,7 +295,7 @@ def update(
         raise Conflict()
 
 
-def regenerate(record: KeyRecord, new_token: str, new_name: str) -> KeyRecord:
+def regenerate(record: KeyRecord, new_token: str, new_name: str, audit: table.Put | None = None) -> KeyRecord:
     """Give the record a new key (its hash and display name); the old one stops opening it in the same transaction.
     Settings, spend and counters stay where they are (on KEY#<key_id>), so requests in flight settle normally.
 
@@ -294,12 +312,12 @@ def regenerate(record: KeyRecord, new_token: str, new_name: str) -> KeyRecord:
         expression += " ADD #retired :retired"
         names["#retired"], values[":retired"] = "retired", {record.token}
     pointer = {"pk": record_pk(new_token), "sk": "KEY", "points_to": record.key_id, "token": new_token}
-    failed = table.write(
-        [
-            table.Put(pointer, _NEW),
-            table.Update(record_pk(record.key_id), "KEY", expression, "#token = :old", names, values),
-        ]
-    )
+    actions: list[table.Action] = [
+        table.Put(pointer, _NEW),
+        table.Update(record_pk(record.key_id), "KEY", expression, "#token = :old", names, values),
+    ]
+    _audited(actions, audit)
+    failed = table.write(actions)
     if 0 in failed:
         raise KeyExists()
     if failed:
@@ -308,7 +326,7 @@ def regenerate(record: KeyRecord, new_token: str, new_name: str) -> KeyRecord:
     return record
 
 
-def delete(record: KeyRecord) -> None:
+def delete(record: KeyRecord, audit: table.Put | None = None) -> None:
     """Remove the record, its pointers, its alias and its team and user index items. Counters expire on their own
     (TTL)."""
     actions: list[table.Action] = [
@@ -319,6 +337,7 @@ def delete(record: KeyRecord) -> None:
     if record.key_alias is not None:
         actions.append(_forget_alias(record.key_alias))
     actions += key_links.unlink(record.key_id, record.team_id, record.user_id)
+    _audited(actions, audit)
     # Read before the delete: its condition (same token) guarantees no regenerate added to the list meanwhile.
     retired = (_get(record_pk(record.key_id)) or {}).get("retired") or set()
     if table.write(actions):

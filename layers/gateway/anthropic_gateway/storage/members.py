@@ -49,13 +49,14 @@ def join(transaction: Transaction, membership: Membership, *, team_checked: bool
         transaction.add(_teams_update(user_id, "ADD", team_id, live=True), Refused("missing", "user", user_id))
 
 
-def leave(team_id: str, user_id: str) -> Refused | None:
-    """Remove the membership, and the team from the user's `teams`."""
+def leave(team_id: str, user_id: str, audit: table.Put | None = None) -> Refused | None:
+    """Remove the membership, and the team from the user's `teams` (with `audit`, the change's audit entry)."""
     gone = Refused("missing", "member", user_id, team=team_id)
     member = table.Delete(team_pk(team_id), member_sk(user_id), "attribute_exists(pk)")
     transaction = Transaction()
     transaction.add(member, gone)
     transaction.add(_teams_update(user_id, "DELETE", team_id, live=False), Refused("missing", "user", user_id))
+    transaction.audited(audit)
     refused = transaction.run()
     if refused is None or refused.what != "user":
         return refused
@@ -63,6 +64,7 @@ def leave(team_id: str, user_id: str) -> Refused | None:
     # one ever did, it must still be removable, or its team could never be deleted.
     alone = Transaction()
     alone.add(member, gone)
+    alone.audited(audit)
     return alone.run()
 
 
@@ -82,9 +84,9 @@ def of_team(team_id: str) -> list[Membership]:
     return [Membership.from_item(item) for item in partition(team_pk(team_id), MEMBER_PREFIX)]
 
 
-def update(membership: Membership, changes: dict[str, Any], now: str) -> Refused | None:
+def update(membership: Membership, changes: dict[str, Any], now: str, audit: table.Put | None = None) -> Refused | None:
     """Admin `changes` to the membership as read (role, max_budget, budget period)."""
     pk, sk = team_pk(membership.team_id), member_sk(membership.user_id)
-    if apply(change(pk, sk, membership, changes, now)):
+    if apply(change(pk, sk, membership, changes, now), audit):
         return None
     return why_not(pk, sk, Refused("missing", "member", membership.user_id, team=membership.team_id))

@@ -122,9 +122,10 @@ def change(
     return table.Update(pk, sk, expression, condition, names, values)
 
 
-def apply(update: table.Update) -> bool:
-    """One conditional UpdateItem built by `change`; False when its condition failed (read again)."""
-    return not table.write([update])
+def apply(update: table.Update, audit: table.Put | None = None) -> bool:
+    """One conditional UpdateItem built by `change` (with `audit`, the change's audit entry, one transaction);
+    False when its condition failed (read again)."""
+    return not table.write([update, *([audit] if audit is not None else [])])
 
 
 # -- transactions -------------------------------------------------------------------------------------------------
@@ -138,6 +139,11 @@ class Transaction:
     def __init__(self) -> None:
         self.actions: list[table.Action] = []
         self._meanings: list[Refused] = []
+
+    def audited(self, audit: table.Put | None) -> None:
+        """Add the change's audit entry, if any: stored with the change or not at all."""
+        if audit is not None:
+            self.add(audit)
 
     def add(self, action: table.Action, if_failed: Refused = CONFLICT) -> None:
         if len(self.actions) >= self.MAX_ACTIONS:
@@ -159,13 +165,15 @@ class Transaction:
         return CONFLICT
 
 
-def mark_deleting(pk: str, sk: str, now: str) -> bool:
+def mark_deleting(pk: str, sk: str, now: str, audit: table.Put | None = None) -> bool:
     """Mark the item as being deleted (and blocked, so its keys stop while the cascade runs); False if it is gone.
-    Marking it again is harmless: a delete that stopped half-way is finished by the next one."""
+    Marking it again is harmless: a delete that stopped half-way is finished by the next one. `audit`: the
+    delete's audit entry, stored with the mark (the delete starts with its record, or not at all)."""
     names = {"#deleting": "deleting", "#blocked": "blocked", "#updated_at": "updated_at"}
     values = {":yes": True, ":now": now}
     expression = "SET #deleting = :yes, #blocked = :yes, #updated_at = :now"
-    return not table.write([table.Update(pk, sk, expression, "attribute_exists(pk)", names, values)])
+    mark = table.Update(pk, sk, expression, "attribute_exists(pk)", names, values)
+    return not table.write([mark, *([audit] if audit is not None else [])])
 
 
 def why_not(pk: str, sk: str, gone: Refused) -> Refused:

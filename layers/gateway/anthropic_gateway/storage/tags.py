@@ -49,9 +49,10 @@ def list_tags() -> list[TagRecord]:
     return [TagRecord.from_item(item) for item in reversed(list_all("TAG"))]
 
 
-def create(tag: TagRecord) -> Refused | None:
+def create(tag: TagRecord, audit: table.Put | None = None) -> Refused | None:
     transaction = Transaction()
     transaction.add(put_new(tag.to_item()), Refused("exists", "tag", tag.name))
+    transaction.audited(audit)
     refused = transaction.run(idempotency=f"tag-new#{tag.name}#{tag.created_at}")
     if refused is not None:
         stored = get(tag.name)
@@ -61,18 +62,19 @@ def create(tag: TagRecord) -> Refused | None:
     return None
 
 
-def update(tag: TagRecord, changes: dict[str, Any], now: str) -> Refused | None:
+def update(tag: TagRecord, changes: dict[str, Any], now: str, audit: table.Put | None = None) -> Refused | None:
     pk = tag_pk(tag.name)
-    if not apply(change(pk, TAG_SK, tag, changes, now)):
+    if not apply(change(pk, TAG_SK, tag, changes, now), audit):
         return why_not(pk, TAG_SK, Refused("missing", "tag", tag.name))
     if (stored := get(tag.name)) is not None:
         registry.put(stored)
     return None
 
 
-def delete(name: str) -> Refused | None:
+def delete(name: str, audit: table.Put | None = None) -> Refused | None:
     transaction = Transaction()
     transaction.add(table.Delete(tag_pk(name), TAG_SK, "attribute_exists(pk)"), Refused("missing", "tag", name))
+    transaction.audited(audit)
     refused = transaction.run()
     if refused is None:
         registry.discard(name)

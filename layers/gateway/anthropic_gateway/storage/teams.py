@@ -72,11 +72,12 @@ def key_count(team_id: str) -> int:
     return len(partition(team_pk(team_id), KEY_PREFIX))
 
 
-def create(team: TeamRecord, joining: list[Joining]) -> Refused | None:
-    """Store a new team with its first members, all or none."""
+def create(team: TeamRecord, joining: list[Joining], audit: table.Put | None = None) -> Refused | None:
+    """Store a new team with its first members, all or none (with `audit`, its audit entry)."""
     transaction = Transaction()
     transaction.add(put_new(team.to_item()), Refused("exists", "team", team.team_id))
     _join(transaction, joining, team_checked=True)
+    transaction.audited(audit)
     refused = transaction.run(idempotency=f"team-new#{team.team_id}#{team.created_at}")
     if refused == Refused("exists", "team", team.team_id):
         stored = get(team.team_id)
@@ -88,10 +89,11 @@ def create(team: TeamRecord, joining: list[Joining]) -> Refused | None:
     return refused
 
 
-def add_members(team_id: str, joining: list[Joining], now: str) -> Refused | None:
+def add_members(team_id: str, joining: list[Joining], now: str, audit: table.Put | None = None) -> Refused | None:
     """Make users members of the team (creating the new ones), all or none, while the team is not being deleted."""
     transaction = Transaction()
     _join(transaction, joining, team_checked=False)
+    transaction.audited(audit)
     return transaction.run(idempotency=f"member-add#{team_id}#{now}#" + ",".join(j.membership.user_id for j in joining))
 
 
@@ -105,22 +107,22 @@ def _join(transaction: Transaction, joining: list[Joining], *, team_checked: boo
         )
 
 
-def update(team: TeamRecord, changes: dict[str, Any], now: str) -> Refused | None:
+def update(team: TeamRecord, changes: dict[str, Any], now: str, audit: table.Put | None = None) -> Refused | None:
     """Admin `changes` to the team as read, unless it is being deleted."""
     pk = team_pk(team.team_id)
-    if not apply(change(pk, TEAM_SK, team, changes, now, live=True)):
+    if not apply(change(pk, TEAM_SK, team, changes, now, live=True), audit):
         return why_not(pk, TEAM_SK, Refused("missing", "team", team.team_id))
     if (stored := get(team.team_id)) is not None:
         registry.put(stored)
     return None
 
 
-def delete(team_id: str, cascade: Cascade, now: str) -> Refused | None:
+def delete(team_id: str, cascade: Cascade, now: str, audit: table.Put | None = None) -> Refused | None:
     """Delete the team with its keys and memberships. Refused("unfinished") when the cascade's bound was reached
     first: the team stays marked (blocked) and the next call carries on."""
     pk = team_pk(team_id)
-    if not mark_deleting(pk, TEAM_SK, now):
-        return Refused("missing", "team", team_id)
+    if not mark_deleting(pk, TEAM_SK, now, audit):
+        return why_not(pk, TEAM_SK, Refused("missing", "team", team_id))  # gone, or its audit entry failed
     if (refused := delete_keys(pk, cascade, Refused("unfinished", "team", team_id))) is not None:
         return refused
     for membership in members.of_team(team_id):

@@ -77,12 +77,13 @@ def add_new(transaction: Transaction, user: UserRecord) -> None:
         transaction.add(put_new(claim), Refused("exists", "email", user.user_email))
 
 
-def create(user: UserRecord, memberships: list[Membership]) -> Refused | None:
+def create(user: UserRecord, memberships: list[Membership], audit: table.Put | None = None) -> Refused | None:
     """Store a new user (its `teams` already listing the memberships' teams) and its memberships, all or none."""
     transaction = Transaction()
     add_new(transaction, user)
     for membership in memberships:
         members.join(transaction, membership, team_checked=False, user_exists=False)
+    transaction.audited(audit)
     refused = transaction.run(idempotency=f"user-new#{user.user_id}#{user.created_at}")
     if refused == Refused("exists", "user", user.user_id) and _created_here(user):
         return None  # our own write, retried after its answer was lost
@@ -94,7 +95,7 @@ def _created_here(user: UserRecord) -> bool:
     return stored is not None and stored.created_at == user.created_at
 
 
-def update(user: UserRecord, changes: dict[str, Any], now: str) -> Refused | None:
+def update(user: UserRecord, changes: dict[str, Any], now: str, audit: table.Put | None = None) -> Refused | None:
     """Admin `changes` to the user as read; a new user_email moves its claim in the same transaction."""
     pk = user_pk(user.user_id)
     transaction = Transaction()
@@ -106,18 +107,19 @@ def update(user: UserRecord, changes: dict[str, Any], now: str) -> Refused | Non
             transaction.add(put_new(claim), Refused("exists", "email", new_email))
         if user.user_email:
             transaction.add(table.Delete(email_pk(user.user_email), EMAIL_SK))
+    transaction.audited(audit)
     refused = transaction.run()
     if refused is not None and refused.reason == "conflict":
         return why_not(pk, USER_SK, Refused("missing", "user", user.user_id))
     return refused
 
 
-def delete(user_id: str, cascade: Cascade, now: str) -> Refused | None:
+def delete(user_id: str, cascade: Cascade, now: str, audit: table.Put | None = None) -> Refused | None:
     """Delete the user with its keys, its memberships and its email's claim. Refused("unfinished") when the
     cascade's bound was reached first: the user stays marked (blocked) and the next call carries on."""
     pk = user_pk(user_id)
-    if not mark_deleting(pk, USER_SK, now):
-        return Refused("missing", "user", user_id)
+    if not mark_deleting(pk, USER_SK, now, audit):
+        return why_not(pk, USER_SK, Refused("missing", "user", user_id))  # gone, or its audit entry failed
     if (refused := delete_keys(pk, cascade, Refused("unfinished", "user", user_id))) is not None:
         return refused
     user = get(user_id)

@@ -1,9 +1,10 @@
 // The console's entry point: sign-in (master key or SSO), the hash routes (#/keys, #/keys/<hash>, #/teams,
-// #/teams/<id>, #/users, #/users/<id>, #/tags, #/spend, #/sign-in/<why SSO failed>) and sign-out. The master key is
-// in sessionStorage only; routes and links carry key hashes and team or user ids at most (percent-encoded), never
-// a key.
+// #/teams/<id>, #/users, #/users/<id>, #/tags, #/spend, #/audit, #/sign-in/<why SSO failed>) and sign-out. The
+// master key is in sessionStorage only; routes and links carry key hashes and team or user ids at most
+// (percent-encoded), never a key.
 
 import { api, session } from "./api.js";
+import { auditView } from "./audit.js";
 import { h, message } from "./dom.js";
 import { keyView } from "./key.js";
 import { keysView } from "./keys.js";
@@ -19,7 +20,7 @@ const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const signOutButton = document.getElementById("sign-out");
 const who = document.getElementById("who");
-const state = { keys: {}, spend: {}, users: {} };  // filters and pages, kept while the tab is open
+const state = { keys: {}, spend: {}, users: {}, audit: {} };  // filters and pages, kept while the tab is open
 let flashed = null;
 
 const flash = (text) => { flashed = text; };
@@ -48,6 +49,7 @@ async function route() {
     else if (view === "teams") await (token ? teamView(main, token, flash) : teamsView(main));
     else if (view === "users") await (token ? userView(main, token, flash) : usersView(main, state.users));
     else if (view === "tags") await tagsView(main);
+    else if (view === "audit") await auditView(main, state.audit);
     else await keysView(main, state.keys);
     if (notice) main.prepend(notice);
   } catch (error) {
@@ -120,6 +122,7 @@ signOutButton.addEventListener("click", async () => {
   state.keys = {};
   state.spend = {};
   state.users = {};
+  state.audit = {};
   history.replaceState(null, "", location.pathname);
   signIn();
 });
