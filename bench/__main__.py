@@ -75,12 +75,30 @@ def _virtual_key(gateway_port: int, **settings: object) -> str:
     return key
 
 
+def _team_key(gateway_port: int) -> str:
+    """A key of a team and of a user in it, the team and the user each with a budget (large enough never to refuse):
+    every request reserves on the key's team and user in one transaction and settles them in one."""
+    admin = {"Authorization": f"Bearer {MASTER_KEY}"}
+    base = f"http://127.0.0.1:{gateway_port}"
+    with httpx.Client(base_url=base, headers=admin, timeout=30) as client:
+        client.post("/team/new", json={"team_id": "bench-team", "max_budget": 1_000_000}).raise_for_status()
+        client.post(
+            "/user/new", json={"user_id": "bench-user", "max_budget": 1_000_000, "auto_create_key": False}
+        ).raise_for_status()
+        client.post(
+            "/team/member_add", json={"team_id": "bench-team", "member": {"user_id": "bench-user", "role": "user"}}
+        ).raise_for_status()
+    return _virtual_key(gateway_port, team_id="bench-team", user_id="bench-user")
+
+
 def measure_serving(config: BenchConfig, load_average_start: list[float]) -> report.Results:
     python = sys.executable
     moto_port, upstream_port, gateway_port = free_port(), free_port(), free_port()
     env = _environment(moto_port, upstream_port)
     with ExitStack() as stack:
-        processes.start(stack, [python, "-m", "moto.server", "-p", str(moto_port)], env, env["AWS_ENDPOINT_URL"])
+        # moto as `make dev` runs it (local.behave_like_dynamodb): governed keys' transactions need its fixes.
+        moto = "from anthropic_gateway import local; local.behave_like_dynamodb(); import moto.server as s; s.main()"
+        processes.start(stack, [python, "-c", moto, "-p", str(moto_port)], env, env["AWS_ENDPOINT_URL"])
         upstream = processes.start(
             stack, [python, "-m", "bench.fast_upstream", str(upstream_port)], env, env["ANTHROPIC_API_BASE"]
         )
@@ -109,6 +127,10 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
             latency.messages(http, *via_bedrock, 50)
             _, bedrock_ms = latency.interleaved(latency.messages, http, direct, via_bedrock, config.latency_rounds)
             _, bedrock_fb = latency.interleaved(latency.first_byte, http, direct, via_bedrock, config.first_byte_rounds)
+            _step("the same through a key of a budgeted team and user")
+            via_team = (f"{gateway_base}/anthropic/v1/messages", {"x-api-key": _team_key(gateway_port), **VERSION})
+            latency.messages(http, *via_team, 50)
+            _, team_ms = latency.interleaved(latency.messages, http, direct, via_team, config.latency_rounds)
             _step("the same through the floor relay (a bare ASGI app with the gateway's upstream client)")
             latency.messages(http, *via_floor, 50)
             _, floor_ms = latency.interleaved(latency.messages, http, direct, via_floor, config.latency_rounds)
@@ -154,6 +176,7 @@ def measure_serving(config: BenchConfig, load_average_start: list[float]) -> rep
         load_average=(load_average_start, []),
         bedrock_ms=bedrock_ms,
         bedrock_first_byte_ms=bedrock_fb,
+        team_budgets_ms=team_ms,
         floor_ms=floor_ms,
         floor_first_byte_ms=floor_fb,
         floor_load=floor_load,

@@ -42,6 +42,9 @@ class Results:
     # Through the Bedrock path (a ["bedrock"] key: model rewrite + SigV4) to the same fast upstream; empty: not run.
     bedrock_ms: list[float] = dataclasses.field(default_factory=list)
     bedrock_first_byte_ms: list[float] = dataclasses.field(default_factory=list)
+    # Through a key of a team and of a user, both with a budget (issue 19: one transaction each way, whatever
+    # the number of budgets); empty: not run.
+    team_budgets_ms: list[float] = dataclasses.field(default_factory=list)
     # Through the floor relay (bench/floor_relay.py), to see what the gateway adds above a bare Python relay.
     floor_ms: list[float] = dataclasses.field(default_factory=list)
     floor_first_byte_ms: list[float] = dataclasses.field(default_factory=list)
@@ -98,6 +101,8 @@ def _bedrock_rows(r: Results) -> list[Row]:
     for name, direct, via in (
         ("Messages through the Bedrock path (SigV4 + model rewrite), p50", r.direct_ms, r.bedrock_ms),
         ("Stream time to first byte through the Bedrock path, p50", r.direct_first_byte_ms, r.bedrock_first_byte_ms),
+        ("Messages through a key of a budgeted team and a budgeted user (admission and settle one transaction "
+         "each), p50", r.direct_ms, r.team_budgets_ms),
         ("Floor: messages through a bare ASGI relay (same uvicorn, same upstream client), p50", r.direct_ms,
          r.floor_ms),
         ("Floor: stream time to first byte through that relay, p50", r.direct_first_byte_ms, r.floor_first_byte_ms),

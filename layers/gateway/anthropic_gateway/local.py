@@ -59,8 +59,7 @@ def start_moto() -> object:
     from .settings import get_settings
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-call access log drowns our output
-    _moto_plain_arithmetic()
-    _moto_one_dynamodb_call_at_a_time()
+    behave_like_dynamodb()
     for name, value in _EMBEDDED_AWS_BOUNDS.items():
         os.environ.setdefault(name, value)
     get_settings.cache_clear()  # read again with those bounds
@@ -78,6 +77,13 @@ def start_moto() -> object:
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         os.environ.pop(name, None)
     return server
+
+
+def behave_like_dynamodb() -> None:
+    """Make moto, in this process, behave as DynamoDB does for the gateway: plain arithmetic and one DynamoDB call at
+    a time. `start_moto` calls it; so does a moto server run in a process of its own (`make bench`)."""
+    _moto_plain_arithmetic()
+    _moto_one_dynamodb_call_at_a_time()
 
 
 def _moto_one_dynamodb_call_at_a_time() -> None:
