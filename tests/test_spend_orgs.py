@@ -15,7 +15,7 @@ import anthropic
 import httpx
 import pytest
 
-from anthropic_gateway import day_spend, metrics, pricing
+from anthropic_gateway import day_spend, keys, metrics, pricing
 from anthropic_gateway.runtime import Runtime
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.storage import teams
@@ -242,13 +242,22 @@ def test_the_access_line_and_the_blobs_carry_team_user_and_claude_code_session(g
         assert ["service", "Team"] not in plain_lines.overall()["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
 
 
+def newest_team(admin, **fields):
+    """A team created after every team the suite stored, whatever clocks other tests moved: a refresh of the
+    registry (one may start in the background whenever KEY_CACHE_TTL passes) keeps the oldest, never this one."""
+    later = keys.utcnow() + timedelta(days=365 * 200)
+    with pytest.MonkeyPatch.context() as clock:
+        clock.setattr(keys, "utcnow", lambda: later)
+        return new_team(admin, **fields)
+
+
 def test_a_team_the_registry_does_not_hold_is_counted_as_other(gateway, admin, captured, monkeypatch):
     """Teams past the registry's bound (MAX_DIMENSION_TEAMS, the oldest kept) are `other`: the dimension's values
     stay bounded however many teams there are."""
     teams.registry.load()  # a fresh copy: one read in flight could still drop teams other tests deleted
     held = len(teams.registry.snapshot())
     monkeypatch.setattr(teams.registry, "limit", held)
-    team = new_team(admin)
+    team = newest_team(admin)
     assert team["team_id"] not in teams.registry.snapshot()
     key = new_key(admin, team_id=team["team_id"])["key"]
 
@@ -259,7 +268,7 @@ def test_a_team_the_registry_does_not_hold_is_counted_as_other(gateway, admin, c
 
     # CloudWatch takes only ASCII dimension values: a registered team named otherwise is `other` too.
     monkeypatch.setattr(teams.registry, "limit", held + 10)
-    accented = new_team(admin, team_id=unique("\u00e9quipe"))["team_id"]
+    accented = newest_team(admin, team_id=unique("\u00e9quipe"))["team_id"]
     assert accented in teams.registry.snapshot()
     response = raw(gateway, new_key(admin, team_id=accented)["key"])
     lines = captured.for_request(response.headers["x-gateway-request-id"])

@@ -71,6 +71,8 @@ class Registry[Record]:
             self._checked_at = started
         read = {self._key(record): record for record in self._read()[: self.limit]}
         with self._lock:
+            if self._loaded_at is not None and started < self._loaded_at:
+                return  # a read that started later already made the copy: this one's is older
             # Changes made here while the read ran stay: it may have missed them.
             for name, (at, record) in self._local.items():
                 if at >= started and record is None:
@@ -79,7 +81,7 @@ class Registry[Record]:
                     read[name] = record
             self._local = {name: change for name, change in self._local.items() if change[0] >= started}
             self._records = read  # a new dict: snapshots handed out before stay as they were
-            self._loaded_at = max(self._loaded_at or started, started)
+            self._loaded_at = started
 
     def put(self, record: Record) -> None:
         name = self._key(record)
