@@ -190,7 +190,7 @@ def aws_calls(gateway):
         body = params.get("body") or b""
         calls.append((model.name, body if isinstance(body, bytes) else str(body).encode()))
 
-    clients = [gateway.app.runtime.secrets.provider().client, table.handle().meta.client]
+    clients = [gateway.app.runtime.secrets.client(), table.handle().client]
     for client in clients:
         client.meta.events.register("before-call.*.*", count)
     yield calls

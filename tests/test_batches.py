@@ -221,7 +221,7 @@ class Killed(BaseException):
 def die_at_first_write(own_table):
     """Kill the next write to the table (UpdateItem, PutItem, DeleteItem, TransactWriteItems), before it is sent
     ("before") or once DynamoDB has applied it and before its answer is seen ("after")."""
-    events = own_table.meta.client.meta.events
+    events = own_table.client.meta.events
     armed: list[str] = []
 
     def before(**_) -> None:

@@ -45,16 +45,16 @@ def test_forgotten_secrets_are_read_again(secret):
     name, client = secret
     secrets = _secrets(300)
     assert asyncio.run(secrets.get(name)) == "sk-ant-first"
-    first_client = secrets.provider().client
+    first_client = secrets.client()
 
     client.put_secret_value(SecretId=name, SecretString="sk-ant-second")
     secrets.forget()
     assert asyncio.run(secrets.get(name)) == "sk-ant-second"
-    assert secrets.provider().client is not first_client
+    assert secrets.client() is not first_client
 
 
 def test_a_missing_secret_is_a_503_that_names_no_value(aws):
     with pytest.raises(GatewayError) as refused:
         asyncio.run(_secrets(300).get("test/never-created"))
     assert refused.value.status == 503 and refused.value.error_type == "api_error"
-    assert refused.value.message == "The gateway cannot read its configuration secret (GetParameterError)."
+    assert refused.value.message == "The gateway cannot read its configuration secret (ResourceNotFoundException)."

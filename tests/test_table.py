@@ -32,6 +32,61 @@ def test_numbers_are_serialized_in_plain_notation():
     assert nested == {"m": {"M": {"l": {"L": [{"N": "0.000000025"}]}}}}
 
 
+VALUES = [
+    None, True, False, 0, -3, 10**37, Decimal("2.5"), Decimal("-0.1"), Decimal("12345678901234567890.123456789"),
+    "", "text", b"\x00bytes", {"a", "b"}, {1, Decimal("0.5")}, {b"x", b"y"}, [], [1, "two", None, [Decimal("3")]],
+    {}, {"m": {"n": Decimal("7"), "l": [True, {"s": "deep"}]}}, ("tuple", 1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_values_convert_as_boto3_converts_them(value):
+    # The handle converts values itself rather than through boto3's resource layer: the same AttributeValues as
+    # boto3's serializer (numbers in plain notation, which it writes the same for these), the same values back.
+    from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
+
+    expected = TypeSerializer().serialize(value)
+    assert table.serialize_value(value) == expected
+    back = TypeDeserializer().deserialize(expected)
+    unwrapped = back.value if isinstance(back, Binary) else {b.value for b in back} if value == {b"x", b"y"} else back
+    assert table.deserialize_value(expected) == unwrapped
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1.5, float("nan"), Decimal("NaN"), Decimal("Infinity"), Decimal("1E+200"), Decimal("1." + "1" * 40), object()],
+    ids=repr,
+)
+def test_values_dynamodb_cannot_hold_exactly_are_refused(value):
+    # What check_storable relies on: a float is not exact, a number DynamoDB would round or cannot hold is refused.
+    with pytest.raises((TypeError, ArithmeticError)):
+        table.serialize_value(value)
+
+
+def test_many_items_are_read_and_deleted_together(handle):
+    keys = [("P", f"S{i:03}") for i in range(60)]
+    for pk, sk in keys:
+        handle.put_item(Item={"pk": pk, "sk": sk, "n": Decimal("0.5")})
+    found = table.get_many([*keys[:40], ("P", "missing")])
+    assert sorted(found) == keys[:40] and found[("P", "S007")] == {"pk": "P", "sk": "S007", "n": Decimal("0.5")}
+
+    table.delete_all(keys[:55])  # three batches (25 each at most)
+    assert sorted(
+        item["sk"] for item in table.query_all(KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": "P"})
+    ) == [sk for _, sk in keys[55:]]
+
+
+def test_a_query_pages_through_every_item(handle):
+    for i in range(30):
+        handle.put_item(Item={"pk": "Q", "sk": f"S{i:02}", "pad": "x" * 1000})
+    condition = {
+        "KeyConditionExpression": "pk = :p AND begins_with(sk, :s)",
+        "ExpressionAttributeValues": {":p": "Q", ":s": "S1"},
+    }
+    assert [item["sk"] for item in table.query_all(**condition, Limit=3)] == [f"S1{i}" for i in range(10)]
+    assert len(table.query_page(**condition, Limit=3)) == 3
+
+
 def test_tiny_amounts_are_stored_and_added_exactly(handle):
     # Written in exponent form (1E-7), moto could not add to them; DynamoDB itself reads both forms.
     handle.put_item(Item={"pk": "P", "sk": "S", "spend": Decimal("1E-7")})

@@ -1,6 +1,6 @@
 """Bounded AWS calls: one botocore config for every client, and a deadline per request for the AWS work in it.
 
-boto3's defaults (60 s read timeout, legacy retries with up to 5 attempts) turn a DynamoDB or Secrets Manager
+botocore's defaults (60 s read timeout, legacy retries with up to 5 attempts) turn a DynamoDB or Secrets Manager
 stall into a minute-long hang that holds a worker thread the whole time. Here:
   - every client gets `config`: short connect and read timeouts, standard retry mode, few attempts, so one
     blocking call is bounded by about attempts x (connect + read) seconds;
@@ -31,6 +31,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from botocore.config import Config
+    from botocore.session import Session
 
 _deadline: ContextVar[float | None] = ContextVar("aws_deadline", default=None)
 _in_use: ContextVar[AwsCalls] = ContextVar("aws_calls")
@@ -38,10 +39,6 @@ _in_use: ContextVar[AwsCalls] = ContextVar("aws_calls")
 # After a failure, reads that have a stale value to serve skip AWS for this long instead of each waiting out the
 # deadline again; the next request after it tries again, so recovery is noticed within a second.
 _FAILURE_MEMORY_SECONDS = 1.0
-
-# boto3's default session is not thread-safe: clients and resources are created under this lock, since on a cold
-# instance the first requests' worker threads may all want one at the same moment.
-boto3_lock = threading.Lock()
 
 # Called when an AWS call succeeds after a failure, whichever runtime made it: the ledger, which is still one per
 # process, registers its retry here when it is imported.
@@ -60,8 +57,9 @@ class AwsCalls:
     (`AWS_THREADS`), the reads in flight (shared by callers asking for the same thing), calls abandoned at a
     deadline, and the moment AWS last failed. One event loop's: a runtime belongs to one app and loop.
 
-    Its clients come from boto3's default session, which the DynamoDB table handle (table.py) uses too: one
-    session resolves credentials and loads endpoint data once for both.
+    Its clients (Secrets Manager's, and DynamoDB's under the table handle, storage/table.py) come from one botocore
+    session of its own: credentials are resolved and endpoint data loaded once for both. botocore directly, not
+    boto3: boto3's import (s3transfer with it) and its resource layer were a tenth of the streaming door's start.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -72,6 +70,8 @@ class AwsCalls:
         self._failed_at: float | None = None
         self._on_recovery: list[Callable[[], None]] = []
         self._config: Config | None = None
+        self._session: Session | None = None
+        self._session_lock = threading.Lock()  # a botocore session is not thread-safe: clients are made under it
 
     @property
     def config(self) -> Config:
@@ -88,21 +88,20 @@ class AwsCalls:
         return self._config
 
     def client(self, service: str) -> Any:
-        """Blocking (call it in a worker thread): a new client bounded by `config`."""
-        import boto3  # deferred: botocore's client machinery is a third of a cold start
+        """Blocking (call it in a worker thread): a new client of this runtime's session, bounded by `config`."""
+        with self._session_lock:
+            if self._session is None:
+                import botocore.session  # deferred: a process that never calls AWS does not pay for it
 
-        with boto3_lock:
-            return boto3.client(service, config=self.config)  # type: ignore[call-overload]
+                self._session = botocore.session.get_session()
+            return self._session.create_client(service, config=self.config)
 
-    @staticmethod
-    def forget_session() -> None:
-        """Drop boto3's default session, with the credentials it resolved: the next client or resource is made
-        from a new one (SnapStart: a restored environment gets credentials of its own). Clients made so far keep
-        working for whoever holds them; their owners drop them too."""
-        import boto3
-
-        with boto3_lock:
-            boto3.DEFAULT_SESSION = None
+    def forget_session(self) -> None:
+        """Drop the session, with the credentials it resolved: the next client is made from a new one (SnapStart:
+        a restored environment gets credentials of its own). Clients made so far keep working for whoever holds
+        them; their owners drop them too."""
+        with self._session_lock:
+            self._session = None
 
     def on_recovery(self, callback: Callable[[], None]) -> None:
         """Run `callback` on the event loop when an AWS call succeeds after a failure."""

@@ -4,8 +4,10 @@ As with Starlette's `app.state`, the app (app.py) builds one `Runtime` in its li
 init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to one app and its event loop:
 
     settings        the environment, read once (settings.py)
-    aws             bounded AWS calls: client config, worker-thread limiter, reads in flight, failure memory
-                    (aws.py)
+    aws             bounded AWS calls: the botocore session and client config, worker-thread limiter, reads in
+                    flight, failure memory (aws.py)
+    table           the DynamoDB table handle, made at start and installed for the storage modules, which reach it
+                    through `table.handle()` (storage/table.py)
     secrets         the upstream and master keys and any other secret, cached (secrets.py)
     bedrock         the Bedrock upstream and its credentials (bedrock.py)
     pools           keep-alive connections to each upstream (forwarding.py)
@@ -24,9 +26,9 @@ through the module's own functions (`aws.call`, `secrets.master_key`, `pricing.r
 `ledger.add`), which act on the runtime serving the request: `activate` makes it theirs in the request's context,
 and tasks and worker threads started from there inherit it.
 
-Still one per process, in the modules that hold them: boto3's default session, which the DynamoDB table handle
-(storage/table.py) and the Secrets Manager client share, and that handle; the key cache and key directory
-(keys.py); and the settings those modules read through `get_settings()`.
+Still one per process, in the modules that hold them: the table handle storage reaches (the one the runtime that
+started last installed); the key cache and key directory (keys.py); and the settings those modules read through
+`get_settings()`.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class Runtime:
         self.accounting = Accounting(self.metrics, self.unknown_models, self.background)
         self.ledger = Ledger(settings, self.aws)
         self.batch_sweeps = batches.SweepClock()
+        self.table: table.Table | None = None
         # What failed is written as soon as DynamoDB answers again, not when the backoff says.
         self.aws.on_recovery(self.ledger.retry_now)
 
@@ -109,16 +112,19 @@ class Runtime:
         AWS_DEADLINE: an AWS outage at start delays readiness by that much at most, and a request then reads what
         the warm-up could not (the work still running is shared with it, `aws.call_shared`)."""
 
+        async def open_table() -> None:
+            self.table = await self.aws.call(table.open_table, self.settings.table_name, self.aws)
+            table.install(self.table)
+
         async def warm_up() -> list[object]:  # a task of its own: its AWS deadline is not the caller's
-            # The DynamoDB handle first (it imports boto3; DynamoDB is not called), then both keys at once (the
-            # first makes the Secrets Manager client): CPU work one thread at a time, cheaper than three at once.
-            results: list[object] = []
+            # The Secrets Manager client first (the session's first client also loads its endpoint data), then both
+            # keys read while the DynamoDB client is made: the reads' network waits overlap that CPU work.
             try:
-                results.append(await self.aws.call(table.handle))
+                await self.aws.call(self.secrets.client)
             except Exception as exc:
-                results.append(exc)
-            reads = (self.secrets.master_key(), self.secrets.upstream_key())
-            return [*results, *await asyncio.gather(*reads, return_exceptions=True)]
+                return [exc]
+            work = (self.secrets.master_key(), self.secrets.upstream_key(), open_table())
+            return list(await asyncio.gather(*work, return_exceptions=True))
 
         failures = [_reason(result) for result in await asyncio.create_task(warm_up()) if isinstance(result, Exception)]
         if failures:
@@ -166,7 +172,9 @@ class Runtime:
         self.aws.forget_session()
         self.aws.forget_failures()
         self.bedrock.forget_credentials()
-        table.handle.cache_clear()
+        if self.table is not None:
+            self.table = None
+            table.install(None)
         keys.key_cache.invalidate()
         keys.key_directory.forget()
 

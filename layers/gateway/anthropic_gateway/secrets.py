@@ -1,4 +1,4 @@
-"""The upstream Anthropic key and the master key, from Secrets Manager through Powertools Parameters.
+"""The upstream Anthropic key and the master key, from Secrets Manager (GetSecretValue on a client of the runtime's).
 
 Values are cached per runtime for `SECRETS_MAX_AGE` seconds, so a rotated secret is picked up without a
 redeploy. Only a cache miss does network I/O, and that runs in a worker thread, off the event loop, under the
@@ -16,7 +16,7 @@ import threading
 import time
 from contextvars import ContextVar, Token
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Any
 
 from aws_lambda_powertools import Logger
 
@@ -24,39 +24,35 @@ from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
 from .settings import Settings
 
-if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
 logger = Logger(child=True)
 _in_use: ContextVar[Secrets] = ContextVar("secrets")
 
 
 class Secrets:
-    """The secrets of one runtime: a Powertools provider over a Secrets Manager client of the runtime's, and the
-    values read, with the moment each was read."""
+    """The secrets of one runtime: a Secrets Manager client of the runtime's, and the values read, with the moment
+    each was read. (Powertools' SecretsProvider is not used: its cache would only repeat this one, and its import
+    brings boto3 and Powertools' other providers into the start.)"""
 
     def __init__(self, settings: Settings, aws: AwsCalls) -> None:
         self._settings, self._aws = settings, aws
         self._fetched_at: dict[str, float] = {}
         self._last_good: dict[str, str] = {}
-        self._provider: SecretsProvider | None = None
+        self._client: Any = None
         self._lock = threading.Lock()
 
-    def provider(self) -> SecretsProvider:
-        """Blocking: the provider, made on first use (its client costs a cold start's share of botocore)."""
+    def client(self) -> Any:
+        """Blocking: the Secrets Manager client, made on first use (the runtime's start makes it, `Runtime.warm`)."""
         with self._lock:
-            if self._provider is None:
-                from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
-                self._provider = SecretsProvider(boto3_client=self._aws.client("secretsmanager"))
-            return self._provider
+            if self._client is None:
+                self._client = self._aws.client("secretsmanager")
+            return self._client
 
     def forget(self) -> None:
         """Forget every value and the client: the next read goes to Secrets Manager over a new connection."""
         with self._lock:
             self._fetched_at.clear()
             self._last_good.clear()
-            self._provider = None
+            self._client = None
 
     async def upstream_key(self) -> str:
         return await self.get(self._settings.upstream_key_secret)
@@ -76,8 +72,6 @@ class Secrets:
         )
         try:
             if fetched is not None and time.monotonic() - fetched < max_age - 1:
-                # What Powertools' cache holds too, read from here: its lookup cost more than the rest of a
-                # request's authentication (issue 11).
                 return self._last_good[name]
             if servable and self._aws.recently_failed():
                 return self._last_good[name]  # AWS failed a moment ago: serve what we have instead of waiting again
@@ -92,9 +86,9 @@ class Secrets:
 
     def _fetch(self, name: str) -> str:
         started = time.monotonic()
-        value = self.provider().get(name, max_age=self._settings.secrets_max_age, force_fetch=True)
-        text = value if isinstance(value, str) else bytes(value).decode() if isinstance(value, bytes) else str(value)
-        self._fetched_at[name] = started  # Powertools' entry expires max_age after a moment no earlier than this
+        answer = self.client().get_secret_value(SecretId=name)
+        text = answer["SecretString"] if "SecretString" in answer else bytes(answer["SecretBinary"]).decode()
+        self._fetched_at[name] = started  # the value's age counts from before it was asked for
         self._last_good[name] = text
         return text
 

@@ -20,12 +20,9 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import table
-
-if TYPE_CHECKING:
-    from boto3.dynamodb.conditions import ConditionBase
 
 PREFIX = "AUDIT#"
 MAX_QUERIES = 40  # Queries one page may read (day partitions with nothing to show count too)
@@ -124,27 +121,32 @@ def _range(filters: Filters) -> tuple[str, str]:
     return filters.start.isoformat(), (filters.end + timedelta(days=1)).isoformat()
 
 
-def _filter(filters: Filters) -> dict[str, Any]:
-    from boto3.dynamodb.conditions import Attr
-
-    condition: ConditionBase | None = None
+def _query(key_condition: str, values: dict[str, Any], filters: Filters) -> dict[str, Any]:
+    """A Query's conditions: `key_condition` on `values` (:low and :high, the range's ends, added here), then the
+    filters' (action is one of DynamoDB's reserved words: names go through placeholders)."""
+    low, high = _range(filters)
+    values = {**values, ":low": low, ":high": high}
+    names: dict[str, str] = {}
+    conditions: list[str] = []
     if filters.actor is not None:
-        condition = Attr("actor").eq(filters.actor) | Attr("actor_user_id").eq(filters.actor)
+        names |= {"#actor": "actor", "#actor_user_id": "actor_user_id"}
+        values[":actor"] = filters.actor
+        conditions.append("(#actor = :actor OR #actor_user_id = :actor)")
     if filters.action is not None:
-        by_action = Attr("action").begins_with(filters.action)
-        condition = by_action if condition is None else condition & by_action
-    return {} if condition is None else {"FilterExpression": condition}
+        names["#action"] = "action"
+        values[":action"] = filters.action
+        conditions.append("begins_with(#action, :action)")
+    query: dict[str, Any] = {"KeyConditionExpression": key_condition, "ExpressionAttributeValues": values}
+    if conditions:
+        query |= {"FilterExpression": " AND ".join(conditions), "ExpressionAttributeNames": names}
+    return query
 
 
 def _target_page(filters: Filters, target: str, size: int, position: dict[str, Any]) -> Page:
-    from boto3.dynamodb.conditions import Key
-
-    low, high = _range(filters)
     query: dict[str, Any] = {
         "IndexName": "gsi1",
-        "KeyConditionExpression": Key("gsi1pk").eq(PREFIX + target) & Key("gsi1sk").between(low, high),
+        **_query("gsi1pk = :target AND gsi1sk BETWEEN :low AND :high", {":target": PREFIX + target}, filters),
         "ScanIndexForward": False,
-        **_filter(filters),
     }
     entries: list[Entry] = []
     last = position.get("key")
@@ -162,9 +164,6 @@ def _target_page(filters: Filters, target: str, size: int, position: dict[str, A
 
 
 def _days_page(filters: Filters, size: int, position: dict[str, Any]) -> Page:
-    from boto3.dynamodb.conditions import Key
-
-    low, high = _range(filters)
     day = date.fromisoformat(position["day"]) if "day" in position else filters.end
     last = position.get("key")
     _check_start(last, "pk", PREFIX + day.isoformat())
@@ -173,11 +172,10 @@ def _days_page(filters: Filters, size: int, position: dict[str, Any]) -> Page:
         if day < filters.start or len(entries) >= size:
             break
         query: dict[str, Any] = {
-            "KeyConditionExpression": Key("pk").eq(PREFIX + day.isoformat()) & Key("sk").between(low, high),
+            **_query("pk = :day AND sk BETWEEN :low AND :high", {":day": PREFIX + day.isoformat()}, filters),
             "ScanIndexForward": False,
             "ConsistentRead": True,
             "Limit": size - len(entries),
-            **_filter(filters),
         }
         if last is not None:
             query["ExclusiveStartKey"] = last

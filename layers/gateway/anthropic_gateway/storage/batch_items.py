@@ -97,11 +97,10 @@ def get(batch_id: str) -> table.Item | None:
 
 def due(now: datetime, limit: int) -> list[str]:
     """The ids of up to `limit` open batches whose due time has passed, the longest due first."""
-    from boto3.dynamodb.conditions import Key
-
     items = table.query_page(
         IndexName="gsi1",
-        KeyConditionExpression=Key("gsi1pk").eq(OPEN_INDEX) & Key("gsi1sk").lt(table.iso_seconds(now)),
+        KeyConditionExpression="gsi1pk = :open AND gsi1sk < :now",
+        ExpressionAttributeValues={":open": OPEN_INDEX, ":now": table.iso_seconds(now)},
         Limit=limit,
     )
     return [str(item["pk"]).removeprefix("BATCH#") for item in items]

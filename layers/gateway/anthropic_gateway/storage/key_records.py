@@ -188,19 +188,21 @@ def load_by_alias(alias: str) -> KeyRecord | None:
 
 def list_records() -> list[KeyRecord]:
     """Every key record, newest first. Reads the whole index: fine for the thousands of keys an admin manages."""
-    from boto3.dynamodb.conditions import Key
-
-    items = table.query_all(IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq("KEY"), ScanIndexForward=False)
+    items = table.query_all(
+        IndexName="gsi1",
+        KeyConditionExpression="gsi1pk = :kind",
+        ExpressionAttributeValues={":kind": "KEY"},
+        ScanIndexForward=False,
+    )
     return [KeyRecord.from_item(item) for item in items if "token" in item]  # a record without one opens nothing
 
 
 def current_tokens() -> set[str]:
     """The hash every key record is opened by now: one paged Query of the index, reading only `token`."""
-    from boto3.dynamodb.conditions import Key
-
     items = table.query_all(
         IndexName="gsi1",
-        KeyConditionExpression=Key("gsi1pk").eq("KEY"),
+        KeyConditionExpression="gsi1pk = :kind",
+        ExpressionAttributeValues={":kind": "KEY"},
         ProjectionExpression="#token",
         ExpressionAttributeNames={"#token": "token"},
     )

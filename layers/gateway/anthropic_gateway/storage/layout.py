@@ -47,17 +47,22 @@ def listed(kind: str, created_at: str, name: str) -> dict[str, str]:
 
 def list_all(kind: str) -> list[table.Item]:
     """Every item of `kind` (TEAM, USER, TAG), newest first: one paged Query of gsi1, never a scan."""
-    from boto3.dynamodb.conditions import Key
-
-    return table.query_all(IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq(kind), ScanIndexForward=False)
+    return table.query_all(
+        IndexName="gsi1",
+        KeyConditionExpression="gsi1pk = :kind",
+        ExpressionAttributeValues={":kind": kind},
+        ScanIndexForward=False,
+    )
 
 
 def partition(pk: str, prefix: str) -> list[table.Item]:
     """The items of partition `pk` whose sk starts with `prefix` (a team's members, a user's keys), read
     consistently, all pages."""
-    from boto3.dynamodb.conditions import Key
-
-    return table.query_all(KeyConditionExpression=Key("pk").eq(pk) & Key("sk").begins_with(prefix), ConsistentRead=True)
+    return table.query_all(
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+        ExpressionAttributeValues={":pk": pk, ":prefix": prefix},
+        ConsistentRead=True,
+    )
 
 
 def put_new(item: table.Item) -> table.Put:

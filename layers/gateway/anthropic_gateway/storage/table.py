@@ -7,7 +7,11 @@ teams, members, users, tags, key links) build their own keys, expressions and co
   - a failed condition is an answer, not an exception: the actions whose condition failed, each with its item as
     it was (ReturnValuesOnConditionCheckFailure=ALL_OLD), so the caller can tell why without another read.
 
-Every call is bounded (aws.config(): short timeouts, few attempts).
+The handle (`Table`) is a low-level botocore client of the runtime's (aws.py: one botocore session, every call
+bounded by its config: short timeouts, few attempts), made when the runtime starts and installed here; items go in
+and out in python form, converted here (`serialize`, `deserialize`) rather than by boto3's resource layer, whose
+import and setup were a tenth of the streaming door's start (issue 21). Key and filter conditions are expression
+strings with `:values`, as DynamoDB takes them.
 
 Numbers are exact Decimal both ways, and go on the wire in plain notation (0.0000001, never 1E-7): DynamoDB reads
 both, but moto's UpdateItem arithmetic reads only the plain form, and tests run against moto. Times that conditions
@@ -17,28 +21,30 @@ compare are fixed-width ISO strings (`iso_seconds`); periods are LiteLLM's durat
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Underflow
+from typing import Any
 
 from .. import aws
 from ..settings import get_settings
 
-if TYPE_CHECKING:
-    from boto3.dynamodb.types import TypeSerializer
-    from mypy_boto3_dynamodb.service_resource import Table
-
-Item = dict[str, Any]  # an item in boto3 resource form: numbers as Decimal, sets as set
+Item = dict[str, Any]  # an item in python form: numbers as Decimal, sets as set
 Number = int | Decimal
 
-_SERIALIZE_EVENT, _SERIALIZE_ID = "before-parameter-build.dynamodb", "dynamodb-attr-value-input"
 # LiteLLM's duration strings: 30s, 10m, 1h, 1d, 2w, 1mo (a month counts as 30 days).
 _DURATION = re.compile(r"(\d{1,6})(s|m|h|d|w|mo)")
 _BATCH_GET_ATTEMPTS = 3
+_BATCH_WRITE_SIZE = 25  # BatchWriteItem's limit
+_BATCH_WRITE_ATTEMPTS = 5
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "mo": 30 * 86400}
+# What DynamoDB can hold exactly (38 digits, exponents -130..125); anything it would round is refused, as boto3 does.
+_DYNAMODB_NUMBERS = Context(Emin=-128, Emax=126, prec=38, traps=[Clamped, Overflow, Inexact, Rounded, Underflow])
+# The parameters and answer fields of the calls made through `Table` that hold items, keys or values.
+_VALUES_IN = ("Key", "Item", "ExclusiveStartKey")
+_VALUES_OUT = ("Item", "Attributes", "LastEvaluatedKey")
 
 
 class Conflict(Exception):
@@ -48,26 +54,71 @@ class Conflict(Exception):
 # -- the handle ---------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
+class Table:
+    """The gateway table: a low-level botocore DynamoDB client and the table's name. Its calls take and answer
+    items, keys and expression values in python form (numbers as Decimal) and convert them to and from DynamoDB's
+    AttributeValues (`serialize`, `deserialize`); the table's name is added to each request."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client, self.name = client, name
+
+    def get_item(self, **request: Any) -> dict[str, Any]:
+        return self._call(self.client.get_item, request)
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        return self._call(self.client.put_item, request)
+
+    def update_item(self, **request: Any) -> dict[str, Any]:
+        return self._call(self.client.update_item, request)
+
+    def delete_item(self, **request: Any) -> dict[str, Any]:
+        return self._call(self.client.delete_item, request)
+
+    def query(self, **request: Any) -> dict[str, Any]:
+        """A Query's page: `Items` and, when there are more, `LastEvaluatedKey`."""
+        answer = self._call(self.client.query, request)
+        answer["Items"] = [deserialize_item(item) for item in answer.get("Items", [])]
+        return answer
+
+    def delete(self) -> None:
+        """Delete the table itself (tests' tables of their own)."""
+        self.client.delete_table(TableName=self.name)
+
+    def _call(self, operation: Any, request: Mapping[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = dict(operation(TableName=self.name, **wire_request(request)))
+        for name in _VALUES_OUT:
+            if name in answer:
+                answer[name] = deserialize_item(answer[name])
+        return answer
+
+
+_installed: Table | None = None
+_installing = threading.Lock()
+
+
 def handle() -> Table:
-    """The gateway table (boto3 resource), created once per process."""
-    return open_table(get_settings().table_name)
+    """The gateway table: the handle the runtime installed at its start (`install`), else one made now on a
+    client of the runtime serving the call (aws.py), and installed."""
+    global _installed
+    current = _installed
+    if current is None:
+        with _installing:
+            if _installed is None:
+                _installed = open_table(get_settings().table_name)
+            current = _installed
+    return current
 
 
-def open_table(name: str) -> Table:
-    """A resource handle on table `name` that writes numbers in plain notation."""
-    import boto3  # deferred: keeps boto3 out of the cold-start path of /health
-    from boto3.dynamodb.transform import TransformationInjector
+def install(table: Table | None) -> None:
+    """Make `table` the one `handle()` returns (None: the next call makes one)."""
+    global _installed
+    _installed = table
 
-    with aws.boto3_lock:
-        table = boto3.resource("dynamodb", config=aws.config()).Table(name)
-    # The resource turns request values into AttributeValues in one event handler registered under this id; ours is
-    # the same handler with a serializer that differs only in how it writes numbers (tests/test_table.py checks it).
-    events = table.meta.client.meta.events
-    events.unregister(_SERIALIZE_EVENT, unique_id=_SERIALIZE_ID)
-    injector = TransformationInjector(serializer=_serializer())
-    events.register(_SERIALIZE_EVENT, injector.inject_attribute_value_input, unique_id=_SERIALIZE_ID)
-    return table
+
+def open_table(name: str, calls: aws.AwsCalls | None = None) -> Table:
+    """Blocking: a handle on table `name` over a new DynamoDB client of `calls` (default: the runtime serving the
+    call), bounded by its config."""
+    return Table((calls or aws.in_use()).client("dynamodb"), name)
 
 
 # -- values -------------------------------------------------------------------------------------------------------
@@ -101,35 +152,85 @@ def check_storable(value: Any) -> None:
 
 
 def serialize(item: Mapping[str, Any]) -> dict[str, Any]:
-    """An item in resource form as low-level AttributeValues, numbers in plain notation."""
-    serializer = _serializer()
-    return {name: serializer.serialize(value) for name, value in item.items()}
+    """An item (or a key, or expression values) in python form as DynamoDB's AttributeValues."""
+    return {name: serialize_value(value) for name, value in item.items()}
+
+
+def serialize_value(value: Any) -> dict[str, Any]:
+    """One python value as an AttributeValue, as boto3's TypeSerializer makes it, except that numbers are written
+    in plain notation. Floats are refused (TypeError): they are not exact; so are numbers DynamoDB would round."""
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, (int, Decimal)):
+        return {"N": _number(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, (bytes, bytearray)):
+        return {"B": value}
+    if isinstance(value, Set):
+        if all(isinstance(v, (int, Decimal)) and not isinstance(v, bool) for v in value):
+            return {"NS": [_number(v) for v in value]}
+        if all(isinstance(v, str) for v in value):
+            return {"SS": list(value)}
+        if all(isinstance(v, (bytes, bytearray)) for v in value):
+            return {"BS": list(value)}
+    elif isinstance(value, Mapping):
+        return {"M": {k: serialize_value(v) for k, v in value.items()}}
+    elif isinstance(value, (list, tuple)):
+        return {"L": [serialize_value(v) for v in value]}
+    if isinstance(value, float):
+        raise TypeError("Float types are not supported. Use Decimal types instead.")
+    raise TypeError(f"Unsupported type {type(value)} for value {value!r}")
+
+
+def _number(value: int | Decimal) -> str:
+    number = _DYNAMODB_NUMBERS.create_decimal(value)
+    if not number.is_finite():
+        raise TypeError("Infinity and NaN not supported")
+    return format(number, "f")
 
 
 def deserialize(item: Mapping[str, Any] | None) -> Item | None:
-    """A low-level item (as in a failed condition's `Item`) in resource form."""
-    if item is None:
-        return None
-    from boto3.dynamodb.types import TypeDeserializer
-
-    deserializer = TypeDeserializer()
-    return {name: deserializer.deserialize(value) for name, value in item.items()}
+    """A low-level item (as in a failed condition's `Item`) in python form; None stays None."""
+    return None if item is None else deserialize_item(item)
 
 
-@lru_cache(maxsize=1)
-def _serializer() -> TypeSerializer:
-    from boto3.dynamodb.types import TypeSerializer
+def deserialize_item(item: Mapping[str, Any]) -> Item:
+    return {name: deserialize_value(value) for name, value in item.items()}
 
-    class PlainNumbers(TypeSerializer):
-        def serialize(self, value: Any) -> Any:
-            serialized: dict[str, Any] = dict(super().serialize(value))
-            if "N" in serialized:
-                serialized["N"] = format(Decimal(serialized["N"]), "f")
-            elif "NS" in serialized:
-                serialized["NS"] = [format(Decimal(n), "f") for n in serialized["NS"]]
-            return serialized
 
-    return PlainNumbers()
+def deserialize_value(value: Mapping[str, Any]) -> Any:
+    """One AttributeValue in python form, as boto3's TypeDeserializer makes it (binary as bytes)."""
+    ((kind, data),) = value.items()
+    match kind:
+        case "S" | "B" | "BOOL":
+            return data
+        case "N":
+            return _DYNAMODB_NUMBERS.create_decimal(data)
+        case "NULL":
+            return None
+        case "M":
+            return {k: deserialize_value(v) for k, v in data.items()}
+        case "L":
+            return [deserialize_value(v) for v in data]
+        case "SS" | "BS":
+            return set(data)
+        case "NS":
+            return {_DYNAMODB_NUMBERS.create_decimal(n) for n in data}
+    raise TypeError(f"DynamoDB type {kind} is not supported")
+
+
+def wire_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's parameters with their items, keys and expression values as AttributeValues."""
+    wire = dict(request)
+    for name in _VALUES_IN:
+        if name in wire:
+            wire[name] = serialize(wire[name])
+    if "ExpressionAttributeValues" in wire:
+        wire["ExpressionAttributeValues"] = serialize(wire["ExpressionAttributeValues"])
+    return wire
 
 
 def iso_seconds(moment: datetime) -> str:
@@ -156,15 +257,16 @@ def get(pk: str, sk: str) -> Item | None:
 def get_many(keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Item]:
     """The items of `keys` (at most 100) that exist, by (pk, sk), read consistently in one BatchGetItem (and one
     more for each part DynamoDB leaves unprocessed, at most `_BATCH_GET_ATTEMPTS` in all)."""
-    client, name = handle().meta.client, handle().name
+    table = handle()
     found: dict[tuple[str, str], Item] = {}
-    request: Any = {name: {"Keys": [{"pk": pk, "sk": sk} for pk, sk in dict.fromkeys(keys)], "ConsistentRead": True}}
+    wire_keys = [serialize({"pk": pk, "sk": sk}) for pk, sk in dict.fromkeys(keys)]
+    request: Any = {table.name: {"Keys": wire_keys, "ConsistentRead": True}}
     for _ in range(_BATCH_GET_ATTEMPTS):
-        # The resource's client takes and answers resource-form values (the handle's serializer is registered on it).
-        answer: Any = client.batch_get_item(RequestItems=request)
-        for item in answer.get("Responses", {}).get(name, []):
+        answer: Any = table.client.batch_get_item(RequestItems=request)
+        for wire_item in answer.get("Responses", {}).get(table.name, []):
+            item = deserialize_item(wire_item)
             found[(str(item["pk"]), str(item["sk"]))] = item
-        request = answer.get("UnprocessedKeys") or None
+        request = answer.get("UnprocessedKeys") or None  # AttributeValues already: sent back as they are
         if not request:
             return found
     raise Conflict()
@@ -277,14 +379,22 @@ def write(actions: Sequence[Action], *, token: str | None = None) -> Failed:
 
 
 def delete_all(keys: Iterable[tuple[str, str]]) -> None:
-    """Delete items by (pk, sk), in batches, unconditionally (housekeeping: nothing depends on when)."""
-    with handle().batch_writer() as batch:
-        for pk, sk in keys:
-            batch.delete_item(Key={"pk": pk, "sk": sk})
+    """Delete items by (pk, sk), in batches of 25, unconditionally (housekeeping: nothing depends on when). What
+    DynamoDB leaves unprocessed is sent again, up to `_BATCH_WRITE_ATTEMPTS` times a batch (then Conflict)."""
+    table = handle()
+    requests = [{"DeleteRequest": {"Key": serialize({"pk": pk, "sk": sk})}} for pk, sk in dict.fromkeys(keys)]
+    for start in range(0, len(requests), _BATCH_WRITE_SIZE):
+        pending: Any = {table.name: requests[start : start + _BATCH_WRITE_SIZE]}
+        for _ in range(_BATCH_WRITE_ATTEMPTS):
+            pending = table.client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or None
+            if not pending:
+                break
+        else:
+            raise Conflict()
 
 
 def _parameters(action: Action) -> dict[str, Any]:
-    """The action's parameters in resource form (as UpdateItem, PutItem or DeleteItem take them)."""
+    """The action's parameters in python form (as `Table` takes them for UpdateItem, PutItem or DeleteItem)."""
     request: dict[str, Any]
     if isinstance(action, Put):
         request = {"Item": action.item}
@@ -316,7 +426,7 @@ def _transact(actions: Sequence[Action], token: str | None) -> None:
     table = handle()
     items: list[dict[str, Any]] = []
     for action in actions:
-        request = {**_parameters(action), "TableName": table.name}
+        request = {**wire_request(_parameters(action)), "TableName": table.name}
         if isinstance(action, Update):
             items.append({"Update": request})
         elif isinstance(action, Put):
@@ -328,5 +438,4 @@ def _transact(actions: Sequence[Action], token: str | None) -> None:
     parameters: dict[str, Any] = {"TransactItems": items}
     if token is not None:
         parameters["ClientRequestToken"] = token
-    # The resource's client takes resource-form values: the handle's serializer is registered on it.
-    table.meta.client.transact_write_items(**parameters)
+    table.client.transact_write_items(**parameters)
