@@ -25,13 +25,16 @@ def raise_fd_limit() -> None:
 
 
 def uvicorn_args(port: int, run_sh: Path = RUN_SH, app: str | None = None) -> list[str]:
-    """The streaming door's uvicorn command line, read from functions/proxy/run.sh so the bench serves the gateway
-    exactly as Lambda does; only the port is ours (and the host, which run.sh pins to 127.0.0.1 already). `app`:
-    another ASGI app served the same way (the bench's floor relay) instead of the gateway."""
+    """The streaming door's python arguments, read from functions/proxy/run.sh so the bench serves the gateway
+    exactly as Lambda does (its launcher, uvicorn's command line with the collector off until the app has started,
+    and its flags); only the port is ours (and the host, which run.sh pins to 127.0.0.1 already). `app`: another
+    ASGI app served the same way (the bench's floor relay) instead of the gateway, by `-m uvicorn` with the same
+    flags (only the gateway's app turns the collector back on)."""
     text = run_sh.read_text().replace("\\\n", " ")
-    line = next(line for line in text.splitlines() if "-m uvicorn" in line and not line.lstrip().startswith("#"))
-    words = shlex.split(line)
-    args = words[words.index("uvicorn") + 1 :]
+    line = next(line for line in text.splitlines() if line.lstrip().startswith("exec python3 "))
+    words = shlex.split(line)[2:]  # after `exec python3`
+    first_option = next(index for index, word in enumerate(words) if word.startswith("--"))
+    launcher, args = words[:first_option], words[first_option:]
     kept: list[str] = []
     skip = False
     for word in args:
@@ -42,8 +45,9 @@ def uvicorn_args(port: int, run_sh: Path = RUN_SH, app: str | None = None) -> li
         elif not word.startswith(("--host=", "--port=")):
             kept.append(word)
     if app is not None:
+        launcher = ["-m", "uvicorn"]
         kept[-1] = app  # the app is uvicorn's one positional argument, after the options
-    return ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), *kept]
+    return [*launcher, "--host", "127.0.0.1", "--port", str(port), *kept]
 
 
 def start(stack: ExitStack, args: list[str], env: dict[str, str], ready_url: str) -> subprocess.Popen[bytes]:

@@ -56,17 +56,18 @@ def test_soak_is_flat_unless_the_second_half_climbs() -> None:
 
 def test_gateway_is_started_with_the_streaming_doors_uvicorn_flags(tmp_path: Path) -> None:
     args = processes.uvicorn_args(8123)
-    assert args[:6] == ["-m", "uvicorn", "--host", "127.0.0.1", "--port", "8123"]
+    assert args[0] == "-c" and "from uvicorn.main import main" in args[1]  # run.sh's launcher
+    assert args[2:6] == ["--host", "127.0.0.1", "--port", "8123"]
     assert "anthropic_gateway.app:app" in args and "--no-access-log" in args
     assert args.count("--port") == 1 and args.count("--host") == 1
     run_sh = tmp_path / "run.sh"
     run_sh.write_text(
-        '# exec python -m uvicorn --bad\nexec python3 -m uvicorn --port="$P" \\\n    --http httptools app:app\n'
+        '# exec python3 -m uvicorn --bad\nexec python3 -m uvicorn --port="$P" \\\n    --http httptools app:app\n'
     )
     assert processes.uvicorn_args(1, run_sh) == ["-m", "uvicorn", "--host", "127.0.0.1", "--port", "1", "--http",
                                                  "httptools", "app:app"]  # fmt: skip
     floor = processes.uvicorn_args(8123, app="bench.floor_relay:app")  # the floor relay: same server, same flags
-    assert floor == [*args[:-1], "bench.floor_relay:app"] and args[-1] == "anthropic_gateway.app:app"
+    assert floor == ["-m", "uvicorn", *args[2:-1], "bench.floor_relay:app"] and args[-1] == "anthropic_gateway.app:app"
 
 
 def test_fast_upstream_streams_anthropics_event_order() -> None:

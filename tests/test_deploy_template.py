@@ -416,7 +416,8 @@ def test_run_sh_starts_the_app_on_the_adapters_port():
     text = run_sh.read_text()
     assert text.startswith("#!/bin/bash\n")
     assert "\r" not in text, "run.sh needs LF line endings"
-    assert "exec python3 -m uvicorn" in text and "anthropic_gateway.app:app" in text
+    assert "exec python3 -c 'import gc, sys; gc.disable(); from uvicorn.main import main" in text
+    assert "anthropic_gateway.app:app" in text
     assert '--port "${AWS_LWA_PORT:-${PORT:-8080}}"' in text and "/opt/python" in text
 
 
