@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,8 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from anthropic_gateway.app import GatewayApp
+from anthropic_gateway.storage import table
 from support.gateways import OUTPUT
-from tests.conftest import MASTER_KEY
+from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}
@@ -28,7 +31,8 @@ ADMIN = ("admin", "console", "key_routes", "spend_routes", "team_routes", "user_
          "org_views")
 
 def heavy():
-    names = ("fastapi", "pydantic", *(f"anthropic_gateway.{name}" for name in ADMIN))
+    names = ("fastapi", "pydantic", "boto3", "aws_lambda_powertools.utilities.parameters",
+             *(f"anthropic_gateway.{name}" for name in ADMIN))
     return sorted(name for name in names if name in sys.modules)
 
 report = {}
@@ -49,7 +53,8 @@ with open(sys.argv[2], "w") as out:
 
 
 def test_a_pass_through_request_never_imports_the_admin_app(aws, virtual_key, fake_upstream, tmp_path):
-    """FastAPI, pydantic, the admin routes and the console stay out of a process that only relays (issue 21)."""
+    """FastAPI, pydantic, the admin routes and the console stay out of a process that only relays, and so do boto3
+    and Powertools' parameters: the AWS clients are botocore's (issue 21)."""
     report = tmp_path / "report.json"
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'layers' / 'gateway'}{os.pathsep}{ROOT}")
     subprocess.run(
@@ -133,3 +138,27 @@ def test_a_setting_that_cannot_work_fails_the_start(aws):
     with pytest.raises(BedrockConfigError):
         asyncio.run(app.start())
     assert app.runtime is None
+
+
+def test_the_start_reads_both_keys_and_makes_the_aws_clients_before_any_request(aws):
+    """What a cold start costs is paid before the adapter's readiness check passes (issue 21): both keys read, the
+    Secrets Manager client and the table handle made and installed for the storage modules."""
+
+    async def start_then_read() -> tuple[bool, list[str], tuple[str, str]]:
+        app = GatewayApp(stream=OUTPUT)
+        await app.start()
+        runtime = app.runtime
+        assert runtime is not None
+        made: list[str] = []
+        runtime.secrets.client().meta.events.register("before-call.*.*", lambda model, **_: made.append(model.name))
+        deactivate = runtime.activate()
+        try:
+            read = (await runtime.secrets.master_key(), await runtime.secrets.upstream_key())
+        finally:
+            deactivate()
+            installed = runtime.table is not None and table.handle() is runtime.table
+            await app.stop()
+        return installed, made, read
+
+    installed, made, read = asyncio.run(start_then_read())
+    assert installed and made == [] and read == (MASTER_KEY, UPSTREAM_KEY)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from anthropic_gateway.app import AFTER_RESTORE_PATH, BEFORE_CHECKPOINT_PATH
+from anthropic_gateway.storage import table
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}
@@ -68,8 +69,10 @@ def test_the_adapters_hook_call_forgets_secrets_and_connections(gateway_with, ma
     name, old, new, rotate = master_secret
     gateway = gateway_with(master_key_secret=name)
     assert _status(gateway, old) == 200
-    pools = gateway.app.runtime.pools
+    runtime = gateway.app.runtime
+    pools = runtime.pools
     used = pools.get("anthropic")
+    clients = (runtime.secrets.client(), table.handle())
     rotate()
 
     called = httpx.post(gateway.url + hook)  # as the adapter calls it: an empty POST over loopback
@@ -77,6 +80,8 @@ def test_the_adapters_hook_call_forgets_secrets_and_connections(gateway_with, ma
     assert called.status_code == 200 and called.json() == {"status": "ok"}
     assert pools.get("anthropic") is not used  # the old pool and its connections are closed
     assert (_status(gateway, new), _status(gateway, old)) == (200, 401)  # the secret was read again
+    # New AWS clients (Secrets Manager's, and DynamoDB's under the table handle), from a new session.
+    assert runtime.secrets.client() is not clients[0] and table.handle() is not clients[1]
 
 
 def test_two_environments_restored_from_one_snapshot_draw_their_own_ids_and_read_secrets_again(
