@@ -31,7 +31,7 @@ ADMIN = ("admin", "console", "key_routes", "spend_routes", "team_routes", "user_
          "org_views")
 
 def heavy():
-    names = ("fastapi", "pydantic", "boto3", "aws_lambda_powertools.utilities.parameters",
+    names = ("fastapi", "pydantic", "boto3", "aws_lambda_powertools.utilities.parameters", "jwt",
              *(f"anthropic_gateway.{name}" for name in ADMIN))
     return sorted(name for name in names if name in sys.modules)
 
@@ -54,7 +54,7 @@ with open(sys.argv[2], "w") as out:
 
 def test_a_pass_through_request_never_imports_the_admin_app(aws, virtual_key, fake_upstream, tmp_path):
     """FastAPI, pydantic, the admin routes and the console stay out of a process that only relays, and so do boto3
-    and Powertools' parameters: the AWS clients are botocore's (issue 21)."""
+    and Powertools' parameters (the AWS clients are botocore's), and PyJWT (the console's sessions) (issue 21)."""
     report = tmp_path / "report.json"
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'layers' / 'gateway'}{os.pathsep}{ROOT}")
     subprocess.run(

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 from starlette.responses import Response
 
 from . import secrets as gateway_secrets
@@ -68,6 +67,8 @@ async def _key(purpose: bytes) -> bytes:
 
 
 async def _sign(purpose: bytes, audience: str, claims: dict[str, Any], seconds: float) -> str:
+    import jwt  # deferred: the console's sessions alone use it, and a process that only relays never imports it
+
     now = int(time.time())
     payload = {**claims, "iss": _ISSUER, "aud": audience, "iat": now, "exp": now + int(seconds)}
     return jwt.encode(payload, await _key(purpose), algorithm="HS256")
@@ -76,6 +77,8 @@ async def _sign(purpose: bytes, audience: str, claims: dict[str, Any], seconds: 
 async def _read(purpose: bytes, audience: str, value: str | None) -> dict[str, Any] | None:
     if not value:
         return None
+    import jwt  # deferred, as in _sign
+
     try:
         claims: dict[str, Any] = jwt.decode(
             value,
