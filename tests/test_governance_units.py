@@ -21,6 +21,9 @@ from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, Scop
 from anthropic_gateway.usage import Usage
 from support.fake_anthropic import expected_input_tokens
 
+# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
+UNKNOWN_MODELS = pricing.UnknownModels("max")
+
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -91,25 +94,25 @@ def test_estimate_bounds_the_cost(model, text, max_tokens):
     max_tokens - or up to one token per 4 bytes when all of it is written to the 1-hour cache."""
     body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
     raw = json.dumps(body, ensure_ascii=False).encode()
-    estimate = governance.estimate_cost(body, len(raw))
+    estimate = governance.estimate_cost(body, len(raw), UNKNOWN_MODELS)
 
     assert len(text) <= len(raw) // 2 or text.isascii()
     worst_plain = Usage(input_tokens=len(raw) // 2, output_tokens=max_tokens)
-    assert estimate >= pricing.cost_usd(model, worst_plain)
+    assert estimate >= pricing.cost_usd(model, worst_plain, UNKNOWN_MODELS)
     cached = Usage(
         cache_creation_input_tokens=len(raw) // 4,
         cache_creation_1h_input_tokens=len(raw) // 4,
         output_tokens=max_tokens,
     )
-    assert estimate >= pricing.cost_usd(model, cached)
+    assert estimate >= pricing.cost_usd(model, cached, UNKNOWN_MODELS)
     assert estimate >= pricing.cost_usd(
-        model, Usage(input_tokens=expected_input_tokens(body), output_tokens=max_tokens)
+        model, Usage(input_tokens=expected_input_tokens(body), output_tokens=max_tokens), UNKNOWN_MODELS
     )
 
 
 def test_estimate_without_a_readable_body_still_reserves_something():
-    assert governance.estimate_cost(None, 4000) > 0
-    assert governance.estimate_cost({"model": "claude-haiku-4-5", "max_tokens": True}, 400) > 0
+    assert governance.estimate_cost(None, 4000, UNKNOWN_MODELS) > 0
+    assert governance.estimate_cost({"model": "claude-haiku-4-5", "max_tokens": True}, 400, UNKNOWN_MODELS) > 0
 
 
 # -- DynamoDB bookkeeping (mock_aws) ------------------------------------------------------------------------------

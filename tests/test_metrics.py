@@ -22,6 +22,9 @@ from support.captured_lines import Output, dimension_sets, metric_values, stored
 from support.gateways import start_gateway
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
+# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
+UNKNOWN_MODELS = pricing.UnknownModels("max")
+
 MODEL = "claude-sonnet-4-5"
 USAGE = {"input_tokens": 1234, "output_tokens": 56, "cache_creation_input_tokens": 789, "cache_read_input_tokens": 4321}
 
@@ -66,7 +69,9 @@ def message(stream: bool = False, text: str = "Hello, world") -> dict:
 def expected_cost(usage: dict) -> float:
     # The fake reports cache writes as 5-minute ones.
     return float(
-        pricing.cost_usd(MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]))
+        pricing.cost_usd(
+            MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]), UNKNOWN_MODELS
+        )
     )
 
 

@@ -24,6 +24,9 @@ from support.captured_lines import stored_key
 from support.orgs import error_of, exact, new_key, new_team, new_user, ok, unique
 from tests.conftest import MASTER_KEY
 
+# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
+UNKNOWN_MODELS = pricing.UnknownModels("max")
+
 MODEL = "claude-haiku-4-5"
 HELLO: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Hi"}]
 
@@ -35,7 +38,7 @@ def around_today() -> dict[str, str]:
 
 
 def cost(usage: dict[str, int]) -> Decimal:
-    return pricing.cost_usd(MODEL, Usage(**usage))
+    return pricing.cost_usd(MODEL, Usage(**usage), UNKNOWN_MODELS)
 
 
 def sdk(gateway, key: str) -> anthropic.Anthropic:
@@ -156,11 +159,11 @@ def _record(*calls: tuple[dict, Decimal, date]) -> None:
 
     async def record_and_flush() -> None:
         runtime = Runtime(get_settings())  # a ledger like the gateway's, on this loop
-        deactivate = runtime.activate()
         for where, amount, day in calls:
-            day_spend.add(day_spend.counters(amount, Usage(input_tokens=1), forwarded=True), day=day, **where)
+            day_spend.add(
+                runtime.ledger, day_spend.counters(amount, Usage(input_tokens=1), forwarded=True), day=day, **where
+            )
         await runtime.ledger.flush()
-        deactivate()
 
     asyncio.run(record_and_flush())
 

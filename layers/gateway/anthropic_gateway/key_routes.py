@@ -30,12 +30,14 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from . import audit, governance, keys, money, secrets, tags
+from . import audit, governance, keys, money, tags
 from .access import Access, admin_access
 from .access import of as access_of
+from .auth import runtime_of
 from .errors import GatewayError, invalid_request
 from .money_fields import Amount, MoneyJSONResponse
 from .refusals import key_owner_error
+from .secrets import Secrets
 from .settings import parse_upstreams
 from .storage import key_records, members, table, teams, users
 from .storage.audit import Entry
@@ -372,7 +374,7 @@ def _retrying(find: Callable[[], KeyRecord], change: Callable[[KeyRecord], Any])
     )
 
 
-async def _check_new_key(key: str, field: str) -> str:
+async def _check_new_key(secrets: Secrets, key: str, field: str) -> str:
     if not keys.is_well_formed(key):
         raise GatewayError(400, f"{field}: must be 'sk-' followed by 22 to 200 letters, digits, '-' or '_'.")
     if key == await secrets.master_key():
@@ -388,7 +390,11 @@ async def generate_key(http_request: Request) -> Response:
     request = await parse_body(http_request, GenerateRequest)
     access = access_of(http_request)
     request.team_id, request.user_id = access.new_key_owner(request.team_id, request.user_id)
-    plain = await _check_new_key(request.key, "key") if request.key is not None else keys.new_key()
+    plain = (
+        await _check_new_key(runtime_of(http_request).secrets, request.key, "key")
+        if request.key is not None
+        else keys.new_key()
+    )
     now = keys.utcnow()
     record = KeyRecord(
         token=keys.hash_key(plain),
@@ -658,7 +664,11 @@ async def list_keys(
 @router.post("/regenerate", response_model=KeyWithInfo)
 async def regenerate_key(http_request: Request) -> Response:
     request = await parse_body(http_request, RegenerateRequest)
-    plain = await _check_new_key(request.new_key, "new_key") if request.new_key is not None else keys.new_key()
+    plain = (
+        await _check_new_key(runtime_of(http_request).secrets, request.new_key, "new_key")
+        if request.new_key is not None
+        else keys.new_key()
+    )
     old: list[str] = []
     access, entries = access_of(http_request), list[Entry]()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -125,21 +124,13 @@ class UnknownModels:
         return _fallback(self.rate)
 
 
-_in_use: ContextVar[UnknownModels] = ContextVar("unknown_models")
-
-
-def use(unknown_models: UnknownModels) -> Token[UnknownModels]:
-    """Price unknown models as `unknown_models` says in this context (the app does, per request)."""
-    return _in_use.set(unknown_models)
-
-
-def rates_for(model: str | None, unknown_models: UnknownModels | None = None) -> Rates:
-    """The rates `model` is billed at; a model pricing.json does not know at `unknown_models`' rate (by default
-    that of the runtime serving the request)."""
+def rates_for(model: str | None, unknown_models: UnknownModels) -> Rates:
+    """The rates `model` is billed at; a model pricing.json does not know at `unknown_models`' rate (the
+    runtime's)."""
     known = resolve_model(model) if model else None
     if known is not None:
         return _table()[0][known]
-    return (unknown_models or _in_use.get()).rates(model)
+    return unknown_models.rates(model)
 
 
 @lru_cache(maxsize=1)
@@ -149,7 +140,7 @@ def batch_multiplier() -> Decimal:
     return Decimal(data["batch"]["multiplier"])
 
 
-def cost_usd(model: str | None, usage: Usage, unknown_models: UnknownModels | None = None) -> Decimal:
+def cost_usd(model: str | None, usage: Usage, unknown_models: UnknownModels) -> Decimal:
     """USD cost of one response, exact (`unknown_models`: as for `rates_for`)."""
     five, hour = usage.cache_creation_5m_input_tokens, usage.cache_creation_1h_input_tokens
     written = max(usage.cache_creation_input_tokens, five + hour)

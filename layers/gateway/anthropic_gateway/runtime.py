@@ -9,7 +9,8 @@ init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to
     secrets         the upstream and master keys and any other secret, cached (secrets.py)
     bedrock         the Bedrock upstream and its credentials (bedrock.py)
     pools           keep-alive connections to each upstream (forwarding.py)
-    upstreams       what the pass-through forwards with: settings, pools, Bedrock, secrets (forwarding.py)
+    upstreams       what the pass-through forwards with: settings, pools, Bedrock, secrets; AWS calls and
+                    unknown-model prices for batch answers (forwarding.py)
     metrics         where EMF blobs and log lines go, and the Tag values given out (metrics.py)
     unknown_models  the price of models pricing.json does not know, and which were logged (pricing.py)
     background      after-response tasks (background.py)
@@ -17,16 +18,19 @@ init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to
     ledger          counters not written yet, and writes kept for retry (ledger.py)
     batch_sweeps    when the last sweep of the batches due to be settled started (batches.py)
 
-Code that has the runtime at hand uses it directly, and hands on the part a callee needs: the app gives
-`routing.forward` the `upstreams` and `request_body.read` the size limit; accounting gets the metrics writer, the
-unknown-model prices and the background tasks. The other modules of the request path still reach their part
-through the module's own functions (`aws.call`, `secrets.master_key`, `pricing.rates_for`, `background.spawn`,
-`ledger.add`), which act on the runtime serving the request: `activate` makes it theirs in the request's context,
-and tasks and worker threads started from there inherit it.
+Nothing reaches a runtime implicitly: the app hands it (or the part a callee needs) down the request path, and
+the admin app reaches it in its state (admin.py; a route: `auth.runtime_of(request)`). The app gives
+`authenticate`, `governance.admit` and `batches.admit` the runtime, `routing.forward` the `upstreams` and
+`request_body.read` the size limit; accounting settles with the runtime that built it. Modules below this one
+take what they use as parameters, typed by the parts they need (`governance.Parts`, `batches.Parts`,
+`auth.Parts`, `sso.Parts`, `accounting.Parts`: protocols this class satisfies), so none of them imports this
+module. The one ContextVar left is a request's AWS deadline (aws.py): it belongs to a request and the tasks it
+starts, not to a process.
 
 Still one per process, in the modules that hold them: boto3's default session, which the DynamoDB table handle
 (storage/table.py) and the Secrets Manager client share, and that handle; the key cache and key directory
-(keys.py); and the settings those modules read through `get_settings()`.
+(keys.py), the owners cache (owners.py) and the team and tag registries (storage/teams.py, storage/tags.py); and
+the settings those modules read through `get_settings()`.
 """
 
 from __future__ import annotations
@@ -36,13 +40,11 @@ import os
 import random
 import ssl
 import sys
-from collections.abc import Callable
-from contextvars import Token
-from typing import IO, Any
+from typing import IO
 
 from aws_lambda_powertools import Logger
 
-from . import aws, background, batches, keys, ledger, pricing, secrets
+from . import batches, keys, pricing
 from .accounting import Accounting
 from .aws import AwsCalls
 from .background import Background
@@ -71,35 +73,18 @@ class Runtime:
         self.secrets = Secrets(settings, self.aws)
         self.bedrock = Bedrock.from_settings(settings, self.secrets)
         self.pools = UpstreamPools(settings, self.bedrock.base_url)
-        self.upstreams = Upstreams(settings, self.pools, self.bedrock, self.secrets)
         self.metrics = Metrics(settings, stream or sys.stdout)
         self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate)
+        self.upstreams = Upstreams(settings, self.pools, self.bedrock, self.secrets, self.aws, self.unknown_models)
         self.background = Background()
-        self.accounting = Accounting(self.metrics, self.unknown_models, self.background)
+        self.accounting = Accounting(self)
         self.ledger = Ledger(settings, self.aws)
         self.batch_sweeps = batches.SweepClock()
         # What failed is written as soon as DynamoDB answers again, not when the backoff says.
         self.aws.on_recovery(self.ledger.retry_now)
 
-    def activate(self) -> Callable[[], None]:
-        """Make this the runtime the request path's modules act on, in the current context (a request's, or the
-        lifespan's); returns what undoes it."""
-        tokens: tuple[Token[Any], ...] = (
-            aws.use(self.aws),
-            secrets.use(self.secrets),
-            ledger.use(self.ledger),
-            pricing.use(self.unknown_models),
-            background.use(self.background),
-        )
-
-        def deactivate() -> None:
-            for token in reversed(tokens):
-                token.var.reset(token)
-
-        return deactivate
-
     async def start(self) -> None:
-        """Log lines to this runtime's stream, then `warm`: call it in the runtime's context (`activate`)."""
+        """Log lines to this runtime's stream, then `warm`."""
         self.metrics.route_logs()
         await self.warm()
 

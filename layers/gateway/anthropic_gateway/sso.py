@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from . import aws, keys, oidc, secrets
+from . import keys, oidc
+from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
+from .secrets import Secrets
 from .settings import ROLES, OidcSettings, get_settings
 from .storage import key_records, teams, users
 from .storage.key_records import KeyRecord
@@ -43,6 +45,13 @@ PERSONAL_MARK = "personal_key"  # metadata of a personal key: {"personal_key": t
 _ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}  # ROLES lists the most powerful first
 _MAX_ID = 256  # a user id is at most this long (the user API's bound)
 _CONFLICT = "invalid_request_error"  # 409 has no Anthropic error type of its own
+
+
+class Parts(Protocol):
+    """What single sign-on uses of the running gateway (runtime.py's `Runtime` has them)."""
+
+    aws: AwsCalls
+    secrets: Secrets
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ def client(oidc_settings: OidcSettings) -> oidc.OidcClient:
     return found
 
 
-async def client_secret(oidc_settings: OidcSettings) -> str | None:
+async def client_secret(secrets: Secrets, oidc_settings: OidcSettings) -> str | None:
     return await secrets.get(oidc_settings.client_secret_name) if oidc_settings.client_secret_name else None
 
 
@@ -134,13 +143,13 @@ def _strings(value: object) -> list[str]:
 # -- the person's user ---------------------------------------------------------------------------------------------
 
 
-async def signed_in_user(identity: Identity) -> UserRecord:
+async def signed_in_user(runtime: Parts, identity: Identity) -> UserRecord:
     """The person's user, created at their first sign-in and brought in line with their groups at each; 403 when
     it is blocked or being deleted."""
     default_role = configured().default_role
     try:
-        user = await aws.call(provision, identity, default_role)
-    except aws.Unavailable:
+        user = await runtime.aws.call(provision, identity, default_role)
+    except Unavailable:
         raise GatewayError(503, "The gateway cannot read its users right now; retry.") from None
     if user.blocked or user.deleting:
         raise GatewayError(403, f"User {user.user_id!r} is blocked: ask an admin of the gateway.")
@@ -222,7 +231,7 @@ class PersonalKey:
     revoked: str | None  # the hash of the key its slot held, if that one still worked
 
 
-async def issue_personal_key(user: UserRecord, team_id: str | None) -> PersonalKey:
+async def issue_personal_key(runtime: Parts, user: UserRecord, team_id: str | None) -> PersonalKey:
     """A new key for `user` that expires after PERSONAL_KEY_HOURS, in `team_id` (one of the user's teams), or in
     the user's only team when there is one and none is named."""
     if team_id is not None and team_id not in user.teams:
@@ -230,8 +239,8 @@ async def issue_personal_key(user: UserRecord, team_id: str | None) -> PersonalK
     team = team_id if team_id is not None else user.teams[0] if len(user.teams) == 1 else None
     hours = configured().personal_key_hours
     try:
-        issued = await aws.call(_issue, user.user_id, team, hours)
-    except aws.Unavailable:
+        issued = await runtime.aws.call(_issue, user.user_id, team, hours)
+    except Unavailable:
         raise GatewayError(503, "The gateway cannot store keys right now; retry.") from None
     keys.key_cache.invalidate(issued.record.token, *((issued.revoked,) if issued.revoked else ()))
     return issued
