@@ -258,7 +258,7 @@ def open_batch(own_table, monkeypatch, test_runtime):
     record = key_records.KeyRecord(
         token=keys.hash_key(plain), key_name="k", created_at=now.isoformat(), max_budget=Decimal(10)
     )
-    keys.put_new(record)
+    keys.put_new(test_runtime.key_cache, record)
     estimate, lease = Decimal(1), int(batches.RESERVATION_LEASE.total_seconds())
     held = asyncio.run(
         governance.reserve_budget(test_runtime, [record.scope], estimate, "batch-r1", lease_seconds=lease, whole=True)

@@ -147,7 +147,7 @@ def new_record(**settings) -> key_records.KeyRecord:
         updated_at=keys.iso(NOW),
         **settings,
     )
-    keys.put_new(record)
+    key_records.put_new(record)  # as /key/generate stores it
     return record
 
 
@@ -194,7 +194,7 @@ def clock(monkeypatch) -> list[datetime]:
     return now
 
 
-def test_budget_bookkeeping_keeps_its_invariant(table):
+def test_budget_bookkeeping_keeps_its_invariant(table, test_runtime):
     record = new_record(
         max_budget=Decimal(1), budget_duration="1d", budget_reset_at=gateway_table.iso_seconds(NOW + timedelta(1))
     )
@@ -208,7 +208,7 @@ def test_budget_bookkeeping_keeps_its_invariant(table):
         assert_headroom_invariant(record)
     refused, nothing = acquire(record, Decimal("0.01"))  # 1.2 reserved of 1.0: no headroom left
     assert isinstance(refused, OverBudget) and refused.reserved == Decimal("1.2") and nothing.reserved is None
-    error = governance.refusal(refused)
+    error = governance.refusal(test_runtime, refused)
     assert error.status == 402 and "reserved" in error.message
 
     for admission, actual in zip(admissions, ("0.1", "0.2", "0.5", "0"), strict=True):
@@ -362,35 +362,35 @@ def test_counters_are_added_once_per_operation_and_an_item_gone_is_left_out(tabl
     assert gateway_table.get("gone", "S") is None and gateway_table.get("Q", "S")["spend"] == 3
 
 
-def test_regenerate_moves_the_key_not_the_record(table):
+def test_regenerate_moves_the_key_not_the_record(table, test_runtime):
     record = new_record(key_alias="rotating", max_budget=Decimal(2))
     first = record.token
     second_plain, third_plain = keys.new_key(), keys.new_key()
 
-    keys.regenerate(key_records.load(first), second_plain)
+    keys.regenerate(test_runtime.key_cache, key_records.load(first), second_plain)
     second = keys.hash_key(second_plain)
     assert key_records.load(first) is None
     assert key_records.load(second).key_id == first  # the record keeps its identity (and its counters)
 
-    keys.regenerate(key_records.load(second), third_plain)
+    keys.regenerate(test_runtime.key_cache, key_records.load(second), third_plain)
     third = keys.hash_key(third_plain)
     assert key_records.load(first) is None and key_records.load(second) is None
     assert key_records.load(third).token == third and key_records.load_by_alias("rotating").token == third
     with pytest.raises(key_records.KeyExists):  # a key that was ever used is never accepted again
-        keys.regenerate(key_records.load(third), second_plain)
+        keys.regenerate(test_runtime.key_cache, key_records.load(third), second_plain)
     assert key_records.load(third) is not None and key_records.load(second) is None
 
     # A hold taken with the old key is refused once the key moved on (on every instance: the condition is on the
     # record), and this instance forgets the key at once.
     outcome, _ = acquire(record, Decimal("0.1"))
-    assert isinstance(outcome, Gone) and governance.refusal(outcome).status == 401
+    assert isinstance(outcome, Gone) and governance.refusal(test_runtime, outcome).status == 401
 
     key_records.delete(key_records.load(third))
     assert key_records.load(third) is None and key_records.load_by_alias("rotating") is None
     assert table.scan()["Items"] == []
 
 
-def test_parallel_slots(table, clock):
+def test_parallel_slots(table, clock, test_runtime):
     record = new_record(max_parallel_requests=2)
     held = []
     for _ in ("a", "b"):
@@ -399,7 +399,8 @@ def test_parallel_slots(table, clock):
         held.append(admission)
     refused, _ = acquire(record)
     assert isinstance(refused, TooManyParallel)
-    assert governance.refusal(refused).status == 429 and governance.refusal(refused).headers == {"retry-after": "1"}
+    error = governance.refusal(test_runtime, refused)
+    assert error.status == 429 and error.headers == {"retry-after": "1"}
 
     settle(record, held[0], forwarded=False)
     assert isinstance(acquire(record)[0], holds.Admitted)
@@ -411,7 +412,7 @@ def test_parallel_slots(table, clock):
     assert set(stored(record, "PARALLEL")["slots"]) == {last.slot}
 
 
-def test_rate_window_counts(table, clock):
+def test_rate_window_counts(table, clock, test_runtime):
     record = new_record(rpm_limit=2, tpm_limit=100)
     assert isinstance(acquire(record)[0], holds.Admitted)
     clock[0] = NOW + timedelta(seconds=59)
@@ -419,11 +420,11 @@ def test_rate_window_counts(table, clock):
     clock[0] = NOW + timedelta(seconds=30)
     refused, _ = acquire(record)
     assert isinstance(refused, RateLimited) and refused.limit == "rpm"
-    assert governance.refusal(refused).headers == {"retry-after": "30"}
+    assert governance.refusal(test_runtime, refused).headers == {"retry-after": "30"}
     clock[0] = NOW + timedelta(seconds=60)
     assert isinstance(acquire(record)[0], holds.Admitted)  # a new minute
 
     clock[0] = NOW + timedelta(minutes=5)
     for zero in ({"rpm_limit": 0}, {"tpm_limit": 0}):  # a limit of 0 refuses even the minute's first request
         refused, _ = acquire(new_record(**zero))
-        assert isinstance(refused, RateLimited) and governance.refusal(refused).status == 429
+        assert isinstance(refused, RateLimited) and governance.refusal(test_runtime, refused).status == 429

@@ -17,6 +17,8 @@ from anthropic_gateway.exchange import Exchange
 from anthropic_gateway.metrics import Metrics
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.storage.key_records import KeyRecord
+from anthropic_gateway.storage.tags import TagRegistry
+from anthropic_gateway.storage.teams import TeamRegistry
 from anthropic_gateway.usage import Usage, UsageTap
 from support.captured_lines import Output, dimension_sets, metric_values, stored_key
 from support.gateways import start_gateway
@@ -31,7 +33,7 @@ USAGE = {"input_tokens": 1234, "output_tokens": 56, "cache_creation_input_tokens
 
 # The tags these tests send get Tag values of their own; test_unlisted_tags_* covers everything else.
 LISTED_TAGS = ("team:m", "app:json", "stream:full", "stream:cut", "e:up", "s:json", "conc:*", "t*")
-SERVICE = Metrics(get_settings(), Output()).service  # POWERTOOLS_SERVICE_NAME, as the gateway reads it
+SERVICE = Metrics(get_settings(), Output(), None, None).service  # POWERTOOLS_SERVICE_NAME, as the gateway reads it
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,8 @@ def listed_gateway(gateway):
 
 def writer(**changes) -> Metrics:
     """A runtime's metrics writer, its settings changed by `changes` (METRIC_TAGS, the namespace)."""
-    return Metrics(replace(get_settings(), **changes), Output())
+    settings = replace(get_settings(), **changes)
+    return Metrics(settings, Output(), TeamRegistry(settings), TagRegistry(settings))
 
 
 @pytest.fixture
@@ -426,8 +429,10 @@ def test_blobs_serialise_as_powertools_would():
     exchange.upstream, exchange.failover_cause = "bedrock", "status_529"
     record = KeyRecord(token="0" * 64, key_name="sk-...0000", key_alias="m", team_id="search", user_id="ana")
     exchange.principal = Principal(record=record)
-    lines = writer(metric_tags=LISTED_TAGS).emf_blobs(exchange, 0.25)
-    assert json.loads(lines[0])["Team"] == metrics.team_dimension(exchange)  # the overall blob: [service, Team] too
+    tagged = writer(metric_tags=LISTED_TAGS)
+    lines = tagged.emf_blobs(exchange, 0.25)
+    # The overall blob: [service, Team] too.
+    assert json.loads(lines[0])["Team"] == metrics.team_dimension(exchange, tagged.teams)
     # by model, upstream and team, three tags, status class, failover cause
     assert len(lines) == 6 and all(line.endswith("}\n") and line.count("\n") == 1 for line in lines)
     for line in lines:

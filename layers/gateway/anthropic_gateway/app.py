@@ -210,9 +210,10 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
             exchange.path = forwarding.canonical_path(request.scope)  # the one path every check reads and sent
             body = await request_body.read(request, runtime.settings.max_request_bytes)  # litellm_metadata cut out
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
-            await governance.admit(
-                runtime, exchange, body
-            )  # models, budget, rate limits; holds go on exchange.admission
+            if exchange.tags:  # refreshes the registered tags, if due, while the request runs (metrics.py reads them)
+                runtime.tag_registry.snapshot()
+            # Models, budget, rate limits; the holds go on exchange.admission.
+            await governance.admit(runtime, exchange, body)
             # A batch create reserves its whole estimate (402 when it cannot); any request may start a batch sweep.
             await admit_batch(runtime, exchange, body.raw)
             # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py

@@ -7,20 +7,23 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from aws_lambda_powertools import Logger
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from . import keys, owners, sso_session
+from . import keys, sso_session
 from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
-from .owners import Owners
+from .keys import KeyCache
+from .owners import Owners, OwnersCache
 from .secrets import Secrets
+from .settings import Settings
 from .storage import users
 from .storage.key_records import KeyRecord
-from .storage.teams import registry as registered_teams
+from .storage.tags import TagRegistry
+from .storage.teams import TeamRegistry
 
 
 class Parts(Protocol):
@@ -28,11 +31,22 @@ class Parts(Protocol):
 
     aws: AwsCalls
     secrets: Secrets
+    key_cache: KeyCache
+    owners: OwnersCache
+    team_registry: TeamRegistry
 
 
-def runtime_of(request: Request) -> Any:
+class AdminParts(Parts, Protocol):
+    """What the admin routes use of the running gateway (runtime.py's `Runtime` has them)."""
+
+    settings: Settings
+    tag_registry: TagRegistry
+
+
+def runtime_of(request: Request) -> AdminParts:
     """The runtime of the gateway serving an admin request: the admin app holds it in its state (admin.py)."""
-    return request.app.state.runtime
+    runtime: AdminParts = request.app.state.runtime
+    return runtime
 
 
 @dataclass(frozen=True)
@@ -81,14 +95,14 @@ async def _lookup(runtime: Parts, key: str) -> KeyRecord | None:
     if not keys.is_well_formed(key):
         return None
     token = keys.hash_key(key)
-    hit, record = keys.key_cache.get(token)
+    hit, record = runtime.key_cache.get(token)
     if hit:
         return record
-    _, stale = keys.key_cache.stale(token)
+    _, stale = runtime.key_cache.stale(token)
     if stale is not None and runtime.aws.recently_failed():
         return stale  # AWS failed a moment ago: no request waits out the deadline again for a known key
     try:
-        return await runtime.aws.call_shared(("key", token), partial(keys.cached_load, token))
+        return await runtime.aws.call_shared(("key", token), partial(runtime.key_cache.load, token))
     except Exception as exc:  # DynamoDB unreachable or too slow: a key seen lately keeps working for a while
         if stale is not None:
             logger.warning("key served from the expired cache", extra={"error": type(exc).__name__})
@@ -99,14 +113,16 @@ async def _lookup(runtime: Parts, key: str) -> KeyRecord | None:
 async def _owners_of(runtime: Parts, record: KeyRecord) -> Owners:
     """The key's team, user and membership: cached, else read under the request's deadline; during an outage, as
     cached a while ago (like the key record itself), else a 503."""
-    found = owners.cached(record)
+    found = runtime.owners.cached(record)
     if found is not None:
         return found
-    stale = owners.stale(record)
+    stale = runtime.owners.stale(record)
     if stale is not None and runtime.aws.recently_failed():
         return stale
     try:
-        return await runtime.aws.call_shared(("owners", record.team_id, record.user_id), partial(owners.load, record))
+        return await runtime.aws.call_shared(
+            ("owners", record.team_id, record.user_id), partial(runtime.owners.load, record)
+        )
     except Exception as exc:
         if stale is not None:
             logger.warning("key owners served from the expired cache", extra={"error": type(exc).__name__})
@@ -148,7 +164,7 @@ async def authenticate(runtime: Parts, headers: Headers) -> Principal:
     if record.expired(keys.utcnow()):
         raise GatewayError(401, f"This key expired at {record.expires}.")
     if record.team_id:
-        registered_teams.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
+        runtime.team_registry.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
     if record.team_id is None and record.user_id is None:
         return Principal(record=record)
     found = await _owners_of(runtime, record)

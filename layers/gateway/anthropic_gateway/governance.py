@@ -45,20 +45,21 @@ from typing import Protocol
 
 from aws_lambda_powertools import Logger
 
-from . import keys, money, owners, pricing
+from . import keys, money, pricing
 from .auth import Principal
 from .aws import AwsCalls, Unavailable
 from .bedrock_models import model_table
 from .errors import GatewayError
 from .exchange import Admission, Exchange
+from .keys import KeyCache
 from .ledger import Ledger, Write
+from .owners import OwnersCache
 from .request_body import RequestBody
 from .settings import get_settings
 from .storage import budgets, holds, key_records, rates, spend
 from .storage.scopes import Blocked, Check, Gone, OverBudget, RateLimited, Refusal, Scope, TooManyParallel
 from .storage.table import Number
-from .storage.tags import TagRecord
-from .storage.tags import registry as registered_tags
+from .storage.tags import TagRecord, TagRegistry
 from .usage import Usage
 
 logger = Logger(child=True)
@@ -77,6 +78,9 @@ class Parts(Protocol):
     aws: AwsCalls
     ledger: Ledger
     unknown_models: pricing.UnknownModels
+    key_cache: KeyCache
+    owners: OwnersCache
+    tag_registry: TagRegistry
 
 
 def scopes(
@@ -102,7 +106,7 @@ async def admit(runtime: Parts, exchange: Exchange, body: RequestBody) -> None:
     principal = exchange.principal
     if principal is None or principal.record is None:
         return
-    covered = scopes(principal, exchange.tags, await registered_for(runtime.aws, exchange.tags))
+    covered = scopes(principal, exchange.tags, await registered_for(runtime, exchange.tags))
     governed = [scope for scope in covered if scope.governed]
     allowlists = [scope for scope in covered if scope.models]
     checks_models = bool(allowlists) and _names_models(exchange)
@@ -132,7 +136,7 @@ async def admit(runtime: Parts, exchange: Exchange, body: RequestBody) -> None:
             503, f"The gateway cannot check this key's limits right now ({type(exc).__name__}); retry."
         ) from None
     if not isinstance(outcome, holds.Admitted):
-        raise refusal(outcome)
+        raise refusal(runtime, outcome)
 
 
 def _acquire(
@@ -158,7 +162,7 @@ def _acquire(
     return outcome
 
 
-async def registered_for(aws: AwsCalls, tags: Sequence[str]) -> Mapping[str, TagRecord]:
+async def registered_for(runtime: Parts, tags: Sequence[str]) -> Mapping[str, TagRecord]:
     """The registered tags, for a request that carries tags: from memory (refreshed in the background past
     KEY_CACHE_TTL); read now, under the request's deadline, when this process has no copy younger than
     KEY_CACHE_TTL + AWS_STALE_SECONDS (a cold start, or an outage that outlived it): a 503 when that fails, since a
@@ -166,11 +170,12 @@ async def registered_for(aws: AwsCalls, tags: Sequence[str]) -> Mapping[str, Tag
     if not tags:
         return {}
     settings = get_settings()
+    registered_tags = runtime.tag_registry
     found = registered_tags.current(settings.key_cache_ttl + settings.stale_seconds)
     if found is not None:
         return found
     try:
-        await aws.call_shared("registered-tags", registered_tags.load)
+        await runtime.aws.call_shared("registered-tags", registered_tags.load)
     except Exception as exc:
         logger.warning("registered tags not read", extra={"error": type(exc).__name__})
         raise GatewayError(503, "The gateway cannot read the registered tags' limits right now; retry.") from None
@@ -239,8 +244,9 @@ def estimate_cost(parsed: object, body_bytes: int, unknown_models: pricing.Unkno
     return (prompt_tokens * input_rate + max_tokens * rates.output) / 1_000_000
 
 
-def refusal(outcome: Refusal | holds.Contended) -> GatewayError:
-    """The Anthropic-shaped error a refusal is."""
+def refusal(runtime: Parts, outcome: Refusal | holds.Contended) -> GatewayError:
+    """The Anthropic-shaped error a refusal is; a key, team or user found blocked or gone is forgotten by the
+    runtime's caches."""
     who = _named(outcome.scope)
     if isinstance(outcome, RateLimited):
         wait = {"retry-after": str(outcome.retry_after)}
@@ -265,9 +271,9 @@ def refusal(outcome: Refusal | holds.Contended) -> GatewayError:
     if isinstance(outcome, Gone | Blocked):
         scope = outcome.scope
         if scope.token is not None:  # a key: this instance stops serving it at once
-            keys.key_cache.invalidate(scope.token)
+            runtime.key_cache.invalidate(scope.token)
             return GatewayError(401, "This key is blocked." if isinstance(outcome, Blocked) else "Invalid API key.")
-        owners.forget()  # its team or user changed on another instance: read them again
+        runtime.owners.forget()  # its team or user changed on another instance: read them again
         if scope.kind == "member":
             return GatewayError(401, f"This key's user {scope.id!r} is no longer in team {scope.within!r}.")
         state = "is blocked" if isinstance(outcome, Blocked) else "has been deleted"
@@ -475,7 +481,7 @@ async def reserve_budget(
         await settle_budget(runtime, covered, budgeted, reservation_id, amount, _ZERO)
         raise GatewayError(503, "The gateway cannot check the budgets of this request right now; retry.") from None
     if not isinstance(outcome, holds.Admitted):
-        raise refusal(outcome)
+        raise refusal(runtime, outcome)
     return tuple(check.scope for check in outcome.holds)
 
 

@@ -17,14 +17,15 @@ The blobs of one request share a timestamp and carry its request id, key alias, 
 Dimension values are bounded, whatever clients send (each distinct value is a custom metric, billed monthly):
 `Model` is a model id pricing.json knows (`other` for any other, `unknown` when there is none), and `Tag` is a
 tag the operator chose (the key's default tags, registered tags, METRIC_TAGS) or `other`, and `Team` a team an admin
-created (storage/teams.py's registry, at most MAX_DIMENSION_TEAMS) or `other`; see `model_dimension`,
+created (the runtime's team registry: storage/teams.py, at most MAX_DIMENSION_TEAMS) or `other`; see `model_dimension`,
 `tag_dimension`, `team_dimension`.
 Blobs and the access line are serialised here, straight to the EMF spec and to the Powertools Logger's JSON shape:
 building them through a Powertools provider per blob and the logging machinery cost five times as much CPU per
 request (issue 11). Powertools still defines the units (`MetricUnit`), the service name and every other log line;
 tests/test_metrics.py checks the blobs against Powertools' own serialisation.
 
-`Metrics` is one runtime's writer (runtime.py): its stream, namespace and service, and the Tag values it gave out.
+`Metrics` is one runtime's writer (runtime.py): its stream, namespace and service, the Tag values it gave out, and
+the runtime's team and tag registries it reads.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled as _is_m
 from . import pricing
 from .exchange import Exchange
 from .settings import Settings
-from .storage.tags import registry as registered_tags
-from .storage.teams import registry as registered_teams
+from .storage.registry import Registry
+from .storage.tags import TagRecord
+from .storage.teams import TeamRecord
 from .usage import Usage
 
 if TYPE_CHECKING:
@@ -102,8 +104,11 @@ class Metrics:
     the namespace (POWERTOOLS_METRICS_NAMESPACE) and service (POWERTOOLS_SERVICE_NAME) they carry, and the tags a
     METRIC_TAGS pattern gave a Tag value of their own."""
 
-    def __init__(self, settings: Settings, stream: IO[str]) -> None:
+    def __init__(
+        self, settings: Settings, stream: IO[str], teams: Registry[TeamRecord], tags: Registry[TagRecord]
+    ) -> None:
         self.stream = stream
+        self.teams, self.tags = teams, tags  # the runtime's registries (read from memory)
         self.namespace = settings.metrics_namespace
         self.metric_tags = settings.metric_tags
         self.service = logger.service  # Powertools' own reading of POWERTOOLS_SERVICE_NAME
@@ -176,7 +181,7 @@ class Metrics:
         dimensions, sets = {"Model": model_dimension(exchange)}, _MAIN_SETS
         if exchange.upstream in UPSTREAMS:
             dimensions["Upstream"], sets = exchange.upstream, _MAIN_SETS_WITH_UPSTREAM
-        if (team := team_dimension(exchange)) is not None:
+        if (team := team_dimension(exchange, self.teams)) is not None:
             dimensions["Team"], sets = team, (*sets, _TEAM_SET)
         blobs = [_blob(shape, sets, dimensions, names, metadata + numbers, timestamp)]
         for tag in self.tag_dimensions(exchange):
@@ -205,7 +210,7 @@ class Metrics:
         tags have matched in this runtime.
         """
         allowed = self.metric_tags
-        if tag in key_defaults or tag in allowed or tag in registered_tags.snapshot():
+        if tag in key_defaults or tag in allowed or tag in self.tags.snapshot():
             return tag
         if not any(pattern.endswith("*") and tag.startswith(pattern[:-1]) for pattern in allowed):
             return OTHER
@@ -324,15 +329,15 @@ def model_dimension(exchange: Exchange) -> str:
     return pricing.resolve_model(model[:256]) or OTHER
 
 
-def team_dimension(exchange: Exchange) -> str | None:
-    """The Team value of a request of a team's key: its team id when the team is in the registry of teams admins
-    created (read from memory), else `other`; None for a key without a team (and the master key). CloudWatch takes
-    only ASCII dimension values: a team id with other characters is `other` too (the access log keeps it)."""
+def team_dimension(exchange: Exchange, teams: Registry[TeamRecord]) -> str | None:
+    """The Team value of a request of a team's key: its team id when the team is in `teams`, the registry of teams
+    admins created (read from memory), else `other`; None for a key without a team (and the master key). CloudWatch
+    takes only ASCII dimension values: a team id with other characters is `other` too (the access log keeps it)."""
     record = _record(exchange)
     if record is None or not record.team_id:
         return None
     team_id = record.team_id
-    return team_id if team_id.isascii() and team_id in registered_teams.snapshot() else OTHER
+    return team_id if team_id.isascii() and team_id in teams.snapshot() else OTHER
 
 
 def status_class(status: int | None) -> str:

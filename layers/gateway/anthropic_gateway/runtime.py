@@ -9,9 +9,14 @@ init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to
     secrets         the upstream and master keys and any other secret, cached (secrets.py)
     bedrock         the Bedrock upstream and its credentials (bedrock.py)
     pools           keep-alive connections to each upstream (forwarding.py)
+    key_cache       key records read lately, and the key directory that refuses floods of unknown keys (keys.py)
+    owners          the teams, users and memberships of keys, read lately (owners.py)
+    team_registry   the teams, for the metrics' Team dimension (storage/teams.py, storage/registry.py)
+    tag_registry    the registered tags, for governance and the metrics' Tag dimension (storage/tags.py)
     upstreams       what the pass-through forwards with: settings, pools, Bedrock, secrets; AWS calls and
                     unknown-model prices for batch answers (forwarding.py)
-    metrics         where EMF blobs and log lines go, and the Tag values given out (metrics.py)
+    metrics         where EMF blobs and log lines go, and the Tag values given out; it reads the registries
+                    (metrics.py)
     unknown_models  the price of models pricing.json does not know, and which were logged (pricing.py)
     background      after-response tasks (background.py)
     accounting      requests ended and not settled yet (accounting.py)
@@ -21,16 +26,16 @@ init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to
 Nothing reaches a runtime implicitly: the app hands it (or the part a callee needs) down the request path, and
 the admin app reaches it in its state (admin.py; a route: `auth.runtime_of(request)`). The app gives
 `authenticate`, `governance.admit` and `batches.admit` the runtime, `routing.forward` the `upstreams` and
-`request_body.read` the size limit; accounting settles with the runtime that built it. Modules below this one
-take what they use as parameters, typed by the parts they need (`governance.Parts`, `batches.Parts`,
-`auth.Parts`, `sso.Parts`, `accounting.Parts`: protocols this class satisfies), so none of them imports this
+`request_body.read` the size limit; accounting settles with the runtime that built it; an admin route hands its
+callees the caches and registries its writes change (storage never reaches them). Modules below this one take
+what they use as parameters, typed by the parts they need (`governance.Parts`, `batches.Parts`, `auth.Parts`,
+`auth.AdminParts`, `sso.Parts`, `accounting.Parts`: protocols this class satisfies), so none of them imports this
 module. The one ContextVar left is a request's AWS deadline (aws.py): it belongs to a request and the tasks it
 starts, not to a process.
 
 Still one per process, in the modules that hold them: boto3's default session, which the DynamoDB table handle
-(storage/table.py) and the Secrets Manager client share, and that handle; the key cache and key directory
-(keys.py), the owners cache (owners.py) and the team and tag registries (storage/teams.py, storage/tags.py); and
-the settings those modules read through `get_settings()`.
+(storage/table.py) and the Secrets Manager client share, and that handle; and the settings the modules not yet
+handed them read through `get_settings()`.
 """
 
 from __future__ import annotations
@@ -44,18 +49,22 @@ from typing import IO
 
 from aws_lambda_powertools import Logger
 
-from . import batches, keys, pricing
+from . import batches, pricing
 from .accounting import Accounting
 from .aws import AwsCalls
 from .background import Background
 from .bedrock import Bedrock
 from .errors import GatewayError
 from .forwarding import UpstreamPools, Upstreams
+from .keys import KeyCache
 from .ledger import Ledger
 from .metrics import Metrics
+from .owners import OwnersCache
 from .secrets import Secrets
 from .settings import Settings
 from .storage import table
+from .storage.tags import TagRegistry
+from .storage.teams import TeamRegistry
 
 logger = Logger(child=True)
 
@@ -73,7 +82,11 @@ class Runtime:
         self.secrets = Secrets(settings, self.aws)
         self.bedrock = Bedrock.from_settings(settings, self.secrets)
         self.pools = UpstreamPools(settings, self.bedrock.base_url)
-        self.metrics = Metrics(settings, stream or sys.stdout)
+        self.key_cache = KeyCache(settings)
+        self.owners = OwnersCache(settings)
+        self.team_registry = TeamRegistry(settings)
+        self.tag_registry = TagRegistry(settings)
+        self.metrics = Metrics(settings, stream or sys.stdout, self.team_registry, self.tag_registry)
         self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate)
         self.upstreams = Upstreams(settings, self.pools, self.bedrock, self.secrets, self.aws, self.unknown_models)
         self.background = Background()
@@ -152,8 +165,7 @@ class Runtime:
         self.aws.forget_failures()
         self.bedrock.forget_credentials()
         table.handle.cache_clear()
-        keys.key_cache.invalidate()
-        keys.key_directory.forget()
+        self.key_cache.forget()
 
 
 def _reason(exc: Exception) -> str:

@@ -25,6 +25,7 @@ from aws_lambda_powertools import Logger
 from . import keys, oidc
 from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
+from .keys import KeyCache
 from .secrets import Secrets
 from .settings import ROLES, OidcSettings, get_settings
 from .storage import key_records, teams, users
@@ -52,6 +53,7 @@ class Parts(Protocol):
 
     aws: AwsCalls
     secrets: Secrets
+    key_cache: KeyCache
 
 
 @dataclass(frozen=True)
@@ -239,10 +241,10 @@ async def issue_personal_key(runtime: Parts, user: UserRecord, team_id: str | No
     team = team_id if team_id is not None else user.teams[0] if len(user.teams) == 1 else None
     hours = configured().personal_key_hours
     try:
-        issued = await runtime.aws.call(_issue, user.user_id, team, hours)
+        issued = await runtime.aws.call(_issue, runtime.key_cache, user.user_id, team, hours)
     except Unavailable:
         raise GatewayError(503, "The gateway cannot store keys right now; retry.") from None
-    keys.key_cache.invalidate(issued.record.token, *((issued.revoked,) if issued.revoked else ()))
+    runtime.key_cache.invalidate(issued.record.token, *((issued.revoked,) if issued.revoked else ()))
     return issued
 
 
@@ -251,7 +253,7 @@ def personal_alias(user_id: str, slot: int) -> str:
     return f"personal:{hashlib.sha256(user_id.encode()).hexdigest()[:16]}:{slot}"
 
 
-def _issue(user_id: str, team_id: str | None, hours: float) -> PersonalKey:
+def _issue(key_cache: KeyCache, user_id: str, team_id: str | None, hours: float) -> PersonalKey:
     """Blocking (DynamoDB): the slot's old key deleted, the new one stored with the slot's alias."""
     for _ in range(3):  # another issue for the same person took the slot meanwhile: choose again
         slot, old = _choose_slot(user_id)
@@ -273,7 +275,7 @@ def _issue(user_id: str, team_id: str | None, hours: float) -> PersonalKey:
             team_id=team_id,
         )
         try:
-            keys.put_new(record)
+            keys.put_new(key_cache, record)
         except key_records.AliasTaken:
             continue
         except key_records.LinkRefused as exc:  # the user or the team was deleted meanwhile, or the user left the team
