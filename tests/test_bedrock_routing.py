@@ -21,8 +21,8 @@ from support.fake_bedrock import FakeBedrock
 from support.gateways import start_gateway
 from support.servers import free_port
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 MODEL = "claude-haiku-4-5"
 BEDROCK_MODEL = "anthropic.claude-haiku-4-5"

@@ -22,8 +22,8 @@ from anthropic_gateway.auth import Principal
 from anthropic_gateway.storage import holds, key_records, rates, table
 from anthropic_gateway.usage import Usage
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 HELLO = [{"role": "user", "content": "Hello"}]
 MODEL = "claude-sonnet-4-5"

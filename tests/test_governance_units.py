@@ -21,8 +21,9 @@ from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, Scop
 from anthropic_gateway.usage import Usage
 from support.fake_anthropic import expected_input_tokens
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+SHIPPED_IDS = ""  # BEDROCK_MODEL_IDS unset: Bedrock ids as the shipped table maps them
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -43,7 +44,7 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     ],
 )
 def test_model_allowed(model, allowed):
-    assert governance.model_allowed(model, ["claude-haiku-4-5", "claude-opus-4-*"]) is allowed
+    assert governance.model_allowed(model, ["claude-haiku-4-5", "claude-opus-4-*"], SHIPPED_IDS) is allowed
 
 
 def allowing(*models: str) -> Scope:
@@ -62,10 +63,10 @@ def allowing(*models: str) -> Scope:
 )
 def test_check_models(body, status):
     if status is None:
-        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body)
+        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body, SHIPPED_IDS)
         return
     with pytest.raises(GatewayError) as refused:
-        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body)
+        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body, SHIPPED_IDS)
     assert refused.value.status == status
 
 
@@ -75,7 +76,7 @@ def test_check_models(body, status):
 )
 def test_check_models_in_malformed_batches(requests):
     with pytest.raises(GatewayError) as refused:
-        governance.check_models([allowing("m")], governance.BATCH_PATH, {"requests": requests})
+        governance.check_models([allowing("m")], governance.BATCH_PATH, {"requests": requests}, SHIPPED_IDS)
     assert refused.value.status == 400
 
 

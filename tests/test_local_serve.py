@@ -22,8 +22,8 @@ from support.servers import answers, free_port
 from support.waiting import eventually
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,8 +24,8 @@ from anthropic_gateway.usage import Usage
 from support.fake_malicious_upstream import MaliciousUpstream, Received, Reply, response
 from tests.conftest import UPSTREAM_KEY
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
 

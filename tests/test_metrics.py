@@ -24,8 +24,8 @@ from support.captured_lines import Output, dimension_sets, metric_values, stored
 from support.gateways import start_gateway
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 MODEL = "claude-sonnet-4-5"
 USAGE = {"input_tokens": 1234, "output_tokens": 56, "cache_creation_input_tokens": 789, "cache_read_input_tokens": 4321}
@@ -313,10 +313,10 @@ def test_namespace_comes_from_settings():
 
 def test_model_dimension_never_takes_arbitrary_client_input():
     exchange = Exchange(method="POST", path="/v1/messages", model="x" * 300)
-    assert metrics.model_dimension(exchange) == metrics.OTHER
+    assert metrics.model_dimension(exchange, "") == metrics.OTHER
     exchange.model = "claude-sonnet-4-5-20250929"
-    assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-sonnet-4-5-20250929")
-    assert metrics.model_dimension(Exchange(method="GET", path="/v1/models")) == metrics.UNKNOWN_MODEL
+    assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-sonnet-4-5-20250929", "")
+    assert metrics.model_dimension(Exchange(method="GET", path="/v1/models"), "") == metrics.UNKNOWN_MODEL
 
 
 # -- issue 9: one key holder must not be able to grow the operator's CloudWatch bill -------------------------------
@@ -340,11 +340,11 @@ def test_the_model_the_upstream_answered_with_is_a_dimension_value_only_when_kno
     misconfigured upstream could otherwise echo any string into a dimension)."""
     exchange = Exchange(method="POST", path="/v1/messages", model=MODEL)
     exchange.tap = UsageTap(content_type="application/json", model="evil-model-" + uuid.uuid4().hex)
-    assert metrics.model_dimension(exchange) == metrics.OTHER
+    assert metrics.model_dimension(exchange, "") == metrics.OTHER
     exchange.tap.model = "claude-opus-4-1-20250805"
-    assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-opus-4-1-20250805") != MODEL
+    assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-opus-4-1-20250805", "") != MODEL
     exchange.tap.model = "claude-opus-4-1-" + "x" * 5000  # a known prefix: billed, and shown, as that model
-    assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-opus-4-1")
+    assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-opus-4-1", "")
 
 
 def test_unlisted_tags_count_once_under_other_but_are_logged_and_spent(gateway_with, captured, admin):

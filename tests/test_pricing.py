@@ -12,8 +12,8 @@ from anthropic_gateway import pricing
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
 PRICES = json.loads(Path(pricing.__file__).with_name("pricing.json").read_text(), parse_float=Decimal)
@@ -49,7 +49,7 @@ def test_sdk_knows_models():
 
 @pytest.mark.parametrize("model", sdk_model_ids())
 def test_every_sdk_model_has_a_price(model, clean):
-    assert pricing.resolve_model(model) is not None
+    assert pricing.resolve_model(model, "") is not None
     rates = pricing.rates_for(model, UNKNOWN_MODELS)
     assert rates.input > 0 and rates.output > 0
     assert clean == []  # a known model is never billed at the fallback rate
@@ -86,7 +86,7 @@ def test_price_table_is_well_formed():
     ],
 )
 def test_resolves_to_base_model(model, base):
-    assert pricing.resolve_model(model) == base
+    assert pricing.resolve_model(model, "") == base
     assert pricing.rates_for(model, UNKNOWN_MODELS) == pricing.rates_for(base, UNKNOWN_MODELS)
 
 
@@ -101,7 +101,7 @@ def test_resolves_to_base_model(model, base):
     ],
 )
 def test_bedrock_ids_are_priced_as_the_anthropic_model_they_serve(model, base, clean):
-    assert pricing.resolve_model(model) == base
+    assert pricing.resolve_model(model, "") == base
     assert pricing.rates_for(model, UNKNOWN_MODELS) == pricing.rates_for(base, UNKNOWN_MODELS)
     assert clean == []  # no "unknown model" warning
 
@@ -110,16 +110,21 @@ def test_an_operators_bedrock_id_is_priced_as_its_model(monkeypatch):
     monkeypatch.setenv("BEDROCK_MODEL_IDS", '{"claude-opus-4-8": "arn:aws:bedrock:us-east-1:1:application-profile/x"}')
     get_settings.cache_clear()
     try:
-        assert pricing.resolve_model("arn:aws:bedrock:us-east-1:1:application-profile/x") == "claude-opus-4-8"
+        settings = get_settings()  # as a runtime reads it
     finally:
         get_settings.cache_clear()  # read again, without it, by the next test
+    prices = pricing.UnknownModels(settings.unknown_model_rate, settings.bedrock_model_ids)
+    arn = "arn:aws:bedrock:us-east-1:1:application-profile/x"
+    assert pricing.resolve_model(arn, settings.bedrock_model_ids) == "claude-opus-4-8"
+    assert pricing.rates_for(arn, prices) == pricing.rates_for("claude-opus-4-8", prices)
+    assert pricing.resolve_model(arn, "") is None  # another runtime's table knows nothing of it
 
 
 @pytest.mark.parametrize(
     "model", ["gpt-4o", "claude-haiku-4-5x", "claude-opus-5x", "claude", "", "anthropic.", "meta.llama3-1-70b"]
 )
 def test_unknown_models_do_not_resolve(model):
-    assert pricing.resolve_model(model) is None
+    assert pricing.resolve_model(model, "") is None
 
 
 def test_published_rates():
@@ -134,7 +139,7 @@ def test_published_rates():
 def test_unknown_model_uses_max_rate_and_logs_once(clean):
     expected = tuple(max(entry[field] for entry in PRICES["models"].values()) for field in FIELDS)
     assert expected == D(25, 125, "31.25", 50, "2.5")  # Claude Mythos Preview is the most expensive today
-    unknown = pricing.UnknownModels("max")  # a runtime's, as UNKNOWN_MODEL_RATE's default makes it
+    unknown = pricing.UnknownModels("max", "")  # a runtime's, as UNKNOWN_MODEL_RATE's default makes it
     assert rates_tuple(pricing.rates_for("claude-future-9", unknown)) == expected
     assert rates_tuple(pricing.rates_for("claude-future-9", unknown)) == expected
     assert len(clean) == 1 and clean[0][1]["model"] == "claude-future-9" and clean[0][1]["fallback"] == "max"
@@ -154,7 +159,7 @@ def test_unknown_model_uses_max_rate_and_logs_once(clean):
     ],
 )
 def test_configured_fallback(clean, setting, expected):
-    unknown = pricing.UnknownModels(setting)  # UNKNOWN_MODEL_RATE
+    unknown = pricing.UnknownModels(setting, "")  # UNKNOWN_MODEL_RATE
     assert rates_tuple(pricing.rates_for("mystery-model", unknown)) == expected
     pricing.rates_for("mystery-model", unknown)
     assert [msg for msg, _ in clean] == ["Unknown model, billed at the fallback rate"]  # once per model
@@ -162,7 +167,7 @@ def test_configured_fallback(clean, setting, expected):
 
 @pytest.mark.parametrize("setting", ["cheap", "1/2/3", "-1/5", "nan/5", "gpt-4o"])
 def test_bad_fallback_setting_means_max(clean, setting):
-    unknown = pricing.UnknownModels(setting)
+    unknown = pricing.UnknownModels(setting, "")
     assert rates_tuple(pricing.rates_for("mystery-model", unknown)) == D(25, 125, "31.25", 50, "2.5")
     pricing.rates_for("another-mystery", unknown)
     assert sum("UNKNOWN_MODEL_RATE" in msg for msg, _ in clean) == 1
@@ -212,5 +217,5 @@ def test_haiku_5_5_long_prompt_tier():
 
 def test_unknown_model_cost_uses_fallback():
     usage = Usage(input_tokens=1000, output_tokens=1000, cache_read_input_tokens=1000)
-    unknown = pricing.UnknownModels("15/75")
+    unknown = pricing.UnknownModels("15/75", "")
     assert pricing.cost_usd("mystery-model", usage, unknown) == Decimal("0.0915")  # 15 + 75 + 1.5 per thousand

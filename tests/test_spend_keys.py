@@ -13,8 +13,8 @@ from anthropic_gateway.storage import holds, key_records
 from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.usage import Usage
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

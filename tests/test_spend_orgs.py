@@ -24,8 +24,8 @@ from support.captured_lines import stored_key
 from support.orgs import error_of, exact, new_key, new_team, new_user, ok, unique
 from tests.conftest import MASTER_KEY
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 MODEL = "claude-haiku-4-5"
 HELLO: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Hi"}]

@@ -18,8 +18,8 @@ from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
 from support.captured_lines import stored_key
 
-# Models pricing.json does not know, priced as UNKNOWN_MODEL_RATE's default says (the gateways' setting).
-UNKNOWN_MODELS = pricing.UnknownModels("max")
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 MODEL = "claude-haiku-4-5"
 

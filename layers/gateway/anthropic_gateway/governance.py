@@ -55,7 +55,7 @@ from .keys import KeyCache
 from .ledger import Ledger, Write
 from .owners import OwnersCache
 from .request_body import RequestBody
-from .settings import get_settings
+from .settings import Settings
 from .storage import budgets, holds, key_records, rates, spend
 from .storage.scopes import Blocked, Check, Gone, OverBudget, RateLimited, Refusal, Scope, TooManyParallel
 from .storage.table import Number
@@ -75,6 +75,7 @@ _ZERO = Decimal(0)
 class Parts(Protocol):
     """What governance uses of the running gateway (runtime.py's `Runtime` has them)."""
 
+    settings: Settings
     aws: AwsCalls
     ledger: Ledger
     unknown_models: pricing.UnknownModels
@@ -116,7 +117,7 @@ async def admit(runtime: Parts, exchange: Exchange, body: RequestBody) -> None:
     if isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and exchange.model is None:
         exchange.model = parsed["model"][:200]
     if checks_models:
-        check_models(allowlists, exchange.path, parsed)
+        check_models(allowlists, exchange.path, parsed, runtime.settings.bedrock_model_ids)
     # Set before the checks that can refuse: settle then releases whatever was taken, refused or not, and records
     # the request's spend on the scopes it was admitted under.
     exchange.admission = admission = Admission(exchange.request_id, tuple(covered))
@@ -169,8 +170,7 @@ async def registered_for(runtime: Parts, tags: Sequence[str]) -> Mapping[str, Ta
     tag's limits that cannot be known are not waived."""
     if not tags:
         return {}
-    settings = get_settings()
-    registered_tags = runtime.tag_registry
+    settings, registered_tags = runtime.settings, runtime.tag_registry
     found = registered_tags.current(settings.key_cache_ttl + settings.stale_seconds)
     if found is not None:
         return found
@@ -186,10 +186,11 @@ def _names_models(exchange: Exchange) -> bool:
     return exchange.method == "POST" and (exchange.path in MODEL_PATHS or exchange.path == BATCH_PATH)
 
 
-def model_allowed(model: str, allowlist: list[str]) -> bool:
+def model_allowed(model: str, allowlist: list[str], bedrock_model_ids: str) -> bool:
     """Exact name, a `prefix*` pattern, or a dated snapshot (`<allowed>-YYYYMMDD`) of an allowed name; a Bedrock id
-    (`anthropic.claude-...`) is also allowed as the Anthropic model it serves (bedrock_models)."""
-    served = model_table(get_settings().bedrock_model_ids).anthropic_model(model)
+    (`anthropic.claude-...`) is also allowed as the Anthropic model it serves (bedrock_models, with the runtime's
+    BEDROCK_MODEL_IDS)."""
+    served = model_table(bedrock_model_ids).anthropic_model(model)
     return _allowed(model, allowlist) or (served is not None and _allowed(served, allowlist))
 
 
@@ -203,9 +204,9 @@ def _allowed(model: str, allowlist: list[str]) -> bool:
     return False
 
 
-def check_models(allowlists: Sequence[Scope], path: str, parsed: object) -> None:
+def check_models(allowlists: Sequence[Scope], path: str, parsed: object, bedrock_model_ids: str) -> None:
     """403 unless every scope's allowlist (`models`: the request may use the intersection) allows the model of
-    the request, or of each request in a batch."""
+    the request, or of each request in a batch (`bedrock_model_ids`: as for `model_allowed`)."""
     if path == BATCH_PATH:
         requests = parsed.get("requests") if isinstance(parsed, dict) else None
         if not isinstance(requests, list):
@@ -213,17 +214,17 @@ def check_models(allowlists: Sequence[Scope], path: str, parsed: object) -> None
         for index, entry in enumerate(requests):
             params = entry.get("params") if isinstance(entry, dict) else None
             model = params.get("model") if isinstance(params, dict) else None
-            _check_model(allowlists, model, f"requests[{index}].params.model")
+            _check_model(allowlists, model, f"requests[{index}].params.model", bedrock_model_ids)
         return
     model = parsed.get("model") if isinstance(parsed, dict) else None
-    _check_model(allowlists, model, "model")
+    _check_model(allowlists, model, "model", bedrock_model_ids)
 
 
-def _check_model(allowlists: Sequence[Scope], model: object, where: str) -> None:
+def _check_model(allowlists: Sequence[Scope], model: object, where: str, bedrock_model_ids: str) -> None:
     if not isinstance(model, str):
         raise GatewayError(400, f"{where}: expected a string naming the model.")
     for scope in allowlists:
-        if not model_allowed(model, list(scope.models)):
+        if not model_allowed(model, list(scope.models), bedrock_model_ids):
             shown = ", ".join(scope.models[:20]) + (", ..." if len(scope.models) > 20 else "")
             who = _subject(scope)
             raise GatewayError(403, f"{who} may not use model {model[:200]!r} ({where}). Allowed models: {shown}.")

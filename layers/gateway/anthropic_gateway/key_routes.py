@@ -33,7 +33,7 @@ from pydantic import (
 from . import audit, governance, keys, money, tags
 from .access import Access, admin_access
 from .access import of as access_of
-from .auth import runtime_of
+from .auth import AdminParts, runtime_of
 from .errors import GatewayError, invalid_request
 from .keys import KeyCache
 from .money_fields import Amount, MoneyJSONResponse
@@ -418,7 +418,7 @@ async def generate_key(http_request: Request) -> Response:
 
     def create() -> None:
         _check_limits(access, audit.key_fields(record), record.team_id, record.user_id)
-        keys.put_new(runtime.key_cache, record, audit.put(entry))
+        keys.put_new(runtime.key_cache, record, audit.put(runtime.settings, entry))
 
     try:
         await anyio.to_thread.run_sync(create)
@@ -487,6 +487,7 @@ def _info(key: str, access: Access) -> KeyRecord:
 @router.post("/update", response_model=KeyWithInfo)
 async def update_key(http_request: Request) -> Response:
     request = await parse_body(http_request, UpdateRequest)
+    runtime = runtime_of(http_request)
     given = request.model_fields_set - {"key"}
     if request.key is None:
         given.discard("key_alias")  # it names the key, it is not a change
@@ -529,11 +530,11 @@ async def update_key(http_request: Request) -> Response:
                 changes,
                 new_alias=changes.get("key_alias"),
                 alias_change=alias_change,
-                audit=audit.put(entries[-1]),
+                audit=audit.put(runtime.settings, entries[-1]),
             )
 
     try:
-        record = await anyio.to_thread.run_sync(_retrying, runtime_of(http_request).key_cache, find, change)
+        record = await anyio.to_thread.run_sync(_retrying, runtime.key_cache, find, change)
     except key_records.AliasTaken:
         raise GatewayError(400, f"key_alias {changes.get('key_alias')!r} is already in use.") from None
     except key_records.LinkRefused as exc:
@@ -555,7 +556,7 @@ async def unblock_key(http_request: Request) -> Response:
 
 async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     request = await parse_body(http_request, KeyRef)
-    access, entries = access_of(http_request), list[Entry]()
+    runtime, access, entries = runtime_of(http_request), access_of(http_request), list[Entry]()
     action = "block" if blocked else "unblock"
 
     def find() -> KeyRecord:
@@ -567,9 +568,9 @@ async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     def change(record: KeyRecord) -> None:
         before, after = {"blocked": record.blocked}, {"blocked": blocked}
         entries.append(audit.entry(access.caller, f"key.{action}", audit.key_target(record), before, after))
-        key_records.update(record, {"blocked": blocked}, audit=audit.put(entries[-1]))
+        key_records.update(record, {"blocked": blocked}, audit=audit.put(runtime.settings, entries[-1]))
 
-    record = await anyio.to_thread.run_sync(_retrying, runtime_of(http_request).key_cache, find, change)
+    record = await anyio.to_thread.run_sync(_retrying, runtime.key_cache, find, change)
     audit.written(entries[-1])
     return _answer(KeyInfo.of(record))
 
@@ -579,12 +580,12 @@ async def delete_keys(http_request: Request) -> DeletedKeys:
     request = await parse_body(http_request, DeleteRequest)
     if not request.keys and not request.key_aliases:
         raise GatewayError(400, "Name the keys to delete: `keys` (keys or hashes) or `key_aliases`.")
-    access, key_cache = access_of(http_request), runtime_of(http_request).key_cache
-    deleted = await anyio.to_thread.run_sync(_delete, key_cache, request.keys or [], request.key_aliases or [], access)
+    access, runtime = access_of(http_request), runtime_of(http_request)
+    deleted = await anyio.to_thread.run_sync(_delete, runtime, request.keys or [], request.key_aliases or [], access)
     return DeletedKeys(deleted_keys=deleted)
 
 
-def _delete(key_cache: KeyCache, named_keys: list[str], aliases: list[str], access: Access) -> list[str]:
+def _delete(runtime: AdminParts, named_keys: list[str], aliases: list[str], access: Access) -> list[str]:
     """All named keys must exist (else 404 and nothing is deleted); returns the deleted keys' hashes."""
     tokens = [_token(key, "keys") for key in named_keys]
     records: dict[str, KeyRecord] = {}
@@ -613,7 +614,7 @@ def _delete(key_cache: KeyCache, named_keys: list[str], aliases: list[str], acce
                 break
             entry = audit.entry(access.caller, "key.delete", audit.key_target(current), audit.key_fields(current))
             try:
-                key_records.delete(current, audit.put(entry))
+                key_records.delete(current, audit.put(runtime.settings, entry))
             except key_records.Conflict:  # regenerated or deleted meanwhile: read it again
                 current = key_records.load_by_key_id(key_id)
                 continue
@@ -626,7 +627,7 @@ def _delete(key_cache: KeyCache, named_keys: list[str], aliases: list[str], acce
                 + (f" Deleted before it: {', '.join(deleted)}." if deleted else ""),
                 error_type="invalid_request_error",
             )
-        key_cache.invalidate(record.token, *([current.token] if current else []))
+        runtime.key_cache.invalidate(record.token, *([current.token] if current else []))
         deleted.append((current or record).token)
     return deleted
 
@@ -679,7 +680,7 @@ async def regenerate_key(http_request: Request) -> Response:
         old.append(record.token)
         before, after = {"token": record.token}, {"token": keys.hash_key(plain)}
         entries.append(audit.entry(access.caller, "key.regenerate", audit.key_target(record), before, after))
-        keys.regenerate(runtime.key_cache, record, plain, audit.put(entries[-1]))
+        keys.regenerate(runtime.key_cache, record, plain, audit.put(runtime.settings, entries[-1]))
 
     try:
         await anyio.to_thread.run_sync(_retrying, runtime.key_cache, find, change)

@@ -111,6 +111,7 @@ class Metrics:
         self.teams, self.tags = teams, tags  # the runtime's registries (read from memory)
         self.namespace = settings.metrics_namespace
         self.metric_tags = settings.metric_tags
+        self.bedrock_model_ids = settings.bedrock_model_ids  # which model a Bedrock id is (the Model dimension)
         self.service = logger.service  # Powertools' own reading of POWERTOOLS_SERVICE_NAME
         # POWERTOOLS_METRICS_DISABLED / POWERTOOLS_DEV, read once like every other setting, not per request.
         self.disabled = _is_metrics_disabled()
@@ -178,7 +179,7 @@ class Metrics:
         values = _values(exchange, cost)
         names, numbers = _metric_members(values)
 
-        dimensions, sets = {"Model": model_dimension(exchange)}, _MAIN_SETS
+        dimensions, sets = {"Model": model_dimension(exchange, self.bedrock_model_ids)}, _MAIN_SETS
         if exchange.upstream in UPSTREAMS:
             dimensions["Upstream"], sets = exchange.upstream, _MAIN_SETS_WITH_UPSTREAM
         if (team := team_dimension(exchange, self.teams)) is not None:
@@ -317,16 +318,17 @@ def _values(exchange: Exchange, cost: float) -> MetricValues:
     return values
 
 
-def model_dimension(exchange: Exchange) -> str:
+def model_dimension(exchange: Exchange, bedrock_model_ids: str) -> str:
     """The model as a dimension value: the pricing.json id of the model the upstream answered with (else of the
-    one requested); `other` for a model pricing.json does not know, `unknown` when there is none.
+    one requested); `other` for a model pricing.json does not know, `unknown` when there is none
+    (`bedrock_model_ids`: as for `pricing.resolve_model`).
 
     Never arbitrary input, from the client or echoed by the upstream: every distinct value is a billed custom metric.
     """
     model = exchange.response_model
     if not model:
         return UNKNOWN_MODEL
-    return pricing.resolve_model(model[:256]) or OTHER
+    return pricing.resolve_model(model[:256], bedrock_model_ids) or OTHER
 
 
 def team_dimension(exchange: Exchange, teams: Registry[TeamRecord]) -> str | None:

@@ -33,9 +33,14 @@ what they use as parameters, typed by the parts they need (`governance.Parts`, `
 module. The one ContextVar left is a request's AWS deadline (aws.py): it belongs to a request and the tasks it
 starts, not to a process.
 
+Settings come from the runtime, or as the values a callee needs; `settings.get_settings()` (the environment, read
+once per process) is read only where a runtime is built (the app's lifespan, the buffered door, local.py) and by
+what is still per process.
+
 Still one per process, in the modules that hold them: boto3's default session, which the DynamoDB table handle
-(storage/table.py) and the Secrets Manager client share, and that handle; and the settings the modules not yet
-handed them read through `get_settings()`.
+(storage/table.py, with its client config: `aws.config`) and the Secrets Manager client share, and that handle;
+and the streaming door's HTTP protocol (server_protocol.py), which uvicorn builds per connection from its import
+path, so it reads its bounds from the settings of the process.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ class Runtime:
         self.team_registry = TeamRegistry(settings)
         self.tag_registry = TagRegistry(settings)
         self.metrics = Metrics(settings, stream or sys.stdout, self.team_registry, self.tag_registry)
-        self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate)
+        self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate, settings.bedrock_model_ids)
         self.upstreams = Upstreams(settings, self.pools, self.bedrock, self.secrets, self.aws, self.unknown_models)
         self.background = Background()
         self.accounting = Accounting(self)

@@ -27,7 +27,7 @@ from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
 from .keys import KeyCache
 from .secrets import Secrets
-from .settings import ROLES, OidcSettings, get_settings
+from .settings import ROLES, OidcSettings, Settings
 from .storage import key_records, teams, users
 from .storage.key_records import KeyRecord
 from .storage.members import Membership
@@ -51,6 +51,7 @@ _CONFLICT = "invalid_request_error"  # 409 has no Anthropic error type of its ow
 class Parts(Protocol):
     """What single sign-on uses of the running gateway (runtime.py's `Runtime` has them)."""
 
+    settings: Settings
     aws: AwsCalls
     secrets: Secrets
     key_cache: KeyCache
@@ -67,8 +68,9 @@ class Identity:
     teams: tuple[str, ...]  # the teams its groups map to
 
 
-def configured() -> OidcSettings:
-    oidc_settings = get_settings().oidc
+def configured(settings: Settings) -> OidcSettings:
+    """The runtime's single sign-on settings; 404 when it has none."""
+    oidc_settings = settings.oidc
     if oidc_settings is None:
         raise GatewayError(404, "Single sign-on is not configured on this gateway (OIDC_ISSUER).")
     return oidc_settings
@@ -99,9 +101,8 @@ def provider_error(exc: oidc.OidcError) -> GatewayError:
     return GatewayError(503, f"The identity provider could not be reached ({exc}); retry.")
 
 
-async def verified_identity(token: str, *, nonce: str | None) -> Identity:
+async def verified_identity(oidc_settings: OidcSettings, token: str, *, nonce: str | None) -> Identity:
     """The person an ID token names, once it is verified (401 when it is not, 503 when the provider is down)."""
-    oidc_settings = configured()
     try:
         claims = await client(oidc_settings).verify_id_token(token, nonce=nonce)
     except oidc.OidcError as exc:
@@ -148,7 +149,7 @@ def _strings(value: object) -> list[str]:
 async def signed_in_user(runtime: Parts, identity: Identity) -> UserRecord:
     """The person's user, created at their first sign-in and brought in line with their groups at each; 403 when
     it is blocked or being deleted."""
-    default_role = configured().default_role
+    default_role = configured(runtime.settings).default_role
     try:
         user = await runtime.aws.call(provision, identity, default_role)
     except Unavailable:
@@ -239,7 +240,7 @@ async def issue_personal_key(runtime: Parts, user: UserRecord, team_id: str | No
     if team_id is not None and team_id not in user.teams:
         raise GatewayError(403, f"You are not a member of team {team_id[:256]!r}.", error_type="permission_error")
     team = team_id if team_id is not None else user.teams[0] if len(user.teams) == 1 else None
-    hours = configured().personal_key_hours
+    hours = configured(runtime.settings).personal_key_hours
     try:
         issued = await runtime.aws.call(_issue, runtime.key_cache, user.user_id, team, hours)
     except Unavailable:

@@ -29,7 +29,7 @@ from .auth import presented_key, runtime_of
 from .aws import Unavailable
 from .errors import GatewayError, invalid_request
 from .front_door import Arrival
-from .settings import OidcSettings, get_settings
+from .settings import OidcSettings
 from .sso_session import SignIn
 from .storage import users
 
@@ -40,8 +40,8 @@ _NO_STORE = {"cache-control": "no-store"}
 
 
 @router.get("/config")
-async def sso_config() -> Response:
-    oidc_settings = get_settings().oidc
+async def sso_config(request: Request) -> Response:
+    oidc_settings = runtime_of(request).settings.oidc
     if oidc_settings is None:
         return JSONResponse({"enabled": False})
     return JSONResponse(
@@ -60,7 +60,7 @@ async def sso_config() -> Response:
 
 @router.get("/login")
 async def login(request: Request) -> Response:
-    oidc_settings = sso.configured()
+    oidc_settings = sso.configured(runtime_of(request).settings)
     try:
         discovery = await sso.client(oidc_settings).discovery()
     except oidc.OidcError as exc:
@@ -94,8 +94,8 @@ async def login(request: Request) -> Response:
 
 @router.get("/callback")
 async def callback(request: Request) -> Response:
-    oidc_settings = sso.configured()
     runtime: sso.Parts = runtime_of(request)
+    oidc_settings = sso.configured(runtime.settings)
     query = request.query_params
     sign_in = await sso_session.sign_in_of(runtime.secrets, request.cookies)
     outcome, reason = "expired", "no sign-in in progress in this browser (or it took over 10 minutes)"
@@ -129,7 +129,7 @@ async def _signed_in(runtime: sso.Parts, oidc_settings: OidcSettings, sign_in: S
         )
     except oidc.OidcError as exc:
         raise sso.provider_error(exc) from None
-    identity = await sso.verified_identity(tokens["id_token"], nonce=sign_in.nonce)
+    identity = await sso.verified_identity(oidc_settings, tokens["id_token"], nonce=sign_in.nonce)
     user = await sso.signed_in_user(runtime, identity)
     response = RedirectResponse("../ui#/keys", status_code=303, headers=_NO_STORE)
     await sso_session.start_session(
@@ -150,7 +150,7 @@ def _back_to_console(outcome: str) -> Response:
 
 def public_base(request: Request) -> str:
     """The gateway's public base URL, as the provider must redirect back to it (a REST API's stage included)."""
-    configured = get_settings().public_base_url
+    configured = runtime_of(request).settings.public_base_url
     if configured:
         return configured.rstrip("/")
     stage = Arrival.of(request.scope).front_door().path_prefix
@@ -209,7 +209,8 @@ class PersonalKeyRequest(BaseModel):
 async def personal_key(request: Request) -> Response:
     """A personal key for the person whose ID token (from the provider, for this gateway's client id) is sent as
     Authorization: Bearer; optionally in one of their teams ({"team_id": ...})."""
-    sso.configured()
+    runtime: sso.Parts = runtime_of(request)
+    oidc_settings = sso.configured(runtime.settings)
     token = presented_key(request.headers)
     if token is None:
         raise GatewayError(401, "Send an ID token from the identity provider as Authorization: Bearer <id token>.")
@@ -218,8 +219,7 @@ async def personal_key(request: Request) -> Response:
         body = PersonalKeyRequest.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise invalid_request(exc.errors()) from None
-    runtime: sso.Parts = runtime_of(request)
-    identity = await sso.verified_identity(token, nonce=None)
+    identity = await sso.verified_identity(oidc_settings, token, nonce=None)
     user = await sso.signed_in_user(runtime, identity)
     issued = await sso.issue_personal_key(runtime, user, body.team_id)
     record = issued.record

@@ -103,7 +103,7 @@ async def new_tag(http_request: Request) -> Response:
         if len(tags.list_tags()) >= MAX_REGISTERED:
             raise GatewayError(400, f"At most {MAX_REGISTERED} registered tags; delete some first.")
         entry = audit.entry(access.caller, "tag.create", _target(tag.name), None, audit.fields(tag))
-        refuse_unless_done(tags.create(tag, audit.put(entry)))
+        refuse_unless_done(tags.create(tag, audit.put(runtime.settings, entry)))
         runtime.tag_registry.put(tag)
         audit.written(entry)
         return {"message": f"Tag {tag.name} created successfully", "tag": tag_info(tag)}
@@ -123,7 +123,7 @@ async def update_tag(http_request: Request) -> Response:
     def change(tag: TagRecord) -> Refused | None:
         before, after = audit.changed(audit.fields(tag), changes)
         entries.append(audit.entry(access.caller, "tag.update", _target(tag.name), before, after))
-        return tags.update(tag, changes, now.isoformat(), audit.put(entries[-1]))
+        return tags.update(tag, changes, now.isoformat(), audit.put(runtime.settings, entries[-1]))
 
     def update() -> Any:
         tag = retrying(runtime.owners, lambda: _tag(request.name), change)
@@ -143,7 +143,7 @@ async def delete_tag(http_request: Request) -> Response:
     def delete() -> None:
         tag = _tag(request.name)
         entry = audit.entry(access.caller, "tag.delete", _target(tag.name), audit.fields(tag))
-        refuse_unless_done(tags.delete(request.name, audit.put(entry)))
+        refuse_unless_done(tags.delete(request.name, audit.put(runtime.settings, entry)))
         runtime.tag_registry.discard(request.name)
         audit.written(entry)
 

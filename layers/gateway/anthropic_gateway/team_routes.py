@@ -151,7 +151,7 @@ async def new_team(http_request: Request) -> Response:
         joining = _joining(team, request.members_with_roles or [], None, None, now)
         after = {**audit.fields(team), "members": _joined(joining)}
         entry = audit.entry(access.caller, "team.create", _target(team.team_id), None, after)
-        refuse_unless_done(teams.create(team, joining, audit.put(entry)))
+        refuse_unless_done(teams.create(team, joining, audit.put(runtime.settings, entry)))
         runtime.team_registry.put(team)
         audit.written(entry)
         return team_view(teams.get(team.team_id) or team)
@@ -216,7 +216,7 @@ async def delete_teams(http_request: Request) -> Response:
             for team_id in team_ids:
                 # The entry goes with the mark that starts the delete: a repeated call (to finish) records again.
                 entry = audit.entry(access.caller, "team.delete", _target(team_id), audit.fields(found[team_id]))
-                refused = teams.delete(team_id, cascade, now, audit.put(entry))
+                refused = teams.delete(team_id, cascade, now, audit.put(runtime.settings, entry))
                 if refused is None:
                     runtime.team_registry.discard(team_id)
                 if refused is None or refused.reason == "unfinished":  # the entry is stored with the mark
@@ -276,7 +276,7 @@ async def list_teams(http_request: Request, user_id: str | None = None) -> Respo
 async def member_add(http_request: Request) -> Response:
     request = await parse_body(http_request, MemberAdd)
     added = request.member if isinstance(request.member, list) else [request.member]
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.check_team_admin(request.team_id, "add members")
     now = keys.utcnow()
 
@@ -288,7 +288,9 @@ async def member_add(http_request: Request) -> Response:
         joining = _joining(team, added, request.max_budget_in_team, request.budget_duration, now)
         added_members = {"members": _joined(joining)}
         entry = audit.entry(access.caller, "team.member_add", _target(team.team_id), None, added_members)
-        refuse_unless_done(teams.add_members(team.team_id, joining, now.isoformat(), audit.put(entry)))
+        refuse_unless_done(
+            teams.add_members(team.team_id, joining, now.isoformat(), audit.put(runtime.settings, entry))
+        )
         audit.written(entry)
         view = team_view(teams.get(team.team_id) or team)
         added_ids = [join.membership.user_id for join in joining]
@@ -325,7 +327,7 @@ async def member_update(http_request: Request) -> Response:
         before["user_id"] = after["user_id"] = membership.user_id
         target = _target(membership.team_id)
         entries.append(audit.entry(access.caller, "team.member_update", target, before, after))
-        return members.update(membership, changes, now.isoformat(), audit.put(entries[-1]))
+        return members.update(membership, changes, now.isoformat(), audit.put(runtime.settings, entries[-1]))
 
     def update() -> MemberInfo:
         if "max_budget" in changes:
@@ -351,7 +353,7 @@ async def member_delete(http_request: Request) -> Response:
         membership = members.get(team.team_id, user_id)
         before = audit.fields(membership) if membership else {"user_id": user_id}
         entry = audit.entry(access.caller, "team.member_delete", _target(team.team_id), before)
-        refused = members.leave(team.team_id, user_id, audit.put(entry))
+        refused = members.leave(team.team_id, user_id, audit.put(runtime.settings, entry))
         if refused is None:
             audit.written(entry)
         pk = team_pk(team.team_id)
@@ -391,7 +393,7 @@ def _changed(
     def change(team: TeamRecord) -> Refused | None:
         before, after = audit.changed(audit.fields(team), changes)
         entries.append(audit.entry(access.caller, action, _target(team.team_id), before, after))
-        return teams.update(team, changes, now, audit.put(entries[-1]))
+        return teams.update(team, changes, now, audit.put(runtime.settings, entries[-1]))
 
     team = retrying(runtime.owners, lambda: _team(team_id), change)
     runtime.team_registry.put(team)
