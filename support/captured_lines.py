@@ -116,5 +116,5 @@ def stored_key(**fields: Any) -> str:
     record = key_records.KeyRecord(
         token=keys.hash_key(plain), key_name=keys.key_name(plain), created_at=now, updated_at=now, **fields
     )
-    keys.put_new(record)  # as /key/generate stores it: this instance knows the key at once
+    key_records.put_new(record)  # as another instance's /key/generate stores it: the gateways read it from the table
     return plain

@@ -1,7 +1,7 @@
 """Shared fixtures: moto as AWS, our fake Anthropic upstream, and the gateway itself, all on loopback.
 
 Each gateway a test starts is an app of its own with a runtime of its own (support/gateways.py); code a test calls
-directly runs with a runtime of the test's own (`test_runtime`). Nothing patches the gateway's modules.
+directly is handed a runtime of the test's own (`test_runtime`). Nothing patches the gateway's modules.
 """
 
 from __future__ import annotations
@@ -24,17 +24,14 @@ MASTER_KEY = "sk-master-test-0123456789abcdef"
 UPSTREAM_KEY = "sk-ant-upstream-test-key"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def test_runtime():
-    """A runtime of the test's own, for the gateway code it calls directly, outside any gateway (storage functions,
-    prices, the ledger): what the app would make current for a request."""
+    """A runtime of the test's own, for the gateway code a test calls directly, outside any gateway: the test hands
+    it (or the part a function takes) to what it calls, as the app hands its own."""
     from anthropic_gateway.runtime import Runtime
     from anthropic_gateway.settings import get_settings
 
-    runtime = Runtime(get_settings(), stream=OUTPUT)
-    deactivate = runtime.activate()
-    yield runtime
-    deactivate()
+    return Runtime(get_settings(), stream=OUTPUT)
 
 
 @pytest.fixture(scope="session")
@@ -161,6 +158,8 @@ def own_table(monkeypatch):
     from moto import mock_aws
 
     from anthropic_gateway import keys, local
+    from anthropic_gateway.aws import AwsCalls
+    from anthropic_gateway.settings import get_settings
     from anthropic_gateway.storage import table
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
@@ -170,7 +169,7 @@ def own_table(monkeypatch):
     try:
         name = f"own-table-{keys.new_key()[-8:]}"
         boto3.resource("dynamodb").create_table(TableName=name, **local.TABLE_SCHEMA)
-        opened = table.open_table(name)
+        opened = table.open_table(name, AwsCalls(get_settings()))
         monkeypatch.setattr(table, "handle", lambda: opened)
         yield opened
         opened.delete()

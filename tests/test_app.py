@@ -109,7 +109,7 @@ def test_admin_requests_arriving_together_load_the_admin_app_once(aws, monkeypat
 
     loads = []
     load = app_module._load_admin
-    monkeypatch.setattr(app_module, "_load_admin", lambda: loads.append(1) or load())
+    monkeypatch.setattr(app_module, "_load_admin", lambda runtime: loads.append(1) or load(runtime))
 
     async def scenario() -> list[int]:
         app = app_module.GatewayApp(stream=OUTPUT)

@@ -17,6 +17,9 @@ from anthropic_gateway import keys, pricing
 from anthropic_gateway.storage import table
 from anthropic_gateway.usage import Usage
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 MODEL = "claude-haiku-4-5"
 USAGE = {"input_tokens": 1200, "output_tokens": 300}
 
@@ -37,7 +40,7 @@ def batch_requests(count: int, max_tokens: int = 1000) -> list[dict]:
 
 def exact_cost(results: int, **usage: int) -> Decimal:
     """What Anthropic bills for `results` succeeded results of this usage: the standard price, halved."""
-    return results * pricing.cost_usd(MODEL, Usage(**usage)) * Decimal("0.5")
+    return results * pricing.cost_usd(MODEL, Usage(**usage), UNKNOWN_MODELS) * Decimal("0.5")
 
 
 def info_of(gateway, admin, key: str) -> dict:
@@ -244,7 +247,7 @@ def die_at_first_write(own_table):
 
 
 @pytest.fixture
-def open_batch(own_table, monkeypatch):
+def open_batch(own_table, monkeypatch, test_runtime):
     """A key with a budget of $10 and a batch of it, open, its estimate ($1) reserved, as a create leaves them."""
     from anthropic_gateway import batches, governance
     from anthropic_gateway.storage import batch_items, key_records
@@ -255,9 +258,11 @@ def open_batch(own_table, monkeypatch):
     record = key_records.KeyRecord(
         token=keys.hash_key(plain), key_name="k", created_at=now.isoformat(), max_budget=Decimal(10)
     )
-    keys.put_new(record)
+    keys.put_new(test_runtime.key_cache, record)
     estimate, lease = Decimal(1), int(batches.RESERVATION_LEASE.total_seconds())
-    held = asyncio.run(governance.reserve_budget([record.scope], estimate, "batch-r1", lease_seconds=lease, whole=True))
+    held = asyncio.run(
+        governance.reserve_budget(test_runtime, [record.scope], estimate, "batch-r1", lease_seconds=lease, whole=True)
+    )
     assert held == (record.scope,)
     remembered = batch_items.remember(
         "b1",
@@ -279,7 +284,7 @@ def billed(record) -> dict:
     return {name: item[name] for name in ("spend", "total_spend", "reserved", "reservations", "input_tokens")}
 
 
-def test_a_settle_killed_after_its_write_is_billed_exactly_once(open_batch, die_at_first_write):
+def test_a_settle_killed_after_its_write_is_billed_exactly_once(open_batch, die_at_first_write, test_runtime):
     """The batch's state and its key's spend are one transaction: a settle that dies once its write has reached
     DynamoDB has billed the batch, all of it, and nothing after it (another fetch, the sweep) bills it again."""
     from anthropic_gateway import batches
@@ -288,23 +293,23 @@ def test_a_settle_killed_after_its_write_is_billed_exactly_once(open_batch, die_
     cost, usage = Decimal("0.4"), Usage(input_tokens=1200, output_tokens=300)
     die_at_first_write("after")
     with pytest.raises(Killed):
-        asyncio.run(batches.settle_batch("b1", cost, usage))
+        asyncio.run(batches.settle_batch(test_runtime, "b1", cost, usage))
 
     # Recovery: the results are fetched again, and the batch comes due for the sweep.
-    assert asyncio.run(batches.settle_batch("b1", cost, usage)) is False
-    assert asyncio.run(batches.sweep(now + batches.RESULTS_RETENTION + timedelta(minutes=1))) == 0
+    assert asyncio.run(batches.settle_batch(test_runtime, "b1", cost, usage)) is False
+    assert asyncio.run(batches.sweep(test_runtime, now + batches.RESULTS_RETENTION + timedelta(minutes=1))) == 0
     expected = {"spend": cost, "total_spend": cost, "reserved": 0, "reservations": {}, "input_tokens": 1200}
     assert billed(record) == expected
     assert table.get("BATCH#b1", "BATCH")["state"] == "settled"
 
 
-def test_a_settle_killed_before_its_write_leaves_the_batch_for_the_sweep(open_batch, die_at_first_write):
+def test_a_settle_killed_before_its_write_leaves_the_batch_for_the_sweep(open_batch, die_at_first_write, test_runtime):
     from anthropic_gateway import batches
 
     record, now = open_batch
     die_at_first_write("before")
     with pytest.raises(Killed):
-        asyncio.run(batches.settle_batch("b1", Decimal("0.4"), None))
+        asyncio.run(batches.settle_batch(test_runtime, "b1", Decimal("0.4"), None))
     assert billed(record) == {
         "spend": 0,
         "total_spend": 0,
@@ -314,6 +319,6 @@ def test_a_settle_killed_before_its_write_leaves_the_batch_for_the_sweep(open_ba
     }
 
     due = now + batches.RESULTS_RETENTION + timedelta(minutes=1)
-    assert asyncio.run(batches.sweep(due)) == 1  # settled at its estimate
-    assert asyncio.run(batches.sweep(due)) == 0
+    assert asyncio.run(batches.sweep(test_runtime, due)) == 1  # settled at its estimate
+    assert asyncio.run(batches.sweep(test_runtime, due)) == 0
     assert billed(record) == {"spend": 1, "total_spend": 1, "reserved": 0, "reservations": {}, "input_tokens": 0}

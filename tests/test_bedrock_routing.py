@@ -21,6 +21,9 @@ from support.fake_bedrock import FakeBedrock
 from support.gateways import start_gateway
 from support.servers import free_port
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 MODEL = "claude-haiku-4-5"
 BEDROCK_MODEL = "anthropic.claude-haiku-4-5"
 UNMAPPED = "claude-3-haiku-20240307"  # the fake Anthropic serves it; Bedrock's table has no id for it
@@ -314,7 +317,7 @@ def test_a_bedrock_answer_is_priced_and_logged_as_the_clients_model(gateway, mak
     assert response.json()["model"] == BEDROCK_MODEL  # Bedrock's answer is relayed as Bedrock sent it
 
     access = captured.for_request(response.headers["x-gateway-request-id"]).access
-    expected = pricing.cost_usd(MODEL, Usage(**usage))
+    expected = pricing.cost_usd(MODEL, Usage(**usage), UNKNOWN_MODELS)
     assert expected > 0
     assert access["upstream"] == "bedrock" and access["model"] == MODEL
     assert Decimal(str(access["cost_usd"])) == expected
@@ -336,8 +339,12 @@ def test_a_model_named_by_its_bedrock_id_is_allowed_priced_and_counted_as_the_an
     assert response.headers["x-gateway-upstream"] == upstream
 
     lines = captured.for_request(response.headers["x-gateway-request-id"])
-    expected = pricing.cost_usd(MODEL, Usage(**usage))
-    assert pricing.rates_for(BEDROCK_MODEL) == pricing.rates_for(MODEL) != pricing.rates_for("unknown-model")
+    expected = pricing.cost_usd(MODEL, Usage(**usage), UNKNOWN_MODELS)
+    assert (
+        pricing.rates_for(BEDROCK_MODEL, UNKNOWN_MODELS)
+        == pricing.rates_for(MODEL, UNKNOWN_MODELS)
+        != pricing.rates_for("unknown-model", UNKNOWN_MODELS)
+    )
     assert Decimal(str(lines.access["cost_usd"])) == expected
     assert {blob["Model"] for blob in lines.blobs if "Model" in blob} == {MODEL}
     info = admin.get("/key/info", params={"key": key}).json()["info"]

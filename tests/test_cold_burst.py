@@ -23,7 +23,7 @@ MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "
 def cold(gateway) -> Iterator[None]:
     """The gateway's process as a new instance finds it before its warm-up: no secret, no key record in hand."""
     gateway.app.runtime.secrets.forget()
-    keys.key_cache.invalidate()
+    gateway.app.runtime.key_cache.invalidate()
     yield
     gateway.app.runtime.secrets.forget()
 
@@ -37,9 +37,10 @@ async def _burst(url: str, key: str) -> list[httpx.Response]:
 
 
 @pytest.fixture
-def new_key(make_key) -> str:
+def new_key(gateway, make_key) -> str:
     key = make_key()
-    keys.key_cache.invalidate()  # made through this process: forget it, as another instance would not know it
+    # Made through this gateway: forget it, as another instance would not know it.
+    gateway.app.runtime.key_cache.invalidate()
     return key
 
 

@@ -22,6 +22,9 @@ import pytest
 from anthropic_gateway import governance, keys, pricing
 from anthropic_gateway.usage import Usage
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 MODEL = "claude-haiku-4-5"
 USAGE = {"input_tokens": 120, "output_tokens": 30, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
 BODY = {"model": MODEL, "max_tokens": 400, "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
@@ -88,7 +91,7 @@ def test_one_process_holds_many_streams_with_every_keys_limits_and_exact_counter
 ):
     # What one request may reserve; the budget key can hold exactly six of them at once (admission takes a
     # reservation while headroom is left, so the sixth overdraws by less than one estimate; docs/keys.md).
-    estimate = governance.estimate_cost(BODY, len(json.dumps(BODY).encode()))
+    estimate = governance.estimate_cost(BODY, len(json.dumps(BODY).encode()), UNKNOWN_MODELS)
     keys_by_name = {
         "unlimited": make_key(),
         "parallel": make_key(max_parallel_requests=20),
@@ -121,7 +124,7 @@ def test_one_process_holds_many_streams_with_every_keys_limits_and_exact_counter
     assert len(fake_upstream.requests) == sum(admitted.values())  # a refused request never reached the upstream
 
     # Exact counters: each admitted stream once, at its reported usage; nothing still reserved.
-    cost = pricing.cost_usd(MODEL, Usage(**USAGE))
+    cost = pricing.cost_usd(MODEL, Usage(**USAGE), UNKNOWN_MODELS)
     for name, key in keys_by_name.items():
         info = admin.get("/key/info", params={"key": keys.token_of(key)}).json()["info"]
         count = admitted[name]

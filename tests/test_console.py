@@ -466,7 +466,6 @@ async def _seed_history() -> None:
     """Two weeks of daily spend per tag, team and user, through a ledger like the gateway's (a runtime's), on this
     loop."""
     runtime = Runtime(get_settings())
-    deactivate = runtime.activate()
     today = day_spend.today()
     for back in range(1, 15):
         for index, (team_id, _, user_id, _) in enumerate(DEMO_PEOPLE):
@@ -476,6 +475,5 @@ async def _seed_history() -> None:
             cost = Decimal(tokens * 3 + tokens // 10 * 15) / 1_000_000
             counters = day_spend.counters(cost, usage, forwarded=True)
             where = {"tags": [f"team:{team_id}"], "team_id": team_id, "user_id": user_id}
-            day_spend.add(counters, day=today - timedelta(days=back), **where)
+            day_spend.add(runtime.ledger, counters, day=today - timedelta(days=back), **where)
     await runtime.ledger.flush()
-    deactivate()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from playwright.sync_api import expect
 
 from support.orgs import ok, works
@@ -21,9 +22,17 @@ from tests.test_sso import ADMIN, DEV
 
 # The console tests' browser and the SSO tests' provider and gateway (one of each per module).
 browser = test_console.browser
-watched = test_console.watched
 idp = test_sso.idp
 sso_gateway = test_sso.sso_gateway
+
+
+@pytest.fixture
+def watched(browser, sso_gateway):
+    """The console tests' watched browser context, on the gateway with single sign-on on."""
+    watched = Watched(browser, sso_gateway)
+    yield watched
+    watched.context.close()
+
 
 SESSION, SIGN_IN = "__Host-gateway-session", "__Host-gateway-sign-in"
 

@@ -451,7 +451,7 @@ def test_every_app_route_is_reachable_through_the_http_api(resources):
         if event["Type"] == "HttpApi"
     ]
 
-    app_paths = [*_route_paths(admin.build().routes), *GatewayApp.OWN_PATHS]  # the admin app loads on first use
+    app_paths = [*_route_paths(admin.build(None).routes), *GatewayApp.OWN_PATHS]  # the admin app loads on first use
     assert "/health" in app_paths and "/anthropic/{path:path}" in app_paths
     missing = [path for path in app_paths if not _reachable(path, api_paths)]
     assert not missing, f"app routes without an HttpApi route in template.yaml: {missing}"
@@ -470,7 +470,7 @@ def test_every_app_route_is_reachable_through_the_rest_api(resources):
     # deployment on every update, switching ComputeMode would leave the stage calling the deleted function.
     assert properties["AlwaysDeploy"] is True
     api_paths = list(properties["DefinitionBody"]["paths"])
-    app_paths = [*_route_paths(admin.build().routes), *GatewayApp.OWN_PATHS]  # the admin app loads on first use
+    app_paths = [*_route_paths(admin.build(None).routes), *GatewayApp.OWN_PATHS]  # the admin app loads on first use
     missing = [path for path in app_paths if not _reachable(path, api_paths)]
     assert not missing, f"app routes without a REST API route in template.yaml: {missing}"
     for api_path in api_paths:

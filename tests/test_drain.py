@@ -18,11 +18,9 @@ def test_drain_returns_when_a_task_has_just_finished(aws):  # aws: the ledger it
 
     async def scenario() -> None:
         runtime = Runtime(get_settings())
-        deactivate = runtime.activate()
         runtime.background.spawn(work())
         await asyncio.sleep(0)  # the task runs and finishes; the callback that forgets it is only scheduled
         await runtime.drain()
-        deactivate()
 
     # In a thread: a drain that never yields to its loop cannot be interrupted from inside it.
     thread = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)

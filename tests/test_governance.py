@@ -22,6 +22,9 @@ from anthropic_gateway.auth import Principal
 from anthropic_gateway.storage import holds, key_records, rates, table
 from anthropic_gateway.usage import Usage
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 HELLO = [{"role": "user", "content": "Hello"}]
 MODEL = "claude-sonnet-4-5"
 
@@ -31,7 +34,7 @@ def usage_header(**usage: int) -> dict:
 
 
 def cost(model: str = MODEL, **usage: int) -> Decimal:
-    return pricing.cost_usd(model, Usage(**usage))
+    return pricing.cost_usd(model, Usage(**usage), UNKNOWN_MODELS)
 
 
 def sdk(gateway, key: str, **options) -> anthropic.Anthropic:

@@ -21,6 +21,10 @@ from anthropic_gateway.storage.scopes import Gone, OverBudget, RateLimited, Scop
 from anthropic_gateway.usage import Usage
 from support.fake_anthropic import expected_input_tokens
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+SHIPPED_IDS = ""  # BEDROCK_MODEL_IDS unset: Bedrock ids as the shipped table maps them
+
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -40,7 +44,7 @@ NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
     ],
 )
 def test_model_allowed(model, allowed):
-    assert governance.model_allowed(model, ["claude-haiku-4-5", "claude-opus-4-*"]) is allowed
+    assert governance.model_allowed(model, ["claude-haiku-4-5", "claude-opus-4-*"], SHIPPED_IDS) is allowed
 
 
 def allowing(*models: str) -> Scope:
@@ -59,10 +63,10 @@ def allowing(*models: str) -> Scope:
 )
 def test_check_models(body, status):
     if status is None:
-        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body)
+        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body, SHIPPED_IDS)
         return
     with pytest.raises(GatewayError) as refused:
-        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body)
+        governance.check_models([allowing("claude-haiku-4-5")], "/v1/messages", body, SHIPPED_IDS)
     assert refused.value.status == status
 
 
@@ -72,7 +76,7 @@ def test_check_models(body, status):
 )
 def test_check_models_in_malformed_batches(requests):
     with pytest.raises(GatewayError) as refused:
-        governance.check_models([allowing("m")], governance.BATCH_PATH, {"requests": requests})
+        governance.check_models([allowing("m")], governance.BATCH_PATH, {"requests": requests}, SHIPPED_IDS)
     assert refused.value.status == 400
 
 
@@ -91,25 +95,25 @@ def test_estimate_bounds_the_cost(model, text, max_tokens):
     max_tokens - or up to one token per 4 bytes when all of it is written to the 1-hour cache."""
     body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]}
     raw = json.dumps(body, ensure_ascii=False).encode()
-    estimate = governance.estimate_cost(body, len(raw))
+    estimate = governance.estimate_cost(body, len(raw), UNKNOWN_MODELS)
 
     assert len(text) <= len(raw) // 2 or text.isascii()
     worst_plain = Usage(input_tokens=len(raw) // 2, output_tokens=max_tokens)
-    assert estimate >= pricing.cost_usd(model, worst_plain)
+    assert estimate >= pricing.cost_usd(model, worst_plain, UNKNOWN_MODELS)
     cached = Usage(
         cache_creation_input_tokens=len(raw) // 4,
         cache_creation_1h_input_tokens=len(raw) // 4,
         output_tokens=max_tokens,
     )
-    assert estimate >= pricing.cost_usd(model, cached)
+    assert estimate >= pricing.cost_usd(model, cached, UNKNOWN_MODELS)
     assert estimate >= pricing.cost_usd(
-        model, Usage(input_tokens=expected_input_tokens(body), output_tokens=max_tokens)
+        model, Usage(input_tokens=expected_input_tokens(body), output_tokens=max_tokens), UNKNOWN_MODELS
     )
 
 
 def test_estimate_without_a_readable_body_still_reserves_something():
-    assert governance.estimate_cost(None, 4000) > 0
-    assert governance.estimate_cost({"model": "claude-haiku-4-5", "max_tokens": True}, 400) > 0
+    assert governance.estimate_cost(None, 4000, UNKNOWN_MODELS) > 0
+    assert governance.estimate_cost({"model": "claude-haiku-4-5", "max_tokens": True}, 400, UNKNOWN_MODELS) > 0
 
 
 # -- DynamoDB bookkeeping (mock_aws) ------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ def new_record(**settings) -> key_records.KeyRecord:
         updated_at=keys.iso(NOW),
         **settings,
     )
-    keys.put_new(record)
+    key_records.put_new(record)  # as /key/generate stores it
     return record
 
 
@@ -191,7 +195,7 @@ def clock(monkeypatch) -> list[datetime]:
     return now
 
 
-def test_budget_bookkeeping_keeps_its_invariant(table):
+def test_budget_bookkeeping_keeps_its_invariant(table, test_runtime):
     record = new_record(
         max_budget=Decimal(1), budget_duration="1d", budget_reset_at=gateway_table.iso_seconds(NOW + timedelta(1))
     )
@@ -205,7 +209,7 @@ def test_budget_bookkeeping_keeps_its_invariant(table):
         assert_headroom_invariant(record)
     refused, nothing = acquire(record, Decimal("0.01"))  # 1.2 reserved of 1.0: no headroom left
     assert isinstance(refused, OverBudget) and refused.reserved == Decimal("1.2") and nothing.reserved is None
-    error = governance.refusal(refused)
+    error = governance.refusal(test_runtime, refused)
     assert error.status == 402 and "reserved" in error.message
 
     for admission, actual in zip(admissions, ("0.1", "0.2", "0.5", "0"), strict=True):
@@ -359,35 +363,35 @@ def test_counters_are_added_once_per_operation_and_an_item_gone_is_left_out(tabl
     assert gateway_table.get("gone", "S") is None and gateway_table.get("Q", "S")["spend"] == 3
 
 
-def test_regenerate_moves_the_key_not_the_record(table):
+def test_regenerate_moves_the_key_not_the_record(table, test_runtime):
     record = new_record(key_alias="rotating", max_budget=Decimal(2))
     first = record.token
     second_plain, third_plain = keys.new_key(), keys.new_key()
 
-    keys.regenerate(key_records.load(first), second_plain)
+    keys.regenerate(test_runtime.key_cache, key_records.load(first), second_plain)
     second = keys.hash_key(second_plain)
     assert key_records.load(first) is None
     assert key_records.load(second).key_id == first  # the record keeps its identity (and its counters)
 
-    keys.regenerate(key_records.load(second), third_plain)
+    keys.regenerate(test_runtime.key_cache, key_records.load(second), third_plain)
     third = keys.hash_key(third_plain)
     assert key_records.load(first) is None and key_records.load(second) is None
     assert key_records.load(third).token == third and key_records.load_by_alias("rotating").token == third
     with pytest.raises(key_records.KeyExists):  # a key that was ever used is never accepted again
-        keys.regenerate(key_records.load(third), second_plain)
+        keys.regenerate(test_runtime.key_cache, key_records.load(third), second_plain)
     assert key_records.load(third) is not None and key_records.load(second) is None
 
     # A hold taken with the old key is refused once the key moved on (on every instance: the condition is on the
     # record), and this instance forgets the key at once.
     outcome, _ = acquire(record, Decimal("0.1"))
-    assert isinstance(outcome, Gone) and governance.refusal(outcome).status == 401
+    assert isinstance(outcome, Gone) and governance.refusal(test_runtime, outcome).status == 401
 
     key_records.delete(key_records.load(third))
     assert key_records.load(third) is None and key_records.load_by_alias("rotating") is None
     assert table.client.scan(TableName=table.name)["Items"] == []
 
 
-def test_parallel_slots(table, clock):
+def test_parallel_slots(table, clock, test_runtime):
     record = new_record(max_parallel_requests=2)
     held = []
     for _ in ("a", "b"):
@@ -396,7 +400,8 @@ def test_parallel_slots(table, clock):
         held.append(admission)
     refused, _ = acquire(record)
     assert isinstance(refused, TooManyParallel)
-    assert governance.refusal(refused).status == 429 and governance.refusal(refused).headers == {"retry-after": "1"}
+    error = governance.refusal(test_runtime, refused)
+    assert error.status == 429 and error.headers == {"retry-after": "1"}
 
     settle(record, held[0], forwarded=False)
     assert isinstance(acquire(record)[0], holds.Admitted)
@@ -408,7 +413,7 @@ def test_parallel_slots(table, clock):
     assert set(stored(record, "PARALLEL")["slots"]) == {last.slot}
 
 
-def test_rate_window_counts(table, clock):
+def test_rate_window_counts(table, clock, test_runtime):
     record = new_record(rpm_limit=2, tpm_limit=100)
     assert isinstance(acquire(record)[0], holds.Admitted)
     clock[0] = NOW + timedelta(seconds=59)
@@ -416,11 +421,11 @@ def test_rate_window_counts(table, clock):
     clock[0] = NOW + timedelta(seconds=30)
     refused, _ = acquire(record)
     assert isinstance(refused, RateLimited) and refused.limit == "rpm"
-    assert governance.refusal(refused).headers == {"retry-after": "30"}
+    assert governance.refusal(test_runtime, refused).headers == {"retry-after": "30"}
     clock[0] = NOW + timedelta(seconds=60)
     assert isinstance(acquire(record)[0], holds.Admitted)  # a new minute
 
     clock[0] = NOW + timedelta(minutes=5)
     for zero in ({"rpm_limit": 0}, {"tpm_limit": 0}):  # a limit of 0 refuses even the minute's first request
         refused, _ = acquire(new_record(**zero))
-        assert isinstance(refused, RateLimited) and governance.refusal(refused).status == 429
+        assert isinstance(refused, RateLimited) and governance.refusal(test_runtime, refused).status == 429

@@ -22,6 +22,9 @@ from support.servers import answers, free_port
 from support.waiting import eventually
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -134,7 +137,7 @@ def test_a_burst_through_a_governed_key_on_the_embedded_moto_is_exact(serve, fak
         "requests": burst,
         "input_tokens": burst * usage.input_tokens,
         "output_tokens": burst * usage.output_tokens,
-        "spend": burst * pricing.cost_usd("claude-sonnet-4-5", usage),
+        "spend": burst * pricing.cost_usd("claude-sonnet-4-5", usage, UNKNOWN_MODELS),
         "reserved_spend": 0,
     }
 

@@ -24,6 +24,9 @@ from anthropic_gateway.usage import Usage
 from support.fake_malicious_upstream import MaliciousUpstream, Received, Reply, response
 from tests.conftest import UPSTREAM_KEY
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}
 
 
@@ -238,7 +241,7 @@ def test_a_non_streaming_answer_of_any_size_is_billed_its_usage(
     assert hashlib.sha256(answer.content).digest() == hashlib.sha256(body).digest()  # byte for byte
 
     access = captured.for_request(answer.headers["x-gateway-request-id"]).access
-    expected = pricing.cost_usd("claude-sonnet-4-5-20250929", Usage(**USAGE))
+    expected = pricing.cost_usd("claude-sonnet-4-5-20250929", Usage(**USAGE), UNKNOWN_MODELS)
     assert (access["input_tokens"], access["output_tokens"], access["usage_estimated"]) == (1200, 3400, False)
     assert Decimal(str(access["cost_usd"])) == expected
     assert Decimal(str(admin.get("/key/info", params={"key": key}).json()["info"]["spend"])) == expected
@@ -276,7 +279,7 @@ def test_a_messages_answer_that_ends_without_its_usage_is_billed_an_upper_bound(
     assert access["usage_estimated"] is True
     assert (access["input_tokens"], access["output_tokens"]) == (len(request), 5000)
     assert access["input_tokens"] + access["output_tokens"] > USAGE["input_tokens"] + USAGE["output_tokens"]
-    expected = pricing.cost_usd("claude-sonnet-4-5", bound)
+    expected = pricing.cost_usd("claude-sonnet-4-5", bound, UNKNOWN_MODELS)
     assert Decimal(str(access["cost_usd"])) == expected > 0
     assert Decimal(str(admin.get("/key/info", params={"key": key}).json()["info"]["spend"])) == expected
 

@@ -17,10 +17,15 @@ from anthropic_gateway.exchange import Exchange
 from anthropic_gateway.metrics import Metrics
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.storage.key_records import KeyRecord
+from anthropic_gateway.storage.tags import TagRegistry
+from anthropic_gateway.storage.teams import TeamRegistry
 from anthropic_gateway.usage import Usage, UsageTap
 from support.captured_lines import Output, dimension_sets, metric_values, stored_key
 from support.gateways import start_gateway
 from tests.conftest import MASTER_KEY, UPSTREAM_KEY
+
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
 
 MODEL = "claude-sonnet-4-5"
 USAGE = {"input_tokens": 1234, "output_tokens": 56, "cache_creation_input_tokens": 789, "cache_read_input_tokens": 4321}
@@ -28,7 +33,7 @@ USAGE = {"input_tokens": 1234, "output_tokens": 56, "cache_creation_input_tokens
 
 # The tags these tests send get Tag values of their own; test_unlisted_tags_* covers everything else.
 LISTED_TAGS = ("team:m", "app:json", "stream:full", "stream:cut", "e:up", "s:json", "conc:*", "t*")
-SERVICE = Metrics(get_settings(), Output()).service  # POWERTOOLS_SERVICE_NAME, as the gateway reads it
+SERVICE = Metrics(get_settings(), Output(), None, None).service  # POWERTOOLS_SERVICE_NAME, as the gateway reads it
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,8 @@ def listed_gateway(gateway):
 
 def writer(**changes) -> Metrics:
     """A runtime's metrics writer, its settings changed by `changes` (METRIC_TAGS, the namespace)."""
-    return Metrics(replace(get_settings(), **changes), Output())
+    settings = replace(get_settings(), **changes)
+    return Metrics(settings, Output(), TeamRegistry(settings), TagRegistry(settings))
 
 
 @pytest.fixture
@@ -66,7 +72,9 @@ def message(stream: bool = False, text: str = "Hello, world") -> dict:
 def expected_cost(usage: dict) -> float:
     # The fake reports cache writes as 5-minute ones.
     return float(
-        pricing.cost_usd(MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]))
+        pricing.cost_usd(
+            MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]), UNKNOWN_MODELS
+        )
     )
 
 
@@ -305,10 +313,10 @@ def test_namespace_comes_from_settings():
 
 def test_model_dimension_never_takes_arbitrary_client_input():
     exchange = Exchange(method="POST", path="/v1/messages", model="x" * 300)
-    assert metrics.model_dimension(exchange) == metrics.OTHER
+    assert metrics.model_dimension(exchange, "") == metrics.OTHER
     exchange.model = "claude-sonnet-4-5-20250929"
-    assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-sonnet-4-5-20250929")
-    assert metrics.model_dimension(Exchange(method="GET", path="/v1/models")) == metrics.UNKNOWN_MODEL
+    assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-sonnet-4-5-20250929", "")
+    assert metrics.model_dimension(Exchange(method="GET", path="/v1/models"), "") == metrics.UNKNOWN_MODEL
 
 
 # -- issue 9: one key holder must not be able to grow the operator's CloudWatch bill -------------------------------
@@ -332,11 +340,11 @@ def test_the_model_the_upstream_answered_with_is_a_dimension_value_only_when_kno
     misconfigured upstream could otherwise echo any string into a dimension)."""
     exchange = Exchange(method="POST", path="/v1/messages", model=MODEL)
     exchange.tap = UsageTap(content_type="application/json", model="evil-model-" + uuid.uuid4().hex)
-    assert metrics.model_dimension(exchange) == metrics.OTHER
+    assert metrics.model_dimension(exchange, "") == metrics.OTHER
     exchange.tap.model = "claude-opus-4-1-20250805"
-    assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-opus-4-1-20250805") != MODEL
+    assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-opus-4-1-20250805", "") != MODEL
     exchange.tap.model = "claude-opus-4-1-" + "x" * 5000  # a known prefix: billed, and shown, as that model
-    assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-opus-4-1")
+    assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-opus-4-1", "")
 
 
 def test_unlisted_tags_count_once_under_other_but_are_logged_and_spent(gateway_with, captured, admin):
@@ -421,8 +429,10 @@ def test_blobs_serialise_as_powertools_would():
     exchange.upstream, exchange.failover_cause = "bedrock", "status_529"
     record = KeyRecord(token="0" * 64, key_name="sk-...0000", key_alias="m", team_id="search", user_id="ana")
     exchange.principal = Principal(record=record)
-    lines = writer(metric_tags=LISTED_TAGS).emf_blobs(exchange, 0.25)
-    assert json.loads(lines[0])["Team"] == metrics.team_dimension(exchange)  # the overall blob: [service, Team] too
+    tagged = writer(metric_tags=LISTED_TAGS)
+    lines = tagged.emf_blobs(exchange, 0.25)
+    # The overall blob: [service, Team] too.
+    assert json.loads(lines[0])["Team"] == metrics.team_dimension(exchange, tagged.teams)
     # by model, upstream and team, three tags, status class, failover cause
     assert len(lines) == 6 and all(line.endswith("}\n") and line.count("\n") == 1 for line in lines)
     for line in lines:

@@ -34,7 +34,7 @@ def test_the_installed_package_runs_from_anywhere(tmp_path: Path) -> None:
     probe = (
         "from pathlib import Path; import anthropic_gateway as package; from anthropic_gateway import pricing;"
         "from anthropic_gateway.bedrock_models import model_table; here = Path(package.__file__).parent;"
-        "print(here, pricing.resolve_model('claude-haiku-4-5'), model_table(None).bedrock_id('claude-haiku-4-5'),"
+        "print(here, pricing.resolve_model('claude-haiku-4-5', ''), model_table(None).bedrock_id('claude-haiku-4-5'),"
         "(here / 'ui' / 'index.html').is_file())"
     )
     installed = run(sys.executable, "-c", probe)

@@ -6,6 +6,8 @@ import threading
 
 from anthropic_gateway.storage.registry import Registry
 
+TTL = 60.0  # no refresh starts on its own while a test runs
+
 
 class Reads:
     """A registry's `read`: each call answers the next list the test handed in; `hold()` keeps the next call from
@@ -36,7 +38,7 @@ def in_a_thread(target) -> threading.Thread:
 
 def test_a_read_that_started_earlier_never_replaces_the_copy_a_later_read_made():
     reads = Reads(["old"], ["old", "new"])
-    names = Registry("test", reads, lambda name: name, 10)
+    names = Registry("test", reads, lambda name: name, 10, TTL)
     release = reads.hold()
     slow = in_a_thread(names.refresh)
     assert reads.started.wait(10)
@@ -48,7 +50,7 @@ def test_a_read_that_started_earlier_never_replaces_the_copy_a_later_read_made()
 
 def test_changes_made_here_while_a_read_runs_survive_it():
     reads = Reads(["kept", "gone"])
-    names = Registry("test", reads, lambda name: name, 10)
+    names = Registry("test", reads, lambda name: name, 10, TTL)
     release = reads.hold()
     slow = in_a_thread(names.load)
     assert reads.started.wait(10)
@@ -60,7 +62,7 @@ def test_changes_made_here_while_a_read_runs_survive_it():
 
 
 def test_at_most_limit_records_are_kept_the_oldest():
-    names = Registry("test", Reads(["first", "second", "third"]), lambda name: name, 2)
+    names = Registry("test", Reads(["first", "second", "third"]), lambda name: name, 2, TTL)
     names.load()
     names.put("fourth")
     assert list(names.snapshot()) == ["first", "second"]

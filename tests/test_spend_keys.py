@@ -13,6 +13,9 @@ from anthropic_gateway.storage import holds, key_records
 from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.usage import Usage
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 HELLO = [{"role": "user", "content": "Hello"}]
 
 
@@ -37,7 +40,9 @@ def test_top_keys_are_ordered_by_total_spend(gateway, admin, make_key):
     gateway.drain()  # spend is written after the response
     spent = {key: spend_of(admin, key) for key in (big, small)}
     for key, input_tokens in ((big, 30_000_000), (small, 20_000_000)):
-        cost = pricing.cost_usd("claude-sonnet-4-5", Usage(input_tokens=input_tokens, output_tokens=100))
+        cost = pricing.cost_usd(
+            "claude-sonnet-4-5", Usage(input_tokens=input_tokens, output_tokens=100), UNKNOWN_MODELS
+        )
         assert Decimal(repr(spent[key])) == cost
 
     response = admin.get("/spend/keys", params={"limit": 2})

@@ -24,6 +24,9 @@ from support.captured_lines import stored_key
 from support.orgs import error_of, exact, new_key, new_team, new_user, ok, unique
 from tests.conftest import MASTER_KEY
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 MODEL = "claude-haiku-4-5"
 HELLO: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Hi"}]
 
@@ -35,7 +38,7 @@ def around_today() -> dict[str, str]:
 
 
 def cost(usage: dict[str, int]) -> Decimal:
-    return pricing.cost_usd(MODEL, Usage(**usage))
+    return pricing.cost_usd(MODEL, Usage(**usage), UNKNOWN_MODELS)
 
 
 def sdk(gateway, key: str) -> anthropic.Anthropic:
@@ -156,11 +159,11 @@ def _record(*calls: tuple[dict, Decimal, date]) -> None:
 
     async def record_and_flush() -> None:
         runtime = Runtime(get_settings())  # a ledger like the gateway's, on this loop
-        deactivate = runtime.activate()
         for where, amount, day in calls:
-            day_spend.add(day_spend.counters(amount, Usage(input_tokens=1), forwarded=True), day=day, **where)
+            day_spend.add(
+                runtime.ledger, day_spend.counters(amount, Usage(input_tokens=1), forwarded=True), day=day, **where
+            )
         await runtime.ledger.flush()
-        deactivate()
 
     asyncio.run(record_and_flush())
 
@@ -254,11 +257,12 @@ def newest_team(admin, **fields):
 def test_a_team_the_registry_does_not_hold_is_counted_as_other(gateway, admin, captured, monkeypatch):
     """Teams past the registry's bound (MAX_DIMENSION_TEAMS, the oldest kept) are `other`: the dimension's values
     stay bounded however many teams there are."""
-    teams.registry.load()  # a fresh copy: one read in flight could still drop teams other tests deleted
-    held = len(teams.registry.snapshot())
-    monkeypatch.setattr(teams.registry, "limit", held)
+    registry = gateway.app.runtime.team_registry
+    registry.load()  # a fresh copy: one read in flight could still drop teams other tests deleted
+    held = len(registry.snapshot())
+    monkeypatch.setattr(registry, "limit", held)
     team = newest_team(admin)
-    assert team["team_id"] not in teams.registry.snapshot()
+    assert team["team_id"] not in registry.snapshot()
     key = new_key(admin, team_id=team["team_id"])["key"]
 
     response = raw(gateway, key)
@@ -267,37 +271,39 @@ def test_a_team_the_registry_does_not_hold_is_counted_as_other(gateway, admin, c
     assert lines.access["team_id"] == team["team_id"]  # the access log keeps the id
 
     # CloudWatch takes only ASCII dimension values: a registered team named otherwise is `other` too.
-    monkeypatch.setattr(teams.registry, "limit", held + 10)
+    monkeypatch.setattr(registry, "limit", held + 10)
     accented = newest_team(admin, team_id=unique("\u00e9quipe"))["team_id"]
-    assert accented in teams.registry.snapshot()
+    assert accented in registry.snapshot()
     response = raw(gateway, new_key(admin, team_id=accented)["key"])
     lines = captured.for_request(response.headers["x-gateway-request-id"])
     assert (lines.overall()["Team"], lines.access["team_id"]) == (metrics.OTHER, accented)
 
-    monkeypatch.setattr(teams.registry, "limit", held + 1)
-    teams.registry.refresh()  # what a refresh after KEY_CACHE_TTL does; the newest team is the one left out
-    assert len(teams.registry.snapshot()) == held + 1
+    monkeypatch.setattr(registry, "limit", held + 1)
+    registry.refresh()  # what a refresh after KEY_CACHE_TTL does; the newest team is the one left out
+    assert len(registry.snapshot()) == held + 1
 
 
-def test_the_team_registry_reads_teams_created_elsewhere_without_io_on_the_request_path(admin):
+def test_the_team_registry_reads_teams_created_elsewhere_without_io_on_the_request_path(gateway, admin):
     """A team created through another instance (here: straight into the table) reaches this process's registry
     with a refresh, which a stale registry starts in a thread of its own; snapshots never wait for it."""
+    from anthropic_gateway.settings import get_settings
     from anthropic_gateway.storage import table
 
     team = teams.TeamRecord(
         team_id=unique("elsewhere"), created_at="2026-01-01T00:00:00+00:00", updated_at="2026-01-01T00:00:00+00:00"
     )
     table.handle().put_item(Item=team.to_item())
-    registry = teams.TeamRegistry()
+    registry = teams.TeamRegistry(get_settings())
     assert team.team_id not in registry.snapshot()  # answers at once; the refresh it started runs in its own thread
     registry.refresh()
     assert registry.snapshot()[team.team_id].created_at == team.created_at
 
-    # Created and deleted through this process: at once.
+    # Created and deleted through the gateway: in its registry at once.
+    served = gateway.app.runtime.team_registry
     created = new_team(admin)["team_id"]
-    assert created in teams.registry.snapshot()
+    assert created in served.snapshot()
     ok(admin.post("/team/delete", json={"team_ids": [created]}))
-    assert created not in teams.registry.snapshot()
+    assert created not in served.snapshot()
 
 
 def test_a_cold_instance_counts_its_first_team_request_under_the_team(gateway, admin, captured, fake_upstream):
@@ -305,7 +311,7 @@ def test_a_cold_instance_counts_its_first_team_request_under_the_team(gateway, a
     fresh instance's first request of a team gets the team's own value."""
     team_id = new_team(admin)["team_id"]
     key = new_key(admin, team_id=team_id)["key"]
-    teams.registry.clear()  # as on a cold instance: nothing read yet
+    gateway.app.runtime.team_registry.clear()  # as on a cold instance: nothing read yet
     gate = unique("cold")
     body = {"model": MODEL, "max_tokens": 16, "stream": True, "messages": HELLO}
     with (

@@ -18,6 +18,9 @@ from anthropic_gateway.settings import get_settings
 from anthropic_gateway.usage import Usage
 from support.captured_lines import stored_key
 
+# How the gateways price models: UNKNOWN_MODEL_RATE and BEDROCK_MODEL_IDS as they are by default.
+UNKNOWN_MODELS = pricing.UnknownModels("max", "")
+
 MODEL = "claude-haiku-4-5"
 
 
@@ -48,7 +51,9 @@ def report(admin: httpx.Client, params: dict) -> dict[str, dict]:
 
 def cost(usage: dict) -> float:
     return float(
-        pricing.cost_usd(MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]))
+        pricing.cost_usd(
+            MODEL, Usage(**usage, cache_creation_5m_input_tokens=usage["cache_creation_input_tokens"]), UNKNOWN_MODELS
+        )
     )
 
 
@@ -112,11 +117,9 @@ def _record_now(*calls: tuple) -> None:
 
     async def record_and_flush() -> None:
         runtime = Runtime(get_settings())
-        deactivate = runtime.activate()
         for tags, cost, usage, day in calls:
-            day_spend.add(day_spend.counters(cost, usage, forwarded=True), tags=tags, day=day)
+            day_spend.add(runtime.ledger, day_spend.counters(cost, usage, forwarded=True), tags=tags, day=day)
         await runtime.ledger.flush()
-        deactivate()
 
     asyncio.run(record_and_flush())
 

@@ -24,6 +24,7 @@ import pytest
 from anthropic_gateway import keys, login_cli, sso
 from anthropic_gateway.settings import get_settings
 from support.fake_oidc import FakeOidc, OidcUser, new_rsa_key
+from support.gateways import start_gateway
 from support.orgs import HELLO, error_of, new_team, ok, works
 
 RUN = uuid.uuid4().hex[:8]
@@ -43,8 +44,8 @@ def idp():
 
 @pytest.fixture(scope="module")
 def sso_gateway(gateway, idp):
-    """The session's gateway with single sign-on on: its settings read again with OIDC_* set (every module reads
-    them through get_settings() when it needs them), and put back as they were after the module."""
+    """A gateway of the module's own with single sign-on on: its runtime's settings read with OIDC_* set (the
+    environment is put back as it was at once), on the session's table, secrets and fake upstream."""
     with httpx.Client(base_url=gateway.url, headers={"Authorization": "Bearer " + _master()}, timeout=30) as admin:
         if admin.get("/team/info", params={"team_id": TEAM}).status_code == 404:
             new_team(admin, team_id=TEAM, team_alias="Search")
@@ -62,8 +63,12 @@ def sso_gateway(gateway, idp):
         for name, value in environment.items():
             patch.setenv(name, value)
         get_settings.cache_clear()
-        yield gateway
-    get_settings.cache_clear()
+        try:
+            settings = get_settings()
+        finally:
+            get_settings.cache_clear()  # read again, without OIDC_*, by everything else
+    with start_gateway(settings) as server:
+        yield server
 
 
 def _master() -> str:

@@ -7,6 +7,7 @@ from decimal import Decimal
 import httpx
 
 from anthropic_gateway import metrics
+from anthropic_gateway.settings import get_settings
 from anthropic_gateway.storage import tags
 from support.orgs import error_of, exact, new_key, ok, unique
 
@@ -120,7 +121,7 @@ def test_the_registry_reads_tags_registered_elsewhere_without_io_on_the_request_
     from anthropic_gateway.storage import table
 
     table.handle().put_item(Item=record.to_item())
-    registry = tags.TagRegistry()
+    registry = tags.TagRegistry(get_settings())
     assert name not in registry.snapshot()  # answers at once; the refresh it started runs in its own thread
     registry.refresh()
     assert registry.snapshot()[name].created_at == record.created_at

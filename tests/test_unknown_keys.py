@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -12,15 +11,14 @@ from anthropic_gateway import keys
 
 
 @pytest.fixture
-def cache_ttl_5s(monkeypatch):
-    """KEY_CACHE_TTL 5 s (the tests run with 0.5 s): a flood is 20 unknown keys within one TTL, so at 0.5 s a machine
-    too busy to refuse 40 a second would not be flooded at all, and every key would be read."""
-    settings = replace(keys.get_settings(), key_cache_ttl=5.0)
-    monkeypatch.setattr(keys, "get_settings", lambda: settings)
+def cache_ttl_5s(gateway_with):
+    """A gateway whose KEY_CACHE_TTL is 5 s (the tests run with 0.5 s): a flood is 20 unknown keys within one TTL, so
+    at 0.5 s a machine too busy to refuse 40 a second would not be flooded at all, and every key would be read."""
+    return gateway_with(key_cache_ttl=5.0)
 
 
-def test_two_thousand_unknown_keys_cost_a_few_reads_not_two_thousand(gateway, cache_ttl_5s, aws_calls):
-    with httpx.Client(base_url=gateway.url + "/anthropic", timeout=30) as client:
+def test_two_thousand_unknown_keys_cost_a_few_reads_not_two_thousand(cache_ttl_5s, aws_calls):
+    with httpx.Client(base_url=cache_ttl_5s.url + "/anthropic", timeout=30) as client:
         for _ in range(2000):
             response = client.get("/v1/models", headers={"x-api-key": keys.new_key()})
             assert response.status_code == 401

@@ -14,28 +14,36 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Protocol
 
 from aws_lambda_powertools import Logger
 
 from . import batches, day_spend, governance, pricing
-from .background import Background
 from .exchange import Exchange
 from .metrics import Metrics
 
 logger = Logger(child=True)
 
 
-class Accounting:
-    """One runtime's accounting: the requests whose response has ended and which are not settled yet, and what
-    settling them writes with (metrics, unknown-model prices, after-response tasks)."""
+class Parts(batches.Parts, Protocol):
+    """What accounting uses of the running gateway (runtime.py's `Runtime` has them): what governance and batches
+    settle with, and the metrics writer."""
 
-    def __init__(self, metrics: Metrics, unknown_models: pricing.UnknownModels, background: Background) -> None:
-        self._metrics, self._unknown_models, self._background = metrics, unknown_models, background
+    metrics: Metrics
+
+
+class Accounting:
+    """One runtime's accounting: the requests whose response has ended and which are not settled yet, and the
+    runtime they are settled with (metrics, unknown-model prices, after-response tasks, the ledger, AWS calls)."""
+
+    def __init__(self, runtime: Parts) -> None:
+        self._runtime = runtime
         self._queued: list[Exchange] = []
 
     def cost_of(self, exchange: Exchange) -> Decimal:
         usage = exchange.usage
-        return pricing.cost_usd(exchange.response_model, usage, self._unknown_models) if usage else Decimal(0)
+        unknown_models = self._runtime.unknown_models
+        return pricing.cost_usd(exchange.response_model, usage, unknown_models) if usage else Decimal(0)
 
     def after_response(self, exchange: Exchange) -> None:
         """Settle `exchange` on the loop's next turn, with every other request that ended meanwhile. Never
@@ -57,25 +65,28 @@ class Accounting:
             except Exception:
                 logger.exception("accounting failed", extra={"request_id": exchange.request_id})
             try:
-                lines += self._metrics.lines(exchange, cost)  # EMF blobs + the access log line
+                lines += self._runtime.metrics.lines(exchange, cost)  # EMF blobs + the access log line
             except Exception:
                 logger.exception("metrics failed", extra={"request_id": exchange.request_id})
             try:
-                day_spend.record(exchange, cost)  # per tag, team and user
+                day_spend.record(self._runtime.ledger, exchange, cost)  # per tag, team and user
             except Exception:
                 logger.exception("spend per day failed", extra={"request_id": exchange.request_id})
-        self._metrics.write(lines)
+        self._runtime.metrics.write(lines)
 
     def _settle_key(self, exchange: Exchange, cost: Decimal) -> None:
+        runtime = self._runtime
         if exchange.batch is not None or governance.settle_waits(exchange):
-            self._background.spawn(_settle_holds(exchange, cost))
-        elif (write := governance.settle_now(exchange, cost)) is not None:
-            self._background.spawn(governance.apply(write, exchange.request_id))
+            runtime.background.spawn(_settle_holds(runtime, exchange, cost))
+        elif (write := governance.settle_now(runtime.ledger, exchange, cost)) is not None:
+            runtime.background.spawn(governance.apply(runtime, write, exchange.request_id))
 
 
-async def _settle_holds(exchange: Exchange, cost: Decimal) -> None:
+async def _settle_holds(runtime: Parts, exchange: Exchange, cost: Decimal) -> None:
     try:
-        await governance.settle(exchange, cost)  # spend and tokens on the key; releases what admit reserved
+        await governance.settle(runtime, exchange, cost)  # spend and tokens on the key; releases what admit reserved
     except Exception:
         logger.exception("accounting failed", extra={"request_id": exchange.request_id})
-    await batches.settle(exchange)  # a batch create's reservation, or a batch settled from its results; never raises
+    await batches.settle(
+        runtime, exchange
+    )  # a batch create's reservation, or a batch settled from its results; never raises

@@ -3,9 +3,14 @@ app, imported on first use (app.py).
 
 FastAPI, pydantic and these routes are half of what importing the gateway would cost, and a pass-through request
 uses none of them: the app loads this module the first time a request is not one it serves itself.
+
+The app builds it with its runtime (runtime.py), which it keeps in its state (Starlette's `app.state`): a route
+reaches it as `auth.runtime_of(request)`, and hands on the parts its callees need.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 from fastapi import FastAPI, Request
@@ -16,12 +21,17 @@ from starlette.responses import Response
 from . import audit_routes, console, key_routes, spend_routes, sso_routes, tag_routes, team_routes, user_routes
 from .errors import GatewayError, error_response, invalid_request, render
 
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
 logger = Logger(child=True)
 
 
-def build() -> FastAPI:
-    """The admin app. Every error it produces is in Anthropic's shape, like the pass-through's."""
+def build(runtime: Runtime) -> FastAPI:
+    """The admin app, serving with `runtime` (the app's `Runtime`). Every error it produces is in Anthropic's
+    shape, like the pass-through's."""
     api = FastAPI(title="Anthropic API gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    api.state.runtime = runtime
     api.include_router(key_routes.router)
     api.include_router(spend_routes.router)
     api.include_router(team_routes.router)

@@ -78,27 +78,23 @@ class GatewayApp:
         runtime = self.runtime
         if runtime is None:
             raise RuntimeError("the gateway app was not started: run its lifespan, or await GatewayApp.start()")
-        deactivate = runtime.activate()
-        try:
-            if scope["type"] == "http":
-                path, method = scope["path"], scope["method"]
-                if path in _BASE_URLS and method in ("GET", "HEAD"):
-                    # Claude Code's best-effort preconnect to its base URL: answered here, no key, no upstream call.
-                    await _ok(send, head_only=method == "HEAD")
-                    return
-                if path.startswith(_PASS_THROUGH) and method in _METHODS:
-                    response = await anthropic_passthrough(runtime, Request(scope, receive))
-                    await response(scope, receive, send)
-                    return
-                if path == "/health":  # the Lambda Web Adapter's readiness check
-                    await (_ok(send) if method == "GET" else _refuse(scope, send, 405, "Method Not Allowed"))
-                    return
-                if path in (BEFORE_CHECKPOINT_PATH, AFTER_RESTORE_PATH):
-                    await self._snapstart_hook(runtime, scope, send)
-                    return
-            await self._admin_app(scope, receive, send)
-        finally:
-            deactivate()
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if path in _BASE_URLS and method in ("GET", "HEAD"):
+                # Claude Code's best-effort preconnect to its base URL: answered here, no key, no upstream call.
+                await _ok(send, head_only=method == "HEAD")
+                return
+            if path.startswith(_PASS_THROUGH) and method in _METHODS:
+                response = await anthropic_passthrough(runtime, Request(scope, receive))
+                await response(scope, receive, send)
+                return
+            if path == "/health":  # the Lambda Web Adapter's readiness check
+                await (_ok(send) if method == "GET" else _refuse(scope, send, 405, "Method Not Allowed"))
+                return
+            if path in (BEFORE_CHECKPOINT_PATH, AFTER_RESTORE_PATH):
+                await self._snapstart_hook(runtime, scope, send)
+                return
+        await self._admin_app(runtime, scope, receive, send)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -107,12 +103,9 @@ class GatewayApp:
         then warm it up: AWS clients made and secrets read before the first request (bounded: runtime.py). Then
         the garbage collector goes on, if the door started Python without it (functions/proxy/run.sh)."""
         runtime = Runtime(self._settings or get_settings(), self._stream)
-        deactivate = runtime.activate()
-        try:
-            await runtime.start()
-        finally:
-            deactivate()
+        await runtime.start()
         self.runtime = runtime
+        self._admin = self._admin_loading = None  # the admin app serves with the runtime it was built with
         if not gc.isenabled():
             # The streaming door starts Python with the cyclic garbage collector off (run.sh): its passes over the
             # objects that imports and AWS clients make cost a tenth of the start. They live as long as the
@@ -123,20 +116,12 @@ class GatewayApp:
     async def drain(self) -> None:
         """Finish the after-response work of every request served so far (see `Runtime.drain`)."""
         if self.runtime is not None:
-            deactivate = self.runtime.activate()
-            try:
-                await self.runtime.drain()
-            finally:
-                deactivate()
+            await self.runtime.drain()
 
     async def stop(self) -> None:
         """Drain and close the runtime (uvicorn's shutdown, after open streams had their grace period)."""
         if self.runtime is not None:
-            deactivate = self.runtime.activate()
-            try:
-                await self.runtime.close()
-            finally:
-                deactivate()
+            await self.runtime.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -159,14 +144,15 @@ class GatewayApp:
 
     # -- what is not the pass-through ----------------------------------------------------------------------------
 
-    async def _admin_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _admin_app(self, runtime: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         """The admin app, imported on the first request that needs it, once however many arrive together: in a
-        worker thread, so streams in flight on this loop are not held up by the import."""
+        worker thread, so streams in flight on this loop are not held up by the import. It serves with `runtime`
+        (its routes reach it through the admin app's state)."""
         admin = self._admin
         if admin is None:
             loading = self._admin_loading
             if loading is None:
-                loading = self._admin_loading = asyncio.ensure_future(asyncio.to_thread(_load_admin))
+                loading = self._admin_loading = asyncio.ensure_future(asyncio.to_thread(_load_admin, runtime))
             try:
                 admin = self._admin = await asyncio.shield(loading)
             except Exception:
@@ -189,10 +175,10 @@ class GatewayApp:
         await _ok(send)
 
 
-def _load_admin() -> ASGIApp:
+def _load_admin(runtime: Runtime) -> ASGIApp:
     from . import admin
 
-    return admin.build()
+    return admin.build(runtime)
 
 
 def _from_the_adapter(scope: Scope) -> bool:
@@ -228,13 +214,16 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
     response: ExchangeResponse | None = None
     try:
         try:
-            exchange.principal = await authenticate(request.headers)
+            exchange.principal = await authenticate(runtime, request.headers)
             exchange.path = forwarding.canonical_path(request.scope)  # the one path every check reads and sent
             body = await request_body.read(request, runtime.settings.max_request_bytes)  # litellm_metadata cut out
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
-            await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
+            if exchange.tags:  # refreshes the registered tags, if due, while the request runs (metrics.py reads them)
+                runtime.tag_registry.snapshot()
+            # Models, budget, rate limits; the holds go on exchange.admission.
+            await governance.admit(runtime, exchange, body)
             # A batch create reserves its whole estimate (402 when it cannot); any request may start a batch sweep.
-            await admit_batch(exchange, body.raw, runtime.batch_sweeps)
+            await admit_batch(runtime, exchange, body.raw)
             # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py
             response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body.raw, exchange))
         except GatewayError as exc:

@@ -15,7 +15,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from .auth import Caller
-from .settings import get_settings
+from .settings import Settings
 from .storage import table
 from .storage.audit import Entry
 from .storage.key_records import KeyRecord
@@ -67,9 +67,9 @@ def entry(
     )
 
 
-def put(audit_entry: Entry) -> table.Put:
-    """The action that stores `audit_entry`, kept AUDIT_RETENTION_DAYS."""
-    return audit_entry.put(get_settings().audit_retention_days)
+def put(settings: Settings, audit_entry: Entry) -> table.Put:
+    """The action that stores `audit_entry`, kept AUDIT_RETENTION_DAYS (`settings`: the runtime's)."""
+    return audit_entry.put(settings.audit_retention_days)
 
 
 def written(audit_entry: Entry) -> None:

@@ -7,18 +7,46 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal
+from typing import Literal, Protocol
 
 from aws_lambda_powertools import Logger
 from starlette.datastructures import Headers
 from starlette.requests import Request
 
-from . import aws, keys, owners, secrets, sso_session
+from . import keys, sso_session
+from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
-from .owners import Owners
+from .keys import KeyCache
+from .owners import Owners, OwnersCache
+from .secrets import Secrets
+from .settings import Settings
 from .storage import users
 from .storage.key_records import KeyRecord
-from .storage.teams import registry as registered_teams
+from .storage.tags import TagRegistry
+from .storage.teams import TeamRegistry
+
+
+class Parts(Protocol):
+    """What authentication uses of the running gateway (runtime.py's `Runtime` has them)."""
+
+    aws: AwsCalls
+    secrets: Secrets
+    key_cache: KeyCache
+    owners: OwnersCache
+    team_registry: TeamRegistry
+
+
+class AdminParts(Parts, Protocol):
+    """What the admin routes use of the running gateway (runtime.py's `Runtime` has them)."""
+
+    settings: Settings
+    tag_registry: TagRegistry
+
+
+def runtime_of(request: Request) -> AdminParts:
+    """The runtime of the gateway serving an admin request: the admin app holds it in its state (admin.py)."""
+    runtime: AdminParts = request.app.state.runtime
+    return runtime
 
 
 @dataclass(frozen=True)
@@ -63,18 +91,18 @@ def _is_master(key: str, master: str) -> bool:
     return hmac.compare_digest(key.encode(), master.encode())
 
 
-async def _lookup(key: str) -> KeyRecord | None:
+async def _lookup(runtime: Parts, key: str) -> KeyRecord | None:
     if not keys.is_well_formed(key):
         return None
     token = keys.hash_key(key)
-    hit, record = keys.key_cache.get(token)
+    hit, record = runtime.key_cache.get(token)
     if hit:
         return record
-    _, stale = keys.key_cache.stale(token)
-    if stale is not None and aws.recently_failed():
+    _, stale = runtime.key_cache.stale(token)
+    if stale is not None and runtime.aws.recently_failed():
         return stale  # AWS failed a moment ago: no request waits out the deadline again for a known key
     try:
-        return await aws.call_shared(("key", token), partial(keys.cached_load, token))
+        return await runtime.aws.call_shared(("key", token), partial(runtime.key_cache.load, token))
     except Exception as exc:  # DynamoDB unreachable or too slow: a key seen lately keeps working for a while
         if stale is not None:
             logger.warning("key served from the expired cache", extra={"error": type(exc).__name__})
@@ -82,17 +110,19 @@ async def _lookup(key: str) -> KeyRecord | None:
         raise GatewayError(503, "The gateway cannot check API keys right now; retry.") from None
 
 
-async def _owners_of(record: KeyRecord) -> Owners:
+async def _owners_of(runtime: Parts, record: KeyRecord) -> Owners:
     """The key's team, user and membership: cached, else read under the request's deadline; during an outage, as
     cached a while ago (like the key record itself), else a 503."""
-    found = owners.cached(record)
+    found = runtime.owners.cached(record)
     if found is not None:
         return found
-    stale = owners.stale(record)
-    if stale is not None and aws.recently_failed():
+    stale = runtime.owners.stale(record)
+    if stale is not None and runtime.aws.recently_failed():
         return stale
     try:
-        return await aws.call_shared(("owners", record.team_id, record.user_id), partial(owners.load, record))
+        return await runtime.aws.call_shared(
+            ("owners", record.team_id, record.user_id), partial(runtime.owners.load, record)
+        )
     except Exception as exc:
         if stale is not None:
             logger.warning("key owners served from the expired cache", extra={"error": type(exc).__name__})
@@ -119,14 +149,14 @@ def _check_owners(record: KeyRecord, found: Owners) -> None:
         raise GatewayError(401, f"This key's user {record.user_id!r} is no longer in team {record.team_id!r}.")
 
 
-async def authenticate(headers: Headers) -> Principal:
+async def authenticate(runtime: Parts, headers: Headers) -> Principal:
     """The master key or a usable virtual key, or a 401 that never says more than needed."""
     key = presented_key(headers)
     if key is None:
         raise GatewayError(401, "Missing API key: send your gateway key in x-api-key or Authorization: Bearer.")
-    if _is_master(key, await secrets.master_key()):
+    if _is_master(key, await runtime.secrets.master_key()):
         return MASTER
-    record = await _lookup(key)
+    record = await _lookup(runtime, key)
     if record is None:
         raise GatewayError(401, "Invalid API key.")
     if record.blocked:
@@ -134,10 +164,10 @@ async def authenticate(headers: Headers) -> Principal:
     if record.expired(keys.utcnow()):
         raise GatewayError(401, f"This key expired at {record.expires}.")
     if record.team_id:
-        registered_teams.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
+        runtime.team_registry.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
     if record.team_id is None and record.user_id is None:
         return Principal(record=record)
-    found = await _owners_of(record)
+    found = await _owners_of(runtime, record)
     _check_owners(record, found)
     return Principal(record=record, owners=found)
 
@@ -180,11 +210,12 @@ async def admin_caller(request: Request) -> Caller:
     """The caller of an admin route: a key in the headers (the master key or a virtual key), else the console's
     single sign-on session cookie, whose state-changing requests must carry its CSRF token. 401 for neither (and
     for a blocked or expired key). What the caller may do is access.py's."""
+    runtime: Parts = runtime_of(request)
     key = presented_key(request.headers)
     if key is not None:
-        if _is_master(key, await secrets.master_key()):
+        if _is_master(key, await runtime.secrets.master_key()):
             return MASTER_CALLER
-        record = await _lookup(key)
+        record = await _lookup(runtime, key)
         if record is None:
             raise GatewayError(401, "Invalid master key.")
         if record.blocked:
@@ -192,7 +223,7 @@ async def admin_caller(request: Request) -> Caller:
         if record.expired(keys.utcnow()):
             raise GatewayError(401, f"This key expired at {record.expires}.")
         return Caller(kind="key", key=record, user_id=record.user_id)
-    session = await sso_session.session_of(request.cookies)
+    session = await sso_session.session_of(runtime.secrets, request.cookies)
     if session is None:
         raise GatewayError(401, "Missing master key: send it as Authorization: Bearer <master key>, or sign in.")
     if not sso_session.csrf_ok(session, request.method, request.headers.get(sso_session.CSRF_HEADER)):
@@ -202,8 +233,8 @@ async def admin_caller(request: Request) -> Caller:
             "needs the session's CSRF token (GET /sso/session).",
         )
     try:
-        user = await aws.call(users.get, session.user_id)
-    except aws.Unavailable:
+        user = await runtime.aws.call(users.get, session.user_id)
+    except Unavailable:
         raise GatewayError(503, "The gateway cannot read its users right now; retry.") from None
     if user is None or user.deleting:
         raise GatewayError(401, "Your user no longer exists: sign in again.")

@@ -10,8 +10,7 @@ stall into a minute-long hang that holds a worker thread the whole time. Here:
     `Unavailable.late` is the still-running work, for whoever must see what it did (governance releases what a
     late admission took).
 
-`AwsCalls` holds that state for one runtime (runtime.py). The module functions (`call`, `call_shared`, `run`,
-`recently_failed`, `note_failure`, `config`) act on the runtime of the app serving the request (`use`).
+`AwsCalls` holds that state for one runtime (runtime.py), which hands it to whoever makes AWS calls.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Hashable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -33,15 +32,13 @@ if TYPE_CHECKING:
     from botocore.config import Config
     from botocore.session import Session
 
+# A request's budget of time for its AWS work: per request, not per process (each request runs in a task of its
+# own, and the tasks it starts inherit its deadline), so it stays a ContextVar while the rest is the runtime's.
 _deadline: ContextVar[float | None] = ContextVar("aws_deadline", default=None)
-_in_use: ContextVar[AwsCalls] = ContextVar("aws_calls")
 
 # After a failure, reads that have a stale value to serve skip AWS for this long instead of each waiting out the
 # deadline again; the next request after it tries again, so recovery is noticed within a second.
 _FAILURE_MEMORY_SECONDS = 1.0
-
-# Called when an AWS call succeeds after a failure, whichever runtime made it: the ledger, which is still one per
-# process, registers its retry here when it is imported.
 
 
 class Unavailable(Exception):
@@ -77,14 +74,7 @@ class AwsCalls:
     def config(self) -> Config:
         """The botocore config of every client the gateway creates (DynamoDB, Secrets Manager)."""
         if self._config is None:
-            from botocore.config import Config  # deferred: botocore's client machinery is a third of a cold start
-
-            self._config = Config(
-                connect_timeout=self._settings.aws_connect_timeout,
-                read_timeout=self._settings.aws_read_timeout,
-                retries={"mode": "standard", "total_max_attempts": self._settings.aws_max_attempts},
-                tcp_keepalive=True,
-            )
+            self._config = client_config(self._settings)
         return self._config
 
     def client(self, service: str) -> Any:
@@ -182,37 +172,13 @@ def _retrieve(work: asyncio.Future[Any]) -> None:
         work.exception()  # an abandoned call's error is not news: the request already answered 503
 
 
-# -- the runtime serving this request -------------------------------------------------------------------------------
+def client_config(settings: Settings) -> Config:
+    """The botocore config of every client the gateway creates: short timeouts, standard retries, few attempts."""
+    from botocore.config import Config  # deferred: botocore's client machinery is a third of a cold start
 
-
-def use(calls: AwsCalls) -> Token[AwsCalls]:
-    """Make `calls` the one the module functions act on in this context (the app does, per request)."""
-    return _in_use.set(calls)
-
-
-def in_use() -> AwsCalls:
-    return _in_use.get()
-
-
-def config() -> Config:
-    return _in_use.get().config
-
-
-async def call[T](function: Callable[..., T], *args: Any) -> T:
-    return await _in_use.get().call(function, *args)
-
-
-async def call_shared[T](key: Hashable, function: Callable[[], T]) -> T:
-    return await _in_use.get().call_shared(key, function)
-
-
-async def run[T](function: Callable[..., T], *args: Any) -> T:
-    return await _in_use.get().run(function, *args)
-
-
-def note_failure() -> None:
-    _in_use.get().note_failure()
-
-
-def recently_failed() -> bool:
-    return _in_use.get().recently_failed()
+    return Config(
+        connect_timeout=settings.aws_connect_timeout,
+        read_timeout=settings.aws_read_timeout,
+        retries={"mode": "standard", "total_max_attempts": settings.aws_max_attempts},
+        tcp_keepalive=True,
+    )

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from contextvars import ContextVar, Token
 from typing import Any
-
-_in_use: ContextVar[Background] = ContextVar("background")
 
 
 class Background:
@@ -32,12 +29,3 @@ class Background:
         # finished tasks completes without yielding to the loop, so that callback would never run (a spin).
         while tasks := [task for task in self._pending if not task.done()]:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def use(background: Background) -> Token[Background]:
-    return _in_use.set(background)
-
-
-def spawn(work: Coroutine[Any, Any, None]) -> None:
-    """Run `work` as an after-response task of the runtime serving this request."""
-    _in_use.get().spawn(work)

@@ -36,6 +36,7 @@ class ResultsTap(UsageTap):
     batch_id: str = ""
     standard_cost: Decimal = _ZERO  # at standard prices; the batch multiplier applies once, at settle
     total: Usage = field(default_factory=Usage)
+    unknown_models: pricing.UnknownModels = field(kw_only=True)  # the runtime's price of models pricing.json lacks
     _line: bytearray = field(default_factory=bytearray)
 
     def feed(self, chunk: bytes) -> None:
@@ -66,7 +67,7 @@ class ResultsTap(UsageTap):
         usage = Usage()
         usage.update(message["usage"])
         model = message.get("model") if isinstance(message.get("model"), str) else None
-        self.standard_cost += pricing.cost_usd(model, usage)
+        self.standard_cost += pricing.cost_usd(model, usage, self.unknown_models)
         for name in TOKEN_COUNTERS:
             setattr(self.total, name, getattr(self.total, name) + getattr(usage, name))
 

@@ -26,17 +26,19 @@ import re
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 from aws_lambda_powertools import Logger
 
-from . import aws, background, governance, keys, ledger, pricing
+from . import governance, keys, pricing
+from .aws import AwsCalls
+from .background import Background
 from .batch_state import BatchState, CreateHold, ResultsTap
 from .errors import GatewayError
 from .exchange import Exchange
 from .ledger import Write
-from .settings import get_settings
+from .settings import Settings
 from .storage import batch_items, holds
 from .storage.spend import OPERATION_MARKER_SECONDS
 from .usage import Usage
@@ -56,24 +58,32 @@ _ZERO = Decimal(0)
 _MICRO_DOLLAR = Decimal("0.000001")
 
 
+class Parts(governance.Parts, Protocol):
+    """What batches use of the running gateway (runtime.py's `Runtime` has them)."""
+
+    settings: Settings
+    background: Background
+    batch_sweeps: SweepClock
+
+
 # -- create -------------------------------------------------------------------------------------------------------
 
 
-async def admit(exchange: Exchange, body: bytes, sweeps: SweepClock) -> None:
+async def admit(runtime: Parts, exchange: Exchange, body: bytes) -> None:
     """Before a batch create goes upstream: reserve its estimate on the key's budget, or refuse (402). Any request
-    also starts a sweep of the batches due to be settled at their estimate, when `sweeps` (the runtime's) started
-    none in the last minute."""
-    sweeps.start_if_due()
+    also starts a sweep of the batches due to be settled at their estimate, when the runtime's `batch_sweeps`
+    started none in the last minute."""
+    runtime.batch_sweeps.start_if_due(runtime)
     record = exchange.principal.record if exchange.principal else None
     if record is None or (exchange.method, exchange.path) != ("POST", CREATE_PATH):
         return  # the master key is not billed
-    estimate = await anyio.to_thread.run_sync(estimate_batch, body)
+    estimate = await anyio.to_thread.run_sync(estimate_batch, body, runtime.unknown_models)
     reservation_id = "batch-" + exchange.request_id
     admission = exchange.admission
     scopes = admission.scopes if admission is not None and admission.scopes else (record.scope,)
     try:  # scopes without a budget hold nothing
         held = await governance.reserve_budget(
-            scopes, estimate, reservation_id, lease_seconds=int(RESERVATION_LEASE.total_seconds()), whole=True
+            runtime, scopes, estimate, reservation_id, lease_seconds=int(RESERVATION_LEASE.total_seconds()), whole=True
         )
     except GatewayError as exc:
         if exc.status != 402:
@@ -89,8 +99,9 @@ async def admit(exchange: Exchange, body: bytes, sweeps: SweepClock) -> None:
     )
 
 
-def estimate_batch(body: bytes) -> Decimal:
-    """An upper bound of what a batch can cost: each request estimated as a Message, at batch prices."""
+def estimate_batch(body: bytes, unknown_models: pricing.UnknownModels) -> Decimal:
+    """An upper bound of what a batch can cost: each request estimated as a Message, at batch prices (a model
+    pricing.json does not know: at `unknown_models`' rate)."""
     try:
         parsed = json.loads(body, object_pairs_hook=_no_duplicates)
     except (ValueError, RecursionError):
@@ -106,7 +117,7 @@ def estimate_batch(body: bytes) -> Decimal:
         if isinstance(counted.get("max_tokens"), int):
             counted["max_tokens"] = min(counted["max_tokens"], _MAX_TOKENS_COUNTED)
         prompt_bytes = len(json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode())
-        total += governance.estimate_cost(counted, prompt_bytes)
+        total += governance.estimate_cost(counted, prompt_bytes, unknown_models)
     # Rounded up to a micro-dollar: still an upper bound, and a reservation that returns to exactly 0 is stored as
     # 0.000000 (moto's arithmetic cannot read back the 0E-7 a finer amount would leave).
     return (total * pricing.batch_multiplier()).quantize(_MICRO_DOLLAR, rounding=ROUND_CEILING)
@@ -123,7 +134,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # -- answers ------------------------------------------------------------------------------------------------------
 
 
-async def observe(exchange: Exchange, content: bytes) -> None:
+async def observe(aws: AwsCalls, settings: Settings, exchange: Exchange, content: bytes) -> None:
     """A batch create, retrieve, list or cancel answer on its way to the client (small JSON, in hand)."""
     if exchange.status is None or not 200 <= exchange.status < 300:
         return
@@ -138,7 +149,7 @@ async def observe(exchange: Exchange, content: bytes) -> None:
         if isinstance(answer.get("id"), str):
             hold.batch_id = answer["id"][:200]
             try:  # before the answer goes out, so no results fetch can come before the batch is known
-                hold.remembered = await aws.run(_remember, hold, _ended(answer))
+                hold.remembered = await aws.run(_remember, hold, _ended(answer), _grace(settings))
             except Exception:
                 logger.exception("batch not remembered; it is settled at its estimate", extra={"batch": hold.batch_id})
         return
@@ -153,7 +164,7 @@ def _ended(batch: dict[str, Any]) -> bool:
     return batch.get("processing_status") == "ended" and isinstance(batch.get("id"), str)
 
 
-def _remember(hold: CreateHold, ended: bool) -> bool:
+def _remember(hold: CreateHold, ended: bool, grace: timedelta) -> bool:
     now = keys.utcnow()
     return batch_items.remember(
         hold.batch_id or "",
@@ -162,19 +173,22 @@ def _remember(hold: CreateHold, ended: bool) -> bool:
         reserved=hold.reserved,
         reservation_id=hold.reservation_id,
         now=now,
-        due=now + _grace() if ended else now + RESULTS_RETENTION,
+        due=now + grace if ended else now + RESULTS_RETENTION,
         ended=ended,
         scopes=hold.scopes,
         held=hold.held,
     )
 
 
-def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTap | None:
-    """The tap for a batch's results being fetched (a 200 on GET .../results), or None for any other response."""
+def results_tap(
+    unknown_models: pricing.UnknownModels, exchange: Exchange, status: int, content_type: str
+) -> ResultsTap | None:
+    """The tap for a batch's results being fetched (a 200 on GET .../results), or None for any other response; it
+    prices models pricing.json does not know at `unknown_models`' rate."""
     match = _RESULTS_PATH.fullmatch(exchange.path)
     if exchange.method != "GET" or status != 200 or match is None:
         return None
-    tap = ResultsTap(content_type, batch_id=match.group(1))
+    tap = ResultsTap(content_type, batch_id=match.group(1), unknown_models=unknown_models)
     exchange.batch = BatchState(results=tap)
     return tap
 
@@ -182,7 +196,7 @@ def results_tap(exchange: Exchange, status: int, content_type: str) -> ResultsTa
 # -- after the response -------------------------------------------------------------------------------------------
 
 
-async def settle(exchange: Exchange) -> None:
+async def settle(runtime: Parts, exchange: Exchange) -> None:
     """What a finished batch request leaves to do (accounting calls it for every request with batch state).
     Never raises."""
     state = exchange.batch or BatchState()
@@ -193,22 +207,24 @@ async def settle(exchange: Exchange) -> None:
             # Created but not remembered: billed at its estimate now. Refused or never answered: released.
             cost = hold.estimate if hold.batch_id else _ZERO
             scopes = hold.scopes or (record.scope,)
-            await governance.settle_budget(scopes, hold.held, hold.reservation_id, hold.reserved, cost)
+            await governance.settle_budget(runtime, scopes, hold.held, hold.reservation_id, hold.reserved, cost)
         for batch_id in state.seen_ended:
-            await aws.run(_note_ended, batch_id)
+            await runtime.aws.run(_note_ended, batch_id, _grace(runtime.settings))
         if results is not None and exchange.completed and exchange.status == 200:
             # The whole results file went through: billed exactly.
-            await settle_batch(results.batch_id, results.standard_cost * pricing.batch_multiplier(), results.total)
+            await settle_batch(
+                runtime, results.batch_id, results.standard_cost * pricing.batch_multiplier(), results.total
+            )
     except Exception:
         logger.exception("batch accounting failed", extra={"request_id": exchange.request_id})
 
 
-def _note_ended(batch_id: str) -> None:
+def _note_ended(batch_id: str, grace: timedelta) -> None:
     now = keys.utcnow()
-    batch_items.note_ended(batch_id, now, now + _grace())
+    batch_items.note_ended(batch_id, now, now + grace)
 
 
-async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None) -> bool:
+async def settle_batch(runtime: Parts, batch_id: str, cost: Decimal | None, usage: Usage | None) -> bool:
     """Settle an open batch once: `cost` (None: its estimate) on its key's spend, its reservation released, the
     batch marked settled, all in one transaction. False when it was unknown or already settled.
 
@@ -216,7 +232,7 @@ async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None)
     of a settle that applied changes nothing. One that DynamoDB does not take is retried by the ledger; if the
     process dies first, the batch is still open and the next fetch or the sweep settles it.
     """
-    item = await aws.run(batch_items.get, batch_id)
+    item = await runtime.aws.run(batch_items.get, batch_id)
     if item is None or item.get("state") != "open":
         return False
     cost = Decimal(item["estimate"]) if cost is None else cost
@@ -236,12 +252,12 @@ async def settle_batch(batch_id: str, cost: Decimal | None, usage: Usage | None)
         holds.settle, changes, operation=operation, marker_ttl=int(now.timestamp()) + OPERATION_MARKER_SECONDS
     )
     try:
-        settled = await aws.run(write)
+        settled = await runtime.aws.run(write)
     except Exception as exc:
         logger.warning(
             "batch settle failed; the ledger retries it", extra={"batch": batch_id, "error": type(exc).__name__}
         )
-        ledger.retry_later(Write(operation, write))
+        runtime.ledger.retry_later(Write(operation, write))
         return False
     if settled is holds.Settled.ALREADY_APPLIED:
         return False  # settled meanwhile by another fetch or sweep
@@ -258,27 +274,27 @@ class SweepClock:
     def __init__(self) -> None:
         self._last: datetime | None = None
 
-    def start_if_due(self) -> None:
+    def start_if_due(self, runtime: Parts) -> None:
         now = keys.utcnow()
         # A clock that went backwards (tests move it) also allows a sweep.
         if self._last is not None and timedelta(0) <= now - self._last < SWEEP_INTERVAL:
             return
         self._last = now
-        background.spawn(_sweep(now))
+        runtime.background.spawn(_sweep(runtime, now))
 
 
-async def _sweep(now: datetime) -> None:
+async def _sweep(runtime: Parts, now: datetime) -> None:
     try:
-        await sweep(now)
+        await sweep(runtime, now)
     except Exception:
         logger.exception("batch sweep failed")
 
 
-async def sweep(now: datetime) -> int:
+async def sweep(runtime: Parts, now: datetime) -> int:
     """Settle at their estimate the open batches whose due time has passed; how many were settled."""
-    due = await aws.run(batch_items.due, now, _SWEEP_LIMIT)
-    return sum([await settle_batch(batch_id, None, None) for batch_id in due])
+    due = await runtime.aws.run(batch_items.due, now, _SWEEP_LIMIT)
+    return sum([await settle_batch(runtime, batch_id, None, None) for batch_id in due])
 
 
-def _grace() -> timedelta:
-    return timedelta(hours=get_settings().batch_settle_grace_hours)
+def _grace(settings: Settings) -> timedelta:
+    return timedelta(hours=settings.batch_settle_grace_hours)

@@ -21,9 +21,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from . import ledger
 from .errors import GatewayError
 from .exchange import Exchange
+from .ledger import Ledger
 from .storage import spend
 from .storage.spend import TAG_DAY_PREFIX, TEAM_DAY_PREFIX, USER_DAY_PREFIX
 from .storage.table import Item, Number
@@ -51,15 +51,16 @@ def counters(cost: Decimal, usage: Usage | None, *, forwarded: bool) -> dict[str
     return {name: amount for name, amount in increments.items() if amount}
 
 
-def record(exchange: Exchange, cost: Decimal) -> None:
-    """Add the request to the day items of its tags, team and user, through the ledger (call it on the event loop,
-    once per request: settle does)."""
+def record(ledger: Ledger, exchange: Exchange, cost: Decimal) -> None:
+    """Add the request to the day items of its tags, team and user, through the runtime's `ledger` (call it on the
+    event loop, once per request: settle does)."""
     key = exchange.principal.record if exchange.principal else None
     if not (exchange.tags or (key and (key.team_id or key.user_id))):
         return  # nothing to add it to
     if not (exchange.forwarded or exchange.usage):
         return  # refused by the gateway: counted nowhere
     add(
+        ledger,
         counters(cost, exchange.usage, forwarded=exchange.forwarded),
         tags=exchange.tags,
         team_id=key.team_id if key else None,
@@ -68,6 +69,7 @@ def record(exchange: Exchange, cost: Decimal) -> None:
 
 
 def add(
+    ledger: Ledger,
     increments: dict[str, Number],
     *,
     tags: Sequence[str] = (),

@@ -18,11 +18,13 @@ from starlette.requests import Request
 from starlette.types import Scope
 
 from . import batches
+from .aws import AwsCalls
 from .bedrock import Bedrock
 from .bedrock_errors import anthropic_error
 from .errors import GatewayError
 from .exchange import Exchange
 from .front_door import Arrival
+from .pricing import UnknownModels
 from .responses import BufferedResponse, RelayResponse, bodiless
 from .secrets import Secrets
 from .settings import Settings
@@ -198,12 +200,15 @@ def _new_pool(base_url: str, settings: Settings) -> UpstreamPool:
 @dataclass(frozen=True)
 class Upstreams:
     """What one runtime forwards with (runtime.py builds it; the app hands it to `routing.forward`): its settings,
-    its pools, its Bedrock upstream and its secrets (the upstream key)."""
+    its pools, its Bedrock upstream and its secrets (the upstream key); and, for the batch answers on their way
+    back (batches.py), its AWS calls and its price of models pricing.json does not know."""
 
     settings: Settings
     pools: UpstreamPools
     bedrock: Bedrock
     secrets: Secrets
+    aws: AwsCalls
+    unknown_models: UnknownModels
 
 
 # -- sending ------------------------------------------------------------------------------------------------------
@@ -273,7 +278,7 @@ async def _read_capped(response: UpstreamResponse) -> bytes:
 
 
 async def respond(
-    settings: Settings, request: Request, exchange: Exchange, answer: Answer, body: bytes
+    upstreams: Upstreams, request: Request, exchange: Exchange, answer: Answer, body: bytes
 ) -> RelayResponse | BufferedResponse:
     """The response that relays the chosen answer back and ends the exchange (`responses.py`). `body` is the
     request's: a Messages answer that ends without its usage is billed the most that request can cost."""
@@ -300,7 +305,7 @@ async def respond(
             exchange, answer.error_body, answer.status, [*headers, (b"content-type", b"application/json")]
         )
 
-    tap: UsageTap | None = batches.results_tap(exchange, upstream.status, content_type)
+    tap: UsageTap | None = batches.results_tap(upstreams.unknown_models, exchange, upstream.status, content_type)
     if tap is None:
         billed = upstream.status == 200 and (exchange.method, exchange.path) == ("POST", MESSAGES_PATH)
         tap = UsageTap(content_type, request=body if billed else None)
@@ -308,13 +313,16 @@ async def respond(
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:
+            settings = upstreams.settings
             gateway_base = _gateway_base(request, settings.public_base_url)
             content = _rewrite_results_url(await upstream.aread(), gateway_base, settings.anthropic_api_base)
         except UpstreamError as exc:
             raise upstream_failure(exc, answer.upstream, "broke off its answer") from None
         finally:
             await upstream.aclose()
-        await batches.observe(exchange, content)  # remembers a created batch, notes ended ones
+        await batches.observe(
+            upstreams.aws, upstreams.settings, exchange, content
+        )  # remembers a created batch, notes ended ones
         exchange.first_byte_at = time.perf_counter()
         exchange.completed = True
         return BufferedResponse(exchange, content, upstream.status, headers)

@@ -24,7 +24,7 @@ every scope, gives the reservations back and frees the slots, in one transaction
 "Budgets: the guarantee"). Requests that hold nothing leave their counters to the ledger, which writes them
 coalesced.
 
-Bounded: admission's DynamoDB work runs under the request's AWS deadline (aws.call); past it the request gets a
+Bounded: admission's DynamoDB work runs under the request's AWS deadline (AwsCalls.call); past it the request gets a
 503 and settle waits for the late work before it releases what that work took. A settle write that fails is handed
 to the ledger, which retries it (it applies once) until DynamoDB answers.
 
@@ -41,22 +41,25 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
+from typing import Protocol
 
 from aws_lambda_powertools import Logger
 
-from . import aws, keys, ledger, money, owners, pricing
+from . import keys, money, pricing
 from .auth import Principal
+from .aws import AwsCalls, Unavailable
 from .bedrock_models import model_table
 from .errors import GatewayError
 from .exchange import Admission, Exchange
-from .ledger import Write
+from .keys import KeyCache
+from .ledger import Ledger, Write
+from .owners import OwnersCache
 from .request_body import RequestBody
-from .settings import get_settings
+from .settings import Settings
 from .storage import budgets, holds, key_records, rates, spend
 from .storage.scopes import Blocked, Check, Gone, OverBudget, RateLimited, Refusal, Scope, TooManyParallel
 from .storage.table import Number
-from .storage.tags import TagRecord
-from .storage.tags import registry as registered_tags
+from .storage.tags import TagRecord, TagRegistry
 from .usage import Usage
 
 logger = Logger(child=True)
@@ -67,6 +70,18 @@ BATCH_PATH = "/v1/messages/batches"
 ESTIMATED_PATH = "/v1/messages"  # the only path whose response carries a cost the gateway sees
 _SNAPSHOT = re.compile(r"(.+)-\d{8}")
 _ZERO = Decimal(0)
+
+
+class Parts(Protocol):
+    """What governance uses of the running gateway (runtime.py's `Runtime` has them)."""
+
+    settings: Settings
+    aws: AwsCalls
+    ledger: Ledger
+    unknown_models: pricing.UnknownModels
+    key_cache: KeyCache
+    owners: OwnersCache
+    tag_registry: TagRegistry
 
 
 def scopes(
@@ -86,13 +101,13 @@ def scopes(
 # -- admission --------------------------------------------------------------------------------------------------
 
 
-async def admit(exchange: Exchange, body: RequestBody) -> None:
+async def admit(runtime: Parts, exchange: Exchange, body: RequestBody) -> None:
     """Refuse the request (GatewayError), or admit it; what it holds until settle goes on `exchange.admission`.
     Master key: no limits."""
     principal = exchange.principal
     if principal is None or principal.record is None:
         return
-    covered = scopes(principal, exchange.tags, await registered_for(exchange.tags))
+    covered = scopes(principal, exchange.tags, await registered_for(runtime, exchange.tags))
     governed = [scope for scope in covered if scope.governed]
     allowlists = [scope for scope in covered if scope.models]
     checks_models = bool(allowlists) and _names_models(exchange)
@@ -102,16 +117,16 @@ async def admit(exchange: Exchange, body: RequestBody) -> None:
     if isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and exchange.model is None:
         exchange.model = parsed["model"][:200]
     if checks_models:
-        check_models(allowlists, exchange.path, parsed)
+        check_models(allowlists, exchange.path, parsed, runtime.settings.bedrock_model_ids)
     # Set before the checks that can refuse: settle then releases whatever was taken, refused or not, and records
     # the request's spend on the scopes it was admitted under.
     exchange.admission = admission = Admission(exchange.request_id, tuple(covered))
     if not governed:
         return
-    estimate = estimate_cost(parsed, len(body.raw)) if estimates else _ZERO
+    estimate = estimate_cost(parsed, len(body.raw), runtime.unknown_models) if estimates else _ZERO
     try:
-        outcome = await aws.call(_acquire, governed, admission, estimate)
-    except aws.Unavailable as exc:
+        outcome = await runtime.aws.call(_acquire, governed, admission, estimate)
+    except Unavailable as exc:
         admission.late = exc.late  # settle waits for it, then releases what it took
         logger.warning("admission timed out", extra={"request_id": exchange.request_id})
         raise GatewayError(503, "The gateway cannot check this key's limits right now (timeout); retry.") from None
@@ -122,7 +137,7 @@ async def admit(exchange: Exchange, body: RequestBody) -> None:
             503, f"The gateway cannot check this key's limits right now ({type(exc).__name__}); retry."
         ) from None
     if not isinstance(outcome, holds.Admitted):
-        raise refusal(outcome)
+        raise refusal(runtime, outcome)
 
 
 def _acquire(
@@ -148,19 +163,19 @@ def _acquire(
     return outcome
 
 
-async def registered_for(tags: Sequence[str]) -> Mapping[str, TagRecord]:
+async def registered_for(runtime: Parts, tags: Sequence[str]) -> Mapping[str, TagRecord]:
     """The registered tags, for a request that carries tags: from memory (refreshed in the background past
     KEY_CACHE_TTL); read now, under the request's deadline, when this process has no copy younger than
     KEY_CACHE_TTL + AWS_STALE_SECONDS (a cold start, or an outage that outlived it): a 503 when that fails, since a
     tag's limits that cannot be known are not waived."""
     if not tags:
         return {}
-    settings = get_settings()
+    settings, registered_tags = runtime.settings, runtime.tag_registry
     found = registered_tags.current(settings.key_cache_ttl + settings.stale_seconds)
     if found is not None:
         return found
     try:
-        await aws.call_shared("registered-tags", registered_tags.load)
+        await runtime.aws.call_shared("registered-tags", registered_tags.load)
     except Exception as exc:
         logger.warning("registered tags not read", extra={"error": type(exc).__name__})
         raise GatewayError(503, "The gateway cannot read the registered tags' limits right now; retry.") from None
@@ -171,10 +186,11 @@ def _names_models(exchange: Exchange) -> bool:
     return exchange.method == "POST" and (exchange.path in MODEL_PATHS or exchange.path == BATCH_PATH)
 
 
-def model_allowed(model: str, allowlist: list[str]) -> bool:
+def model_allowed(model: str, allowlist: list[str], bedrock_model_ids: str) -> bool:
     """Exact name, a `prefix*` pattern, or a dated snapshot (`<allowed>-YYYYMMDD`) of an allowed name; a Bedrock id
-    (`anthropic.claude-...`) is also allowed as the Anthropic model it serves (bedrock_models)."""
-    served = model_table(get_settings().bedrock_model_ids).anthropic_model(model)
+    (`anthropic.claude-...`) is also allowed as the Anthropic model it serves (bedrock_models, with the runtime's
+    BEDROCK_MODEL_IDS)."""
+    served = model_table(bedrock_model_ids).anthropic_model(model)
     return _allowed(model, allowlist) or (served is not None and _allowed(served, allowlist))
 
 
@@ -188,9 +204,9 @@ def _allowed(model: str, allowlist: list[str]) -> bool:
     return False
 
 
-def check_models(allowlists: Sequence[Scope], path: str, parsed: object) -> None:
+def check_models(allowlists: Sequence[Scope], path: str, parsed: object, bedrock_model_ids: str) -> None:
     """403 unless every scope's allowlist (`models`: the request may use the intersection) allows the model of
-    the request, or of each request in a batch."""
+    the request, or of each request in a batch (`bedrock_model_ids`: as for `model_allowed`)."""
     if path == BATCH_PATH:
         requests = parsed.get("requests") if isinstance(parsed, dict) else None
         if not isinstance(requests, list):
@@ -198,38 +214,40 @@ def check_models(allowlists: Sequence[Scope], path: str, parsed: object) -> None
         for index, entry in enumerate(requests):
             params = entry.get("params") if isinstance(entry, dict) else None
             model = params.get("model") if isinstance(params, dict) else None
-            _check_model(allowlists, model, f"requests[{index}].params.model")
+            _check_model(allowlists, model, f"requests[{index}].params.model", bedrock_model_ids)
         return
     model = parsed.get("model") if isinstance(parsed, dict) else None
-    _check_model(allowlists, model, "model")
+    _check_model(allowlists, model, "model", bedrock_model_ids)
 
 
-def _check_model(allowlists: Sequence[Scope], model: object, where: str) -> None:
+def _check_model(allowlists: Sequence[Scope], model: object, where: str, bedrock_model_ids: str) -> None:
     if not isinstance(model, str):
         raise GatewayError(400, f"{where}: expected a string naming the model.")
     for scope in allowlists:
-        if not model_allowed(model, list(scope.models)):
+        if not model_allowed(model, list(scope.models), bedrock_model_ids):
             shown = ", ".join(scope.models[:20]) + (", ..." if len(scope.models) > 20 else "")
             who = _subject(scope)
             raise GatewayError(403, f"{who} may not use model {model[:200]!r} ({where}). Allowed models: {shown}.")
 
 
-def estimate_cost(parsed: object, body_bytes: int) -> Decimal:
+def estimate_cost(parsed: object, body_bytes: int, unknown_models: pricing.UnknownModels) -> Decimal:
     """An upper bound of what a Messages request can cost: body bytes / 4 prompt tokens at the model's highest
-    input-side rate (the 1-hour cache write, 2x input), plus max_tokens at the output rate."""
+    input-side rate (the 1-hour cache write, 2x input), plus max_tokens at the output rate (a model pricing.json
+    does not know: at `unknown_models`' rate)."""
     request = parsed if isinstance(parsed, dict) else {}
     model = request.get("model") if isinstance(request.get("model"), str) else None
     max_tokens = request.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
         max_tokens = 0
     prompt_tokens = body_bytes // 4 + 1
-    rates = pricing.rates_for(model).for_prompt(prompt_tokens)
+    rates = pricing.rates_for(model, unknown_models).for_prompt(prompt_tokens)
     input_rate = max(rates.input, rates.cache_write_5m, rates.cache_write_1h)
     return (prompt_tokens * input_rate + max_tokens * rates.output) / 1_000_000
 
 
-def refusal(outcome: Refusal | holds.Contended) -> GatewayError:
-    """The Anthropic-shaped error a refusal is."""
+def refusal(runtime: Parts, outcome: Refusal | holds.Contended) -> GatewayError:
+    """The Anthropic-shaped error a refusal is; a key, team or user found blocked or gone is forgotten by the
+    runtime's caches."""
     who = _named(outcome.scope)
     if isinstance(outcome, RateLimited):
         wait = {"retry-after": str(outcome.retry_after)}
@@ -254,9 +272,9 @@ def refusal(outcome: Refusal | holds.Contended) -> GatewayError:
     if isinstance(outcome, Gone | Blocked):
         scope = outcome.scope
         if scope.token is not None:  # a key: this instance stops serving it at once
-            keys.key_cache.invalidate(scope.token)
+            runtime.key_cache.invalidate(scope.token)
             return GatewayError(401, "This key is blocked." if isinstance(outcome, Blocked) else "Invalid API key.")
-        owners.forget()  # its team or user changed on another instance: read them again
+        runtime.owners.forget()  # its team or user changed on another instance: read them again
         if scope.kind == "member":
             return GatewayError(401, f"This key's user {scope.id!r} is no longer in team {scope.within!r}.")
         state = "is blocked" if isinstance(outcome, Blocked) else "has been deleted"
@@ -319,14 +337,14 @@ def reset_budget_if_due(period: Mapping[str, object], now: datetime) -> bool:
 # -- settle ------------------------------------------------------------------------------------------------------
 
 
-async def settle(exchange: Exchange, cost: Decimal) -> None:
+async def settle(runtime: Parts, exchange: Exchange, cost: Decimal) -> None:
     """Write the request's spend and tokens, release its reservation and slot. Never raises: what cannot be
     written now is handed to the ledger and retried (it applies once)."""
     admission = exchange.admission
     if admission is not None and admission.late is not None:
         await asyncio.gather(admission.late, return_exceptions=True)  # bounded by the client config
-    if (write := settle_now(exchange, cost)) is not None:
-        await apply(write, exchange.request_id)
+    if (write := settle_now(runtime.ledger, exchange, cost)) is not None:
+        await apply(runtime, write, exchange.request_id)
 
 
 def settle_waits(exchange: Exchange) -> bool:
@@ -334,7 +352,7 @@ def settle_waits(exchange: Exchange) -> bool:
     return exchange.admission is not None and exchange.admission.late is not None
 
 
-def settle_now(exchange: Exchange, cost: Decimal) -> Write | None:
+def settle_now(ledger: Ledger, exchange: Exchange, cost: Decimal) -> Write | None:
     """`settle` without I/O, for a request whose admission has finished: counters that can wait go to the ledger;
     what cannot (the spend that goes with a reservation, its release, a slot, tpm tokens) is returned as one Write
     for `apply`."""
@@ -411,16 +429,16 @@ def _write(operation: str, changes: list[holds.Change]) -> Write | None:
     return Write(operation, partial(holds.settle, changes, operation=operation, marker_ttl=marker_ttl))
 
 
-async def apply(write: Write, operation: str) -> None:
+async def apply(runtime: Parts, write: Write, operation: str) -> None:
     """Apply a settle write (of a request or a reservation: `operation`) in a worker thread; if DynamoDB does not
     take it, the ledger retries it. Never raises."""
     try:
-        await aws.run(write.apply)
+        await runtime.aws.run(write.apply)
     except Exception as exc:
         logger.warning(
             "key settle failed; the ledger retries it", extra={"operation": operation, "error": type(exc).__name__}
         )
-        ledger.retry_later(write)
+        runtime.ledger.retry_later(write)
 
 
 def spend_increments(cost: Decimal, usage: Usage | None, forwarded: bool) -> dict[str, Number]:
@@ -437,7 +455,13 @@ def spend_increments(cost: Decimal, usage: Usage | None, forwarded: bool) -> dic
 
 
 async def reserve_budget(
-    covered: Sequence[Scope], amount: Decimal, reservation_id: str, *, lease_seconds: int, whole: bool = False
+    runtime: Parts,
+    covered: Sequence[Scope],
+    amount: Decimal,
+    reservation_id: str,
+    *,
+    lease_seconds: int,
+    whole: bool = False,
 ) -> tuple[Scope, ...]:
     """Hold `amount` on the budget of every scope in `covered` that has one (a request's key, team, membership,
     user, tags), all in one call or none, under `reservation_id` (unique, e.g. the batch's) for up to
@@ -450,19 +474,20 @@ async def reserve_budget(
     now = keys.utcnow()
     checks = [budgets.BudgetHold(scope, reservation_id, amount, now, lease_seconds, whole) for scope in budgeted]
     try:
-        outcome = await aws.call(partial(holds.admit, checks, request_id=reservation_id))
+        outcome = await runtime.aws.call(partial(holds.admit, checks, request_id=reservation_id))
     except Exception as exc:
-        if isinstance(exc, aws.Unavailable) and exc.late is not None:
+        if isinstance(exc, Unavailable) and exc.late is not None:
             await asyncio.gather(exc.late, return_exceptions=True)
         # Whatever the write did, the holds are released: the caller refuses the work.
-        await settle_budget(covered, budgeted, reservation_id, amount, _ZERO)
+        await settle_budget(runtime, covered, budgeted, reservation_id, amount, _ZERO)
         raise GatewayError(503, "The gateway cannot check the budgets of this request right now; retry.") from None
     if not isinstance(outcome, holds.Admitted):
-        raise refusal(outcome)
+        raise refusal(runtime, outcome)
     return tuple(check.scope for check in outcome.holds)
 
 
 async def settle_budget(
+    runtime: Parts,
     covered: Sequence[Scope],
     holders: Sequence[Scope],
     reservation_id: str,
@@ -478,4 +503,4 @@ async def settle_budget(
         covered, hold_id=reservation_id, reserved=reserved, holders=holders, counters=counters, now=keys.utcnow()
     )
     if (write := _write(f"settle-{reservation_id}", changes)) is not None:
-        await apply(write, reservation_id)
+        await apply(runtime, write, reservation_id)

@@ -30,12 +30,15 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from . import audit, governance, keys, money, secrets, tags
+from . import audit, governance, keys, money, tags
 from .access import Access, admin_access
 from .access import of as access_of
+from .auth import AdminParts, runtime_of
 from .errors import GatewayError, invalid_request
+from .keys import KeyCache
 from .money_fields import Amount, MoneyJSONResponse
 from .refusals import key_owner_error
+from .secrets import Secrets
 from .settings import parse_upstreams
 from .storage import key_records, members, table, teams, users
 from .storage.audit import Entry
@@ -356,7 +359,7 @@ def _find(key: str | None, key_alias: str | None) -> KeyRecord:
     raise GatewayError(400, "Name the key: send `key` (the key or its hash) or `key_alias`.")
 
 
-def _retrying(find: Callable[[], KeyRecord], change: Callable[[KeyRecord], Any]) -> KeyRecord:
+def _retrying(key_cache: KeyCache, find: Callable[[], KeyRecord], change: Callable[[KeyRecord], Any]) -> KeyRecord:
     """Read, change, and read again; a concurrent admin change (Conflict) means another read and another try.
     `find` checks the caller may make the change (access.py), on every read."""
     for _ in range(3):
@@ -365,14 +368,14 @@ def _retrying(find: Callable[[], KeyRecord], change: Callable[[KeyRecord], Any])
             change(record)
         except key_records.Conflict:
             continue
-        keys.key_cache.invalidate(record.token)
+        key_cache.invalidate(record.token)
         return key_records.load(record.token) or record
     raise GatewayError(
         409, "The key was changed by another request at the same time; retry.", error_type="invalid_request_error"
     )
 
 
-async def _check_new_key(key: str, field: str) -> str:
+async def _check_new_key(secrets: Secrets, key: str, field: str) -> str:
     if not keys.is_well_formed(key):
         raise GatewayError(400, f"{field}: must be 'sk-' followed by 22 to 200 letters, digits, '-' or '_'.")
     if key == await secrets.master_key():
@@ -386,9 +389,9 @@ async def _check_new_key(key: str, field: str) -> str:
 @router.post("/generate", response_model=KeyWithInfo)
 async def generate_key(http_request: Request) -> Response:
     request = await parse_body(http_request, GenerateRequest)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     request.team_id, request.user_id = access.new_key_owner(request.team_id, request.user_id)
-    plain = await _check_new_key(request.key, "key") if request.key is not None else keys.new_key()
+    plain = await _check_new_key(runtime.secrets, request.key, "key") if request.key is not None else keys.new_key()
     now = keys.utcnow()
     record = KeyRecord(
         token=keys.hash_key(plain),
@@ -415,7 +418,7 @@ async def generate_key(http_request: Request) -> Response:
 
     def create() -> None:
         _check_limits(access, audit.key_fields(record), record.team_id, record.user_id)
-        keys.put_new(record, audit.put(entry))
+        keys.put_new(runtime.key_cache, record, audit.put(runtime.settings, entry))
 
     try:
         await anyio.to_thread.run_sync(create)
@@ -431,7 +434,7 @@ async def generate_key(http_request: Request) -> Response:
             "Another request wrote the same key or alias at the same time; retry.",
             error_type="invalid_request_error",
         ) from None
-    keys.key_cache.invalidate(record.token)  # it may be cached as unknown from an earlier attempt
+    runtime.key_cache.invalidate(record.token)  # it may be cached as unknown from an earlier attempt
     audit.written(entry)
     return _answer(KeyWithInfo.of(record, key=plain))
 
@@ -484,6 +487,7 @@ def _info(key: str, access: Access) -> KeyRecord:
 @router.post("/update", response_model=KeyWithInfo)
 async def update_key(http_request: Request) -> Response:
     request = await parse_body(http_request, UpdateRequest)
+    runtime = runtime_of(http_request)
     given = request.model_fields_set - {"key"}
     if request.key is None:
         given.discard("key_alias")  # it names the key, it is not a change
@@ -526,11 +530,11 @@ async def update_key(http_request: Request) -> Response:
                 changes,
                 new_alias=changes.get("key_alias"),
                 alias_change=alias_change,
-                audit=audit.put(entries[-1]),
+                audit=audit.put(runtime.settings, entries[-1]),
             )
 
     try:
-        record = await anyio.to_thread.run_sync(_retrying, find, change)
+        record = await anyio.to_thread.run_sync(_retrying, runtime.key_cache, find, change)
     except key_records.AliasTaken:
         raise GatewayError(400, f"key_alias {changes.get('key_alias')!r} is already in use.") from None
     except key_records.LinkRefused as exc:
@@ -552,7 +556,7 @@ async def unblock_key(http_request: Request) -> Response:
 
 async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     request = await parse_body(http_request, KeyRef)
-    access, entries = access_of(http_request), list[Entry]()
+    runtime, access, entries = runtime_of(http_request), access_of(http_request), list[Entry]()
     action = "block" if blocked else "unblock"
 
     def find() -> KeyRecord:
@@ -564,9 +568,9 @@ async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     def change(record: KeyRecord) -> None:
         before, after = {"blocked": record.blocked}, {"blocked": blocked}
         entries.append(audit.entry(access.caller, f"key.{action}", audit.key_target(record), before, after))
-        key_records.update(record, {"blocked": blocked}, audit=audit.put(entries[-1]))
+        key_records.update(record, {"blocked": blocked}, audit=audit.put(runtime.settings, entries[-1]))
 
-    record = await anyio.to_thread.run_sync(_retrying, find, change)
+    record = await anyio.to_thread.run_sync(_retrying, runtime.key_cache, find, change)
     audit.written(entries[-1])
     return _answer(KeyInfo.of(record))
 
@@ -576,12 +580,12 @@ async def delete_keys(http_request: Request) -> DeletedKeys:
     request = await parse_body(http_request, DeleteRequest)
     if not request.keys and not request.key_aliases:
         raise GatewayError(400, "Name the keys to delete: `keys` (keys or hashes) or `key_aliases`.")
-    access = access_of(http_request)
-    deleted = await anyio.to_thread.run_sync(_delete, request.keys or [], request.key_aliases or [], access)
+    access, runtime = access_of(http_request), runtime_of(http_request)
+    deleted = await anyio.to_thread.run_sync(_delete, runtime, request.keys or [], request.key_aliases or [], access)
     return DeletedKeys(deleted_keys=deleted)
 
 
-def _delete(named_keys: list[str], aliases: list[str], access: Access) -> list[str]:
+def _delete(runtime: AdminParts, named_keys: list[str], aliases: list[str], access: Access) -> list[str]:
     """All named keys must exist (else 404 and nothing is deleted); returns the deleted keys' hashes."""
     tokens = [_token(key, "keys") for key in named_keys]
     records: dict[str, KeyRecord] = {}
@@ -610,7 +614,7 @@ def _delete(named_keys: list[str], aliases: list[str], access: Access) -> list[s
                 break
             entry = audit.entry(access.caller, "key.delete", audit.key_target(current), audit.key_fields(current))
             try:
-                key_records.delete(current, audit.put(entry))
+                key_records.delete(current, audit.put(runtime.settings, entry))
             except key_records.Conflict:  # regenerated or deleted meanwhile: read it again
                 current = key_records.load_by_key_id(key_id)
                 continue
@@ -623,7 +627,7 @@ def _delete(named_keys: list[str], aliases: list[str], access: Access) -> list[s
                 + (f" Deleted before it: {', '.join(deleted)}." if deleted else ""),
                 error_type="invalid_request_error",
             )
-        keys.key_cache.invalidate(record.token, *([current.token] if current else []))
+        runtime.key_cache.invalidate(record.token, *([current.token] if current else []))
         deleted.append((current or record).token)
     return deleted
 
@@ -658,7 +662,12 @@ async def list_keys(
 @router.post("/regenerate", response_model=KeyWithInfo)
 async def regenerate_key(http_request: Request) -> Response:
     request = await parse_body(http_request, RegenerateRequest)
-    plain = await _check_new_key(request.new_key, "new_key") if request.new_key is not None else keys.new_key()
+    runtime = runtime_of(http_request)
+    plain = (
+        await _check_new_key(runtime.secrets, request.new_key, "new_key")
+        if request.new_key is not None
+        else keys.new_key()
+    )
     old: list[str] = []
     access, entries = access_of(http_request), list[Entry]()
 
@@ -671,14 +680,14 @@ async def regenerate_key(http_request: Request) -> Response:
         old.append(record.token)
         before, after = {"token": record.token}, {"token": keys.hash_key(plain)}
         entries.append(audit.entry(access.caller, "key.regenerate", audit.key_target(record), before, after))
-        keys.regenerate(record, plain, audit.put(entries[-1]))
+        keys.regenerate(runtime.key_cache, record, plain, audit.put(runtime.settings, entries[-1]))
 
     try:
-        await anyio.to_thread.run_sync(_retrying, find, change)
+        await anyio.to_thread.run_sync(_retrying, runtime.key_cache, find, change)
     except key_records.KeyExists:
         raise GatewayError(400, "new_key: this key is already in use, or was used before; choose another.") from None
     new_token = keys.hash_key(plain)
-    keys.key_cache.invalidate(new_token, *old)  # the old key stops working here at once
+    runtime.key_cache.invalidate(new_token, *old)  # the old key stops working here at once
     audit.written(entries[-1])
     record = await anyio.to_thread.run_sync(key_records.load, new_token)
     if record is None:

@@ -1,4 +1,4 @@
-"""Virtual keys: how they look and are hashed, and how this process finds them fast (the key cache and directory).
+"""Virtual keys: how they look and are hashed, and how a runtime finds them fast (its key cache and directory).
 
 A key is `sk-` + 32 url-safe random bytes. Only its SHA-256 hash (the LiteLLM "token") is stored; the plain
 key exists in the response to `/key/generate` (or `/key/regenerate`) and nowhere else. The records themselves,
@@ -17,7 +17,7 @@ from collections.abc import Hashable
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from .settings import get_settings
+from .settings import Settings
 from .storage import key_records, table
 from .storage.key_records import KeyRecord
 
@@ -75,33 +75,34 @@ def money(value: float | Decimal | None) -> Decimal | None:
     return None if value is None else table.stored(value) if isinstance(value, float) else Decimal(value)
 
 
-def put_new(record: KeyRecord, audit: table.Put | None = None) -> None:
-    """Store a new key (storage/key_records.put_new: KeyExists, AliasTaken, Conflict); it works here at once, on
-    other instances within KEY_CACHE_TTL."""
+def put_new(key_cache: KeyCache, record: KeyRecord, audit: table.Put | None = None) -> None:
+    """Store a new key (storage/key_records.put_new: KeyExists, AliasTaken, Conflict); it works at once for the
+    runtime whose `key_cache` this is, on other instances within KEY_CACHE_TTL."""
     key_records.put_new(record, audit)
-    key_directory.add(record.token)
+    key_cache.directory.add(record.token)
 
 
-def regenerate(record: KeyRecord, new_plain: str, audit: table.Put | None = None) -> KeyRecord:
+def regenerate(key_cache: KeyCache, record: KeyRecord, new_plain: str, audit: table.Put | None = None) -> KeyRecord:
     """Give the record the key `new_plain` (storage/key_records.regenerate: KeyExists, Conflict); the old key stops
-    working in the same write, the new one works here at once."""
+    working in the same write, the new one works at once for the runtime whose `key_cache` this is."""
     new_token = hash_key(new_plain)
     key_records.regenerate(record, new_token, key_name(new_plain), audit)
-    key_directory.add(new_token)
+    key_cache.directory.add(new_token)
     return record
 
 
 class RecordCache[K: Hashable, V]:
-    """Per-process cache of records, so the hot path skips DynamoDB for records read in the last few seconds.
+    """A runtime's cache of records, so the hot path skips DynamoDB for records read in the last few seconds.
 
-    Changes made through this process (update, block, delete, regenerate) call `invalidate` and apply at once;
+    Changes made through this runtime (update, block, delete, regenerate) call `invalidate` and apply at once;
     changes made on another Lambda instance reach this one within `KEY_CACHE_TTL` seconds. Absent records are
     cached too (as None), so a client retrying a bad key does not hammer the table; the size bound keeps random
     keys from filling memory. When DynamoDB cannot be read, a record past its TTL keeps serving for up to
     `AWS_STALE_SECONDS` more (`stale`).
     """
 
-    def __init__(self, max_entries: int = 10_000):
+    def __init__(self, settings: Settings, max_entries: int = 10_000):
+        self._settings = settings  # KEY_CACHE_TTL, AWS_STALE_SECONDS
         self._entries: OrderedDict[K, tuple[float, V | None]] = OrderedDict()
         self._max_entries = max_entries
         self._lock = threading.Lock()
@@ -109,13 +110,13 @@ class RecordCache[K: Hashable, V]:
     def get(self, key: K) -> tuple[bool, V | None]:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or time.monotonic() - entry[0] > get_settings().key_cache_ttl:
+            if entry is None or time.monotonic() - entry[0] > self._settings.key_cache_ttl:
                 return False, None
             return True, entry[1]
 
     def stale(self, key: K) -> tuple[bool, V | None]:
         """The record cached for `key`, expired no longer than AWS_STALE_SECONDS ago: for outages only."""
-        settings = get_settings()
+        settings = self._settings
         with self._lock:
             entry = self._entries.get(key)
         if entry is None or time.monotonic() - entry[0] > settings.key_cache_ttl + settings.stale_seconds:
@@ -151,7 +152,8 @@ class KeyDirectory:
 
     FLOOD_MISSES = 20
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings  # KEY_CACHE_TTL
         self._tokens: set[str] = set()
         self._added: dict[str, float] = {}  # token -> when added here (kept across a reload that may miss it)
         self._loaded_at: float | None = None
@@ -161,14 +163,14 @@ class KeyDirectory:
     def refuses(self, token: str) -> bool:
         """Whether `token` is surely unknown: during a flood, a fresh directory does not hold it."""
         with self._lock:
-            now, ttl = time.monotonic(), get_settings().key_cache_ttl
+            now, ttl = time.monotonic(), self._settings.key_cache_ttl
             fresh = self._loaded_at is not None and now - self._loaded_at <= ttl
             return self._flooded and fresh and token not in self._tokens
 
     def note_miss(self) -> None:
         """Blocking. An unknown key was read from the table: count it, and during a flood reload the directory."""
         with self._lock:
-            now, ttl = time.monotonic(), get_settings().key_cache_ttl
+            now, ttl = time.monotonic(), self._settings.key_cache_ttl
             if now - self._window_start > ttl:
                 # A flood lasts while each KEY_CACHE_TTL window sees FLOOD_MISSES misses (or directory refusals).
                 self._flooded = self._misses >= self.FLOOD_MISSES and now - self._window_start <= 2 * ttl
@@ -183,7 +185,7 @@ class KeyDirectory:
     def reload_if_stale(self) -> None:
         """Blocking. Read every key's hash again, unless the directory is younger than KEY_CACHE_TTL."""
         with self._lock:
-            if self._loaded_at is not None and time.monotonic() - self._loaded_at <= get_settings().key_cache_ttl:
+            if self._loaded_at is not None and time.monotonic() - self._loaded_at <= self._settings.key_cache_ttl:
                 return
         started = time.monotonic()
         tokens = key_records.current_tokens()
@@ -207,22 +209,30 @@ class KeyDirectory:
             self._window_start, self._misses, self._flooded = 0.0, 0, False
 
 
-key_cache: RecordCache[str, KeyRecord] = RecordCache()  # by hash
-key_directory = KeyDirectory()
+class KeyCache(RecordCache[str, KeyRecord]):
+    """One runtime's key records by hash (runtime.py holds it), with its key `directory`."""
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.directory = KeyDirectory(settings)
 
-def cached_load(token: str) -> KeyRecord | None:
-    """Blocking. The record for `token` through the cache; an unknown key costs a GetItem only when the key
-    directory cannot already tell (see KeyDirectory)."""
-    hit, record = key_cache.get(token)
-    if hit:
+    def load(self, token: str) -> KeyRecord | None:
+        """Blocking. The record for `token` through the cache; an unknown key costs a GetItem only when the key
+        directory cannot already tell (see KeyDirectory)."""
+        hit, record = self.get(token)
+        if hit:
+            return record
+        if self.directory.refuses(token):
+            self.directory.note_miss()
+            self.put(token, None)
+            return None
+        record = key_records.load(token)
+        if record is None:
+            self.directory.note_miss()
+        self.put(token, record)
         return record
-    if key_directory.refuses(token):
-        key_directory.note_miss()
-        key_cache.put(token, None)
-        return None
-    record = key_records.load(token)
-    if record is None:
-        key_directory.note_miss()
-    key_cache.put(token, record)
-    return record
+
+    def forget(self) -> None:
+        """Forget every record and the directory (SnapStart: see KeyDirectory.forget)."""
+        self.invalidate()
+        self.directory.forget()

@@ -19,7 +19,8 @@ to 30 s), at every flush, and so as soon as DynamoDB answers again.
 What a crash can lose: the increments summed since the last flush (`SPEND_FLUSH_SECONDS`), and the writes kept
 for retry when the process dies during a DynamoDB outage.
 
-Each runtime has its ledger (runtime.py); `add` and `retry_later` act on that of the runtime serving the request.
+Each runtime has its ledger (runtime.py), handed to whoever adds counters or hands over a write (governance,
+day_spend, batches).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from functools import partial
 
@@ -226,20 +226,3 @@ _TRANSIENT_CODES = frozenset(
         "TransactionCanceledException",
     }
 )
-
-
-_in_use: ContextVar[Ledger] = ContextVar("ledger")
-
-
-def use(ledger: Ledger) -> Token[Ledger]:
-    return _in_use.set(ledger)
-
-
-def add(pk: str, sk: str, increments: Mapping[str, Number], *, only_if_exists: bool = False) -> None:
-    """`Ledger.add` on the ledger of the runtime serving the request."""
-    _in_use.get().add(pk, sk, increments, only_if_exists=only_if_exists)
-
-
-def retry_later(write: Write) -> None:
-    """`Ledger.retry_later` on the ledger of the runtime serving the request."""
-    _in_use.get().retry_later(write)

@@ -17,14 +17,15 @@ The blobs of one request share a timestamp and carry its request id, key alias, 
 Dimension values are bounded, whatever clients send (each distinct value is a custom metric, billed monthly):
 `Model` is a model id pricing.json knows (`other` for any other, `unknown` when there is none), and `Tag` is a
 tag the operator chose (the key's default tags, registered tags, METRIC_TAGS) or `other`, and `Team` a team an admin
-created (storage/teams.py's registry, at most MAX_DIMENSION_TEAMS) or `other`; see `model_dimension`,
+created (the runtime's team registry: storage/teams.py, at most MAX_DIMENSION_TEAMS) or `other`; see `model_dimension`,
 `tag_dimension`, `team_dimension`.
 Blobs and the access line are serialised here, straight to the EMF spec and to the Powertools Logger's JSON shape:
 building them through a Powertools provider per blob and the logging machinery cost five times as much CPU per
 request (issue 11). Powertools still defines the units (`MetricUnit`), the service name and every other log line;
 tests/test_metrics.py checks the blobs against Powertools' own serialisation.
 
-`Metrics` is one runtime's writer (runtime.py): its stream, namespace and service, and the Tag values it gave out.
+`Metrics` is one runtime's writer (runtime.py): its stream, namespace and service, the Tag values it gave out, and
+the runtime's team and tag registries it reads.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled as _is_m
 from . import pricing
 from .exchange import Exchange
 from .settings import Settings
-from .storage.tags import registry as registered_tags
-from .storage.teams import registry as registered_teams
+from .storage.registry import Registry
+from .storage.tags import TagRecord
+from .storage.teams import TeamRecord
 from .usage import Usage
 
 if TYPE_CHECKING:
@@ -102,10 +104,14 @@ class Metrics:
     the namespace (POWERTOOLS_METRICS_NAMESPACE) and service (POWERTOOLS_SERVICE_NAME) they carry, and the tags a
     METRIC_TAGS pattern gave a Tag value of their own."""
 
-    def __init__(self, settings: Settings, stream: IO[str]) -> None:
+    def __init__(
+        self, settings: Settings, stream: IO[str], teams: Registry[TeamRecord], tags: Registry[TagRecord]
+    ) -> None:
         self.stream = stream
+        self.teams, self.tags = teams, tags  # the runtime's registries (read from memory)
         self.namespace = settings.metrics_namespace
         self.metric_tags = settings.metric_tags
+        self.bedrock_model_ids = settings.bedrock_model_ids  # which model a Bedrock id is (the Model dimension)
         self.service = logger.service  # Powertools' own reading of POWERTOOLS_SERVICE_NAME
         # POWERTOOLS_METRICS_DISABLED / POWERTOOLS_DEV, read once like every other setting, not per request.
         self.disabled = _is_metrics_disabled()
@@ -173,10 +179,10 @@ class Metrics:
         values = _values(exchange, cost)
         names, numbers = _metric_members(values)
 
-        dimensions, sets = {"Model": model_dimension(exchange)}, _MAIN_SETS
+        dimensions, sets = {"Model": model_dimension(exchange, self.bedrock_model_ids)}, _MAIN_SETS
         if exchange.upstream in UPSTREAMS:
             dimensions["Upstream"], sets = exchange.upstream, _MAIN_SETS_WITH_UPSTREAM
-        if (team := team_dimension(exchange)) is not None:
+        if (team := team_dimension(exchange, self.teams)) is not None:
             dimensions["Team"], sets = team, (*sets, _TEAM_SET)
         blobs = [_blob(shape, sets, dimensions, names, metadata + numbers, timestamp)]
         for tag in self.tag_dimensions(exchange):
@@ -205,7 +211,7 @@ class Metrics:
         tags have matched in this runtime.
         """
         allowed = self.metric_tags
-        if tag in key_defaults or tag in allowed or tag in registered_tags.snapshot():
+        if tag in key_defaults or tag in allowed or tag in self.tags.snapshot():
             return tag
         if not any(pattern.endswith("*") and tag.startswith(pattern[:-1]) for pattern in allowed):
             return OTHER
@@ -312,27 +318,28 @@ def _values(exchange: Exchange, cost: float) -> MetricValues:
     return values
 
 
-def model_dimension(exchange: Exchange) -> str:
+def model_dimension(exchange: Exchange, bedrock_model_ids: str) -> str:
     """The model as a dimension value: the pricing.json id of the model the upstream answered with (else of the
-    one requested); `other` for a model pricing.json does not know, `unknown` when there is none.
+    one requested); `other` for a model pricing.json does not know, `unknown` when there is none
+    (`bedrock_model_ids`: as for `pricing.resolve_model`).
 
     Never arbitrary input, from the client or echoed by the upstream: every distinct value is a billed custom metric.
     """
     model = exchange.response_model
     if not model:
         return UNKNOWN_MODEL
-    return pricing.resolve_model(model[:256]) or OTHER
+    return pricing.resolve_model(model[:256], bedrock_model_ids) or OTHER
 
 
-def team_dimension(exchange: Exchange) -> str | None:
-    """The Team value of a request of a team's key: its team id when the team is in the registry of teams admins
-    created (read from memory), else `other`; None for a key without a team (and the master key). CloudWatch takes
-    only ASCII dimension values: a team id with other characters is `other` too (the access log keeps it)."""
+def team_dimension(exchange: Exchange, teams: Registry[TeamRecord]) -> str | None:
+    """The Team value of a request of a team's key: its team id when the team is in `teams`, the registry of teams
+    admins created (read from memory), else `other`; None for a key without a team (and the master key). CloudWatch
+    takes only ASCII dimension values: a team id with other characters is `other` too (the access log keeps it)."""
     record = _record(exchange)
     if record is None or not record.team_id:
         return None
     team_id = record.team_id
-    return team_id if team_id.isascii() and team_id in registered_teams.snapshot() else OTHER
+    return team_id if team_id.isascii() and team_id in teams.snapshot() else OTHER
 
 
 def status_class(status: int | None) -> str:

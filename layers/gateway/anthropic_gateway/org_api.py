@@ -20,9 +20,11 @@ from fastapi import Request
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from . import key_routes, keys, money, money_fields, owners
+from . import key_routes, keys, money, money_fields
 from .errors import GatewayError, invalid_request
 from .key_routes import Duration, Limit, ModelName
+from .keys import KeyCache
+from .owners import OwnersCache
 from .refusals import admin_error
 from .storage import budgets, table
 from .storage.outcomes import CONFLICT, Refused
@@ -153,17 +155,17 @@ def refuse_unless_done(refused: Refused | None) -> None:
         raise admin_error(refused)
 
 
-def forget_cached(cascade: Cascade) -> None:
-    """Drop what a delete changed from this process's caches (the keys the cascade deleted, the teams, users and
+def forget_cached(key_cache: KeyCache, owners: OwnersCache, cascade: Cascade) -> None:
+    """Drop what a delete changed from the runtime's caches (the keys the cascade deleted, the teams, users and
     memberships cached for requests): it applies here at once, elsewhere within KEY_CACHE_TTL."""
     if cascade.tokens:  # invalidate() without arguments would forget every key
-        keys.key_cache.invalidate(*cascade.tokens)
+        key_cache.invalidate(*cascade.tokens)
     owners.forget()
 
 
-def retrying[R: ScopeRecord](find: Callable[[], R], change: Callable[[R], Refused | None]) -> R:
+def retrying[R: ScopeRecord](owners: OwnersCache, find: Callable[[], R], change: Callable[[R], Refused | None]) -> R:
     """Read, change, read again (blocking); a concurrent change (CONFLICT) means another read and another try.
-    The records cached for requests are dropped after the change."""
+    The records cached for requests (the runtime's `owners`) are dropped after the change."""
     for _ in range(3):
         record = find()
         refused = change(record)

@@ -1,12 +1,13 @@
 """The team, user and membership a key belongs to, as the request path reads them: cached like key records.
 
 A key record names its team and its user (`team_id`, `user_id`); every request of the key is governed by them too
-(governance.scopes). Their records (limits, models, default tags, blocked) are cached per process by (pk, sk) for
-KEY_CACHE_TTL, as key records are, absent ones included, at most `MAX_ENTRIES`: a warm request reads none of them.
-A cold one reads what is missing, at most the team, the user and the membership, in one BatchGetItem, under the
-request's AWS deadline (auth.py), shared by the requests that need the same records at that moment. A change made
-through this process's admin API applies here at once (`forget`); one made on another instance within
-KEY_CACHE_TTL. Budgets do not wait for the cache: every budget hold is conditional on the record as it is now.
+(governance.scopes). Their records (limits, models, default tags, blocked) are cached per runtime (`OwnersCache`,
+runtime.py holds it) by (pk, sk) for KEY_CACHE_TTL, as key records are, absent ones included, at most
+`MAX_ENTRIES`: a warm request reads none of them. A cold one reads what is missing, at most the team, the user and
+the membership, in one BatchGetItem, under the request's AWS deadline (auth.py), shared by the requests that need
+the same records at that moment. A change made through this runtime's admin API applies here at once (`forget`);
+one made on another instance within KEY_CACHE_TTL. Budgets do not wait for the cache: every budget hold is
+conditional on the record as it is now.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .keys import RecordCache
+from .settings import Settings
 from .storage import table
 from .storage.key_records import KeyRecord
 from .storage.layout import TEAM_SK, USER_SK, member_sk, team_pk, user_pk
@@ -24,7 +26,6 @@ from .storage.users import UserRecord
 MAX_ENTRIES = 10_000  # teams, users and memberships are admin-made: this bounds memory, not what clients send
 
 Record = TeamRecord | UserRecord | Membership
-_cache: RecordCache[tuple[str, str], Record] = RecordCache(MAX_ENTRIES)
 
 
 @dataclass(frozen=True)
@@ -48,50 +49,53 @@ def needed(record: KeyRecord) -> list[tuple[str, str]]:
     return wanted
 
 
-def cached(record: KeyRecord) -> Owners | None:
-    """The key's owners from the cache without I/O, or None when one of them is not cached (or has expired)."""
-    found: dict[tuple[str, str], Record | None] = {}
-    for place in needed(record):
-        hit, owner = _cache.get(place)
-        if not hit:
-            return None
-        found[place] = owner
-    return _owners(record, found)
+class OwnersCache:
+    """One runtime's teams, users and memberships, as its requests read them (see the module's docstring)."""
 
+    def __init__(self, settings: Settings) -> None:
+        self._cache: RecordCache[tuple[str, str], Record] = RecordCache(settings, MAX_ENTRIES)
 
-def stale(record: KeyRecord) -> Owners | None:
-    """The key's owners as cached, expired no longer than AWS_STALE_SECONDS ago: for outages only."""
-    found: dict[tuple[str, str], Record | None] = {}
-    for place in needed(record):
-        hit, owner = _cache.stale(place)
-        if not hit:
-            return None
-        found[place] = owner
-    return _owners(record, found)
-
-
-def load(record: KeyRecord) -> Owners:
-    """Blocking. The key's owners: what is cached, and what is not read in one BatchGetItem and cached."""
-    found: dict[tuple[str, str], Record | None] = {}
-    missing = []
-    for place in needed(record):
-        hit, owner = _cache.get(place)
-        if hit:
+    def cached(self, record: KeyRecord) -> Owners | None:
+        """The key's owners from the cache without I/O, or None when one of them is not cached (or has expired)."""
+        found: dict[tuple[str, str], Record | None] = {}
+        for place in needed(record):
+            hit, owner = self._cache.get(place)
+            if not hit:
+                return None
             found[place] = owner
-        else:
-            missing.append(place)
-    if missing:
-        items = table.get_many(missing)
-        for place in missing:
-            item = items.get(place)
-            found[place] = _record(place, item) if item is not None else None
-            _cache.put(place, found[place])
-    return _owners(record, found)
+        return _owners(record, found)
 
+    def stale(self, record: KeyRecord) -> Owners | None:
+        """The key's owners as cached, expired no longer than AWS_STALE_SECONDS ago: for outages only."""
+        found: dict[tuple[str, str], Record | None] = {}
+        for place in needed(record):
+            hit, owner = self._cache.stale(place)
+            if not hit:
+                return None
+            found[place] = owner
+        return _owners(record, found)
 
-def forget() -> None:
-    """Drop every cached team, user and membership: an admin change made here applies here at once."""
-    _cache.invalidate()
+    def load(self, record: KeyRecord) -> Owners:
+        """Blocking. The key's owners: what is cached, and what is not read in one BatchGetItem and cached."""
+        found: dict[tuple[str, str], Record | None] = {}
+        missing = []
+        for place in needed(record):
+            hit, owner = self._cache.get(place)
+            if hit:
+                found[place] = owner
+            else:
+                missing.append(place)
+        if missing:
+            items = table.get_many(missing)
+            for place in missing:
+                item = items.get(place)
+                found[place] = _record(place, item) if item is not None else None
+                self._cache.put(place, found[place])
+        return _owners(record, found)
+
+    def forget(self) -> None:
+        """Drop every cached team, user and membership: an admin change made here applies here at once."""
+        self._cache.invalidate()
 
 
 def _record(place: tuple[str, str], item: table.Item) -> Record:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -23,7 +22,6 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from .bedrock_models import model_table
-from .settings import get_settings
 from .usage import Usage
 
 logger = Logger(child=True)
@@ -66,9 +64,10 @@ def _table() -> tuple[dict[str, Rates], dict[str, str]]:
     return models, aliases
 
 
-def resolve_model(model: str) -> str | None:
-    """The pricing.json id `model` is billed as, or None when it is unknown."""
-    return _resolve(model, get_settings().bedrock_model_ids)
+def resolve_model(model: str, bedrock_model_ids: str) -> str | None:
+    """The pricing.json id `model` is billed as, or None when it is unknown (`bedrock_model_ids`: the runtime's
+    BEDROCK_MODEL_IDS, which Bedrock ids resolve by besides the shipped table)."""
+    return _resolve(model, bedrock_model_ids)
 
 
 @lru_cache(maxsize=1024)
@@ -93,7 +92,7 @@ def _resolve_anthropic(model: str) -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _fallback(spec: str) -> Rates:
+def _fallback(spec: str, bedrock_model_ids: str) -> Rates:
     models = _table()[0]
     text = spec.strip().lower()
     if "/" in text:
@@ -103,7 +102,7 @@ def _fallback(spec: str) -> Rates:
                 return Rates(price_in, price_out, price_in * Decimal("1.25"), price_in * 2, price_in / 10)
         except (ValueError, InvalidOperation):
             pass
-    elif text not in ("", "max") and (known := resolve_model(text)):
+    elif text not in ("", "max") and (known := resolve_model(text, bedrock_model_ids)):
         return models[known]
     if text not in ("", "max"):
         logger.warning("UNKNOWN_MODEL_RATE not understood; using 'max'", extra={"unknown_model_rate": spec[:100]})
@@ -111,10 +110,12 @@ def _fallback(spec: str) -> Rates:
 
 
 class UnknownModels:
-    """How one runtime prices models pricing.json does not know: UNKNOWN_MODEL_RATE, logged once per model name."""
+    """How one runtime prices models pricing.json does not know: UNKNOWN_MODEL_RATE, logged once per model name;
+    and which model a Bedrock id is (`bedrock_model_ids`: its BEDROCK_MODEL_IDS, raw)."""
 
-    def __init__(self, rate: str) -> None:
+    def __init__(self, rate: str, bedrock_model_ids: str) -> None:
         self.rate = rate
+        self.bedrock_model_ids = bedrock_model_ids
         self._warned: set[str] = set()
 
     def rates(self, model: str | None) -> Rates:
@@ -122,24 +123,16 @@ class UnknownModels:
         if name not in self._warned and len(self._warned) < _MAX_WARNED:
             self._warned.add(name)
             logger.warning("Unknown model, billed at the fallback rate", extra={"model": name, "fallback": self.rate})
-        return _fallback(self.rate)
+        return _fallback(self.rate, self.bedrock_model_ids)
 
 
-_in_use: ContextVar[UnknownModels] = ContextVar("unknown_models")
-
-
-def use(unknown_models: UnknownModels) -> Token[UnknownModels]:
-    """Price unknown models as `unknown_models` says in this context (the app does, per request)."""
-    return _in_use.set(unknown_models)
-
-
-def rates_for(model: str | None, unknown_models: UnknownModels | None = None) -> Rates:
-    """The rates `model` is billed at; a model pricing.json does not know at `unknown_models`' rate (by default
-    that of the runtime serving the request)."""
-    known = resolve_model(model) if model else None
+def rates_for(model: str | None, unknown_models: UnknownModels) -> Rates:
+    """The rates `model` is billed at; a model pricing.json does not know at `unknown_models`' rate (the
+    runtime's)."""
+    known = resolve_model(model, unknown_models.bedrock_model_ids) if model else None
     if known is not None:
         return _table()[0][known]
-    return (unknown_models or _in_use.get()).rates(model)
+    return unknown_models.rates(model)
 
 
 @lru_cache(maxsize=1)
@@ -149,7 +142,7 @@ def batch_multiplier() -> Decimal:
     return Decimal(data["batch"]["multiplier"])
 
 
-def cost_usd(model: str | None, usage: Usage, unknown_models: UnknownModels | None = None) -> Decimal:
+def cost_usd(model: str | None, usage: Usage, unknown_models: UnknownModels) -> Decimal:
     """USD cost of one response, exact (`unknown_models`: as for `rates_for`)."""
     five, hour = usage.cache_creation_5m_input_tokens, usage.cache_creation_1h_input_tokens
     written = max(usage.cache_creation_input_tokens, five + hour)

@@ -76,7 +76,7 @@ async def forward(
             continue
         cause = None if last else failover_cause(answer.status, upstreams.settings)
         if cause is None:
-            return await forwarding.respond(upstreams.settings, request, exchange, answer, body)
+            return await forwarding.respond(upstreams, request, exchange, answer, body)
         await answer.response.aclose()  # nothing of it went to the client: close it unread
         exchange.failover_cause = cause
     raise AssertionError("unreachable: the last upstream's answer is always returned")

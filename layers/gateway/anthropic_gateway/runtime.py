@@ -11,24 +11,38 @@ init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to
     secrets         the upstream and master keys and any other secret, cached (secrets.py)
     bedrock         the Bedrock upstream and its credentials (bedrock.py)
     pools           keep-alive connections to each upstream (forwarding.py)
-    upstreams       what the pass-through forwards with: settings, pools, Bedrock, secrets (forwarding.py)
-    metrics         where EMF blobs and log lines go, and the Tag values given out (metrics.py)
+    key_cache       key records read lately, and the key directory that refuses floods of unknown keys (keys.py)
+    owners          the teams, users and memberships of keys, read lately (owners.py)
+    team_registry   the teams, for the metrics' Team dimension (storage/teams.py, storage/registry.py)
+    tag_registry    the registered tags, for governance and the metrics' Tag dimension (storage/tags.py)
+    upstreams       what the pass-through forwards with: settings, pools, Bedrock, secrets; AWS calls and
+                    unknown-model prices for batch answers (forwarding.py)
+    metrics         where EMF blobs and log lines go, and the Tag values given out; it reads the registries
+                    (metrics.py)
     unknown_models  the price of models pricing.json does not know, and which were logged (pricing.py)
     background      after-response tasks (background.py)
     accounting      requests ended and not settled yet (accounting.py)
     ledger          counters not written yet, and writes kept for retry (ledger.py)
     batch_sweeps    when the last sweep of the batches due to be settled started (batches.py)
 
-Code that has the runtime at hand uses it directly, and hands on the part a callee needs: the app gives
-`routing.forward` the `upstreams` and `request_body.read` the size limit; accounting gets the metrics writer, the
-unknown-model prices and the background tasks. The other modules of the request path still reach their part
-through the module's own functions (`aws.call`, `secrets.master_key`, `pricing.rates_for`, `background.spawn`,
-`ledger.add`), which act on the runtime serving the request: `activate` makes it theirs in the request's context,
-and tasks and worker threads started from there inherit it.
+Nothing reaches a runtime implicitly: the app hands it (or the part a callee needs) down the request path, and
+the admin app reaches it in its state (admin.py; a route: `auth.runtime_of(request)`). The app gives
+`authenticate`, `governance.admit` and `batches.admit` the runtime, `routing.forward` the `upstreams` and
+`request_body.read` the size limit; accounting settles with the runtime that built it; an admin route hands its
+callees the caches and registries its writes change (storage never reaches them). Modules below this one take
+what they use as parameters, typed by the parts they need (`governance.Parts`, `batches.Parts`, `auth.Parts`,
+`auth.AdminParts`, `sso.Parts`, `accounting.Parts`: protocols this class satisfies), so none of them imports this
+module. The one ContextVar left is a request's AWS deadline (aws.py): it belongs to a request and the tasks it
+starts, not to a process.
 
-Still one per process, in the modules that hold them: the table handle storage reaches (the one the runtime that
-started last installed); the key cache and key directory (keys.py); and the settings those modules read through
-`get_settings()`.
+Settings come from the runtime, or as the values a callee needs; `settings.get_settings()` (the environment, read
+once per process) is read only where a runtime is built (the app's lifespan, the buffered door, local.py) and by
+what is still per process.
+
+Still one per process: the table handle storage reaches (storage/table.py: the one the runtime that started last
+installed, or, for code run outside a started runtime, one made on first use from the process's settings); and the
+streaming door's HTTP protocol (server_protocol.py), which uvicorn builds per connection from its import path, so
+it reads its bounds from the settings of the process.
 """
 
 from __future__ import annotations
@@ -38,24 +52,26 @@ import os
 import random
 import ssl
 import sys
-from collections.abc import Callable
-from contextvars import Token
-from typing import IO, Any
+from typing import IO
 
 from aws_lambda_powertools import Logger
 
-from . import aws, background, batches, keys, ledger, pricing, secrets
+from . import batches, pricing
 from .accounting import Accounting
 from .aws import AwsCalls
 from .background import Background
 from .bedrock import Bedrock
 from .errors import GatewayError
 from .forwarding import UpstreamPools, Upstreams
+from .keys import KeyCache
 from .ledger import Ledger
 from .metrics import Metrics
+from .owners import OwnersCache
 from .secrets import Secrets
 from .settings import Settings
 from .storage import table
+from .storage.tags import TagRegistry
+from .storage.teams import TeamRegistry
 
 logger = Logger(child=True)
 
@@ -73,36 +89,23 @@ class Runtime:
         self.secrets = Secrets(settings, self.aws)
         self.bedrock = Bedrock.from_settings(settings, self.secrets)
         self.pools = UpstreamPools(settings, self.bedrock.base_url)
-        self.upstreams = Upstreams(settings, self.pools, self.bedrock, self.secrets)
-        self.metrics = Metrics(settings, stream or sys.stdout)
-        self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate)
+        self.key_cache = KeyCache(settings)
+        self.owners = OwnersCache(settings)
+        self.team_registry = TeamRegistry(settings)
+        self.tag_registry = TagRegistry(settings)
+        self.metrics = Metrics(settings, stream or sys.stdout, self.team_registry, self.tag_registry)
+        self.unknown_models = pricing.UnknownModels(settings.unknown_model_rate, settings.bedrock_model_ids)
+        self.upstreams = Upstreams(settings, self.pools, self.bedrock, self.secrets, self.aws, self.unknown_models)
         self.background = Background()
-        self.accounting = Accounting(self.metrics, self.unknown_models, self.background)
+        self.accounting = Accounting(self)
         self.ledger = Ledger(settings, self.aws)
         self.batch_sweeps = batches.SweepClock()
         self.table: table.Table | None = None
         # What failed is written as soon as DynamoDB answers again, not when the backoff says.
         self.aws.on_recovery(self.ledger.retry_now)
 
-    def activate(self) -> Callable[[], None]:
-        """Make this the runtime the request path's modules act on, in the current context (a request's, or the
-        lifespan's); returns what undoes it."""
-        tokens: tuple[Token[Any], ...] = (
-            aws.use(self.aws),
-            secrets.use(self.secrets),
-            ledger.use(self.ledger),
-            pricing.use(self.unknown_models),
-            background.use(self.background),
-        )
-
-        def deactivate() -> None:
-            for token in reversed(tokens):
-                token.var.reset(token)
-
-        return deactivate
-
     async def start(self) -> None:
-        """Log lines to this runtime's stream, then `warm`: call it in the runtime's context (`activate`)."""
+        """Log lines to this runtime's stream, then `warm`."""
         self.metrics.route_logs()
         await self.warm()
 
@@ -175,8 +178,7 @@ class Runtime:
         if self.table is not None:
             self.table = None
             table.install(None)
-        keys.key_cache.invalidate()
-        keys.key_directory.forget()
+        self.key_cache.forget()
 
 
 def _reason(exc: Exception) -> str:

@@ -6,15 +6,13 @@ request's AWS deadline (aws.py). When Secrets Manager cannot be read at a refres
 serving for up to `AWS_STALE_SECONDS` past its age (a rotation then waits as long); with no value in hand (a cold
 start during an outage) the request gets a 503.
 
-`Secrets` holds one runtime's values (runtime.py); `master_key`, `upstream_key` and `get` read those of the
-runtime serving the request.
+`Secrets` holds one runtime's values (runtime.py); whoever reads a secret is handed the runtime's `Secrets`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from contextvars import ContextVar, Token
 from functools import partial
 from typing import Any
 
@@ -25,7 +23,6 @@ from .errors import GatewayError
 from .settings import Settings
 
 logger = Logger(child=True)
-_in_use: ContextVar[Secrets] = ContextVar("secrets")
 
 
 class Secrets:
@@ -91,22 +88,3 @@ class Secrets:
         self._fetched_at[name] = started  # the value's age counts from before it was asked for
         self._last_good[name] = text
         return text
-
-
-# -- the runtime serving this request -------------------------------------------------------------------------------
-
-
-def use(secrets: Secrets) -> Token[Secrets]:
-    return _in_use.set(secrets)
-
-
-async def get(name: str) -> str:
-    return await _in_use.get().get(name)
-
-
-async def upstream_key() -> str:
-    return await _in_use.get().upstream_key()
-
-
-async def master_key() -> str:
-    return await _in_use.get().master_key()

@@ -18,13 +18,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from . import aws, keys, oidc, secrets
+from . import keys, oidc
+from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
-from .settings import ROLES, OidcSettings, get_settings
+from .keys import KeyCache
+from .secrets import Secrets
+from .settings import ROLES, OidcSettings, Settings
 from .storage import key_records, teams, users
 from .storage.key_records import KeyRecord
 from .storage.members import Membership
@@ -45,6 +48,15 @@ _MAX_ID = 256  # a user id is at most this long (the user API's bound)
 _CONFLICT = "invalid_request_error"  # 409 has no Anthropic error type of its own
 
 
+class Parts(Protocol):
+    """What single sign-on uses of the running gateway (runtime.py's `Runtime` has them)."""
+
+    settings: Settings
+    aws: AwsCalls
+    secrets: Secrets
+    key_cache: KeyCache
+
+
 @dataclass(frozen=True)
 class Identity:
     """A person as their ID token describes them, the gateway's mappings applied."""
@@ -56,8 +68,9 @@ class Identity:
     teams: tuple[str, ...]  # the teams its groups map to
 
 
-def configured() -> OidcSettings:
-    oidc_settings = get_settings().oidc
+def configured(settings: Settings) -> OidcSettings:
+    """The runtime's single sign-on settings; 404 when it has none."""
+    oidc_settings = settings.oidc
     if oidc_settings is None:
         raise GatewayError(404, "Single sign-on is not configured on this gateway (OIDC_ISSUER).")
     return oidc_settings
@@ -75,7 +88,7 @@ def client(oidc_settings: OidcSettings) -> oidc.OidcClient:
     return found
 
 
-async def client_secret(oidc_settings: OidcSettings) -> str | None:
+async def client_secret(secrets: Secrets, oidc_settings: OidcSettings) -> str | None:
     return await secrets.get(oidc_settings.client_secret_name) if oidc_settings.client_secret_name else None
 
 
@@ -88,9 +101,8 @@ def provider_error(exc: oidc.OidcError) -> GatewayError:
     return GatewayError(503, f"The identity provider could not be reached ({exc}); retry.")
 
 
-async def verified_identity(token: str, *, nonce: str | None) -> Identity:
+async def verified_identity(oidc_settings: OidcSettings, token: str, *, nonce: str | None) -> Identity:
     """The person an ID token names, once it is verified (401 when it is not, 503 when the provider is down)."""
-    oidc_settings = configured()
     try:
         claims = await client(oidc_settings).verify_id_token(token, nonce=nonce)
     except oidc.OidcError as exc:
@@ -134,13 +146,13 @@ def _strings(value: object) -> list[str]:
 # -- the person's user ---------------------------------------------------------------------------------------------
 
 
-async def signed_in_user(identity: Identity) -> UserRecord:
+async def signed_in_user(runtime: Parts, identity: Identity) -> UserRecord:
     """The person's user, created at their first sign-in and brought in line with their groups at each; 403 when
     it is blocked or being deleted."""
-    default_role = configured().default_role
+    default_role = configured(runtime.settings).default_role
     try:
-        user = await aws.call(provision, identity, default_role)
-    except aws.Unavailable:
+        user = await runtime.aws.call(provision, identity, default_role)
+    except Unavailable:
         raise GatewayError(503, "The gateway cannot read its users right now; retry.") from None
     if user.blocked or user.deleting:
         raise GatewayError(403, f"User {user.user_id!r} is blocked: ask an admin of the gateway.")
@@ -222,18 +234,18 @@ class PersonalKey:
     revoked: str | None  # the hash of the key its slot held, if that one still worked
 
 
-async def issue_personal_key(user: UserRecord, team_id: str | None) -> PersonalKey:
+async def issue_personal_key(runtime: Parts, user: UserRecord, team_id: str | None) -> PersonalKey:
     """A new key for `user` that expires after PERSONAL_KEY_HOURS, in `team_id` (one of the user's teams), or in
     the user's only team when there is one and none is named."""
     if team_id is not None and team_id not in user.teams:
         raise GatewayError(403, f"You are not a member of team {team_id[:256]!r}.", error_type="permission_error")
     team = team_id if team_id is not None else user.teams[0] if len(user.teams) == 1 else None
-    hours = configured().personal_key_hours
+    hours = configured(runtime.settings).personal_key_hours
     try:
-        issued = await aws.call(_issue, user.user_id, team, hours)
-    except aws.Unavailable:
+        issued = await runtime.aws.call(_issue, runtime.key_cache, user.user_id, team, hours)
+    except Unavailable:
         raise GatewayError(503, "The gateway cannot store keys right now; retry.") from None
-    keys.key_cache.invalidate(issued.record.token, *((issued.revoked,) if issued.revoked else ()))
+    runtime.key_cache.invalidate(issued.record.token, *((issued.revoked,) if issued.revoked else ()))
     return issued
 
 
@@ -242,7 +254,7 @@ def personal_alias(user_id: str, slot: int) -> str:
     return f"personal:{hashlib.sha256(user_id.encode()).hexdigest()[:16]}:{slot}"
 
 
-def _issue(user_id: str, team_id: str | None, hours: float) -> PersonalKey:
+def _issue(key_cache: KeyCache, user_id: str, team_id: str | None, hours: float) -> PersonalKey:
     """Blocking (DynamoDB): the slot's old key deleted, the new one stored with the slot's alias."""
     for _ in range(3):  # another issue for the same person took the slot meanwhile: choose again
         slot, old = _choose_slot(user_id)
@@ -264,7 +276,7 @@ def _issue(user_id: str, team_id: str | None, hours: float) -> PersonalKey:
             team_id=team_id,
         )
         try:
-            keys.put_new(record)
+            keys.put_new(key_cache, record)
         except key_records.AliasTaken:
             continue
         except key_records.LinkRefused as exc:  # the user or the team was deleted meanwhile, or the user left the team

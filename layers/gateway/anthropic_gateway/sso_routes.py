@@ -24,11 +24,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from . import aws, oidc, sso, sso_session
-from .auth import presented_key
+from . import oidc, sso, sso_session
+from .auth import presented_key, runtime_of
+from .aws import Unavailable
 from .errors import GatewayError, invalid_request
 from .front_door import Arrival
-from .settings import OidcSettings, get_settings
+from .settings import OidcSettings
 from .sso_session import SignIn
 from .storage import users
 
@@ -39,8 +40,8 @@ _NO_STORE = {"cache-control": "no-store"}
 
 
 @router.get("/config")
-async def sso_config() -> Response:
-    oidc_settings = get_settings().oidc
+async def sso_config(request: Request) -> Response:
+    oidc_settings = runtime_of(request).settings.oidc
     if oidc_settings is None:
         return JSONResponse({"enabled": False})
     return JSONResponse(
@@ -59,7 +60,7 @@ async def sso_config() -> Response:
 
 @router.get("/login")
 async def login(request: Request) -> Response:
-    oidc_settings = sso.configured()
+    oidc_settings = sso.configured(runtime_of(request).settings)
     try:
         discovery = await sso.client(oidc_settings).discovery()
     except oidc.OidcError as exc:
@@ -87,15 +88,16 @@ async def login(request: Request) -> Response:
     response = RedirectResponse(
         f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}", status_code=302, headers=_NO_STORE
     )
-    await sso_session.start_sign_in(response, sign_in)
+    await sso_session.start_sign_in(runtime_of(request).secrets, response, sign_in)
     return response
 
 
 @router.get("/callback")
 async def callback(request: Request) -> Response:
-    oidc_settings = sso.configured()
+    runtime: sso.Parts = runtime_of(request)
+    oidc_settings = sso.configured(runtime.settings)
     query = request.query_params
-    sign_in = await sso_session.sign_in_of(request.cookies)
+    sign_in = await sso_session.sign_in_of(runtime.secrets, request.cookies)
     outcome, reason = "expired", "no sign-in in progress in this browser (or it took over 10 minutes)"
     response: Response | None = None
     if sign_in is not None and not secrets.compare_digest(query.get("state", "").encode(), sign_in.state.encode()):
@@ -105,7 +107,7 @@ async def callback(request: Request) -> Response:
         reason = f"the provider answered {query['error'][:100]!r}: {query.get('error_description', '')[:300]}"
     elif sign_in is not None:
         try:
-            response = await _signed_in(oidc_settings, sign_in, query.get("code", ""))
+            response = await _signed_in(runtime, oidc_settings, sign_in, query.get("code", ""))
         except GatewayError as exc:
             outcome = {401: "refused", 403: "blocked"}.get(exc.status, "unavailable")
             reason = exc.message
@@ -116,22 +118,27 @@ async def callback(request: Request) -> Response:
     return response
 
 
-async def _signed_in(oidc_settings: OidcSettings, sign_in: SignIn, code: str) -> Response:
+async def _signed_in(runtime: sso.Parts, oidc_settings: OidcSettings, sign_in: SignIn, code: str) -> Response:
     client = sso.client(oidc_settings)
     try:
         tokens = await client.exchange_code(
             code,
             redirect_uri=sign_in.redirect_uri,
             code_verifier=sign_in.code_verifier,
-            client_secret=await sso.client_secret(oidc_settings),
+            client_secret=await sso.client_secret(runtime.secrets, oidc_settings),
         )
     except oidc.OidcError as exc:
         raise sso.provider_error(exc) from None
-    identity = await sso.verified_identity(tokens["id_token"], nonce=sign_in.nonce)
-    user = await sso.signed_in_user(identity)
+    identity = await sso.verified_identity(oidc_settings, tokens["id_token"], nonce=sign_in.nonce)
+    user = await sso.signed_in_user(runtime, identity)
     response = RedirectResponse("../ui#/keys", status_code=303, headers=_NO_STORE)
     await sso_session.start_session(
-        response, user.user_id, identity.email, identity.name or user.user_alias, oidc_settings.session_hours
+        runtime.secrets,
+        response,
+        user.user_id,
+        identity.email,
+        identity.name or user.user_alias,
+        oidc_settings.session_hours,
     )
     logger.info("sso sign-in", extra={"user_id": user.user_id, "role": user.user_role})
     return response
@@ -143,7 +150,7 @@ def _back_to_console(outcome: str) -> Response:
 
 def public_base(request: Request) -> str:
     """The gateway's public base URL, as the provider must redirect back to it (a REST API's stage included)."""
-    configured = get_settings().public_base_url
+    configured = runtime_of(request).settings.public_base_url
     if configured:
         return configured.rstrip("/")
     stage = Arrival.of(request.scope).front_door().path_prefix
@@ -155,12 +162,13 @@ def public_base(request: Request) -> str:
 
 @router.get("/session")
 async def session(request: Request) -> Response:
-    found = await sso_session.session_of(request.cookies)
+    runtime: sso.Parts = runtime_of(request)
+    found = await sso_session.session_of(runtime.secrets, request.cookies)
     if found is None:
         raise GatewayError(401, "Not signed in with single sign-on.")
     try:
-        user = await aws.call(users.get, found.user_id)
-    except aws.Unavailable:
+        user = await runtime.aws.call(users.get, found.user_id)
+    except Unavailable:
         raise GatewayError(503, "The gateway cannot read its users right now; retry.") from None
     if user is None or user.deleting or user.blocked:
         raise GatewayError(401, "Your user is blocked or no longer exists.")
@@ -180,7 +188,7 @@ async def session(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    found = await sso_session.session_of(request.cookies)
+    found = await sso_session.session_of(runtime_of(request).secrets, request.cookies)
     if found is not None and not sso_session.csrf_ok(found, "POST", request.headers.get(sso_session.CSRF_HEADER)):
         raise GatewayError(403, f"Missing or wrong {sso_session.CSRF_HEADER} header.")
     response = JSONResponse({"signed_out": True}, headers=_NO_STORE)
@@ -201,7 +209,8 @@ class PersonalKeyRequest(BaseModel):
 async def personal_key(request: Request) -> Response:
     """A personal key for the person whose ID token (from the provider, for this gateway's client id) is sent as
     Authorization: Bearer; optionally in one of their teams ({"team_id": ...})."""
-    sso.configured()
+    runtime: sso.Parts = runtime_of(request)
+    oidc_settings = sso.configured(runtime.settings)
     token = presented_key(request.headers)
     if token is None:
         raise GatewayError(401, "Send an ID token from the identity provider as Authorization: Bearer <id token>.")
@@ -210,9 +219,9 @@ async def personal_key(request: Request) -> Response:
         body = PersonalKeyRequest.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise invalid_request(exc.errors()) from None
-    identity = await sso.verified_identity(token, nonce=None)
-    user = await sso.signed_in_user(identity)
-    issued = await sso.issue_personal_key(user, body.team_id)
+    identity = await sso.verified_identity(oidc_settings, token, nonce=None)
+    user = await sso.signed_in_user(runtime, identity)
+    issued = await sso.issue_personal_key(runtime, user, body.team_id)
     record = issued.record
     logger.info("personal key issued", extra={"user_id": user.user_id, "token": record.token})
     return JSONResponse(

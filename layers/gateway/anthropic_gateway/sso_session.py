@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
+import secrets as random
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response
 
-from . import secrets as gateway_secrets
+from .secrets import Secrets
 
 SESSION_COOKIE = "__Host-gateway-session"
 FLOW_COOKIE = "__Host-gateway-sign-in"
@@ -61,20 +61,20 @@ class SignIn:
     redirect_uri: str
 
 
-async def _key(purpose: bytes) -> bytes:
-    master = await gateway_secrets.master_key()
+async def _key(secrets: Secrets, purpose: bytes) -> bytes:
+    master = await secrets.master_key()
     return hmac.new(master.encode(), b"anthropic-gateway/" + purpose, hashlib.sha256).digest()
 
 
-async def _sign(purpose: bytes, audience: str, claims: dict[str, Any], seconds: float) -> str:
+async def _sign(secrets: Secrets, purpose: bytes, audience: str, claims: dict[str, Any], seconds: float) -> str:
     import jwt  # deferred: the console's sessions alone use it, and a process that only relays never imports it
 
     now = int(time.time())
     payload = {**claims, "iss": _ISSUER, "aud": audience, "iat": now, "exp": now + int(seconds)}
-    return jwt.encode(payload, await _key(purpose), algorithm="HS256")
+    return jwt.encode(payload, await _key(secrets, purpose), algorithm="HS256")
 
 
-async def _read(purpose: bytes, audience: str, value: str | None) -> dict[str, Any] | None:
+async def _read(secrets: Secrets, purpose: bytes, audience: str, value: str | None) -> dict[str, Any] | None:
     if not value:
         return None
     import jwt  # deferred, as in _sign
@@ -82,7 +82,7 @@ async def _read(purpose: bytes, audience: str, value: str | None) -> dict[str, A
     try:
         claims: dict[str, Any] = jwt.decode(
             value,
-            await _key(purpose),
+            await _key(secrets, purpose),
             algorithms=["HS256"],
             audience=audience,
             issuer=_ISSUER,
@@ -96,17 +96,19 @@ async def _read(purpose: bytes, audience: str, value: str | None) -> dict[str, A
 # -- the session ---------------------------------------------------------------------------------------------------
 
 
-async def start_session(response: Response, user_id: str, email: str | None, name: str | None, hours: float) -> None:
-    """Sign `user_id` in: set the session cookie on `response`."""
+async def start_session(
+    secrets: Secrets, response: Response, user_id: str, email: str | None, name: str | None, hours: float
+) -> None:
+    """Sign `user_id` in: set the session cookie on `response` (signed with a key derived from the master key)."""
     seconds = hours * 3600
-    claims = {"sub": user_id, "email": email, "name": name, "csrf": secrets.token_urlsafe(32)}
-    value = await _sign(b"console-session/v1", _SESSION_AUDIENCE, claims, seconds)
+    claims = {"sub": user_id, "email": email, "name": name, "csrf": random.token_urlsafe(32)}
+    value = await _sign(secrets, b"console-session/v1", _SESSION_AUDIENCE, claims, seconds)
     _set(response, SESSION_COOKIE, value, max_age=int(seconds), same_site="strict")
 
 
-async def session_of(cookies: dict[str, str]) -> Session | None:
+async def session_of(secrets: Secrets, cookies: dict[str, str]) -> Session | None:
     """The signed-in session the request's cookies carry, or None."""
-    claims = await _read(b"console-session/v1", _SESSION_AUDIENCE, cookies.get(SESSION_COOKIE))
+    claims = await _read(secrets, b"console-session/v1", _SESSION_AUDIENCE, cookies.get(SESSION_COOKIE))
     if claims is None or not isinstance(claims.get("sub"), str) or not isinstance(claims.get("csrf"), str):
         return None
     return Session(
@@ -132,19 +134,19 @@ def end_session(response: Response) -> None:
 # -- a sign-in in progress -----------------------------------------------------------------------------------------
 
 
-async def start_sign_in(response: Response, sign_in: SignIn) -> None:
+async def start_sign_in(secrets: Secrets, response: Response, sign_in: SignIn) -> None:
     claims = {
         "state": sign_in.state,
         "nonce": sign_in.nonce,
         "verifier": sign_in.code_verifier,
         "redirect_uri": sign_in.redirect_uri,
     }
-    value = await _sign(b"sign-in/v1", _FLOW_AUDIENCE, claims, FLOW_SECONDS)
+    value = await _sign(secrets, b"sign-in/v1", _FLOW_AUDIENCE, claims, FLOW_SECONDS)
     _set(response, FLOW_COOKIE, value, max_age=FLOW_SECONDS, same_site="lax")
 
 
-async def sign_in_of(cookies: dict[str, str]) -> SignIn | None:
-    claims = await _read(b"sign-in/v1", _FLOW_AUDIENCE, cookies.get(FLOW_COOKIE))
+async def sign_in_of(secrets: Secrets, cookies: dict[str, str]) -> SignIn | None:
+    claims = await _read(secrets, b"sign-in/v1", _FLOW_AUDIENCE, cookies.get(FLOW_COOKIE))
     names = ("state", "nonce", "verifier", "redirect_uri")
     if claims is None or not all(isinstance(claims.get(name), str) for name in names):
         return None

@@ -19,6 +19,7 @@ from . import audit, keys
 from . import tags as request_tags
 from .access import admin_access
 from .access import of as access_of
+from .auth import runtime_of
 from .errors import GatewayError
 from .org_api import (
     Description,
@@ -79,7 +80,7 @@ class TagNames(BaseModel):
 @router.post("/new")
 async def new_tag(http_request: Request) -> Response:
     request = await parse_body(http_request, NewTag)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("register tags")
     now = keys.utcnow()
     tag = TagRecord(
@@ -102,7 +103,8 @@ async def new_tag(http_request: Request) -> Response:
         if len(tags.list_tags()) >= MAX_REGISTERED:
             raise GatewayError(400, f"At most {MAX_REGISTERED} registered tags; delete some first.")
         entry = audit.entry(access.caller, "tag.create", _target(tag.name), None, audit.fields(tag))
-        refuse_unless_done(tags.create(tag, audit.put(entry)))
+        refuse_unless_done(tags.create(tag, audit.put(runtime.settings, entry)))
+        runtime.tag_registry.put(tag)
         audit.written(entry)
         return {"message": f"Tag {tag.name} created successfully", "tag": tag_info(tag)}
 
@@ -112,7 +114,7 @@ async def new_tag(http_request: Request) -> Response:
 @router.post("/update")
 async def update_tag(http_request: Request) -> Response:
     request = await parse_body(http_request, UpdateTag)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("change tags")
     now = keys.utcnow()
     changes = changes_of(request, now, identifying={"name"})
@@ -121,10 +123,11 @@ async def update_tag(http_request: Request) -> Response:
     def change(tag: TagRecord) -> Refused | None:
         before, after = audit.changed(audit.fields(tag), changes)
         entries.append(audit.entry(access.caller, "tag.update", _target(tag.name), before, after))
-        return tags.update(tag, changes, now.isoformat(), audit.put(entries[-1]))
+        return tags.update(tag, changes, now.isoformat(), audit.put(runtime.settings, entries[-1]))
 
     def update() -> Any:
-        tag = retrying(lambda: _tag(request.name), change)
+        tag = retrying(runtime.owners, lambda: _tag(request.name), change)
+        runtime.tag_registry.put(tag)
         audit.written(entries[-1])
         return {"message": f"Tag {tag.name} updated successfully", "tag": tag_info(tag)}
 
@@ -134,13 +137,14 @@ async def update_tag(http_request: Request) -> Response:
 @router.post("/delete")
 async def delete_tag(http_request: Request) -> Response:
     request = await parse_body(http_request, TagRef)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("delete tags")
 
     def delete() -> None:
         tag = _tag(request.name)
         entry = audit.entry(access.caller, "tag.delete", _target(tag.name), audit.fields(tag))
-        refuse_unless_done(tags.delete(request.name, audit.put(entry)))
+        refuse_unless_done(tags.delete(request.name, audit.put(runtime.settings, entry)))
+        runtime.tag_registry.discard(request.name)
         audit.written(entry)
 
     await blocking(delete)

@@ -13,7 +13,6 @@ from starlette.datastructures import Headers
 
 from .auth import Principal
 from .errors import GatewayError
-from .storage.tags import registry as registered_tags
 
 HEADER = "x-litellm-tags"  # LiteLLM's header: comma-separated tags
 MAX_TAGS = 10
@@ -28,8 +27,6 @@ def resolve(litellm_metadata: dict[str, Any] | None, headers: Headers, principal
     occurrence kept."""
     merged = [*_from_body(litellm_metadata), *_from_header(headers), *_from_key(principal)]
     tags = list(dict.fromkeys(merged))
-    if tags:
-        registered_tags.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
     for tag in tags:
         validate(tag)
     if len(tags) > MAX_TAGS:

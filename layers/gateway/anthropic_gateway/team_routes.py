@@ -24,6 +24,7 @@ from starlette.responses import Response
 from . import audit, keys, org_api
 from .access import Access, admin_access
 from .access import of as access_of
+from .auth import AdminParts, runtime_of
 from .errors import GatewayError
 from .key_routes import MAX_KEY_TAGS, Duration, Identifier, _tags
 from .org_api import (
@@ -126,7 +127,7 @@ class MemberUpdate(MemberRef):
 @router.post("/new")
 async def new_team(http_request: Request) -> Response:
     request = await parse_body(http_request, NewTeam)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("create teams")
     now = keys.utcnow()
     team = TeamRecord(
@@ -150,7 +151,8 @@ async def new_team(http_request: Request) -> Response:
         joining = _joining(team, request.members_with_roles or [], None, None, now)
         after = {**audit.fields(team), "members": _joined(joining)}
         entry = audit.entry(access.caller, "team.create", _target(team.team_id), None, after)
-        refuse_unless_done(teams.create(team, joining, audit.put(entry)))
+        refuse_unless_done(teams.create(team, joining, audit.put(runtime.settings, entry)))
+        runtime.team_registry.put(team)
         audit.written(entry)
         return team_view(teams.get(team.team_id) or team)
 
@@ -160,13 +162,13 @@ async def new_team(http_request: Request) -> Response:
 @router.post("/update")
 async def update_team(http_request: Request) -> Response:
     request = await parse_body(http_request, UpdateTeam)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("change teams")
     now = keys.utcnow()
     changes = changes_of(request, now, identifying={"team_id"})
 
     def update() -> Any:
-        team = _changed(access, "team.update", request.team_id, changes, now.isoformat())
+        team = _changed(runtime, access, "team.update", request.team_id, changes, now.isoformat())
         return {"team_id": team.team_id, "data": team_view(team)}
 
     return answer(await blocking(update))
@@ -184,13 +186,13 @@ async def unblock_team(http_request: Request) -> Response:
 
 async def _set_blocked(http_request: Request, blocked: bool) -> Response:
     request = await parse_body(http_request, TeamRef)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("block or unblock teams")
     now = keys.utcnow().isoformat()
     action = "team.block" if blocked else "team.unblock"
 
     def change() -> Any:
-        return team_view(_changed(access, action, request.team_id, {"blocked": blocked}, now))
+        return team_view(_changed(runtime, access, action, request.team_id, {"blocked": blocked}, now))
 
     return answer(await blocking(change))
 
@@ -198,7 +200,7 @@ async def _set_blocked(http_request: Request, blocked: bool) -> Response:
 @router.post("/delete")
 async def delete_teams(http_request: Request) -> Response:
     request = await parse_body(http_request, DeleteTeams)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("delete teams")
     team_ids = list(dict.fromkeys(request.team_ids))
 
@@ -214,13 +216,15 @@ async def delete_teams(http_request: Request) -> Response:
             for team_id in team_ids:
                 # The entry goes with the mark that starts the delete: a repeated call (to finish) records again.
                 entry = audit.entry(access.caller, "team.delete", _target(team_id), audit.fields(found[team_id]))
-                refused = teams.delete(team_id, cascade, now, audit.put(entry))
+                refused = teams.delete(team_id, cascade, now, audit.put(runtime.settings, entry))
+                if refused is None:
+                    runtime.team_registry.discard(team_id)
                 if refused is None or refused.reason == "unfinished":  # the entry is stored with the mark
                     audit.written(entry)
                 if refused is not None and refused.reason != "missing":  # missing: deleted by someone else meanwhile
                     raise _partial(refused, cascade)
         finally:
-            forget_cached(cascade)
+            forget_cached(runtime.key_cache, runtime.owners, cascade)
         return {"deleted_teams": team_ids, "deleted_keys": cascade.keys, "deleted_members": cascade.members}
 
     return answer(await blocking(delete))
@@ -272,7 +276,7 @@ async def list_teams(http_request: Request, user_id: str | None = None) -> Respo
 async def member_add(http_request: Request) -> Response:
     request = await parse_body(http_request, MemberAdd)
     added = request.member if isinstance(request.member, list) else [request.member]
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.check_team_admin(request.team_id, "add members")
     now = keys.utcnow()
 
@@ -284,7 +288,9 @@ async def member_add(http_request: Request) -> Response:
         joining = _joining(team, added, request.max_budget_in_team, request.budget_duration, now)
         added_members = {"members": _joined(joining)}
         entry = audit.entry(access.caller, "team.member_add", _target(team.team_id), None, added_members)
-        refuse_unless_done(teams.add_members(team.team_id, joining, now.isoformat(), audit.put(entry)))
+        refuse_unless_done(
+            teams.add_members(team.team_id, joining, now.isoformat(), audit.put(runtime.settings, entry))
+        )
         audit.written(entry)
         view = team_view(teams.get(team.team_id) or team)
         added_ids = [join.membership.user_id for join in joining]
@@ -312,7 +318,7 @@ async def member_update(http_request: Request) -> Response:
         changes["budget_duration"] = request.budget_duration
         changes["budget_reset_at"] = first_reset(request.budget_duration, now)
 
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.check_team_admin(request.team_id, "change members")
     entries: list[Entry] = []
 
@@ -321,13 +327,13 @@ async def member_update(http_request: Request) -> Response:
         before["user_id"] = after["user_id"] = membership.user_id
         target = _target(membership.team_id)
         entries.append(audit.entry(access.caller, "team.member_update", target, before, after))
-        return members.update(membership, changes, now.isoformat(), audit.put(entries[-1]))
+        return members.update(membership, changes, now.isoformat(), audit.put(runtime.settings, entries[-1]))
 
     def update() -> MemberInfo:
         if "max_budget" in changes:
             _check_member_budget(access, _team(request.team_id), changes["max_budget"])
         user_id = _member_id(request)
-        membership = retrying(lambda: _membership(request.team_id, user_id), change)
+        membership = retrying(runtime.owners, lambda: _membership(request.team_id, user_id), change)
         if entries:
             audit.written(entries[-1])
         return member_info(fresh_member(membership))
@@ -339,7 +345,7 @@ async def member_update(http_request: Request) -> Response:
 async def member_delete(http_request: Request) -> Response:
     """Remove a member, and delete its keys in the team (they would name a team their user is not in)."""
     request = await parse_body(http_request, MemberRef)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.check_team_admin(request.team_id, "remove members")
 
     def delete() -> Any:
@@ -347,7 +353,7 @@ async def member_delete(http_request: Request) -> Response:
         membership = members.get(team.team_id, user_id)
         before = audit.fields(membership) if membership else {"user_id": user_id}
         entry = audit.entry(access.caller, "team.member_delete", _target(team.team_id), before)
-        refused = members.leave(team.team_id, user_id, audit.put(entry))
+        refused = members.leave(team.team_id, user_id, audit.put(runtime.settings, entry))
         if refused is None:
             audit.written(entry)
         pk = team_pk(team.team_id)
@@ -357,7 +363,7 @@ async def member_delete(http_request: Request) -> Response:
         cascade = Cascade(remaining=org_api.MAX_CASCADE)
         unfinished = Refused("unfinished", "member", user_id, team=team.team_id)
         refused = delete_keys(pk, cascade, unfinished, user_id=user_id)
-        forget_cached(cascade)
+        forget_cached(runtime.key_cache, runtime.owners, cascade)
         if refused is not None:
             raise _partial(refused, cascade)
         return {**team_view(teams.get(team.team_id) or team).model_dump(), "deleted_keys": cascade.keys}
@@ -377,16 +383,20 @@ def _joined(joining: list[Joining]) -> list[dict[str, Any]]:
     return [{**audit.fields(join.membership), "new_user": join.new_user is not None} for join in joining]
 
 
-def _changed(access: Access, action: str, team_id: str, changes: dict[str, Any], now: str) -> TeamRecord:
-    """The team with admin `changes` applied, recorded as `action`."""
+def _changed(
+    runtime: AdminParts, access: Access, action: str, team_id: str, changes: dict[str, Any], now: str
+) -> TeamRecord:
+    """The team with admin `changes` applied, recorded as `action`; the runtime's caches and team registry see it
+    at once."""
     entries: list[Entry] = []
 
     def change(team: TeamRecord) -> Refused | None:
         before, after = audit.changed(audit.fields(team), changes)
         entries.append(audit.entry(access.caller, action, _target(team.team_id), before, after))
-        return teams.update(team, changes, now, audit.put(entries[-1]))
+        return teams.update(team, changes, now, audit.put(runtime.settings, entries[-1]))
 
-    team = retrying(lambda: _team(team_id), change)
+    team = retrying(runtime.owners, lambda: _team(team_id), change)
+    runtime.team_registry.put(team)
     audit.written(entries[-1])
     return team
 

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from . import audit, keys, org_api
 from .access import admin_access
 from .access import of as access_of
-from .auth import Caller
+from .auth import AdminParts, Caller, runtime_of
 from .errors import GatewayError
 from .key_routes import MAX_LIST_SIZE, Alias, Duration, Identifier, KeyWithInfo
 from .org_api import (
@@ -84,7 +84,7 @@ class DeleteUsers(BaseModel):
 @router.post("/new")
 async def new_user(http_request: Request) -> Response:
     request = await parse_body(http_request, NewUser)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("create users")
     now = keys.utcnow()
     team_ids = list(dict.fromkeys(request.teams or []))
@@ -111,16 +111,16 @@ async def new_user(http_request: Request) -> Response:
         for team_id in team_ids
     ]
     entry = audit.entry(access.caller, "user.create", _target(user.user_id), None, audit.fields(user))
-    refuse_unless_done(await blocking(users.create, user, memberships, audit.put(entry)))
+    refuse_unless_done(await blocking(users.create, user, memberships, audit.put(runtime.settings, entry)))
     audit.written(entry)
     created: dict[str, Any] = {**user_info(user).model_dump(), "key": None, "token": None, "expires": None}
     if request.auto_create_key:
-        key = await _personal_key(user.user_id, request, access.caller)
+        key = await _personal_key(runtime, user.user_id, request, access.caller)
         created.update(key=key.key, token=key.token, key_alias=key.key_alias, expires=key.expires)
     return answer(created)
 
 
-async def _personal_key(user_id: str, request: NewUser, caller: Caller) -> KeyWithInfo:
+async def _personal_key(runtime: AdminParts, user_id: str, request: NewUser, caller: Caller) -> KeyWithInfo:
     """A key of the user's own (no team), as /key/generate makes one: the user's budget and limits govern it."""
     plain, now = keys.new_key(), keys.utcnow()
     record = KeyRecord(
@@ -135,14 +135,14 @@ async def _personal_key(user_id: str, request: NewUser, caller: Caller) -> KeyWi
     created = f"User {user_id!r} was created, but not its key"
     entry = audit.entry(caller, "key.generate", audit.key_target(record), None, audit.key_fields(record))
     try:
-        await blocking(keys.put_new, record, audit.put(entry))
+        await blocking(keys.put_new, runtime.key_cache, record, audit.put(runtime.settings, entry))
     except key_records.AliasTaken:
         raise GatewayError(400, f"{created}: key_alias {request.key_alias!r} is already in use.") from None
     except (key_records.LinkRefused, key_records.KeyExists, key_records.Conflict):  # user deleted meanwhile; key used
         raise GatewayError(
             409, f"{created}; make one with /key/generate.", error_type="invalid_request_error"
         ) from None
-    keys.key_cache.invalidate(record.token)  # it may be cached as unknown
+    runtime.key_cache.invalidate(record.token)  # it may be cached as unknown
     audit.written(entry)
     return KeyWithInfo.of(record, key=plain)
 
@@ -150,7 +150,7 @@ async def _personal_key(user_id: str, request: NewUser, caller: Caller) -> KeyWi
 @router.post("/update")
 async def update_user(http_request: Request) -> Response:
     request = await parse_body(http_request, UpdateUser)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("change users")
     now = keys.utcnow()
     identifying = {"user_id"} if request.user_id is not None else {"user_id", "user_email"}
@@ -160,10 +160,10 @@ async def update_user(http_request: Request) -> Response:
     def change(user: UserRecord) -> Refused | None:
         before, after = audit.changed(audit.fields(user), changes)
         entries.append(audit.entry(access.caller, "user.update", _target(user.user_id), before, after))
-        return users.update(user, changes, now.isoformat(), audit.put(entries[-1]))
+        return users.update(user, changes, now.isoformat(), audit.put(runtime.settings, entries[-1]))
 
     def update() -> Any:
-        user = retrying(lambda: _user(request.user_id, request.user_email), change)
+        user = retrying(runtime.owners, lambda: _user(request.user_id, request.user_email), change)
         audit.written(entries[-1])
         return {"user_id": user.user_id, "data": user_info(user)}
 
@@ -173,7 +173,7 @@ async def update_user(http_request: Request) -> Response:
 @router.post("/delete")
 async def delete_users(http_request: Request) -> Response:
     request = await parse_body(http_request, DeleteUsers)
-    access = access_of(http_request)
+    runtime, access = runtime_of(http_request), access_of(http_request)
     access.require_admin("delete users")
     user_ids = list(dict.fromkeys(request.user_ids))
 
@@ -188,7 +188,7 @@ async def delete_users(http_request: Request) -> Response:
             for user_id in user_ids:
                 # The entry goes with the mark that starts the delete: a repeated call (to finish) records again.
                 entry = audit.entry(access.caller, "user.delete", _target(user_id), audit.fields(found[user_id]))
-                refused = users.delete(user_id, cascade, now, audit.put(entry))
+                refused = users.delete(user_id, cascade, now, audit.put(runtime.settings, entry))
                 if refused is None or refused.reason == "unfinished":  # the entry is stored with the mark
                     audit.written(entry)
                 if refused is not None and refused.reason != "missing":  # missing: deleted by someone else meanwhile
@@ -196,7 +196,7 @@ async def delete_users(http_request: Request) -> Response:
                     error.message += f" This call deleted {cascade.keys} keys and {cascade.members} memberships."
                     raise error
         finally:
-            forget_cached(cascade)
+            forget_cached(runtime.key_cache, runtime.owners, cascade)
         return {"deleted_users": user_ids, "deleted_keys": cascade.keys, "deleted_memberships": cascade.members}
 
     return answer(await blocking(delete))

@@ -1,10 +1,12 @@
-"""A bounded set of admin-created records (registered tags, teams) kept in memory, so the request path and the
-metrics read them without I/O (tags.py's TagRegistry, teams.py's TeamRegistry).
+"""A bounded set of admin-created records (registered tags, teams) kept in a runtime's memory, so the request path
+and the metrics read them without I/O (tags.py's TagRegistry, teams.py's TeamRegistry; runtime.py holds one of
+each).
 
-`snapshot()` answers from memory at once. When its copy is older than KEY_CACHE_TTL it starts one refresh in a
-thread of its own (one paged Query of gsi1) and answers with the copy it has: a record created on another instance
-counts here from the refresh on, within KEY_CACHE_TTL and one read. Records created, changed or deleted through
-this process apply here at once. A refresh that fails is tried again after KEY_CACHE_TTL. At most `limit` records
+`snapshot()` answers from memory at once. When its copy is older than `ttl` (KEY_CACHE_TTL) it starts one refresh
+in a thread of its own (one paged Query of gsi1) and answers with the copy it has: a record created on another
+instance counts here from the refresh on, within KEY_CACHE_TTL and one read. Records created, changed or deleted
+through this runtime apply here at once (the admin routes `put` and `discard` them after their writes). A refresh
+that fails is tried again after KEY_CACHE_TTL. At most `limit` records
 are kept, the oldest ones: each is a CloudWatch dimension value, so the bound is what an operator can plan for.
 """
 
@@ -16,15 +18,17 @@ from collections.abc import Callable, Mapping
 
 from aws_lambda_powertools import Logger
 
-from ..settings import get_settings
-
 logger = Logger(child=True)
 
 
 class Registry[Record]:
-    def __init__(self, name: str, read: Callable[[], list[Record]], key: Callable[[Record], str], limit: int) -> None:
-        """`read`: every record, oldest first (blocking); `key`: a record's name; `limit`: how many are kept."""
+    def __init__(
+        self, name: str, read: Callable[[], list[Record]], key: Callable[[Record], str], limit: int, ttl: float
+    ) -> None:
+        """`read`: every record, oldest first (blocking); `key`: a record's name; `limit`: how many are kept; `ttl`:
+        the age (seconds) past which a snapshot starts a refresh."""
         self.name = name
+        self.ttl = ttl
         self.limit = limit
         self._read = read
         self._key = key
@@ -38,7 +42,7 @@ class Registry[Record]:
     def snapshot(self) -> Mapping[str, Record]:
         with self._lock:
             now = time.monotonic()
-            stale = self._checked_at is None or now - self._checked_at > get_settings().key_cache_ttl
+            stale = self._checked_at is None or now - self._checked_at > self.ttl
             if stale and not self._refreshing:
                 self._refreshing = True
                 threading.Thread(target=self.refresh, name=self.name, daemon=True).start()

@@ -97,14 +97,15 @@ _installing = threading.Lock()
 
 
 def handle() -> Table:
-    """The gateway table: the handle the runtime installed at its start (`install`), else one made now on a
-    client of the runtime serving the call (aws.py), and installed."""
+    """The gateway table: the handle the runtime installed at its start (`install`), else (code run outside a
+    started runtime: tools, tests) one made now from the process's settings, and installed."""
     global _installed
     current = _installed
     if current is None:
         with _installing:
             if _installed is None:
-                _installed = open_table(get_settings().table_name)
+                settings = get_settings()
+                _installed = open_table(settings.table_name, aws.AwsCalls(settings))
             current = _installed
     return current
 
@@ -115,10 +116,9 @@ def install(table: Table | None) -> None:
     _installed = table
 
 
-def open_table(name: str, calls: aws.AwsCalls | None = None) -> Table:
-    """Blocking: a handle on table `name` over a new DynamoDB client of `calls` (default: the runtime serving the
-    call), bounded by its config."""
-    return Table((calls or aws.in_use()).client("dynamodb"), name)
+def open_table(name: str, calls: aws.AwsCalls) -> Table:
+    """Blocking: a handle on table `name` over a new DynamoDB client of `calls`, bounded by its config."""
+    return Table(calls.client("dynamodb"), name)
 
 
 # -- values -------------------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A registered tag is a budgeted scope (its budget and limits apply to every reque
 key or team) and a CloudWatch `Tag` dimension value of its own (metrics.py). The registry is bounded
 (MAX_REGISTERED), so the dimension values it adds are too.
 
-`registry` keeps the registered tags in memory, so the request path reads them without I/O.
+A `TagRegistry` keeps the registered tags in a runtime's memory (runtime.py holds one, and the admin routes keep it
+current after their writes), so the request path reads them without I/O.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..settings import Settings
 from . import table
 from .layout import TAG_SK, list_all, listed, put_new, tag_pk
 from .outcomes import Refused
@@ -58,7 +60,6 @@ def create(tag: TagRecord, audit: table.Put | None = None) -> Refused | None:
         stored = get(tag.name)
         if stored is None or stored.created_at != tag.created_at:
             return refused
-    registry.put(tag)
     return None
 
 
@@ -66,8 +67,6 @@ def update(tag: TagRecord, changes: dict[str, Any], now: str, audit: table.Put |
     pk = tag_pk(tag.name)
     if not apply(change(pk, TAG_SK, tag, changes, now), audit):
         return why_not(pk, TAG_SK, Refused("missing", "tag", tag.name))
-    if (stored := get(tag.name)) is not None:
-        registry.put(stored)
     return None
 
 
@@ -75,17 +74,11 @@ def delete(name: str, audit: table.Put | None = None) -> Refused | None:
     transaction = Transaction()
     transaction.add(table.Delete(tag_pk(name), TAG_SK, "attribute_exists(pk)"), Refused("missing", "tag", name))
     transaction.audited(audit)
-    refused = transaction.run()
-    if refused is None:
-        registry.discard(name)
-    return refused
+    return transaction.run()
 
 
 class TagRegistry(Registry[TagRecord]):
-    """The registered tags as this process last read them (at most MAX_REGISTERED, oldest first): registry.py."""
+    """The registered tags as a runtime last read them (at most MAX_REGISTERED, oldest first): registry.py."""
 
-    def __init__(self) -> None:
-        super().__init__("tag-registry", list_tags, lambda tag: tag.name, MAX_REGISTERED)
-
-
-registry = TagRegistry()
+    def __init__(self, settings: Settings) -> None:
+        super().__init__("tag-registry", list_tags, lambda tag: tag.name, MAX_REGISTERED, settings.key_cache_ttl)

@@ -6,8 +6,9 @@ with members, and adding members, create missing users on the way (as LiteLLM do
 Deleting a team deletes its keys and memberships first, in bounded steps (`Cascade`), with the team marked
 `deleting` (and blocked) so no key or member joins it meanwhile.
 
-`registry` keeps the teams in memory (storage/registry.py), so metrics read which team ids exist without I/O: a
-team is a CloudWatch `Team` dimension value of its own, up to MAX_DIMENSION_TEAMS (the oldest teams).
+A `TeamRegistry` keeps the teams in a runtime's memory (storage/registry.py; runtime.py holds one, and the admin
+routes keep it current after their writes), so metrics read which team ids exist without I/O: a team is a
+CloudWatch `Team` dimension value of its own, up to MAX_DIMENSION_TEAMS (the oldest teams).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..settings import Settings
 from . import members, table, users
 from .layout import KEY_PREFIX, TEAM_SK, list_all, listed, partition, put_new, team_pk
 from .members import Membership
@@ -84,8 +86,6 @@ def create(team: TeamRecord, joining: list[Joining], audit: table.Put | None = N
         if stored is None or stored.created_at != team.created_at:
             return refused
         refused = None  # our own write, retried after its answer was lost
-    if refused is None:
-        registry.put(team)
     return refused
 
 
@@ -112,8 +112,6 @@ def update(team: TeamRecord, changes: dict[str, Any], now: str, audit: table.Put
     pk = team_pk(team.team_id)
     if not apply(change(pk, TEAM_SK, team, changes, now, live=True), audit):
         return why_not(pk, TEAM_SK, Refused("missing", "team", team.team_id))
-    if (stored := get(team.team_id)) is not None:
-        registry.put(stored)
     return None
 
 
@@ -132,19 +130,16 @@ def delete(team_id: str, cascade: Cascade, now: str, audit: table.Put | None = N
             return refused
         cascade.members += 1
     remove(pk, TEAM_SK)
-    registry.discard(team_id)
     return None
 
 
 class TeamRegistry(Registry[TeamRecord]):
-    """The teams as this process last read them (at most MAX_DIMENSION_TEAMS, oldest first): registry.py."""
+    """The teams as a runtime last read them (at most MAX_DIMENSION_TEAMS, oldest first): registry.py."""
 
-    def __init__(self) -> None:
-        super().__init__("team-registry", _oldest_first, lambda team: team.team_id, MAX_DIMENSION_TEAMS)
+    def __init__(self, settings: Settings) -> None:
+        ttl = settings.key_cache_ttl
+        super().__init__("team-registry", _oldest_first, lambda team: team.team_id, MAX_DIMENSION_TEAMS, ttl)
 
 
 def _oldest_first() -> list[TeamRecord]:
     return list(reversed(list_teams()))
-
-
-registry = TeamRegistry()
