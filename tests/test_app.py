@@ -151,11 +151,9 @@ def test_the_start_reads_both_keys_and_makes_the_aws_clients_before_any_request(
         assert runtime is not None
         made: list[str] = []
         runtime.secrets.client().meta.events.register("before-call.*.*", lambda model, **_: made.append(model.name))
-        deactivate = runtime.activate()
         try:
             read = (await runtime.secrets.master_key(), await runtime.secrets.upstream_key())
         finally:
-            deactivate()
             installed = runtime.table is not None and table.handle() is runtime.table
             await app.stop()
         return installed, made, read
