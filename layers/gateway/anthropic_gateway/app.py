@@ -228,7 +228,7 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
             # A batch create reserves its whole estimate (402 when it cannot); any request may start a batch sweep.
             await admit_batch(exchange, body.raw, runtime.batch_sweeps)
             # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py
-            response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body.raw, exchange))
+            response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body, exchange))
         except GatewayError as exc:
             response = _error(exchange, exc)
         except _ClientGone:  # nobody reads this answer; it is what the access log shows (nginx's 499)

@@ -23,6 +23,7 @@ from .bedrock_errors import anthropic_error
 from .errors import GatewayError
 from .exchange import Exchange
 from .front_door import Arrival
+from .request_body import RequestBody
 from .responses import BufferedResponse, RelayResponse, bodiless
 from .secrets import Secrets
 from .settings import Settings
@@ -219,7 +220,7 @@ class Answer:
     error_body: bytes | None = None  # a Bedrock error, read whole and in Anthropic's shape
 
 
-async def ask(upstreams: Upstreams, upstream: str, request: Request, body: bytes, exchange: Exchange) -> Answer:
+async def ask(upstreams: Upstreams, upstream: str, request: Request, body: RequestBody, exchange: Exchange) -> Answer:
     """Send the request to one upstream and wait for its answer's head. Raises UpstreamError when the upstream
     cannot be reached or does not answer in time, GatewayError when the request cannot go there at all."""
     query: bytes = request.scope["query_string"]
@@ -230,16 +231,20 @@ async def ask(upstreams: Upstreams, upstream: str, request: Request, body: bytes
         target = upstream_pool.base_path + exchange.path.encode("ascii") + (b"?" + query if query else b"")
         version = upstreams.settings.default_anthropic_version
         headers = upstream_headers(request.scope, await upstreams.secrets.upstream_key(), version)
-        response = await upstream_pool.request(request.method, target, headers, body)
+        response = await upstream_pool.request(request.method, target, headers, body.raw)
         return Answer(upstream, response, response.status)
     except ValueError:  # a query or header the client sent that would break HTTP framing
         raise GatewayError(400, "The request's query string or headers cannot be forwarded.") from None
 
 
-async def _ask_bedrock(upstreams: Upstreams, request: Request, body: bytes, exchange: Exchange, query: bytes) -> Answer:
+async def _ask_bedrock(
+    upstreams: Upstreams, request: Request, body: RequestBody, exchange: Exchange, query: bytes
+) -> Answer:
     """The same request to Amazon Bedrock: its model id and SigV4 (bedrock.py); its errors read and translated."""
     headers = upstream_headers(request.scope, None, upstreams.settings.default_anthropic_version)
-    url, headers, content = await upstreams.bedrock.prepare(request.method, exchange.path, query, headers, body)
+    bedrock, method = upstreams.bedrock, request.method
+    model = await body.model_span() if bedrock.serves(method, exchange.path) else None
+    url, headers, content = await bedrock.prepare(method, exchange.path, query, headers, body.raw, model)
     parts = urlsplit(url)
     target = (parts.path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
     response = await upstreams.pools.get("bedrock").request(request.method, target, headers, content)
@@ -273,7 +278,7 @@ async def _read_capped(response: UpstreamResponse) -> bytes:
 
 
 async def respond(
-    settings: Settings, request: Request, exchange: Exchange, answer: Answer, body: bytes
+    settings: Settings, request: Request, exchange: Exchange, answer: Answer, body: RequestBody
 ) -> RelayResponse | BufferedResponse:
     """The response that relays the chosen answer back and ends the exchange (`responses.py`). `body` is the
     request's: a Messages answer that ends without its usage is billed the most that request can cost."""
@@ -303,7 +308,7 @@ async def respond(
     tap: UsageTap | None = batches.results_tap(exchange, upstream.status, content_type)
     if tap is None:
         billed = upstream.status == 200 and (exchange.method, exchange.path) == ("POST", MESSAGES_PATH)
-        tap = UsageTap(content_type, request=body if billed else None)
+        tap = UsageTap(content_type, request=body.raw if billed else None)
     exchange.tap = tap
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
