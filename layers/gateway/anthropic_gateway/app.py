@@ -216,13 +216,14 @@ async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
 
 
 async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeResponse:
-    exchange = Exchange(method=request.method, path="", arrival=Arrival.of(request.scope))
+    exchange = Exchange(method=request.method, arrival=Arrival.of(request.scope))
     response: ExchangeResponse | None = None
     try:
         try:
             exchange.principal = await authenticate(request.headers)
             exchange.path = forwarding.canonical_path(request.scope)  # the one path every check reads and sent
             body = await request_body.read(request, runtime.settings.max_request_bytes)  # litellm_metadata cut out
+            exchange.body = body  # the bytes every check reads and the upstream gets; they name the model
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
             await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
             # A batch create reserves its whole estimate (402 when it cannot); any request may start a batch sweep.
@@ -230,18 +231,21 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
             # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py
             response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body, exchange))
         except GatewayError as exc:
+            exchange.refused(exc.status)
             response = _error(exchange, exc)
         except _ClientGone:  # nobody reads this answer; it is what the access log shows (nginx's 499)
+            exchange.client_left()
             response = _error(exchange, GatewayError(499, "The client closed the request."))
-            exchange.error_source = None
         except Exception:  # a bug or an unforeseen failure: still an Anthropic-shaped answer, still accounted
             logger.exception("pass-through failed", extra={"request_id": exchange.request_id})
-            response = _error(exchange, GatewayError(502, "Upstream or gateway error; the request was not completed."))
+            failure = GatewayError(502, "Upstream or gateway error; the request was not completed.")
+            exchange.refused(failure.status)
+            response = _error(exchange, failure)
     finally:
         if response is None:
-            # Cancelled before any response existed (the server is stopping, or anything else that is not an
-            # Exception): account here all the same, so the holds admission took are released.
-            exchange.status, exchange.error_source = exchange.status or 499, exchange.error_source or "gateway"
+            # Cancelled before any response existed: account here all the same, so the holds admission took are
+            # released.
+            exchange.cancelled()
             runtime.accounting.after_response(exchange)
     # Called by the response once it has ended, however it ended: every pass-through request is accounted once.
     response.after_response = runtime.accounting.after_response
@@ -249,7 +253,6 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
 
 
 def _error(exchange: Exchange, exc: GatewayError) -> ExchangeResponse:
-    exchange.status, exchange.error_source = exc.status, "gateway"
     error = render(exc)
     headers = error.raw_headers
     if exchange.upstream:  # the upstream could not be reached, or cannot serve this request (a Bedrock-only key)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -283,10 +282,6 @@ async def respond(
     """The response that relays the chosen answer back and ends the exchange (`responses.py`). `body` is the
     request's: a Messages answer that ends without its usage is billed the most that request can cost."""
     upstream = answer.response
-    exchange.upstream = answer.upstream
-    exchange.status = answer.status
-    if answer.status >= 400:
-        exchange.error_source = "upstream"
     content_type, headers = "", []
     dropped = _DROP_BODILESS if bodiless(upstream.status) else _DROP_RESPONSE
     for name, value in upstream.headers:
@@ -298,8 +293,9 @@ async def respond(
     headers.append((UPSTREAM_HEADER, answer.upstream.encode()))
 
     if answer.error_body is not None:  # Bedrock's error, already read: Anthropic's shape, Anthropic's status
-        exchange.first_byte_at = time.perf_counter()
-        exchange.completed = True
+        exchange.answered(answer.status, None)
+        exchange.first_byte()
+        exchange.body_ended()
         headers = [(n, v) for n, v in headers if n.lower() != b"content-type"]
         return BufferedResponse(
             exchange, answer.error_body, answer.status, [*headers, (b"content-type", b"application/json")]
@@ -309,7 +305,7 @@ async def respond(
     if tap is None:
         billed = upstream.status == 200 and (exchange.method, exchange.path) == ("POST", MESSAGES_PATH)
         tap = UsageTap(content_type, request=body.raw if billed else None)
-    exchange.tap = tap
+    exchange.answered(answer.status, tap)
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:
@@ -320,8 +316,8 @@ async def respond(
         finally:
             await upstream.aclose()
         await batches.observe(exchange, content)  # remembers a created batch, notes ended ones
-        exchange.first_byte_at = time.perf_counter()
-        exchange.completed = True
+        exchange.first_byte()
+        exchange.body_ended()
         return BufferedResponse(exchange, content, upstream.status, headers)
 
     return RelayResponse(exchange, upstream, tap, headers)

@@ -39,8 +39,6 @@ async def upstream_order(
         return list(order)
     bedrock = upstreams.bedrock
     span = await body.model_span() if bedrock.serves(method, exchange.path) else None
-    if span and exchange.model is None:
-        exchange.model = span[0][:200]  # the client's model: what a Bedrock answer is priced as
     servable = span is not None and bedrock.model_id(span[0]) is not None
     usable = [name for name in order if name != "bedrock" or servable]
     return usable or list(order)
@@ -61,24 +59,24 @@ async def forward(
     order = await upstream_order(upstreams, exchange, request.method, body)
     for position, upstream in enumerate(order):
         last = position == len(order) - 1
-        exchange.upstream = upstream
+        exchange.trying(upstream)
         try:
             answer = await forwarding.ask(upstreams, upstream, request, body, exchange)
         except UpstreamError as exc:
             if last:
                 raise forwarding.upstream_failure(exc, upstream) from None
-            exchange.failover_cause = "timeout" if isinstance(exc, UpstreamTimeout) else "unreachable"
+            exchange.failing_over("timeout" if isinstance(exc, UpstreamTimeout) else "unreachable")
             continue
         except GatewayError as exc:
             # Bedrock without credentials (or its API key) is as unreachable as a refused connection; a 4xx
             # (a path or model it cannot serve) is never failed over: upstream_order left those out already.
             if last or exc.status < 500:
                 raise
-            exchange.failover_cause = "unreachable"
+            exchange.failing_over("unreachable")
             continue
         cause = None if last else failover_cause(answer.status, upstreams.settings)
         if cause is None:
             return await forwarding.respond(upstreams.settings, request, exchange, answer, body)
         await answer.response.aclose()  # nothing of it went to the client: close it unread
-        exchange.failover_cause = cause
+        exchange.failing_over(cause)
     raise AssertionError("unreachable: the last upstream's answer is always returned")
