@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -16,7 +15,6 @@ from anthropic_gateway import keys, metrics, pricing
 from anthropic_gateway.auth import Principal
 from anthropic_gateway.exchange import Exchange
 from anthropic_gateway.metrics import Metrics
-from anthropic_gateway.request_body import RequestBody
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.storage.key_records import KeyRecord
 from anthropic_gateway.usage import Usage, UsageTap
@@ -299,13 +297,6 @@ def test_no_secret_or_body_in_any_line(listed_gateway, gw, captured, key):
         assert secret not in text
 
 
-def _asking_for(model: str) -> Exchange:
-    """A Messages request naming `model`, its body parsed as a check parses it."""
-    body = RequestBody(json.dumps({"model": model, "max_tokens": 1}).encode())
-    asyncio.run(body.parsed(strict=True))
-    return Exchange(method="POST", path="/v1/messages", body=body)
-
-
 def test_namespace_comes_from_settings():
     exchange = Exchange(method="GET", path="/v1/models")
     exchange.answered(200, None)
@@ -314,8 +305,9 @@ def test_namespace_comes_from_settings():
 
 
 def test_model_dimension_never_takes_arbitrary_client_input():
-    assert metrics.model_dimension(_asking_for("x" * 300)) == metrics.OTHER
-    exchange = _asking_for("claude-sonnet-4-5-20250929")
+    exchange = Exchange(method="POST", path="/v1/messages", model="x" * 300)
+    assert metrics.model_dimension(exchange) == metrics.OTHER
+    exchange = Exchange(method="POST", path="/v1/messages", model="claude-sonnet-4-5-20250929")
     assert metrics.model_dimension(exchange) == pricing.resolve_model("claude-sonnet-4-5-20250929")
     assert metrics.model_dimension(Exchange(method="GET", path="/v1/models")) == metrics.UNKNOWN_MODEL
 
@@ -339,7 +331,7 @@ def test_invented_models_all_count_as_other(gw, captured):
 def test_the_model_the_upstream_answered_with_is_a_dimension_value_only_when_known():
     """The upstream's answer wins over the request, but an unknown answered id is `other` too (a hostile or
     misconfigured upstream could otherwise echo any string into a dimension)."""
-    exchange = _asking_for(MODEL)
+    exchange = Exchange(method="POST", path="/v1/messages", model=MODEL)
     tap = UsageTap(content_type="application/json", model="evil-model-" + uuid.uuid4().hex)
     exchange.answered(200, tap)
     assert metrics.model_dimension(exchange) == metrics.OTHER

@@ -218,12 +218,12 @@ async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
 async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeResponse:
     exchange = Exchange(method=request.method, arrival=Arrival.of(request.scope))
     response: ExchangeResponse | None = None
+    body: request_body.RequestBody | None = None
     try:
         try:
             exchange.principal = await authenticate(request.headers)
             exchange.path = forwarding.canonical_path(request.scope)  # the one path every check reads and sent
             body = await request_body.read(request, runtime.settings.max_request_bytes)  # litellm_metadata cut out
-            exchange.body = body  # the bytes every check reads and the upstream gets; they name the model
             exchange.tags = tags.resolve(body.litellm_metadata, request.headers, exchange.principal)
             await governance.admit(exchange, body)  # models, budget, rate limits; holds go on exchange.admission
             # A batch create reserves its whole estimate (402 when it cannot); any request may start a batch sweep.
@@ -242,6 +242,8 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
             exchange.refused(failure.status)
             response = _error(exchange, failure)
     finally:
+        # The checks and routing are done reading the body: the model it names, as they read it, is known now.
+        exchange.model = body.model if body else None
         if response is None:
             # Cancelled before any response existed: account here all the same, so the holds admission took are
             # released.

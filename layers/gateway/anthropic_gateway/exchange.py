@@ -5,8 +5,9 @@ What is known about a request grows as `app.anthropic_passthrough` takes it thro
 becomes known, by one module:
   - its arrival: method, request id, start, front door (the app makes the Exchange);
   - the request as every check reads it, in turn (app.py): the principal once authenticated, the canonical path,
-    the body that goes upstream (the model it names: `model`), the tags. A request refused midway keeps what was
-    known by then: its access log line shows it;
+    the tags, and once the checks and routing are done reading the body, the model it names as they read it
+    (request_body.RequestBody.model). A request refused midway keeps what was known by then: its access log line
+    shows it;
   - admission: what governance.admit holds (`admission`) and a Message Batches request's state (`batch`,
     batches.py);
   - the upstream: which one is asked and why the one before was left (`trying`, `failing_over`: routing.py), the
@@ -29,7 +30,6 @@ from typing import Literal
 from .auth import Principal
 from .batch_state import BatchState
 from .front_door import Arrival
-from .request_body import RequestBody
 from .storage.scopes import Scope
 from .usage import Usage, UsageTap
 
@@ -66,8 +66,8 @@ class Exchange:
     arrival: Arrival | None = None  # which front door, from which client (front_door.py)
     # -- the request as every check reads it, each set once (app.py)
     principal: Principal | None = None
-    body: RequestBody | None = None  # the bytes that go upstream (None: refused before they were read)
     tags: list[str] = field(default_factory=list)
+    model: str | None = None  # from the request body when it names one and something read it
     # -- admission
     admission: Admission | None = None  # what governance.admit reserved for this request, released at settle
     batch: BatchState | None = None  # a batch create's reservation, batches seen ended, or a results tap (batches.py)
@@ -137,11 +137,6 @@ class Exchange:
             self.finished_at = time.perf_counter()
 
     # -- what readers read -------------------------------------------------------------------------------------
-
-    @property
-    def model(self) -> str | None:
-        """The model the request names, once its body was parsed (request_body.RequestBody.model)."""
-        return self.body.model if self.body else None
 
     @property
     def usage(self) -> Usage | None:
