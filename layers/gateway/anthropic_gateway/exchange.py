@@ -15,7 +15,7 @@ becomes known, by one module:
   - the end: status and who failed the request, first byte, last byte, whether the body ended normally.
 Upstream and end change as the request goes on: they are written only by this class's methods, each named for what
 happened (`refused`, `client_left`, `first_byte`, `body_ended`, `broke_off`, `finished`...). Readers use the fields
-and the properties built on them (`model`, `usage`, `forwarded`, `response_model`, latency).
+and the properties built on them (`usage`, `forwarded`, `response_model`, latency).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Exchange:
     # -- the request as every check reads it, each set once (app.py)
     principal: Principal | None = None
     tags: list[str] = field(default_factory=list)
-    model: str | None = None  # from the request body when it names one and something read it
+    model: str | None = None  # the one the body names, as the checks and routing read it (None: none, or unread)
     # -- admission
     admission: Admission | None = None  # what governance.admit reserved for this request, released at settle
     batch: BatchState | None = None  # a batch create's reservation, batches seen ended, or a results tap (batches.py)
