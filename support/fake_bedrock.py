@@ -2,7 +2,7 @@
 
     with FakeBedrock() as fake:
         bedrock = Bedrock(region=fake.region, base_url=fake.base_url, credentials=fake.credentials)
-        url, headers, body = await bedrock.prepare("POST", "/v1/messages", b"", headers, body)
+        url, headers, body = await prepare(bedrock, "POST", "/v1/messages", b"", headers, body)
         ...
         assert fake.requests[-1].auth == "sigv4"
 
@@ -40,6 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from anthropic_gateway.bedrock import Bedrock
+from anthropic_gateway.request_body import RequestBody
 from support.fake_anthropic import ApiError, FakeAnthropic, RecordedRequest, _error_body, _error_headers
 from support.servers import ThreadedUvicorn
 
@@ -68,6 +70,13 @@ _AUTH = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request, "
     r"SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})"
 )
+
+
+async def prepare(
+    bedrock: Bedrock, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
+    """What the gateway sends Bedrock for `body` (`Bedrock.prepare`), its model found as the pass-through finds it."""
+    return await bedrock.prepare(method, path, query, headers, body, await RequestBody(body).model_span())
 
 
 def shipped_bedrock_ids() -> set[str]:

@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from anthropic_gateway.bedrock import Bedrock, model_span, sign, signing_scope
+from anthropic_gateway.bedrock import Bedrock, sign, signing_scope
 from anthropic_gateway.bedrock_errors import anthropic_error
 from anthropic_gateway.bedrock_models import BedrockConfigError, ModelTable, load_model_ids, model_table
 from anthropic_gateway.errors import GatewayError
-from support.fake_bedrock import FakeBedrock
+from anthropic_gateway.request_body import RequestBody
+from support.fake_bedrock import FakeBedrock, prepare
 
 PACKAGE = Path(__file__).parents[1] / "layers/gateway/anthropic_gateway"
 HEADERS = [
@@ -53,7 +54,7 @@ def _send(url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> httpx.Re
 
 
 def _through(upstream: Bedrock, body: bytes, path: str = "/v1/messages", query: bytes = b"") -> httpx.Response:
-    url, headers, content = asyncio.run(upstream.prepare("POST", path, query, HEADERS, body))
+    url, headers, content = asyncio.run(prepare(upstream, "POST", path, query, HEADERS, body))
     return _send(url, headers, content)
 
 
@@ -183,8 +184,8 @@ _UNICODE = '{"system":"caf\u00e9 \\u00e9 \U0001f600",'.encode()
     ],
 )
 def test_only_the_bytes_of_the_model_string_change(body, model, expected, upstream):
-    assert model_span(body)[0] == model
-    assert asyncio.run(upstream.prepare("POST", "/v1/messages", b"", HEADERS, body))[2] == expected
+    assert asyncio.run(RequestBody(body).model_span())[0] == model
+    assert asyncio.run(prepare(upstream, "POST", "/v1/messages", b"", HEADERS, body))[2] == expected
 
 
 @pytest.mark.parametrize(
@@ -200,15 +201,15 @@ def test_only_the_bytes_of_the_model_string_change(body, model, expected, upstre
     ],
 )
 def test_bodies_without_exactly_one_model_string_are_refused(body, upstream):
-    assert model_span(body) is None
+    assert asyncio.run(RequestBody(body).model_span()) is None
     with pytest.raises(GatewayError) as refused:
-        asyncio.run(upstream.prepare("POST", "/v1/messages", b"", HEADERS, body))
+        asyncio.run(prepare(upstream, "POST", "/v1/messages", b"", HEADERS, body))
     assert refused.value.status == 400
 
 
 def test_a_model_bedrock_does_not_offer_is_refused_before_sending(upstream):
     with pytest.raises(GatewayError) as refused:
-        asyncio.run(upstream.prepare("POST", "/v1/messages", b"", HEADERS, MESSAGE.replace(b"haiku-4-5", b"3-opus")))
+        asyncio.run(prepare(upstream, "POST", "/v1/messages", b"", HEADERS, MESSAGE.replace(b"haiku-4-5", b"3-opus")))
     assert (refused.value.status, refused.value.error_type) == (400, "invalid_request_error")
 
 
@@ -218,7 +219,7 @@ def test_a_model_bedrock_does_not_offer_is_refused_before_sending(upstream):
 def test_paths_bedrock_lacks_are_refused(method, path, upstream):
     assert not upstream.serves(method, path)
     with pytest.raises(GatewayError) as refused:
-        asyncio.run(upstream.prepare(method, path, b"", HEADERS, MESSAGE))
+        asyncio.run(prepare(upstream, method, path, b"", HEADERS, MESSAGE))
     assert refused.value.status == 404
 
 
@@ -247,7 +248,7 @@ def test_a_signed_message_is_accepted_with_the_bedrock_model_and_the_clients_byt
 
 def test_a_signed_stream_answers_with_anthropics_events_and_final_usage(upstream, fake):
     body = MESSAGE[:-1] + b', "stream": true}'
-    url, headers, content = asyncio.run(upstream.prepare("POST", "/v1/messages", b"", HEADERS, body))
+    url, headers, content = asyncio.run(prepare(upstream, "POST", "/v1/messages", b"", HEADERS, body))
     with httpx.Client(timeout=10) as client, client.stream("POST", url, headers=headers, content=content) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")

@@ -325,6 +325,38 @@ def test_a_bedrock_answer_is_priced_and_logged_as_the_clients_model(gateway, mak
     assert Decimal(str(info["spend"])) == expected
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"litellm_metadata": {"tags": ["a"]}, "model": "MODEL", "max_tokens": 64, "messages": HELLO}',
+        b'{"max_tokens":64,"litellm_metadata":{"tags":["a"]} , "model" :\t"MODEL","messages":HELLO}',
+        b'{"max_tokens": 64, "messages": HELLO, "model": "MODEL", "litellm_metadata": {"tags": ["a"]}}',
+    ],
+)
+def test_a_failed_over_request_reaches_bedrock_byte_exact_and_is_priced_as_the_clients_model(
+    gateway, make_key, bedrock, fake_upstream, captured, raw
+):
+    """The model is read once, from the bytes that go upstream (here with `litellm_metadata` cut out before, between
+    and after the other members): Bedrock gets Anthropic's bytes but the model's string, and the answer is priced
+    as the model the client named."""
+    body = raw.replace(b"MODEL", MODEL.encode()).replace(b"HELLO", json.dumps(HELLO).encode())
+    usage = {"input_tokens": 1200, "output_tokens": 300}
+    fake_upstream.fail_next(529)
+    headers = {"content-type": "application/json", "x-fake-usage": json.dumps(usage)}
+    with _http(gateway, make_key(upstreams=["anthropic", "bedrock"]), **headers) as http:
+        response = http.post("/v1/messages", content=body)
+
+    assert response.status_code == 200 and response.headers["x-gateway-upstream"] == "bedrock"
+    as_anthropic_got_it = fake_upstream.requests[0].body
+    assert b"litellm_metadata" not in as_anthropic_got_it
+    assert bedrock.requests[0].request.body == as_anthropic_got_it.replace(
+        b'"%s"' % MODEL.encode(), b'"%s"' % BEDROCK_MODEL.encode()
+    )
+    access = captured.for_request(response.headers["x-gateway-request-id"]).access
+    assert access["model"] == MODEL and access["failover_cause"] == "status_529"
+    assert Decimal(str(access["cost_usd"])) == pricing.cost_usd(MODEL, Usage(**usage)) > 0
+
+
 @pytest.mark.parametrize("upstream", ["bedrock", "anthropic"])
 def test_a_model_named_by_its_bedrock_id_is_allowed_priced_and_counted_as_the_anthropic_model(
     gateway, make_key, admin, bedrock, fake_upstream, captured, upstream

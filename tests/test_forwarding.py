@@ -175,6 +175,25 @@ def test_litellm_metadata_removal_keeps_every_other_byte(body, expected):
     assert asyncio.run(request_body.prepare(body)).raw == expected
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"litellm_metadata":{"tags":["a"]},"model":"m"}',
+        b'{"model":"m", "litellm_metadata": {"tags": ["a"]} }',
+        '{"a":"\u00e9\u6f22","litellm_metadata":{"t":"\u00e9"} ,\n "model" : "m\u00e9","b":1}'.encode(),
+        '{"a":"\u00e9","model":"m","litellm_metadata":{"t":"\u6f22"}}'.encode(),
+    ],
+)
+def test_the_model_is_found_in_the_bytes_left_after_the_cut(body):
+    """Bedrock's rewrite splices the model's bytes where the one parse found them, also past a cut and non-ASCII
+    text: exactly where a fresh read of the forwarded bytes finds them."""
+    prepared = asyncio.run(request_body.prepare(body))
+    assert b"litellm_metadata" not in prepared.raw
+    span = asyncio.run(prepared.model_span())
+    assert span is not None and span == asyncio.run(request_body.RequestBody(prepared.raw).model_span())
+    assert json.loads(prepared.raw[span[1] : span[2]]) == span[0] == prepared.model
+
+
 def test_litellm_metadata_is_returned_for_tags_and_gone_from_what_checks_read():
     body = asyncio.run(request_body.prepare(b'{"litellm_metadata":{"tags":["t"]},"model":"m"}'))
     assert body.litellm_metadata == {"tags": ["t"]}

@@ -306,7 +306,8 @@ def test_no_secret_or_body_in_any_line(listed_gateway, gw, captured, key):
 
 
 def test_namespace_comes_from_settings():
-    exchange = Exchange(method="GET", path="/v1/models", status=200)
+    exchange = Exchange(method="GET", path="/v1/models")
+    exchange.answered(200, None)
     blobs = [json.loads(line) for line in writer(metrics_namespace="TeamGateway").emf_blobs(exchange, 0.0)]
     assert {d["Namespace"] for b in blobs for d in b["_aws"]["CloudWatchMetrics"]} == {"TeamGateway"}
 
@@ -314,7 +315,7 @@ def test_namespace_comes_from_settings():
 def test_model_dimension_never_takes_arbitrary_client_input():
     exchange = Exchange(method="POST", path="/v1/messages", model="x" * 300)
     assert metrics.model_dimension(exchange, "") == metrics.OTHER
-    exchange.model = "claude-sonnet-4-5-20250929"
+    exchange = Exchange(method="POST", path="/v1/messages", model="claude-sonnet-4-5-20250929")
     assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-sonnet-4-5-20250929", "")
     assert metrics.model_dimension(Exchange(method="GET", path="/v1/models"), "") == metrics.UNKNOWN_MODEL
 
@@ -339,11 +340,12 @@ def test_the_model_the_upstream_answered_with_is_a_dimension_value_only_when_kno
     """The upstream's answer wins over the request, but an unknown answered id is `other` too (a hostile or
     misconfigured upstream could otherwise echo any string into a dimension)."""
     exchange = Exchange(method="POST", path="/v1/messages", model=MODEL)
-    exchange.tap = UsageTap(content_type="application/json", model="evil-model-" + uuid.uuid4().hex)
+    tap = UsageTap(content_type="application/json", model="evil-model-" + uuid.uuid4().hex)
+    exchange.answered(200, tap)
     assert metrics.model_dimension(exchange, "") == metrics.OTHER
-    exchange.tap.model = "claude-opus-4-1-20250805"
+    tap.model = "claude-opus-4-1-20250805"
     assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-opus-4-1-20250805", "") != MODEL
-    exchange.tap.model = "claude-opus-4-1-" + "x" * 5000  # a known prefix: billed, and shown, as that model
+    tap.model = "claude-opus-4-1-" + "x" * 5000  # a known prefix: billed, and shown, as that model
     assert metrics.model_dimension(exchange, "") == pricing.resolve_model("claude-opus-4-1", "")
 
 
@@ -422,17 +424,18 @@ def _powertools_blob(blob: dict) -> dict:
 
 
 def test_blobs_serialise_as_powertools_would():
-    exchange = Exchange(method="POST", path="/v1/messages", status=429, error_source="upstream")
-    exchange.tags = ["team:m", "app:json", "unlisted"]
-    exchange.tap = UsageTap("text/event-stream")
-    exchange.tap.usage, exchange.tap.seen_usage = Usage(input_tokens=123_456_789, output_tokens=7), True
-    exchange.upstream, exchange.failover_cause = "bedrock", "status_529"
     record = KeyRecord(token="0" * 64, key_name="sk-...0000", key_alias="m", team_id="search", user_id="ana")
-    exchange.principal = Principal(record=record)
+    tags = ["team:m", "app:json", "unlisted"]
+    exchange = Exchange(method="POST", path="/v1/messages", principal=Principal(record=record), tags=tags)
+    exchange.trying("anthropic")
+    exchange.failing_over("status_529")
+    exchange.trying("bedrock")
+    tap = UsageTap("text/event-stream")
+    tap.usage, tap.seen_usage = Usage(input_tokens=123_456_789, output_tokens=7), True
+    exchange.answered(429, tap)
     tagged = writer(metric_tags=LISTED_TAGS)
     lines = tagged.emf_blobs(exchange, 0.25)
-    # The overall blob: [service, Team] too.
-    assert json.loads(lines[0])["Team"] == metrics.team_dimension(exchange, tagged.teams)
+    assert json.loads(lines[0])["Team"] == metrics.team_dimension(exchange, tagged.teams)  # overall: [service, Team]
     # by model, upstream and team, three tags, status class, failover cause
     assert len(lines) == 6 and all(line.endswith("}\n") and line.count("\n") == 1 for line in lines)
     for line in lines:

@@ -16,7 +16,7 @@ from anthropic_gateway import keys
 from anthropic_gateway.runtime import Runtime
 from anthropic_gateway.settings import SettingsError, get_settings
 from anthropic_gateway.storage import key_records
-from support.fake_bedrock import FakeBedrock
+from support.fake_bedrock import FakeBedrock, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = b'{"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}'
@@ -213,7 +213,7 @@ def test_with_moto_embedded_its_credentials_sign_bedrock_requests(aws, environme
         upstream = Runtime(get_settings()).bedrock  # its credentials resolved through the chain
         headers = [(b"content-type", b"application/json"), (b"anthropic-version", b"2023-06-01")]
 
-        url, signed, body = asyncio.run(upstream.prepare("POST", "/v1/messages", b"", headers, MESSAGE))
+        url, signed, body = asyncio.run(prepare(upstream, "POST", "/v1/messages", b"", headers, MESSAGE))
         response = httpx.post(url, headers=signed, content=body, timeout=10)
 
     assert response.status_code == 200, response.text

@@ -210,8 +210,9 @@ async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
 
 
 async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeResponse:
-    exchange = Exchange(method=request.method, path="", arrival=Arrival.of(request.scope))
+    exchange = Exchange(method=request.method, arrival=Arrival.of(request.scope))
     response: ExchangeResponse | None = None
+    body: request_body.RequestBody | None = None
     try:
         try:
             exchange.principal = await authenticate(runtime, request.headers)
@@ -225,20 +226,25 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
             # A batch create reserves its whole estimate (402 when it cannot); any request may start a batch sweep.
             await admit_batch(runtime, exchange, body.raw)
             # Anthropic, Amazon Bedrock, or one then the other (failover): routing.py
-            response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body.raw, exchange))
+            response = await _until_disconnect(request, routing.forward(runtime.upstreams, request, body, exchange))
         except GatewayError as exc:
+            exchange.refused(exc.status)
             response = _error(exchange, exc)
         except _ClientGone:  # nobody reads this answer; it is what the access log shows (nginx's 499)
+            exchange.client_left()
             response = _error(exchange, GatewayError(499, "The client closed the request."))
-            exchange.error_source = None
         except Exception:  # a bug or an unforeseen failure: still an Anthropic-shaped answer, still accounted
             logger.exception("pass-through failed", extra={"request_id": exchange.request_id})
-            response = _error(exchange, GatewayError(502, "Upstream or gateway error; the request was not completed."))
+            failure = GatewayError(502, "Upstream or gateway error; the request was not completed.")
+            exchange.refused(failure.status)
+            response = _error(exchange, failure)
     finally:
+        # The checks and routing are done reading the body: the model it names, as they read it, is known now.
+        exchange.model = body.model if body else None
         if response is None:
-            # Cancelled before any response existed (the server is stopping, or anything else that is not an
-            # Exception): account here all the same, so the holds admission took are released.
-            exchange.status, exchange.error_source = exchange.status or 499, exchange.error_source or "gateway"
+            # Cancelled before any response existed: account here all the same, so the holds admission took are
+            # released.
+            exchange.cancelled()
             runtime.accounting.after_response(exchange)
     # Called by the response once it has ended, however it ended: every pass-through request is accounted once.
     response.after_response = runtime.accounting.after_response
@@ -246,7 +252,6 @@ async def anthropic_passthrough(runtime: Runtime, request: Request) -> ExchangeR
 
 
 def _error(exchange: Exchange, exc: GatewayError) -> ExchangeResponse:
-    exchange.status, exchange.error_source = exc.status, "gateway"
     error = render(exc)
     headers = error.raw_headers
     if exchange.upstream:  # the upstream could not be reached, or cannot serve this request (a Bedrock-only key)

@@ -18,7 +18,6 @@ import anyio.to_thread
 
 from .bedrock_models import BedrockConfigError, ModelTable, model_table
 from .errors import GatewayError
-from .request_body import top_level_members
 from .secrets import Secrets
 from .settings import Settings
 
@@ -46,38 +45,12 @@ _CREDENTIALS_WAIT = 10.0  # seconds; botocore's providers have their own, shorte
 # -- the body -----------------------------------------------------------------------------------------------------
 
 
-def model_span(body: bytes) -> tuple[str, int, int] | None:
-    """(model, start, end): the top-level "model" string and the byte span of its JSON value, quotes included.
-
-    None when the body is not a JSON object with exactly one top-level "model" string: duplicates are refused
-    because JSON parsers disagree on which one wins.
-    """
-    try:
-        text = body.decode()
-        members = top_level_members(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    if members is None:
-        return None
-    found = [(start, end, value) for name, start, end, value in members if name == "model"]
-    if len(found) != 1:
-        return None
-    name_start, end, model = found[0]
-    if not isinstance(model, str):
-        return None
-    _, pos = json.decoder.scanstring(text, name_start + 1)  # type: ignore[attr-defined]
-    value_start = _skip_blanks(text, _skip_blanks(text, pos) + 1)  # past the name, ':' and blanks
-    head = len(text[:value_start].encode())  # char offsets to byte offsets
-    return model, head, head + len(text[value_start:end].encode())
+# (model, start, end): the request's top-level "model" string and the byte span of its JSON value, quotes included
+# (request_body.RequestBody.model_span finds it).
+ModelSpan = tuple[str, int, int]
 
 
-def _skip_blanks(text: str, pos: int) -> int:
-    while text[pos : pos + 1] in (" ", "\t", "\n", "\r"):
-        pos += 1
-    return pos
-
-
-def _splice(body: bytes, span: tuple[str, int, int], model_id: str) -> bytes:
+def _splice(body: bytes, span: ModelSpan, model_id: str) -> bytes:
     """The body with only the value at `span` replaced by `model_id`: bytes are spliced, not text re-encoded, so
     every byte before and after the value is the client's."""
     return body[: span[1]] + json.dumps(model_id).encode() + body[span[2] :]
@@ -171,11 +144,12 @@ class Bedrock:
         return self.models.bedrock_id(model)
 
     async def prepare(
-        self, method: str, path: str, query: bytes, headers: Headers, body: bytes
+        self, method: str, path: str, query: bytes, headers: Headers, body: bytes, model: ModelSpan | None
     ) -> tuple[str, Headers, bytes]:
         """(URL, headers, body) to send to Bedrock for a request the gateway already checked and would forward.
 
-        `path` is below /anthropic (e.g. /v1/messages), `headers` what would go to Anthropic (its key is dropped).
+        `path` is below /anthropic (e.g. /v1/messages), `headers` what would go to Anthropic (its key is dropped),
+        `model` where `body` names its model (None: it names none, or not exactly one).
         Raises GatewayError for what Bedrock cannot serve: the integration decides whether that means failing over
         never happens (failover) or the client gets it (a Bedrock-only key).
         """
@@ -183,7 +157,7 @@ class Bedrock:
             raise GatewayError(
                 404, f"Amazon Bedrock does not serve {method} {path}; only POST {', '.join(sorted(PATHS))}."
             )
-        rewritten = _rewrite_for_bedrock(body, self.models)
+        rewritten = _rewrite_for_bedrock(body, model, self.models)
         url = self.base_url + path + ("?" + query.decode("latin-1") if query else "")
         kept = [(n, v) for n, v in headers if not _dropped(n.decode("latin-1").lower())]
         if self.api_key_secret and self._secrets is not None:
@@ -231,8 +205,7 @@ def _dropped(name: str) -> bool:
     return name in _DROP or name.startswith(_DROP_PREFIXES)
 
 
-def _rewrite_for_bedrock(body: bytes, models: ModelTable) -> bytes:
-    span = model_span(body)
+def _rewrite_for_bedrock(body: bytes, span: ModelSpan | None, models: ModelTable) -> bytes:
     if span is None:
         raise GatewayError(400, 'Requests sent to Amazon Bedrock need a JSON body with one top-level "model" string.')
     model_id = models.bedrock_id(span[0])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,6 +24,7 @@ from .errors import GatewayError
 from .exchange import Exchange
 from .front_door import Arrival
 from .pricing import UnknownModels
+from .request_body import RequestBody
 from .responses import BufferedResponse, RelayResponse, bodiless
 from .secrets import Secrets
 from .settings import Settings
@@ -224,7 +224,7 @@ class Answer:
     error_body: bytes | None = None  # a Bedrock error, read whole and in Anthropic's shape
 
 
-async def ask(upstreams: Upstreams, upstream: str, request: Request, body: bytes, exchange: Exchange) -> Answer:
+async def ask(upstreams: Upstreams, upstream: str, request: Request, body: RequestBody, exchange: Exchange) -> Answer:
     """Send the request to one upstream and wait for its answer's head. Raises UpstreamError when the upstream
     cannot be reached or does not answer in time, GatewayError when the request cannot go there at all."""
     query: bytes = request.scope["query_string"]
@@ -235,16 +235,20 @@ async def ask(upstreams: Upstreams, upstream: str, request: Request, body: bytes
         target = upstream_pool.base_path + exchange.path.encode("ascii") + (b"?" + query if query else b"")
         version = upstreams.settings.default_anthropic_version
         headers = upstream_headers(request.scope, await upstreams.secrets.upstream_key(), version)
-        response = await upstream_pool.request(request.method, target, headers, body)
+        response = await upstream_pool.request(request.method, target, headers, body.raw)
         return Answer(upstream, response, response.status)
     except ValueError:  # a query or header the client sent that would break HTTP framing
         raise GatewayError(400, "The request's query string or headers cannot be forwarded.") from None
 
 
-async def _ask_bedrock(upstreams: Upstreams, request: Request, body: bytes, exchange: Exchange, query: bytes) -> Answer:
+async def _ask_bedrock(
+    upstreams: Upstreams, request: Request, body: RequestBody, exchange: Exchange, query: bytes
+) -> Answer:
     """The same request to Amazon Bedrock: its model id and SigV4 (bedrock.py); its errors read and translated."""
     headers = upstream_headers(request.scope, None, upstreams.settings.default_anthropic_version)
-    url, headers, content = await upstreams.bedrock.prepare(request.method, exchange.path, query, headers, body)
+    bedrock, method = upstreams.bedrock, request.method
+    model = await body.model_span() if bedrock.serves(method, exchange.path) else None
+    url, headers, content = await bedrock.prepare(method, exchange.path, query, headers, body.raw, model)
     parts = urlsplit(url)
     target = (parts.path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
     response = await upstreams.pools.get("bedrock").request(request.method, target, headers, content)
@@ -278,15 +282,11 @@ async def _read_capped(response: UpstreamResponse) -> bytes:
 
 
 async def respond(
-    upstreams: Upstreams, request: Request, exchange: Exchange, answer: Answer, body: bytes
+    upstreams: Upstreams, request: Request, exchange: Exchange, answer: Answer, body: RequestBody
 ) -> RelayResponse | BufferedResponse:
     """The response that relays the chosen answer back and ends the exchange (`responses.py`). `body` is the
     request's: a Messages answer that ends without its usage is billed the most that request can cost."""
     upstream = answer.response
-    exchange.upstream = answer.upstream
-    exchange.status = answer.status
-    if answer.status >= 400:
-        exchange.error_source = "upstream"
     content_type, headers = "", []
     dropped = _DROP_BODILESS if bodiless(upstream.status) else _DROP_RESPONSE
     for name, value in upstream.headers:
@@ -298,8 +298,9 @@ async def respond(
     headers.append((UPSTREAM_HEADER, answer.upstream.encode()))
 
     if answer.error_body is not None:  # Bedrock's error, already read: Anthropic's shape, Anthropic's status
-        exchange.first_byte_at = time.perf_counter()
-        exchange.completed = True
+        exchange.answered(answer.status, None)
+        exchange.first_byte()
+        exchange.body_ended()
         headers = [(n, v) for n, v in headers if n.lower() != b"content-type"]
         return BufferedResponse(
             exchange, answer.error_body, answer.status, [*headers, (b"content-type", b"application/json")]
@@ -308,8 +309,8 @@ async def respond(
     tap: UsageTap | None = batches.results_tap(upstreams.unknown_models, exchange, upstream.status, content_type)
     if tap is None:
         billed = upstream.status == 200 and (exchange.method, exchange.path) == ("POST", MESSAGES_PATH)
-        tap = UsageTap(content_type, request=body if billed else None)
-    exchange.tap = tap
+        tap = UsageTap(content_type, request=body.raw if billed else None)
+    exchange.answered(answer.status, tap)
     if _BATCH_PATH.fullmatch(exchange.path) and content_type.startswith("application/json"):
         # Small JSON: read it whole so results_url can point at the gateway.
         try:
@@ -320,11 +321,10 @@ async def respond(
             raise upstream_failure(exc, answer.upstream, "broke off its answer") from None
         finally:
             await upstream.aclose()
-        await batches.observe(
-            upstreams.aws, upstreams.settings, exchange, content
-        )  # remembers a created batch, notes ended ones
-        exchange.first_byte_at = time.perf_counter()
-        exchange.completed = True
+        # Remembers a created batch, notes ended ones.
+        await batches.observe(upstreams.aws, upstreams.settings, exchange, content)
+        exchange.first_byte()
+        exchange.body_ended()
         return BufferedResponse(exchange, content, upstream.status, headers)
 
     return RelayResponse(exchange, upstream, tap, headers)

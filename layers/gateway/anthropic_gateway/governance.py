@@ -114,8 +114,6 @@ async def admit(runtime: Parts, exchange: Exchange, body: RequestBody) -> None:
     budgeted = any(scope.budgeted for scope in governed)
     estimates = budgeted and (exchange.method, exchange.path) == ("POST", ESTIMATED_PATH)
     parsed = await body.parsed(strict=checks_models) if checks_models or estimates else None
-    if isinstance(parsed, dict) and isinstance(parsed.get("model"), str) and exchange.model is None:
-        exchange.model = parsed["model"][:200]
     if checks_models:
         check_models(allowlists, exchange.path, parsed, runtime.settings.bedrock_model_ids)
     # Set before the checks that can refuse: settle then releases whatever was taken, refused or not, and records

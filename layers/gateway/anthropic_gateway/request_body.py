@@ -1,11 +1,12 @@
 """The pass-through request body: read once, and the same bytes checked and forwarded.
 
 Every check (the models allowlist, the budget estimate, tags from `litellm_metadata`) reads `RequestBody.parsed`,
-which is the JSON of `RequestBody.raw`: the bytes that go upstream. The checks parse a body at most once between
-them, and only when one must (a check needs it, or it may carry `litellm_metadata`); otherwise it goes through
-untouched, however deep or odd. Two readers scan the same bytes again for what they need: a request Bedrock may
-serve, for the byte span of its `model` (`bedrock.model_span`, when routing and again when sending to Bedrock),
-and a batch create, for its cost estimate (`batches.estimate_batch`).
+which is the JSON of `RequestBody.raw`: the bytes that go upstream. Routing to Amazon Bedrock reads the same parse
+for the byte span of the `model` string (`RequestBody.model_span`: only those bytes change for Bedrock), and the
+model the request names (`RequestBody.model`: what accounting knows it by) is that same member. A body is parsed at
+most once between them, and only when one must (a check needs it, it may carry `litellm_metadata`, or Bedrock may
+serve it); otherwise it goes through untouched, however deep or odd. One reader scans the same bytes again: a batch
+create, for its cost estimate (`batches.estimate_batch`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from .errors import GatewayError
 _INLINE_PARSE_BYTES = 64 * 1024
 _WS = re.compile(r"[ \t\n\r]*")
 _NOT_PARSED = object()
+_MODEL_KEPT = 200  # characters of a model name kept for accounting and logs
+
+# (model, start, end): the request's top-level "model" string and the byte span of its JSON value, quotes included.
+ModelSpan = tuple[str, int, int]
 
 
 @dataclass
@@ -58,6 +63,43 @@ class RequestBody:
                 400, "The request body is not valid JSON; this key may only use some models, so it must name one."
             )
         return self._parsed
+
+    @property
+    def model(self) -> str | None:
+        """The model the request names (its first 200 characters), once the body has been parsed (by a check, for
+        `litellm_metadata`, or for Bedrock): its one top-level "model" string. None when nothing parsed it, or it
+        names none (or more than one)."""
+        found = self._model_member()
+        return found[2][:_MODEL_KEPT] if found else None
+
+    async def model_span(self) -> ModelSpan | None:
+        """(model, start, end): the top-level "model" string and the byte span of its JSON value in `raw`, quotes
+        included; from the one parse of the body (made now if none was).
+
+        None when the body is not a JSON object with exactly one top-level "model" string: duplicates are refused
+        because JSON parsers disagree on which one wins.
+        """
+        if self._parsed is _NOT_PARSED:
+            await self._parse()
+        found = self._model_member()
+        if found is None:
+            return None
+        name_start, end, model = found
+        text = self.raw.decode()
+        _, pos = json.decoder.scanstring(text, name_start + 1)  # type: ignore[attr-defined]
+        value_start = _skip_ws(text, _skip_ws(text, pos) + 1)  # past the name, ':' and blanks
+        head = len(text[:value_start].encode())  # char offsets to byte offsets
+        return model, head, head + len(text[value_start:end].encode())
+
+    def _model_member(self) -> tuple[int, int, str] | None:
+        """(start, end, value) of the one top-level "model" string in the parse of `raw`, if there is one."""
+        if self._members is None:
+            return None
+        found = [(start, end, value) for name, start, end, value in self._members if name == "model"]
+        if len(found) != 1:
+            return None
+        start, end, value = found[0]
+        return (start, end, value) if isinstance(value, str) else None
 
     async def _parse(self) -> None:
         try:
@@ -130,7 +172,12 @@ def _cut_litellm_metadata(body: RequestBody) -> None:
     body.litellm_metadata = value if isinstance(value, dict) else None
     assert isinstance(body._parsed, dict)
     del body._parsed["litellm_metadata"]  # what the checks read stays what is forwarded
-    body._members = None  # offsets into the old bytes
+    # The other members' offsets, into the new text: those after the cut move back by its length.
+    cut = cut_end - cut_start
+    body._members = [
+        (name, start - cut, end - cut, value) if start >= cut_end else (name, start, end, value)
+        for name, start, end, value in members[:index] + members[index + 1 :]
+    ]
 
 
 def _first_duplicate(names: list[str]) -> str | None:

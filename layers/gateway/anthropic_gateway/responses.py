@@ -12,7 +12,6 @@ short (client gone, upstream broken off, server shutting down) still calls it, e
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 
 from starlette.responses import Response
@@ -36,7 +35,7 @@ class ExchangeResponse(Response):
 
     def _finish(self) -> None:
         """Called exactly once, from the `finally` of `__call__`, whatever happened before."""
-        self.exchange.finished_at = self.exchange.finished_at or time.perf_counter()
+        self.exchange.finished()
         if self.after_response is not None:
             self.after_response(self.exchange)
 
@@ -88,12 +87,12 @@ class RelayResponse(ExchangeResponse):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             ended = False
             async for chunk in upstream.aiter_raw():
-                if exchange.first_byte_at is None:
-                    exchange.first_byte_at = time.perf_counter()
+                exchange.first_byte()
                 tap.feed(chunk)
                 ended = upstream.body_read  # the last chunk ends the response: no empty send after it
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-            exchange.completed = tap.complete = True
+            exchange.body_ended()
+            tap.complete = True
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -102,12 +101,12 @@ class RelayResponse(ExchangeResponse):
             relay.uncancel()  # the client went away; the relay ends here
         except UpstreamError:
             # The upstream broke off or fell silent mid-body; the client sees its response end there.
-            exchange.error_source = exchange.error_source or "upstream"
+            exchange.broke_off()
         except OSError:
             pass  # the client went away while we were sending
         finally:
             watch.stop()
-            exchange.finished_at = time.perf_counter()  # the last byte, not the close below
+            exchange.finished()  # the last byte, not the close below
             await upstream.aclose()  # synchronous inside: nothing a cancellation could interrupt
             tap.close()
             self._finish()

@@ -13,10 +13,10 @@ from __future__ import annotations
 from starlette.requests import Request
 
 from . import forwarding
-from .bedrock import model_span
 from .errors import GatewayError
 from .exchange import Exchange
 from .keys import effective_upstreams
+from .request_body import RequestBody
 from .responses import BufferedResponse, RelayResponse
 from .settings import Settings
 from .upstream_http import UpstreamError, UpstreamTimeout
@@ -24,7 +24,9 @@ from .upstream_http import UpstreamError, UpstreamTimeout
 _OUTAGE = {529: "status_529", 500: "status_5xx", 502: "status_5xx", 503: "status_5xx", 504: "status_5xx"}
 
 
-def upstream_order(upstreams: forwarding.Upstreams, exchange: Exchange, method: str, body: bytes) -> list[str]:
+async def upstream_order(
+    upstreams: forwarding.Upstreams, exchange: Exchange, method: str, body: RequestBody
+) -> list[str]:
     """The upstreams to try for this request, in order: the key's, less Bedrock where it cannot serve it.
 
     A key whose only upstream is Bedrock keeps it either way: `Bedrock.prepare` then says why (404 for a path, 400
@@ -36,9 +38,7 @@ def upstream_order(upstreams: forwarding.Upstreams, exchange: Exchange, method: 
     if "bedrock" not in order:
         return list(order)
     bedrock = upstreams.bedrock
-    span = model_span(body) if bedrock.serves(method, exchange.path) else None
-    if span and exchange.model is None:
-        exchange.model = span[0][:200]  # the client's model: what a Bedrock answer is priced as
+    span = await body.model_span() if bedrock.serves(method, exchange.path) else None
     servable = span is not None and bedrock.model_id(span[0]) is not None
     usable = [name for name in order if name != "bedrock" or servable]
     return usable or list(order)
@@ -52,31 +52,31 @@ def failover_cause(status: int, settings: Settings) -> str | None:
 
 
 async def forward(
-    upstreams: forwarding.Upstreams, request: Request, body: bytes, exchange: Exchange
+    upstreams: forwarding.Upstreams, request: Request, body: RequestBody, exchange: Exchange
 ) -> RelayResponse | BufferedResponse:
     """Send the request to the first upstream of `upstreams` that answers for real; relay that answer to the
     client."""
-    order = upstream_order(upstreams, exchange, request.method, body)
+    order = await upstream_order(upstreams, exchange, request.method, body)
     for position, upstream in enumerate(order):
         last = position == len(order) - 1
-        exchange.upstream = upstream
+        exchange.trying(upstream)
         try:
             answer = await forwarding.ask(upstreams, upstream, request, body, exchange)
         except UpstreamError as exc:
             if last:
                 raise forwarding.upstream_failure(exc, upstream) from None
-            exchange.failover_cause = "timeout" if isinstance(exc, UpstreamTimeout) else "unreachable"
+            exchange.failing_over("timeout" if isinstance(exc, UpstreamTimeout) else "unreachable")
             continue
         except GatewayError as exc:
             # Bedrock without credentials (or its API key) is as unreachable as a refused connection; a 4xx
             # (a path or model it cannot serve) is never failed over: upstream_order left those out already.
             if last or exc.status < 500:
                 raise
-            exchange.failover_cause = "unreachable"
+            exchange.failing_over("unreachable")
             continue
         cause = None if last else failover_cause(answer.status, upstreams.settings)
         if cause is None:
             return await forwarding.respond(upstreams, request, exchange, answer, body)
         await answer.response.aclose()  # nothing of it went to the client: close it unread
-        exchange.failover_cause = cause
+        exchange.failing_over(cause)
     raise AssertionError("unreachable: the last upstream's answer is always returned")
