@@ -151,3 +151,34 @@ def test_a_burst_through_a_governed_key_on_the_embedded_moto_is_exact(serve, fak
     process.terminate()
     process.wait(10)
     assert "Traceback" not in process.output()
+
+
+def test_the_local_dynamodb_keeps_no_copy_of_the_table_per_transaction(aws):
+    """moto copies a table for each TransactWriteItems (to roll back) and would track every copy forever: `make dev`
+    and the suite grew by gigabytes. local.behave_like_dynamodb stops that: failed and applied transactions alike
+    leave one table behind."""
+    import gc
+
+    from moto.dynamodb.models.table import Table as MotoTable
+
+    from anthropic_gateway.aws import AwsCalls
+    from anthropic_gateway.settings import get_settings
+    from anthropic_gateway.storage import table
+
+    client = AwsCalls(get_settings()).client("dynamodb")
+    name = get_settings().table_name
+    put = {"TableName": name, "Item": {"pk": {"S": "copies-test"}, "sk": {"S": "ITEM"}}}
+
+    def tables() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is MotoTable)
+
+    before = tables()
+    for _ in range(20):
+        client.transact_write_items(TransactItems=[{"Put": put}])
+        with pytest.raises(client.exceptions.TransactionCanceledException):
+            client.transact_write_items(
+                TransactItems=[{"Put": {**put, "ConditionExpression": "attribute_not_exists(pk)"}}]
+            )
+    assert tables() <= before + 1
+    table.handle().delete_item(Key={"pk": "copies-test", "sk": "ITEM"})

@@ -84,6 +84,7 @@ class AwsCalls:
                 import botocore.session  # deferred: a process that never calls AWS does not pay for it
 
                 self._session = botocore.session.get_session()
+                self._session.register_component("data_loader", _shared_loader(self._session))
             return self._session.create_client(service, config=self.config)
 
     def forget_session(self) -> None:
@@ -170,6 +171,21 @@ class AwsCalls:
 def _retrieve(work: asyncio.Future[Any]) -> None:
     if not work.cancelled():
         work.exception()  # an abandoned call's error is not news: the request already answered 503
+
+
+_loader: Any = None
+_loader_lock = threading.Lock()
+
+
+def _shared_loader(session: Session) -> Any:
+    """The one botocore data loader of the process: the service models and endpoint data it reads from botocore's
+    files and caches never change, so every session shares them (about 10 MB and 35 ms each otherwise; a session
+    made after a SnapStart restore finds them in the snapshot). Credentials stay each session's own."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = session.get_component("data_loader")
+        return _loader
 
 
 def client_config(settings: Settings) -> Config:

@@ -84,6 +84,7 @@ def behave_like_dynamodb() -> None:
     a time. `start_moto` calls it; so does a moto server run in a process of its own (`make bench`)."""
     _moto_plain_arithmetic()
     _moto_one_dynamodb_call_at_a_time()
+    _moto_keeps_no_table_copies()
 
 
 def _moto_one_dynamodb_call_at_a_time() -> None:
@@ -107,6 +108,26 @@ def _moto_one_dynamodb_call_at_a_time() -> None:
 
     setattr(DynamoHandler, "_dispatch", locked)  # noqa: B010 (mypy would refuse the assignment)
     DynamoHandler._gateway_serialised = True  # type: ignore[attr-defined]
+
+
+class _Untracked(list[Any]):
+    """An instance list that keeps nothing."""
+
+    def append(self, instance: Any) -> None:
+        pass
+
+
+def _moto_keeps_no_table_copies() -> None:
+    """Keep moto from holding on to every DynamoDB table it ever copied. Its TransactWriteItems deep-copies each
+    table it touches (to roll back), and moto tracks every model instance it makes, forever, for its dashboard: a
+    copy of the whole table per transaction, never freed. `make dev` and the test suite grew by gigabytes (a
+    quadratic: more transactions on a bigger table). DynamoDB keeps no such copies; moto's dashboard, which nothing
+    here uses, then lists no DynamoDB models."""
+    import moto.dynamodb.models  # noqa: F401 (registers the DynamoDB models in model_data)
+    from moto.core.model_instances import model_data
+
+    for model in model_data["dynamodb"].values():
+        setattr(model, "instances_tracked", _Untracked())  # noqa: B010 (moto's metaclass adds it; mypy cannot see it)
 
 
 def _moto_plain_arithmetic() -> None:
