@@ -73,11 +73,15 @@ def test_the_adapters_hook_call_forgets_secrets_and_connections(gateway_with, ma
     pools = runtime.pools
     used = pools.get("anthropic")
     clients = (runtime.secrets.client(), table.handle())
+    runtime.tag_registry.load()
+    runtime.team_registry.load()
     rotate()
 
     called = httpx.post(gateway.url + hook)  # as the adapter calls it: an empty POST over loopback
 
     assert called.status_code == 200 and called.json() == {"status": "ok"}
+    # The registries' copies are read again before a request relies on them (their age cannot tell, after a restore).
+    assert runtime.tag_registry.current(3600) is None and runtime.team_registry.current(3600) is None
     assert pools.get("anthropic") is not used  # the old pool and its connections are closed
     assert (_status(gateway, new), _status(gateway, old)) == (200, 401)  # the secret was read again
     # New AWS clients (Secrets Manager's, and DynamoDB's under the table handle), from a new session.

@@ -169,7 +169,8 @@ class Runtime:
         await self.warm()
 
     async def forget(self) -> None:
-        """Close upstream connections, drop AWS clients and credentials, forget cached secrets and key records."""
+        """Close upstream connections, drop AWS clients and credentials, forget cached secrets, key records, their
+        owners and the registries (a snapshot's copies may be hours old, and their age cannot tell)."""
         await self.pools.close()
         self.secrets.forget()
         self.aws.forget_session()
@@ -179,6 +180,9 @@ class Runtime:
             self.table = None
             table.install(None)
         self.key_cache.forget()
+        self.owners.forget()
+        self.team_registry.clear()
+        self.tag_registry.clear()
 
 
 def _reason(exc: Exception) -> str:
