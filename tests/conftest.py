@@ -149,7 +149,7 @@ def run_cli(gateway, monkeypatch, capsys):
 
 @pytest.fixture
 def own_table(monkeypatch):
-    """A fresh table of its own in moto's in-process mock; `table.handle()` points at it for the test.
+    """A fresh table of its own in moto's in-process mock, installed as the one `table.handle()` returns for the test.
 
     mock_aws shares moto's backends with the session's moto server, so it must neither reset them on start nor
     wipe them on stop: that would delete the gateway's own table under the other tests.
@@ -170,9 +170,12 @@ def own_table(monkeypatch):
         name = f"own-table-{keys.new_key()[-8:]}"
         boto3.resource("dynamodb").create_table(TableName=name, **local.TABLE_SCHEMA)
         opened = table.open_table(name, AwsCalls(get_settings()))
-        monkeypatch.setattr(table, "handle", lambda: opened)
-        yield opened
-        opened.delete()
+        replaced = table.install(opened)
+        try:
+            yield opened
+        finally:
+            table.install(replaced)
+            opened.delete()
     finally:
         mock.stop(remove_data=False)
 

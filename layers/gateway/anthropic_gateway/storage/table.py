@@ -110,10 +110,12 @@ def handle() -> Table:
     return current
 
 
-def install(table: Table | None) -> None:
-    """Make `table` the one `handle()` returns (None: the next call makes one)."""
+def install(table: Table | None) -> Table | None:
+    """Make `table` the one `handle()` returns (None: the next call makes one); returns the one it replaces."""
     global _installed
-    _installed = table
+    with _installing:
+        replaced, _installed = _installed, table
+    return replaced
 
 
 def open_table(name: str, calls: aws.AwsCalls) -> Table:
