@@ -89,6 +89,7 @@ class Ledger:
         self._dropped = 0
         self._lock = threading.Lock()
         self._flush_scheduled = False
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._retry_delay = 0.0  # 0: no retry scheduled
         self._timed_flushes: set[asyncio.Task[None]] = set()
 
@@ -103,7 +104,8 @@ class Ledger:
             schedule = not self._flush_scheduled
             self._flush_scheduled = True
         if schedule:
-            asyncio.get_running_loop().call_later(self._settings.spend_flush_seconds, self._flush_in_background)
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self._settings.spend_flush_seconds, self._flush_in_background)
 
     def retry_later(self, write: Write) -> None:
         """Keep a write that failed elsewhere (a settle) and retry it with the ledger's; on the loop."""
@@ -133,7 +135,12 @@ class Ledger:
         with self._lock:
             batch, self._pending = self._pending, {}
             self._flush_scheduled = False
+            timer, self._flush_timer = self._flush_timer, None
             retries, self._failed = self._failed, []
+        if timer is not None:
+            # What it would write is taken here: a flush (at shutdown, or a drain) leaves no timer behind to fire
+            # while the loop closes and start a write nobody awaits.
+            timer.cancel()
         items = [(pk, sk, totals, only) for (pk, sk), (totals, only) in batch.items() if totals]
         writes = retries + [counters_write(items[start : start + GROUP]) for start in range(0, len(items), GROUP)]
         if not writes:
