@@ -12,6 +12,7 @@ conditional on the record as it is now.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .keys import RecordCache
@@ -57,19 +58,18 @@ class OwnersCache:
 
     def cached(self, record: KeyRecord) -> Owners | None:
         """The key's owners from the cache without I/O, or None when one of them is not cached (or has expired)."""
-        found: dict[tuple[str, str], Record | None] = {}
-        for place in needed(record):
-            hit, owner = self._cache.get(place)
-            if not hit:
-                return None
-            found[place] = owner
-        return _owners(record, found)
+        return self._read(record, self._cache.get)
 
     def stale(self, record: KeyRecord) -> Owners | None:
         """The key's owners as cached, expired no longer than AWS_STALE_SECONDS ago: for outages only."""
+        return self._read(record, self._cache.stale)
+
+    def _read(
+        self, record: KeyRecord, lookup: Callable[[tuple[str, str]], tuple[bool, Record | None]]
+    ) -> Owners | None:
         found: dict[tuple[str, str], Record | None] = {}
         for place in needed(record):
-            hit, owner = self._cache.stale(place)
+            hit, owner = lookup(place)
             if not hit:
                 return None
             found[place] = owner
