@@ -61,3 +61,31 @@ def test_older_entries_come_a_page_at_a_time(watched: Watched, admin):
     expect(rows).to_have_count(51)
     expect(rows.nth(50).locator("td").nth(2)).to_have_text("team.create")
     expect(page.get_by_role("button", name="Older entries")).to_be_hidden()
+
+
+def test_new_filters_drop_the_older_entries_of_the_listing_they_replace(watched: Watched, admin):
+    """A cursor belongs to the filters that made it: while the listing for new filters loads, the old listing's
+    "Older entries" must not page the new filters with the old cursor (the API refuses it, the page showed an error)."""
+    page = watched.page
+    team = new_team(admin, team_id=unique("refiltered"))["team_id"]
+    for limit in range(1, 51):  # the unfiltered log then holds more than a page, whatever else ran before
+        ok(admin.post("/team/update", json={"team_id": team, "rpm_limit": limit}))
+    held = []
+    page.route("**/audit?*target=*", lambda route: held.append(route), times=1)  # the filtered read waits
+    watched.sign_in()
+    page.goto(watched.url + "#/audit")
+    more = page.get_by_role("button", name="Older entries")
+    expect(more).to_be_visible()  # the unfiltered first page, with a cursor for the unfiltered log
+    filters = page.get_by_role("form", name="Filter the audit log")
+    filters.get_by_label("Target").fill(f"team:{team}")
+    filters.get_by_role("button", name="Show").click()
+    expect(more).to_be_hidden()
+    expect(page.locator("section[aria-label='Audit log']")).to_contain_text("Loading the audit log")
+    while not held:  # the route's handler runs when Playwright dispatches its event: let it
+        page.wait_for_timeout(10)
+    held[0].continue_()
+    rows = page.locator("table.audit tbody tr")
+    expect(rows).to_have_count(50)
+    expect(rows.first.locator("td").nth(3)).to_have_text(f"team:{team}")
+    more.click()
+    expect(rows).to_have_count(51)

@@ -24,33 +24,37 @@ export async function auditView(main, state) {
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Show")));
   const listing = h("section", { class: "panel flush", "aria-label": "Audit log" }, message("info", "Loading the audit log…"));
   const more = h("button", { type: "button", class: "ghost", hidden: true }, "Older entries");
-  let cursor = null;
-  let rows = [];
+  // What is shown: the filters it was read with and where its next page starts. A cursor belongs to the filters
+  // that made it (the API refuses it with others), so "Older entries" pages with those, not with the form's.
+  let shown = { query: null, cursor: null, rows: [] };
   let latest = 0;  // only the answer to the latest request is shown: an earlier one may arrive after it
 
-  const load = async (next) => {
-    const query = Object.fromEntries(FILTERS.map(([name]) => [name, state[name]]));
+  const load = async (query, cursor) => {
     const request = ++latest;
     try {
-      const page = await api("/audit", { query: { ...query, page_size: 50, cursor: next ?? undefined } });
+      const page = await api("/audit", { query: { ...query, page_size: 50, cursor: cursor ?? undefined } });
       if (request !== latest) return;
-      rows = next ? [...rows, ...page.entries] : page.entries;
-      cursor = page.cursor;
+      const rows = cursor ? [...shown.rows, ...page.entries] : page.entries;
+      shown = { query, cursor: page.cursor, rows };
       listing.replaceChildren(auditTable(rows));
-      more.hidden = !cursor;
+      more.hidden = !page.cursor;
     } catch (error) {
       if (request !== latest) return;
       listing.replaceChildren(message("error", `Could not read the audit log: ${error.message}`));
       more.hidden = true;
     }
   };
+  const filtered = () => Object.fromEntries(FILTERS.map(([name]) => [name, state[name]]));
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     for (const [name] of FILTERS) state[name] = inputs[name].value.trim();
-    await load(null);
+    // The listing shown so far answers other filters: it goes, and its "Older entries" with it.
+    listing.replaceChildren(message("info", "Loading the audit log…"));
+    more.hidden = true;
+    await load(filtered(), null);
   });
-  more.addEventListener("click", () => load(cursor));
+  more.addEventListener("click", () => load(shown.query, shown.cursor));
 
   main.replaceChildren(
     h("div", { class: "page-head" }, h("h1", {}, "Audit log")),
@@ -59,7 +63,7 @@ export async function auditView(main, state) {
     listing,
     h("div", { class: "actions" }, more),
   );
-  await load(null);
+  await load(filtered(), null);
 }
 
 function auditTable(entries) {
