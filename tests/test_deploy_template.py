@@ -695,6 +695,15 @@ def test_samconfig_deploys_the_template_parameters(template):
     assert config["local_start_api"]["parameters"]["env_vars"] == "events/env.json"
 
 
+def test_every_template_parameter_is_documented_where_deployers_look(template):
+    """docs/deploy.md's parameter table and samconfig.toml's comments name every parameter the stack takes."""
+    deploy_doc = (ROOT / "docs" / "deploy.md").read_text()
+    samconfig = (ROOT / "samconfig.toml").read_text()
+    for name in template["Parameters"]:
+        assert f"`{name}`" in deploy_doc, f"docs/deploy.md does not describe the parameter {name}"
+        assert re.search(rf"^#.*\b{name}\b", samconfig, re.MULTILINE), f"samconfig.toml's comments omit {name}"
+
+
 def test_env_json_only_sets_variables_the_template_declares(template, resources):
     """`sam local` ignores env.json entries for variables the template does not declare."""
     env = json.loads((EVENTS / "env.json").read_text())

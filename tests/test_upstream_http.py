@@ -764,3 +764,28 @@ def test_tls_refuses_a_certificate_for_another_name(ca):
             await pool.aclose()
 
     run(test())
+
+
+def test_over_tls_an_answer_that_began_before_the_whole_request_went_out_closes_the_connection(ca):
+    """TLS keeps encrypted bytes in the TCP transport below it: they count as not yet handed to the kernel."""
+    drained = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        head = await peer.reader.readuntil(b"\r\n\r\n")
+        await peer.send(OK)  # answered after the head alone; the body is read only afterwards
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await peer.reader.readexactly(length)
+        drained.set()
+        await peer.answer_all()
+
+    async def test() -> None:
+        async with RawServer(handler, tls_server(ca, ["localhost"])[0]) as server:
+            pool = UpstreamPool(f"https://localhost:{server.port}", ssl_context=client_context(ca))
+            async with await pool.request("POST", b"/", [], b"x" * (64 * 1024 * 1024)) as response:
+                await drained.wait()  # the whole request has gone out by the time the answer is read
+                assert await response.aread() == b"ok"
+            assert await body_of(pool) == b"ok"
+            assert server.connections == 2
+            await pool.aclose()
+
+    run(test())

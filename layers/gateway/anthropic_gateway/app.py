@@ -61,9 +61,9 @@ class GatewayApp:
     """
 
     PASS_THROUGH_PATH = forwarding.PREFIX + "/{path:path}"
-    # What it serves itself, besides the admin app's routes, that template.yaml's HTTP API routes to it (the base URL
-    # `/anthropic` matters to the streaming door's Claude Code clients; the SnapStart hooks to nobody outside).
-    OWN_PATHS = ("/health", PASS_THROUGH_PATH)
+    # What it serves itself, besides the admin app's routes, that template.yaml's API routes reach (the base URL
+    # `/anthropic` too: clients probe it; the SnapStart hooks are for nobody outside, so not these).
+    OWN_PATHS = ("/health", forwarding.PREFIX, PASS_THROUGH_PATH)
 
     def __init__(self, settings: Settings | None = None, stream: IO[str] | None = None) -> None:
         self._settings, self._stream = settings, stream

@@ -31,6 +31,17 @@ from .errors import ReadTimeout, RemoteProtocolError, UpstreamTimeout, WriteTime
 _HIGH_WATER = 256 * 1024
 
 
+def _unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes of ours not yet handed to the kernel. A TLS transport counts only what it has not encrypted yet: the
+    encrypted bytes wait in the TCP transport below it (asyncio's sslproto keeps it as `_ssl_protocol._transport`,
+    the only way to reach it), and an upstream that answers before reading them may never read them."""
+    unsent = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+    below = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    if below is not None:
+        unsent += below.get_write_buffer_size()
+    return int(unsent)
+
+
 class _StopParsing(Exception):
     """Raised from a parser callback when the response is complete but llhttp would read on: after HEAD's headers,
     or when bytes follow a complete response. The connection is then closed rather than reused."""
@@ -131,7 +142,7 @@ class Connection(asyncio.Protocol):
             and not self._confused
             and (not self._sent_body or 200 <= self.status < 300)
             and self._transport is not None
-            and self._transport.get_write_buffer_size() == 0
+            and not _unsent(self._transport)
         )
 
     def close(self) -> None:
@@ -226,7 +237,7 @@ class Connection(asyncio.Protocol):
         if not self._expecting:
             raise _StopParsing
         assert self._transport is not None
-        if self._transport.get_write_buffer_size():
+        if _unsent(self._transport):
             self._early = True  # the upstream answers what it has not all received: it may never read the rest
         self.headers = []
         self._framed = self._announced_body = False
