@@ -284,6 +284,42 @@ def test_a_messages_answer_that_ends_without_its_usage_is_billed_an_upper_bound(
     assert Decimal(str(admin.get("/key/info", params={"key": key}).json()["info"]["spend"])) == expected
 
 
+@pytest.mark.parametrize("cut", [True, False])
+def test_a_stream_that_ends_before_its_message_start_is_billed_its_input_only_when_cut(
+    upstream, gateway, admin, captured, make_key, cut
+):
+    """Cut before message_start told the input tokens: the upstream read the request, so its body's bytes are billed
+    as input (flagged); a stream that ends cleanly without one (an error event alone) is not billed."""
+    error = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+    events = b"event: ping\ndata: {}\n\n" if cut else error
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    chunk = b"%x\r\n%s\r\n" % (len(events), events)
+    upstream(lambda request: Reply(head + chunk + (b"" if cut else b"0\r\n\r\n"), close=cut))
+    key = make_key(max_budget=1000)
+    request = json.dumps({**BILLED, "stream": True}).encode()
+    client = httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30)
+    with client, client.stream("POST", "/v1/messages", content=request) as answer:
+        try:
+            received: bytes | None = b"".join(answer.iter_raw())
+        except httpx.RemoteProtocolError:
+            received = None  # the gateway ends the response where the upstream broke off
+    assert (received is None) is cut
+
+    access = captured.for_request(answer.headers["x-gateway-request-id"]).access
+    spend = Decimal(str(admin.get("/key/info", params={"key": key}).json()["info"]["spend"]))
+    if cut:
+        assert access["usage_estimated"] is True
+        assert (access["model"], access["input_tokens"], access["output_tokens"]) == (
+            "claude-sonnet-4-5",
+            len(request),
+            0,
+        )
+        expected = pricing.cost_usd("claude-sonnet-4-5", Usage(input_tokens=len(request)), UNKNOWN_MODELS)
+        assert Decimal(str(access["cost_usd"])) == expected == spend > 0
+    else:
+        assert (access["usage_estimated"], access["input_tokens"], access["cost_usd"], spend) == (False, 0, 0, 0)
+
+
 def test_an_error_answer_cut_off_costs_nothing(upstream, gateway, captured, virtual_key):
     error = b'{"type":"error","error":{"type":"invalid_request_error","message":"' + b"x" * 1000 + b'"}}'
     head = b"HTTP/1.1 400 X\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(error)

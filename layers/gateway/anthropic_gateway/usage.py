@@ -5,8 +5,9 @@ stream or a large download never accumulates in memory. A JSON body is kept whol
 end; past that, only its last 64 KiB are kept, which is where Anthropic's Message has its `usage`.
 
 Nothing is billed $0 by accident: an answer that ends without its usage is billed an upper-bound estimate and
-flagged `usage_estimated`. A stream, for the output it relayed; a Messages JSON answer (cut off, or without usage),
-for the whole request it answers: its body's bytes as input tokens and its max_tokens as output tokens.
+flagged `usage_estimated`. A stream, for the output it relayed (and, cut before its message_start told the input
+tokens, its request's body bytes as input tokens); a Messages JSON answer (cut off, or without usage), for the whole
+request it answers: its body's bytes as input tokens and its max_tokens as output tokens.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ class Usage:
                 self.cache_creation_5m_input_tokens = five
             if isinstance(hour, int):
                 self.cache_creation_1h_input_tokens = hour
+
+
+def _fields(request: bytes) -> dict[str, Any]:
+    """A Messages request's top-level members; none if it is not a JSON object."""
+    try:
+        parsed = json.loads(request)
+    except (ValueError, RecursionError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 @dataclass
@@ -107,6 +117,10 @@ class UsageTap:
             self._pending.clear()
         if self._mode == "sse" and not self.final_usage and (self.seen_usage or self.delta_bytes):
             self._estimate_output()
+        if self._mode == "sse" and not self.seen_usage and not self.complete and self.request is not None:
+            self._estimate_input(
+                self.request, _fields(self.request)
+            )  # cut before message_start: its input was read, by how much unknown
         if self._mode == "json":
             self._close_json()
         elif self._mode is None and self.request is not None:
@@ -130,16 +144,16 @@ class UsageTap:
     def _estimate_request(self, request: bytes) -> None:
         """The most a Messages request can have cost: one input token per byte of its body (an image's base64
         included) and its max_tokens of output (thinking included); the relayed bytes if it names none."""
-        try:
-            parsed = json.loads(request)
-        except (ValueError, RecursionError):
-            parsed = None
-        fields = parsed if isinstance(parsed, dict) else {}
+        fields = _fields(request)
         max_tokens = fields.get("max_tokens")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 0:
             max_tokens = -(-self.body_bytes // ESTIMATE_BYTES_PER_TOKEN)
-        self.usage.input_tokens = max(self.usage.input_tokens, -(-len(request) // ESTIMATE_BYTES_PER_TOKEN))
         self.usage.output_tokens = max(self.usage.output_tokens, max_tokens)
+        self._estimate_input(request, fields)
+
+    def _estimate_input(self, request: bytes, fields: dict[str, Any]) -> None:
+        """One input token per byte of the request's body (an image's base64 included): never fewer than it had."""
+        self.usage.input_tokens = max(self.usage.input_tokens, -(-len(request) // ESTIMATE_BYTES_PER_TOKEN))
         if self.model is None and isinstance(fields.get("model"), str):
             self.model = fields["model"][:200]
         self.seen_usage = self.usage_estimated = True
