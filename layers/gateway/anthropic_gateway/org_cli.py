@@ -276,7 +276,7 @@ def _audit_parser() -> argparse.ArgumentParser:
         parents=[_common()],
         description="Read the audit log, newest first: a page of entries and the cursor of the next page.",
     )
-    parser.add_argument("--actor", help="master, key:<alias or token>, sso:<subject>, or a user id")
+    parser.add_argument("--actor", help="master, key:<alias or token>, sso:<subject>, idp:<subject>, or a user id")
     parser.add_argument("--target", help="key:<key_id>, team:<team_id>, user:<user_id> or tag:<name>")
     parser.add_argument("--action", help="an action (key.update) or its start (key)")
     parser.add_argument("--start-date", help="YYYY-MM-DD (UTC; default: 30 days before the end)")
