@@ -548,6 +548,36 @@ def test_key_renews_an_expired_key_with_the_refresh_token_and_signs_in_again_onl
     assert works(sso_gateway.url, third.strip()) and not works(sso_gateway.url, second)
 
 
+def test_the_admin_commands_call_with_the_personal_key_of_login_and_act_with_its_role(
+    cli, sso_gateway, idp, capsys, monkeypatch, admin
+):
+    from anthropic_gateway import cli as keys_cli
+    from anthropic_gateway import org_cli
+
+    monkeypatch.delenv("MASTER_KEY", raising=False)
+    monkeypatch.delenv("GATEWAY_KEY", raising=False)
+    assert cli("login", "--url", sso_gateway.url, person=Person(capsys, DEV.sub))[0] == 0
+    # No key and no URL in the environment: the gateway signed in to, with the person's key (internal_user).
+    alias = f"from-the-terminal-{uuid.uuid4().hex[:8]}"
+    assert keys_cli.main(["generate", "--key-alias", alias]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["user_id"] == DEV.sub  # theirs without naming it
+    assert keys_cli.main(["list", "--size", "100"]) == 0
+    listed = json.loads(capsys.readouterr().out)["keys"]
+    assert created["token"] in listed
+    assert all(ok(admin.get("/key/info", params={"key": token}))["info"]["user_id"] == DEV.sub for token in listed)
+    assert org_cli.main("audit", []) == 1  # an internal user does not read the audit log
+    assert "internal_user" in json.loads(capsys.readouterr().err)["error"]["message"]
+    (generated,) = ok(admin.get("/audit", params={"target": f"key:{created['token']}"}))["entries"]
+    saved = json.loads(login_cli.credentials_path().read_text())["gateways"][sso_gateway.url]
+    personal = ok(admin.get("/key/info", params={"key": saved["token"]}))["info"]
+    assert personal["metadata"] == {"personal_key": True}
+    assert (generated["actor"], generated["actor_user_id"]) == (f"key:{personal['key_alias']}", DEV.sub)
+    # Another gateway named, where nobody signed in: no key to call it with.
+    assert keys_cli.main(["list", "--url", "http://127.0.0.1:9"]) == 2
+    assert "anthropic-gateway login" in capsys.readouterr().err
+
+
 def test_the_device_flow_slows_down_when_told_and_gives_up_when_the_code_expires(cli, sso_gateway, idp, capsys):
     idp.slow_down_next(1)
     person = Person(capsys, LONER.sub, approve_after=2)
