@@ -132,6 +132,7 @@ def run_cli(gateway, monkeypatch, capsys):
     from anthropic_gateway import cli
 
     monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
+    monkeypatch.delenv("GATEWAY_KEY", raising=False)  # it would come before MASTER_KEY
     monkeypatch.setenv("GATEWAY_URL", gateway.url)
 
     def invoke(*argv: str) -> tuple[int, object]:

@@ -13,6 +13,7 @@ import anthropic
 import pytest
 
 from anthropic_gateway import cli, keys
+from support.orgs import new_team, new_user, ok, unique
 from tests.conftest import MASTER_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,10 +132,13 @@ def test_bad_arguments_are_refused_before_any_request(run_cli, capsys):
     assert "JSON object" in capsys.readouterr().err
 
 
-def test_master_key_and_url_come_from_the_environment_or_flags(gateway, monkeypatch, capsys):
+def test_master_key_and_url_come_from_the_environment_or_flags(gateway, monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("MASTER_KEY", raising=False)
+    monkeypatch.delenv("GATEWAY_KEY", raising=False)
+    monkeypatch.setenv("ANTHROPIC_GATEWAY_CONFIG_DIR", str(tmp_path / "nobody-signed-in"))
     assert cli.main(["list"]) == 2
-    assert "MASTER_KEY" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "GATEWAY_KEY" in said and "MASTER_KEY" in said and "anthropic-gateway login" in said
 
     monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
     monkeypatch.setenv("GATEWAY_URL", "http://127.0.0.1:9")  # nothing listens there
@@ -142,6 +146,39 @@ def test_master_key_and_url_come_from_the_environment_or_flags(gateway, monkeypa
     assert "Cannot reach" in capsys.readouterr().err
     assert cli.main(["list", "--url", gateway.url]) == 0
     assert "total_count" in json.loads(capsys.readouterr().out)
+
+
+def test_gateway_key_is_a_persons_own_key_acting_with_their_role_before_the_master_key(
+    gateway, admin, monkeypatch, capsys
+):
+    from anthropic_gateway import org_cli
+
+    viewer = new_user(admin, user_role="proxy_admin_viewer", auto_create_key=True, key_alias=unique("viewer"))
+    lead = new_user(admin, user_role="internal_user", auto_create_key=True, key_alias=unique("lead"))
+    team = new_team(admin, members_with_roles=[{"user_id": lead["user_id"], "role": "admin"}])["team_id"]
+    monkeypatch.setenv("GATEWAY_URL", gateway.url)
+    monkeypatch.setenv("MASTER_KEY", MASTER_KEY)  # set too: GATEWAY_KEY comes first
+
+    monkeypatch.setenv("GATEWAY_KEY", viewer["key"])
+    assert cli.main(["list"]) == 0  # the viewer reads every key...
+    assert json.loads(capsys.readouterr().out)["total_count"] >= 1
+    assert cli.main(["generate", "--key-alias", unique("not-by-a-viewer")]) == 1  # ... and changes none
+    refused = json.loads(capsys.readouterr().err)["error"]
+    assert refused["type"] == "permission_error" and "proxy_admin_viewer" in refused["message"]
+    assert org_cli.main("audit", ["--target", f"team:{team}"]) == 0
+    assert [entry["action"] for entry in json.loads(capsys.readouterr().out)["entries"]] == ["team.create"]
+
+    # A team lead runs their team from the terminal with their own key; the audit log names them.
+    monkeypatch.setenv("GATEWAY_KEY", lead["key"])
+    newcomer = unique("newcomer")
+    assert org_cli.main("teams", ["member-add", team, "--user-id", newcomer]) == 0
+    capsys.readouterr()
+    assert org_cli.main("teams", ["new", "--team-alias", "not-theirs"]) == 1
+    assert json.loads(capsys.readouterr().err)["error"]["type"] == "permission_error"
+    (added,) = ok(admin.get("/audit", params={"target": f"team:{team}", "action": "team.member_add"}))["entries"]
+    assert (added["actor"], added["actor_user_id"]) == (f"key:{lead['key_alias']}", lead["user_id"])
+    out, err = capsys.readouterr()
+    assert lead["key"] not in out + err and viewer["key"] not in out + err
 
 
 def test_python_dash_m_entry_point(gateway):

@@ -26,6 +26,7 @@ def run(gateway, monkeypatch, capsys):
     from anthropic_gateway import org_cli
 
     monkeypatch.setenv("MASTER_KEY", MASTER_KEY)
+    monkeypatch.delenv("GATEWAY_KEY", raising=False)  # it would come before MASTER_KEY
     monkeypatch.setenv("GATEWAY_URL", gateway.url)
 
     def invoke(kind: str, *argv: str):

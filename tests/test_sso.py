@@ -323,6 +323,122 @@ def test_a_person_holds_at_most_the_slots_of_personal_keys_and_the_oldest_goes_f
     assert not works(sso_gateway.url, issued[0]) and works(sso_gateway.url, issued[-1])
 
 
+# -- the audit log: what a sign-in changes, by the identity provider -------------------------------------------------
+
+
+def audited(admin: httpx.Client, target: str, **filters: str) -> list[dict]:
+    """The audit log's entries for `target`, newest first (one page: a test's target has few)."""
+    page = ok(admin.get("/audit", params={"target": target, "page_size": 100, **filters}))
+    assert page["cursor"] is None
+    return page["entries"]
+
+
+def test_what_sign_ins_change_is_audited_once_as_the_identity_providers(sso_gateway, idp, admin, caplog):
+    caplog.set_level("INFO")
+    sub = f"promoted-{RUN}"
+    idp.users[sub] = OidcUser(sub, f"pro-{RUN}@example.com", "Pro Moted", groups=["gw-viewers"])
+    sign_in(sso_gateway.url, idp, sub)
+    (created,) = audited(admin, f"user:{sub}")
+    assert (created["action"], created["actor"], created["actor_user_id"]) == ("user.create", f"idp:{sub}", sub)
+    assert created["before"] is None
+    assert {name: created["after"][name] for name in ("user_id", "user_email", "user_role", "teams", "metadata")} == {
+        "user_id": sub,
+        "user_email": f"pro-{RUN}@example.com",
+        "user_role": "proxy_admin_viewer",
+        "teams": [],
+        "metadata": {"sso": True},
+    }
+
+    # The groups change at the provider: the next sign-in promotes the person and joins the mapped team.
+    idp.users[sub].groups = ["gw-admins", "search-devs"]
+    sign_in(sso_gateway.url, idp, sub)
+    # "Who made this person an admin?": the provider, at their sign-in.
+    (promoted,) = audited(admin, f"user:{sub}", action="user.update")
+    assert (promoted["actor"], promoted["actor_user_id"]) == (f"idp:{sub}", sub)
+    assert (promoted["before"], promoted["after"]) == (
+        {"user_role": "proxy_admin_viewer"},
+        {"user_role": "proxy_admin"},
+    )
+    [joined] = [entry for entry in audited(admin, f"team:{TEAM}", actor=f"idp:{sub}")]
+    assert joined["action"] == "team.member_add" and joined["before"] is None
+    [member] = joined["after"]["members"]
+    assert (member["user_id"], member["team_id"], member["role"], member["new_user"]) == (sub, TEAM, "user", False)
+
+    # A sign-in that changes nothing records nothing: each change once.
+    sign_in(sso_gateway.url, idp, sub)
+    assert [entry["action"] for entry in audited(admin, f"user:{sub}")] == ["user.update", "user.create"]
+    assert len(audited(admin, f"team:{TEAM}", actor=f"idp:{sub}")) == 1
+    # Each stored entry is one structured log line too.
+    logged = [record.__dict__["audit"] for record in caplog.records if record.getMessage() == "audit"]
+    mine = [(entry["action"], entry["target"]) for entry in logged if entry["actor"] == f"idp:{sub}"]
+    assert mine == [("user.create", f"user:{sub}"), ("user.update", f"user:{sub}"), ("team.member_add", f"team:{TEAM}")]
+
+
+def test_personal_keys_issued_and_revoked_are_audited_by_their_hash_only(sso_gateway, idp, admin):
+    sub = f"keyed-{RUN}"
+    idp.users[sub] = OidcUser(sub, f"keyed-{RUN}@example.com", "Key Ed", groups=["search-devs"])
+    id_tokens = [idp.id_token(sub) for _ in range(sso.PERSONAL_KEY_SLOTS + 1)]
+    issued = [ok(personal_key(sso_gateway.url, token)) for token in id_tokens]  # the last one revokes the first
+    revoked, first = audited(admin, f"key:{issued[0]['token']}")
+    assert (revoked["action"], revoked["actor"]) == ("key.delete", f"idp:{sub}")
+    assert revoked["before"]["token"] == issued[0]["token"] and revoked["after"] is None
+    generated_entries = [first] + [audited(admin, f"key:{key['token']}")[0] for key in issued[1:]]
+    for key, generated in zip(issued, generated_entries, strict=True):
+        assert (generated["action"], generated["actor"], generated["actor_user_id"]) == (
+            "key.generate",
+            f"idp:{sub}",
+            sub,
+        )
+        after = generated["after"]
+        assert (after["token"], after["user_id"], after["team_id"]) == (key["token"], sub, TEAM)
+        assert (after["key_alias"], after["expires"], after["metadata"]) == (
+            key["key_alias"],
+            key["expires"],
+            {"personal_key": True},
+        )
+    assert [len(audited(admin, f"key:{key['token']}")) for key in issued[1:]] == [1] * sso.PERSONAL_KEY_SLOTS
+    everything = json.dumps(
+        [audited(admin, f"user:{sub}"), *(audited(admin, f"key:{key['token']}") for key in issued)], default=str
+    )
+    for key in issued:
+        assert key["key"] not in everything and key["key_name"][3:] not in everything  # nor its visible end
+    assert all(token not in everything for token in id_tokens)
+
+
+def test_a_sign_in_whose_audit_entry_cannot_be_written_changes_nothing(sso_gateway, idp, admin, monkeypatch):
+    from anthropic_gateway.storage import audit, table
+
+    def failing_put(entry: audit.Entry, retention_days: int) -> table.Put:
+        return table.Put(entry.item(retention_days), "attribute_exists(pk)")  # fails inside the change's transaction
+
+    newcomer, holder = f"unrecorded-{RUN}", f"holder-{RUN}"
+    idp.users[newcomer] = OidcUser(newcomer, f"unrec-{RUN}@example.com", "Un Recorded", groups=["gw-admins"])
+    idp.users[holder] = OidcUser(holder, f"holder-{RUN}@example.com", "Hol Der")
+    held = ok(personal_key(sso_gateway.url, idp.id_token(holder)))
+    monkeypatch.setattr(audit.Entry, "put", failing_put)
+    assert error_of(personal_key(sso_gateway.url, idp.id_token(newcomer)))[0] == 409  # no user without its entry
+    assert error_of(personal_key(sso_gateway.url, idp.id_token(holder)))[0] == 409  # no key without its entry
+    monkeypatch.undo()
+    assert admin.get("/user/info", params={"user_id": newcomer}).status_code == 404
+    assert audited(admin, f"user:{newcomer}") == []
+    assert [key["token"] for key in ok(admin.get("/user/info", params={"user_id": holder}))["keys"]] == [held["token"]]
+
+
+def test_changes_made_in_a_console_session_name_the_sso_subject(sso_gateway, admin_session, admin):
+    cookie, csrf = admin_session
+    with httpx.Client(base_url=sso_gateway.url, headers={"cookie": cookie, "x-csrf-token": csrf}) as http:
+        team = ok(http.post("/team/new", json={"team_alias": f"by-session-{RUN}"}))["team_id"]
+        ok(http.post("/team/update", json={"team_id": team, "max_budget": 12}))
+    entries = audited(admin, f"team:{team}")
+    assert [entry["action"] for entry in entries] == ["team.update", "team.create"]
+    assert {(entry["actor"], entry["actor_user_id"]) for entry in entries} == {(f"sso:{ADMIN.sub}", ADMIN.sub)}
+    # Found by the session's actor, and by the person's user id.
+    assert [entry["target"] for entry in audited(admin, f"team:{team}", actor=f"sso:{ADMIN.sub}")] == [
+        f"team:{team}"
+    ] * 2
+    assert len(audited(admin, f"team:{team}", actor=ADMIN.sub)) == 2
+
+
 # -- the CLI: anthropic-gateway login / key -------------------------------------------------------------------------
 
 
@@ -430,6 +546,36 @@ def test_key_renews_an_expired_key_with_the_refresh_token_and_signs_in_again_onl
     assert person.pages
     assert idp.count("/device_authorization") == device_sign_ins + 1
     assert works(sso_gateway.url, third.strip()) and not works(sso_gateway.url, second)
+
+
+def test_the_admin_commands_call_with_the_personal_key_of_login_and_act_with_its_role(
+    cli, sso_gateway, idp, capsys, monkeypatch, admin
+):
+    from anthropic_gateway import cli as keys_cli
+    from anthropic_gateway import org_cli
+
+    monkeypatch.delenv("MASTER_KEY", raising=False)
+    monkeypatch.delenv("GATEWAY_KEY", raising=False)
+    assert cli("login", "--url", sso_gateway.url, person=Person(capsys, DEV.sub))[0] == 0
+    # No key and no URL in the environment: the gateway signed in to, with the person's key (internal_user).
+    alias = f"from-the-terminal-{uuid.uuid4().hex[:8]}"
+    assert keys_cli.main(["generate", "--key-alias", alias]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["user_id"] == DEV.sub  # theirs without naming it
+    assert keys_cli.main(["list", "--size", "100"]) == 0
+    listed = json.loads(capsys.readouterr().out)["keys"]
+    assert created["token"] in listed
+    assert all(ok(admin.get("/key/info", params={"key": token}))["info"]["user_id"] == DEV.sub for token in listed)
+    assert org_cli.main("audit", []) == 1  # an internal user does not read the audit log
+    assert "internal_user" in json.loads(capsys.readouterr().err)["error"]["message"]
+    (generated,) = ok(admin.get("/audit", params={"target": f"key:{created['token']}"}))["entries"]
+    saved = json.loads(login_cli.credentials_path().read_text())["gateways"][sso_gateway.url]
+    personal = ok(admin.get("/key/info", params={"key": saved["token"]}))["info"]
+    assert personal["metadata"] == {"personal_key": True}
+    assert (generated["actor"], generated["actor_user_id"]) == (f"key:{personal['key_alias']}", DEV.sub)
+    # Another gateway named, where nobody signed in: no key to call it with.
+    assert keys_cli.main(["list", "--url", "http://127.0.0.1:9"]) == 2
+    assert "anthropic-gateway login" in capsys.readouterr().err
 
 
 def test_the_device_flow_slows_down_when_told_and_gives_up_when_the_code_expires(cli, sso_gateway, idp, capsys):

@@ -1,9 +1,11 @@
-"""The audit log's entries as the admin routes make them: who (from the Caller), what, and the public fields of
-the thing before and after, never a secret; stored in the change's own transaction (storage/audit.py), then
-written as one structured log line.
+"""The audit log's entries as the admin routes and single sign-on make them: who (from the Caller, or the
+identity provider at a person's sign-in), what, and the public fields of the thing before and after, never a
+secret; stored in the change's own transaction (storage/audit.py), then written as one structured log line.
 
 A route builds the entry where it knows what it changes (`entry`), hands `put(entry)` to the storage write as one
-more action of its transaction, and calls `written(entry)` once that write succeeded.
+more action of its transaction, and calls `written(entry)` once that write succeeded. Single sign-on (sso.py) does
+the same with `by_provider` for what a sign-in changes: the user it creates, the role and teams the person's
+groups map to, and their personal keys.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ KEY_FIELDS = (
     "metadata",
     "upstreams",
 )
+PROVIDER = "idp:"  # the actor of a change single sign-on made: idp:<subject>
 # Fields of a team, user, membership or tag that are bookkeeping, not settings.
 _COUNTERS = frozenset({"spend", "total_spend", "reserved", "created_at", "updated_at", "budget_reset_at", "deleting"})
 
@@ -67,6 +70,27 @@ def entry(
     )
 
 
+def by_provider(
+    subject: str,
+    action: str,
+    target: str,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> Entry:
+    """An entry for a change the identity provider made at the sign-in of `subject` (the ID token's sub, which is
+    the person's user id): actor `idp:<subject>`, never the console session's `sso:<subject>`, so a role the groups
+    gave reads apart from a change the person made themselves."""
+    return Entry(
+        at=now(),
+        actor=f"{PROVIDER}{subject}",
+        actor_user_id=subject,
+        action=action,
+        target=target,
+        before=before,
+        after=after,
+    )
+
+
 def put(settings: Settings, audit_entry: Entry) -> table.Put:
     """The action that stores `audit_entry`, kept AUDIT_RETENTION_DAYS (`settings`: the runtime's)."""
     return audit_entry.put(settings.audit_retention_days)
@@ -79,6 +103,14 @@ def written(audit_entry: Entry) -> None:
 
 def key_fields(record: KeyRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in KEY_FIELDS}
+
+
+def user_target(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def team_target(team_id: str) -> str:
+    return f"team:{team_id}"
 
 
 def key_target(record: KeyRecord) -> str:

@@ -1,9 +1,9 @@
 """`GET /audit`: the audit log, newest first, a page at a time (proxy_admin and proxy_admin_viewer).
 
-Filters: `actor` (as recorded: master, key:<alias or token>, sso:<subject>; or the user id behind it), `target`
-(key:<key_id>, team:<id>, user:<id>, tag:<name>), `action` (key.update, or its start: key), and a date range
-(`start_date`, `end_date`, YYYY-MM-DD in UTC, inclusive; by default the last 30 days). A page that stops before
-the range ends gives a `cursor`; send it back (with the same filters) for the next page.
+Filters: `actor` (as recorded: master, key:<alias or token>, sso:<subject>, idp:<subject>; or the user id behind
+it), `target` (key:<key_id>, team:<id>, user:<id>, tag:<name>), `action` (key.update, or its start: key), and a
+date range (`start_date`, `end_date`, YYYY-MM-DD in UTC, inclusive; by default the last 30 days). A page that
+stops before the range ends gives a `cursor`; send it back (with the same filters) for the next page.
 """
 
 from __future__ import annotations

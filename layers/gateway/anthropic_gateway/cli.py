@@ -1,10 +1,15 @@
 """`python -m anthropic_gateway keys ...`: the key API from a terminal, against a local or deployed gateway.
 
-A client, not part of the gateway: it reads its own environment (MASTER_KEY, GATEWAY_URL) and talks HTTP to
-the gateway like curl would. Responses are printed as JSON (errors on stderr, exit status 1). Amounts are exact
-both ways: `--max-budget 0.1` is sent as 0.1 and printed as the gateway wrote it, never through a float.
+A client, not part of the gateway: it reads its own environment (GATEWAY_URL, and GATEWAY_KEY or MASTER_KEY) and
+talks HTTP to the gateway like curl would. Responses are printed as JSON (errors on stderr, exit status 1).
+Amounts are exact both ways: `--max-budget 0.1` is sent as 0.1 and printed as the gateway wrote it, never
+through a float.
 
-    export MASTER_KEY=sk-master-...
+The key it calls with (`admin_credentials`, for org_cli.py's commands too): GATEWAY_KEY, a person's own virtual
+key, which acts with their user's role (docs/access.md); else MASTER_KEY; else the personal key
+`anthropic-gateway login` saved (login_cli.py), renewed as `anthropic-gateway key` renews it.
+
+    export GATEWAY_KEY=sk-...          # your own key; or MASTER_KEY=sk-master-... (break-glass)
     python -m anthropic_gateway keys generate --key-alias search-team --max-budget 50 --budget-duration 30d
     python -m anthropic_gateway keys --url https://gw.example.com list --full
 """
@@ -20,9 +25,51 @@ from typing import Any
 
 import httpx
 
-from . import money
+from . import login_cli, money
 
 DEFAULT_URL = "http://localhost:4000"
+KEY_VARIABLES = ("GATEWAY_KEY", "MASTER_KEY")  # the first one set is the key the admin commands call with
+NO_KEY = (
+    "No key to call the gateway with: set GATEWAY_KEY to your own key (your user's role applies) or MASTER_KEY to "
+    "the gateway's master key, or sign in with `anthropic-gateway login --url https://<gateway>`."
+)
+URL_HELP = (
+    f"gateway base URL (default: $GATEWAY_URL, else {DEFAULT_URL}; without GATEWAY_KEY or MASTER_KEY, the gateway "
+    "`anthropic-gateway login` signed in to last)"
+)
+
+
+class NoKey(Exception):
+    pass
+
+
+def admin_credentials(url_option: str | None) -> tuple[str, str]:
+    """(gateway URL, key) for an admin command. The gateway: --url, else GATEWAY_URL; the key: GATEWAY_KEY, else
+    MASTER_KEY (with either, the gateway defaults to DEFAULT_URL), else the personal key `anthropic-gateway login`
+    saved for that gateway or, when none is named, for the one last signed in to (renewed when near its expiry:
+    login_cli.LoginError if it cannot be). NoKey when there is none."""
+    named = url_option or os.environ.get("GATEWAY_URL")
+    for variable in KEY_VARIABLES:
+        key = os.environ.get(variable, "").strip()
+        if key:
+            return (named or DEFAULT_URL).rstrip("/"), key
+    signed_in = login_cli.signed_in_gateway(named)
+    if signed_in is None:
+        raise NoKey(NO_KEY)
+    return signed_in, login_cli.current_key(signed_in)
+
+
+def credentials_or_exit_status(url_option: str | None) -> tuple[str, str] | int:
+    """admin_credentials, or the exit status once the reason is printed: 2 without a key, 1 when the saved key
+    could not be renewed."""
+    try:
+        return admin_credentials(url_option)
+    except NoKey as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except login_cli.LoginError as exc:
+        print(f"Cannot renew your personal key: {exc}", file=sys.stderr)
+        return 1
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -105,13 +152,14 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url", default=argparse.SUPPRESS, help=f"gateway base URL (default: $GATEWAY_URL or {DEFAULT_URL})"
-    )
+    common.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
     parser = argparse.ArgumentParser(
         prog="python -m anthropic_gateway keys",
         parents=[common],
-        description="Manage the gateway's virtual keys. The master key is read from $MASTER_KEY.",
+        description=(
+            "Manage the gateway's virtual keys. The key it calls with: $GATEWAY_KEY (your own key: your role "
+            "applies), else $MASTER_KEY, else the personal key of `anthropic-gateway login`."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -182,17 +230,16 @@ def _ref(args: argparse.Namespace) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    master_key = os.environ.get("MASTER_KEY", "").strip()
-    if not master_key:
-        print("Set MASTER_KEY to the gateway's master key.", file=sys.stderr)
-        return 2
-    url = (getattr(args, "url", None) or os.environ.get("GATEWAY_URL") or DEFAULT_URL).rstrip("/")
+    credentials = credentials_or_exit_status(getattr(args, "url", None))
+    if isinstance(credentials, int):
+        return credentials
+    url, key = credentials
     method, path, query, body = request_for(args)
     # The body written by money.dumps: httpx's `json=` would refuse Decimal (or round it, through a float).
     content = None if body is None else money.dumps(body).encode()
     json_type = None if body is None else {"Content-Type": "application/json"}
     try:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {master_key}"}, timeout=60) as http:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
             response = http.request(method, path, params=query, content=content, headers=json_type)
     except httpx.HTTPError as exc:
         print(f"Cannot reach the gateway at {url}: {type(exc).__name__}: {exc}", file=sys.stderr)

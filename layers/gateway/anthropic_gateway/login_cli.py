@@ -17,7 +17,9 @@ settings.json), so every session has a working key without anyone copying keys a
 (a lock file beside the credentials).
 
 A client, like cli.py: it talks HTTP to the gateway and the provider (standard library only, so a developer's
-install needs nothing more), and reads its own environment (GATEWAY_URL, ANTHROPIC_GATEWAY_CONFIG_DIR).
+install needs nothing more), and reads its own environment (GATEWAY_URL, ANTHROPIC_GATEWAY_CONFIG_DIR). The admin
+commands (`keys`, `teams`, `users`, `tags`, `audit`) use the saved key too when no key is in their environment
+(cli.py's `admin_credentials`), so a person acts on the admin API with their own role.
 """
 
 from __future__ import annotations
@@ -270,6 +272,13 @@ def login(url: str, team: str | None) -> dict[str, Any]:
         provider = gateway_sso(url)
         tokens = device_sign_in(provider)
         return _remember(_load(), url, provider, tokens, team)
+
+
+def signed_in_gateway(url: str | None) -> str | None:
+    """`url` (or, without one, the gateway last signed in to) when `login` saved a key for it; else None."""
+    data = _load()
+    chosen = url.rstrip("/") if url else data.get("default")
+    return chosen if isinstance(chosen, str) and chosen in data["gateways"] else None
 
 
 def current_key(url: str | None) -> str:

@@ -1,8 +1,10 @@
 """`python -m anthropic_gateway teams|users|tags|audit ...`: the team, user and tag APIs and the audit log from a
 terminal.
 
-A client like `keys` (cli.py): it reads MASTER_KEY and GATEWAY_URL (or --url), talks HTTP to the gateway, and
-prints the JSON answer (errors on stderr, exit status 1). Amounts go out and come back exact (money.py).
+A client like `keys` (cli.py): it reads GATEWAY_URL (or --url) and the key to call with as `keys` does
+(GATEWAY_KEY, else MASTER_KEY, else the personal key of `anthropic-gateway login`: cli.py's `admin_credentials`),
+talks HTTP to the gateway, and prints the JSON answer (errors on stderr, exit status 1). Amounts go out and come
+back exact (money.py).
 
     python -m anthropic_gateway teams new --team-alias search --max-budget 5000 --budget-duration 30d
     python -m anthropic_gateway teams member-add <team_id> --user-email ana@example.com --max-budget-in-team 300
@@ -15,7 +17,6 @@ prints the JSON answer (errors on stderr, exit status 1). Amounts go out and com
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 
 from . import money
-from .cli import DEFAULT_URL, _json_object, _names
+from .cli import URL_HELP, _json_object, _names, credentials_or_exit_status
 
 Request = tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]  # method, path, query, JSON body
 _SCOPE = ("models", "max_budget", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests")
@@ -76,9 +77,7 @@ def _spend_request(path: str, args: argparse.Namespace) -> Request:
 
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url", default=argparse.SUPPRESS, help=f"gateway base URL (default: $GATEWAY_URL or {DEFAULT_URL})"
-    )
+    common.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
     return common
 
 
@@ -276,7 +275,7 @@ def _audit_parser() -> argparse.ArgumentParser:
         parents=[_common()],
         description="Read the audit log, newest first: a page of entries and the cursor of the next page.",
     )
-    parser.add_argument("--actor", help="master, key:<alias or token>, sso:<subject>, or a user id")
+    parser.add_argument("--actor", help="master, key:<alias or token>, sso:<subject>, idp:<subject>, or a user id")
     parser.add_argument("--target", help="key:<key_id>, team:<team_id>, user:<user_id> or tag:<name>")
     parser.add_argument("--action", help="an action (key.update) or its start (key)")
     parser.add_argument("--start-date", help="YYYY-MM-DD (UTC; default: 30 days before the end)")
@@ -304,13 +303,12 @@ def main(kind: str, argv: list[str] | None = None) -> int:
     """Run `kind` (teams, users, tags or audit) with the command line `argv`; the exit status."""
     build, request_for = _KINDS[kind]
     args = build().parse_args(argv)
-    master_key = os.environ.get("MASTER_KEY", "").strip()
-    if not master_key:
-        print("Set MASTER_KEY to the gateway's master key.", file=sys.stderr)
-        return 2
-    url = (getattr(args, "url", None) or os.environ.get("GATEWAY_URL") or DEFAULT_URL).rstrip("/")
+    credentials = credentials_or_exit_status(getattr(args, "url", None))
+    if isinstance(credentials, int):
+        return credentials
+    url, key = credentials
     method, path, query, body = request_for(args)
-    headers = {"Authorization": f"Bearer {master_key}", "content-type": "application/json"}
+    headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
             content = money.dumps(body) if body is not None else None

@@ -11,24 +11,32 @@ the user is not in yet. Nothing here removes a membership: leaving a group at th
 
 A user whose email another user already holds is created without it: emails are not proof of identity at every
 provider (Entra ID lets people edit theirs), so a token never takes over a user an admin made.
+
+Every change a sign-in makes is in the audit log, in the change's own transaction, with the actor `idp:<subject>`
+(audit.py's `by_provider`): the user created (`user.create`, its teams included), a role set back to what the
+groups map (`user.update`), each mapped team joined (`team.member_add`), and each personal key issued
+(`key.generate`) or revoked to free its slot (`key.delete`), by its public hash only.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from . import keys, oidc
+from . import audit, keys, oidc
 from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
 from .keys import KeyCache
 from .secrets import Secrets
 from .settings import ROLES, OidcSettings, Settings
-from .storage import key_records, teams, users
+from .storage import key_records, table, teams, users
+from .storage.audit import Entry
 from .storage.key_records import KeyRecord
 from .storage.members import Membership
 from .storage.outcomes import Refused
@@ -149,9 +157,8 @@ def _strings(value: object) -> list[str]:
 async def signed_in_user(runtime: Parts, identity: Identity) -> UserRecord:
     """The person's user, created at their first sign-in and brought in line with their groups at each; 403 when
     it is blocked or being deleted."""
-    default_role = configured(runtime.settings).default_role
     try:
-        user = await runtime.aws.call(provision, identity, default_role)
+        user = await runtime.aws.call(provision, runtime.settings, identity)
     except Unavailable:
         raise GatewayError(503, "The gateway cannot read its users right now; retry.") from None
     if user.blocked or user.deleting:
@@ -159,11 +166,12 @@ async def signed_in_user(runtime: Parts, identity: Identity) -> UserRecord:
     return user
 
 
-def provision(identity: Identity, default_role: str) -> UserRecord:
-    """Blocking (DynamoDB). The user `identity` names, created or synced (see the module's docstring)."""
+def provision(settings: Settings, identity: Identity) -> UserRecord:
+    """Blocking (DynamoDB). The user `identity` names, created or synced (see the module's docstring), each change
+    audited."""
     for _ in range(3):  # a concurrent first sign-in or change: read again
         user = users.get(identity.user_id)
-        refused = _create(identity, default_role) if user is None else _sync(user, identity)
+        refused = _create(settings, identity) if user is None else _sync(settings, user, identity)
         if refused is None:
             found = users.get(identity.user_id)
             if found is not None:
@@ -171,25 +179,25 @@ def provision(identity: Identity, default_role: str) -> UserRecord:
     raise GatewayError(409, "Your user changed while signing in; sign in again.", error_type=_CONFLICT)
 
 
-def _create(identity: Identity, default_role: str) -> Refused | None:
+def _create(settings: Settings, identity: Identity) -> Refused | None:
     now = keys.utcnow().isoformat()
     team_ids = _joinable(identity.teams)
     user = UserRecord(
         user_id=identity.user_id,
         user_alias=identity.name,
         user_email=identity.email,
-        user_role=identity.role or default_role,
+        user_role=identity.role or configured(settings).default_role,
         teams=team_ids,
         metadata={"sso": True},
         created_at=now,
         updated_at=now,
     )
     memberships = [Membership(team_id=team, user_id=user.user_id, created_at=now, updated_at=now) for team in team_ids]
-    refused = users.create(user, memberships)
+    refused = _audited(settings, _new_user_entry(user), partial(users.create, user, memberships))
     if refused is not None and refused.what == "email":
         logger.warning("sso user created without its email, which another user has", extra={"user_id": user.user_id})
         user.user_email = None
-        refused = users.create(user, memberships)
+        refused = _audited(settings, _new_user_entry(user), partial(users.create, user, memberships))
     if refused is not None and refused.what == "team":  # a mapped team deleted meanwhile: the next try skips it
         return refused
     if refused is not None and refused.reason == "exists" and refused.what == "user":
@@ -197,19 +205,40 @@ def _create(identity: Identity, default_role: str) -> Refused | None:
     return refused
 
 
-def _sync(user: UserRecord, identity: Identity) -> Refused | None:
+def _sync(settings: Settings, user: UserRecord, identity: Identity) -> Refused | None:
     now = keys.utcnow().isoformat()
+    subject = identity.user_id
     if identity.role is not None and identity.role != user.user_role:
-        refused = users.update(user, {"user_role": identity.role}, now)
+        changes = {"user_role": identity.role}
+        before, after = audit.changed(audit.fields(user), changes)
+        entry = audit.by_provider(subject, "user.update", audit.user_target(user.user_id), before, after)
+        refused = _audited(settings, entry, partial(users.update, user, changes, now))
         if refused is not None:
             return refused
     missing = [team for team in _joinable(identity.teams) if team not in user.teams]
     for team_id in missing:
         joining = Joining(Membership(team_id=team_id, user_id=user.user_id, created_at=now, updated_at=now))
-        refused = teams.add_members(team_id, [joining], now)
+        # As /team/member_add records a join (team_routes.py): the members added, none of them a new user.
+        added = {"members": [{**audit.fields(joining.membership), "new_user": False}]}
+        entry = audit.by_provider(subject, "team.member_add", audit.team_target(team_id), None, added)
+        refused = _audited(settings, entry, partial(teams.add_members, team_id, [joining], now))
         if refused is not None and refused.reason != "exists":  # exists: joined by a concurrent sign-in
             return refused
     return None
+
+
+def _new_user_entry(user: UserRecord) -> Entry:
+    """A user's creation at its first sign-in, as /user/new records one: all its settings, its teams included."""
+    return audit.by_provider(user.user_id, "user.create", audit.user_target(user.user_id), None, audit.fields(user))
+
+
+def _audited(settings: Settings, entry: Entry, write: Callable[[table.Put], Refused | None]) -> Refused | None:
+    """`write` (a storage write, given its audit action last) a change with `entry` in its transaction; the entry
+    logged once the change was stored."""
+    refused = write(audit.put(settings, entry))
+    if refused is None:
+        audit.written(entry)
+    return refused
 
 
 def _joinable(team_ids: tuple[str, ...]) -> list[str]:
@@ -242,7 +271,7 @@ async def issue_personal_key(runtime: Parts, user: UserRecord, team_id: str | No
     team = team_id if team_id is not None else user.teams[0] if len(user.teams) == 1 else None
     hours = configured(runtime.settings).personal_key_hours
     try:
-        issued = await runtime.aws.call(_issue, runtime.key_cache, user.user_id, team, hours)
+        issued = await runtime.aws.call(_issue, runtime.settings, runtime.key_cache, user.user_id, team, hours)
     except Unavailable:
         raise GatewayError(503, "The gateway cannot store keys right now; retry.") from None
     runtime.key_cache.invalidate(issued.record.token, *((issued.revoked,) if issued.revoked else ()))
@@ -254,15 +283,18 @@ def personal_alias(user_id: str, slot: int) -> str:
     return f"personal:{hashlib.sha256(user_id.encode()).hexdigest()[:16]}:{slot}"
 
 
-def _issue(key_cache: KeyCache, user_id: str, team_id: str | None, hours: float) -> PersonalKey:
-    """Blocking (DynamoDB): the slot's old key deleted, the new one stored with the slot's alias."""
+def _issue(settings: Settings, key_cache: KeyCache, user_id: str, team_id: str | None, hours: float) -> PersonalKey:
+    """Blocking (DynamoDB): the slot's old key deleted, the new one stored with the slot's alias, each audited
+    (by their public hash: the key itself is never in an entry)."""
     for _ in range(3):  # another issue for the same person took the slot meanwhile: choose again
         slot, old = _choose_slot(user_id)
         if old is not None:
+            revoked = audit.by_provider(user_id, "key.delete", audit.key_target(old), audit.key_fields(old))
             try:
-                key_records.delete(old)
+                key_records.delete(old, audit.put(settings, revoked))
             except key_records.Conflict:
                 continue
+            audit.written(revoked)
         plain, now = keys.new_key(), keys.utcnow()
         record = KeyRecord(
             token=keys.hash_key(plain),
@@ -275,14 +307,16 @@ def _issue(key_cache: KeyCache, user_id: str, team_id: str | None, hours: float)
             user_id=user_id,
             team_id=team_id,
         )
+        issued = audit.by_provider(user_id, "key.generate", audit.key_target(record), None, audit.key_fields(record))
         try:
-            keys.put_new(key_cache, record)
-        except key_records.AliasTaken:
+            keys.put_new(key_cache, record, audit.put(settings, issued))
+        except (key_records.AliasTaken, key_records.Conflict):  # Conflict: its audit entry could not be written
             continue
         except key_records.LinkRefused as exc:  # the user or the team was deleted meanwhile, or the user left the team
             raise GatewayError(403, f"Cannot issue the key: {refusal_text(exc.refused)}.") from None
-        revoked = old.token if old is not None and not old.expired(keys.utcnow()) else None
-        return PersonalKey(plain, record, revoked)
+        audit.written(issued)
+        still_worked = old.token if old is not None and not old.expired(keys.utcnow()) else None
+        return PersonalKey(plain, record, still_worked)
     raise GatewayError(409, "Other sign-ins are issuing your keys right now; retry.", error_type=_CONFLICT)
 
 

@@ -1,4 +1,5 @@
-"""The audit log: one item per change made through the admin API, written in the change's own transaction.
+"""The audit log: one item per change made through the admin API or by a single sign-on, written in the change's
+own transaction.
 
   pk=AUDIT#<YYYY-MM-DD>  sk=<at>#<id>       an entry, in the partition of its UTC day
   gsi1pk=AUDIT#<target>  gsi1sk=<at>#<id>   the same entry, listed by what it changed (key:<key_id>, team:<id>...)
@@ -30,7 +31,8 @@ MAX_QUERIES = 40  # Queries one page may read (day partitions with nothing to sh
 
 @dataclass(frozen=True)
 class Entry:
-    """One change: when, who (`actor`: master, key:<alias or token>, sso:<subject>; and the user behind it), what
+    """One change: when, who (`actor`: master, key:<alias or token>, sso:<subject> for a console session,
+    idp:<subject> for what the identity provider changed at that person's sign-in; and the user behind it), what
     (`action`, e.g. key.update), to what (`target`, e.g. key:<key_id>), and the changed fields before and after
     (None: the thing did not exist before, or does not after). Never a secret: the caller builds before/after
     from public fields only (audit.py)."""

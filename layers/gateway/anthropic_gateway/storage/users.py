@@ -84,7 +84,9 @@ def create(user: UserRecord, memberships: list[Membership], audit: table.Put | N
     for membership in memberships:
         members.join(transaction, membership, team_checked=False, user_exists=False)
     transaction.audited(audit)
-    refused = transaction.run(idempotency=f"user-new#{user.user_id}#{user.created_at}")
+    # The email in the token too: single sign-on tries again without it when another user has it (sso.py), and
+    # DynamoDB refuses a token it saw with other actions.
+    refused = transaction.run(idempotency=f"user-new#{user.user_id}#{user.created_at}#{user.user_email or ''}")
     if refused == Refused("exists", "user", user.user_id) and _created_here(user):
         return None  # our own write, retried after its answer was lost
     return refused

@@ -6,7 +6,7 @@ import { api } from "./api.js";
 import { h, message, when } from "./dom.js";
 
 const FILTERS = [
-  ["actor", "Actor", "master, key:<alias>, sso:<subject> or a user id"],
+  ["actor", "Actor", "master, key:<alias>, sso:<subject>, idp:<subject> or a user id"],
   ["target", "Target", "key:<hash>, team:<id>, user:<id>, tag:<name>"],
   ["action", "Action", "key.update, or key for every key action"],
   ["start_date", "From", "YYYY-MM-DD"],
