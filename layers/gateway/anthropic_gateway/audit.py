@@ -29,6 +29,7 @@ KEY_FIELDS = (
     "key_alias",
     "team_id",
     "user_id",
+    "delegated_by",
     "blocked",
     "expires",
     "max_budget",
