@@ -93,8 +93,8 @@ def test_generate_returns_the_key_once_and_stores_only_its_hash(admin, gateway):
 KEY_FIELDS = [
     *("token", "key_name", "key_alias", "spend", "total_spend", "reserved_spend", "max_budget", "budget_duration"),
     *("budget_reset_at", "expires", "models", "tags", "metadata", "rpm_limit", "tpm_limit", "max_parallel_requests"),
-    *("upstreams", "team_id", "user_id", "blocked", "created_at", "updated_at", "input_tokens", "output_tokens"),
-    *("cache_creation_input_tokens", "cache_read_input_tokens", "requests"),
+    *("upstreams", "team_id", "user_id", "delegated_by", "blocked", "created_at", "updated_at", "input_tokens"),
+    *("output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "requests"),
 ]
 
 

@@ -9,6 +9,13 @@
 A virtual key acts with its user's role (a key without a user has none); a console session with its person's.
 The role and team admin rights are read from the user and its memberships at each request, so a change of role
 applies at once. Every refusal is a 403 permission_error that says what is missing.
+
+No caller obtains a credential that acts beyond its own reach. A key acts with its user's role only when its plain
+key went to its user or to a proxy_admin: a key that a team admin makes or regenerates for another user, or one
+moved to another user by anyone, is `delegated` (KeyRecord.delegated_by): it works on the messages API and has no
+role here, until its user (with a credential of their own) or a proxy_admin regenerates it. And a team admin makes,
+regenerates or hands keys to, and adds to its teams, no user whose role ranks above its own (proxy_admin_viewer,
+proxy_admin).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from .storage.scope_items import ScopeRecord
 
 PROXY_ADMIN, PROXY_ADMIN_VIEWER = "proxy_admin", "proxy_admin_viewer"
 INTERNAL_USER, INTERNAL_USER_VIEWER = "internal_user", "internal_user_viewer"
+# How far a role reaches: a team admin acts on no user whose role ranks above its own (the others rank 0).
+_RANK = {PROXY_ADMIN: 2, PROXY_ADMIN_VIEWER: 1}
 # Limits a key may not set above the scopes it belongs to, when a team admin or an internal user sets them.
 LIMITS = ("max_budget", "rpm_limit", "tpm_limit", "max_parallel_requests")
 
@@ -109,6 +118,22 @@ class Access:
             "create this key", "proxy_admin, admin of the key's team, or internal_user creating its own key"
         )
 
+    def check_outranks(self, user_id: str, role: str | None, what: str) -> None:
+        """`what` ("create a key for user", "add to team 'x' user"...) user `user_id` of role `role`: not when
+        that role ranks above the caller's (a team admin never acts so on a proxy_admin or proxy_admin_viewer)."""
+        if self.is_admin or user_id == self.user_id:
+            return
+        if _RANK.get(role or "", 0) > _RANK.get(self.role or "", 0):
+            raise self.refuse(f"{what} {user_id!r}, whose role is {role}", "proxy_admin")
+
+    def delegation(self, user_id: str | None) -> str | None:
+        """Who a plain key this caller makes or regenerates for user `user_id` goes to, besides that user: None
+        when the key may act with its user's role (no user; the caller is a proxy_admin, or that user itself),
+        else the caller (its audit name), and the key has no role on the admin API."""
+        if user_id is None or self.is_admin or user_id == self.user_id:
+            return None
+        return self.caller.actor
+
     def check_moves(self, record: KeyRecord, changes: Mapping[str, Any]) -> None:
         """A team admin's /key/update may not take a key out of its teams, or give it to a team it does not run."""
         if self.is_admin:
@@ -156,6 +181,13 @@ def resolve(caller: Caller) -> Access:
         return Access(caller=caller, role=PROXY_ADMIN)
     if caller.user_id is None:
         return Access(caller=caller, role=None)
+    if caller.key is not None and caller.key.delegated_by is not None:
+        raise GatewayError(
+            403,
+            f"This key of user {caller.user_id!r} was made or given to it by {caller.key.delegated_by}, not by the "
+            "user or a proxy_admin: it has no role on the admin API (it works on the messages API). Its user, with "
+            "a key or console session of their own, or a proxy_admin can regenerate it to give it the user's role.",
+        )
     user = users.get(caller.user_id)
     if user is None or user.deleting:
         raise GatewayError(403, f"User {caller.user_id!r} of this caller no longer exists: it has no role.")

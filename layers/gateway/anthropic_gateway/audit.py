@@ -31,6 +31,7 @@ KEY_FIELDS = (
     "key_alias",
     "team_id",
     "user_id",
+    "delegated_by",
     "blocked",
     "expires",
     "max_budget",

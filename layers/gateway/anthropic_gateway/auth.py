@@ -24,6 +24,7 @@ from .storage import users
 from .storage.key_records import KeyRecord
 from .storage.tags import TagRegistry
 from .storage.teams import TeamRegistry
+from .storage.users import UserRecord
 
 
 class Parts(Protocol):
@@ -140,13 +141,30 @@ def _check_owners(record: KeyRecord, found: Owners) -> None:
         if team.blocked:
             raise GatewayError(401, f"This key's team {record.team_id!r} is blocked.")
     if record.user_id is not None:
-        user = found.user
-        if user is None or user.deleting:
-            raise GatewayError(401, f"This key's user {record.user_id!r} has been deleted.")
-        if user.blocked:
-            raise GatewayError(401, f"This key's user {record.user_id!r} is blocked.")
+        _check_user(found.user, record.user_id, "This key's")
     if record.team_id is not None and record.user_id is not None and found.member is None:
         raise GatewayError(401, f"This key's user {record.user_id!r} is no longer in team {record.team_id!r}.")
+
+
+def _check_user(user: UserRecord | None, user_id: str, whose: str) -> UserRecord:
+    """The user (a key's, or a console session's), unless deleted, being deleted or blocked: then a 401 naming it."""
+    if user is None or user.deleting:
+        raise GatewayError(401, f"{whose} user {user_id!r} has been deleted.")
+    if user.blocked:
+        raise GatewayError(401, f"{whose} user {user_id!r} is blocked.")
+    return user
+
+
+async def _usable(runtime: Parts, key: str) -> KeyRecord:
+    """The record of virtual key `key`: 401 when it is unknown, blocked or expired."""
+    record = await _lookup(runtime, key)
+    if record is None:
+        raise GatewayError(401, "Invalid API key.")
+    if record.blocked:
+        raise GatewayError(401, "This key is blocked.")
+    if record.expired(keys.utcnow()):
+        raise GatewayError(401, f"This key expired at {record.expires}.")
+    return record
 
 
 async def authenticate(runtime: Parts, headers: Headers) -> Principal:
@@ -156,13 +174,7 @@ async def authenticate(runtime: Parts, headers: Headers) -> Principal:
         raise GatewayError(401, "Missing API key: send your gateway key in x-api-key or Authorization: Bearer.")
     if _is_master(key, await runtime.secrets.master_key()):
         return MASTER
-    record = await _lookup(runtime, key)
-    if record is None:
-        raise GatewayError(401, "Invalid API key.")
-    if record.blocked:
-        raise GatewayError(401, "This key is blocked.")
-    if record.expired(keys.utcnow()):
-        raise GatewayError(401, f"This key expired at {record.expires}.")
+    record = await _usable(runtime, key)
     if record.team_id:
         runtime.team_registry.snapshot()  # refreshes the registry, if due, while the request runs (metrics.py reads it)
     if record.team_id is None and record.user_id is None:
@@ -181,8 +193,9 @@ class Caller:
     "who" read.
 
     kind: "master" (the master key), "key" (a virtual key: `key` is its record, `user_id` its user if any; its
-    role is its user's, read by the role checks), or "sso" (a console session: `user_id` is the person's user,
-    `subject` the ID token's sub, `role` and `teams` read from the user at this request).
+    role is its user's, read by the role checks, or none when the key is delegated: KeyRecord.delegated_by), or
+    "sso" (a console session: `user_id` is the person's user, `subject` the ID token's sub, `role` and `teams`
+    read from the user at this request).
     """
 
     kind: Literal["master", "key", "sso"]
@@ -208,20 +221,22 @@ MASTER_CALLER = Caller(kind="master", role="proxy_admin")
 
 async def admin_caller(request: Request) -> Caller:
     """The caller of an admin route: a key in the headers (the master key or a virtual key), else the console's
-    single sign-on session cookie, whose state-changing requests must carry its CSRF token. 401 for neither (and
-    for a blocked or expired key). What the caller may do is access.py's."""
+    single sign-on session cookie, whose state-changing requests must carry its CSRF token. 401 for neither, and
+    for a key the messages API would refuse (blocked, expired; its team or user blocked or deleted, its user out of
+    its team: read from the table, not the cache, so an admin change applies at once) or a session of a blocked or
+    deleted user. What the caller may do is access.py's."""
     runtime: Parts = runtime_of(request)
     key = presented_key(request.headers)
     if key is not None:
         if _is_master(key, await runtime.secrets.master_key()):
             return MASTER_CALLER
-        record = await _lookup(runtime, key)
-        if record is None:
-            raise GatewayError(401, "Invalid master key.")
-        if record.blocked:
-            raise GatewayError(401, "This key is blocked.")
-        if record.expired(keys.utcnow()):
-            raise GatewayError(401, f"This key expired at {record.expires}.")
+        record = await _usable(runtime, key)
+        if record.team_id is not None or record.user_id is not None:
+            try:
+                found = await runtime.aws.call(partial(runtime.owners.load, record, fresh=True))
+            except Exception:  # DynamoDB unreachable or too slow: a fast answer in Anthropic's shape
+                raise GatewayError(503, "The gateway cannot check this key's team and user right now; retry.") from None
+            _check_owners(record, found)
         return Caller(kind="key", key=record, user_id=record.user_id)
     session = await sso_session.session_of(runtime.secrets, request.cookies)
     if session is None:
@@ -236,10 +251,7 @@ async def admin_caller(request: Request) -> Caller:
         user = await runtime.aws.call(users.get, session.user_id)
     except Unavailable:
         raise GatewayError(503, "The gateway cannot read its users right now; retry.") from None
-    if user is None or user.deleting:
-        raise GatewayError(401, "Your user no longer exists: sign in again.")
-    if user.blocked:
-        raise GatewayError(401, f"User {user.user_id!r} is blocked.")
+    user = _check_user(user, session.user_id, "Your")
     return Caller(
         kind="sso",
         role=user.user_role,

@@ -1,8 +1,10 @@
 """The key management API, in LiteLLM proxy's request and response shapes.
 
 Who may do what is access.py's: the master key and proxy_admin everything, proxy_admin_viewer reads, a team's
-admin the team's keys, an internal user its own keys; /key/list shows only the keys the caller may read. Every
-change is stored with its audit entry in one transaction (audit.py).
+admin the team's keys, an internal user its own keys; /key/list shows only the keys the caller may read. A key
+made or regenerated for a user by someone else than that user or a proxy_admin, or moved to another user, is
+marked `delegated_by` and has no role on the admin API (access.py). Every change is stored with its audit entry
+in one transaction (audit.py).
 
 Responses carry the key's hash (`token`, LiteLLM's name for it) and never a plain key, except the one response
 that creates it (/key/generate, /key/regenerate). Every change invalidates this process's key cache, so it
@@ -253,6 +255,7 @@ class KeyInfo(BaseModel):
     upstreams: list[str] | None  # null: the deployment's DEFAULT_UPSTREAMS
     team_id: str | None
     user_id: str | None
+    delegated_by: str | None  # set: the key has no role on the admin API (access.py)
     blocked: bool
     created_at: str
     updated_at: str
@@ -413,10 +416,12 @@ async def generate_key(http_request: Request) -> Response:
         upstreams=request.upstreams,
         team_id=request.team_id,
         user_id=request.user_id,
+        delegated_by=access.delegation(request.user_id),
     )
     entry = audit.entry(access.caller, "key.generate", audit.key_target(record), None, audit.key_fields(record))
 
     def create() -> None:
+        _check_holder(access, record.user_id, "create a key for user")
         _check_limits(access, audit.key_fields(record), record.team_id, record.user_id)
         keys.put_new(runtime.key_cache, record, audit.put(runtime.settings, entry))
 
@@ -449,6 +454,24 @@ def _check_limits(access: Access, settings: dict[str, Any], team_id: str | None,
     access.check_within(
         settings, [(f"team {team_id!r}", team), (f"user {user_id!r}", user), ("the user's membership", membership)]
     )
+
+
+def _check_holder(access: Access, user_id: str | None, what: str) -> None:
+    """`what` (create a key for, regenerate a key of, give a key to) user `user_id`: not a user whose role ranks
+    above the caller's (access.check_outranks)."""
+    if user_id is None or access.is_admin or user_id == access.user_id:
+        return
+    user = users.get(user_id)
+    if user is not None:  # a missing user: the write refuses the key (LinkRefused)
+        access.check_outranks(user_id, user.user_role, what)
+
+
+def _reassigned(access: Access, record: KeyRecord, changes: dict[str, Any]) -> dict[str, Any]:
+    """A key moved to another user keeps working for whoever held it: it has no role on the admin API (the
+    caller named as `delegated_by`) until regenerated (access.py). {} when its user stays."""
+    if "user_id" not in changes or changes["user_id"] == record.user_id:
+        return {}
+    return {"delegated_by": access.caller.actor if changes["user_id"] is not None else None}
 
 
 def _expiry(duration: str | None, now: datetime) -> str | None:
@@ -518,16 +541,19 @@ async def update_key(http_request: Request) -> Response:
         owners = (changes.get("team_id", record.team_id), changes.get("user_id", record.user_id))
         # The limits it changes; all of them when it moves (they must fit its new team and user).
         moves = owners != (record.team_id, record.user_id)
+        if owners[1] != record.user_id:
+            _check_holder(access, owners[1], f"give key {record.token} to user")
         _check_limits(access, {**audit.key_fields(record), **changes} if moves else changes, *owners)
         return record
 
     def change(record: KeyRecord) -> None:
         if changes:
-            before, after = audit.changed(audit.key_fields(record), changes)
+            applied = {**changes, **_reassigned(access, record, changes)}
+            before, after = audit.changed(audit.key_fields(record), applied)
             entries.append(audit.entry(access.caller, "key.update", audit.key_target(record), before, after))
             key_records.update(
                 record,
-                changes,
+                applied,
                 new_alias=changes.get("key_alias"),
                 alias_change=alias_change,
                 audit=audit.put(runtime.settings, entries[-1]),
@@ -674,13 +700,20 @@ async def regenerate_key(http_request: Request) -> Response:
     def find() -> KeyRecord:
         record = _find(request.key, request.key_alias)
         access.check_manage_key(record, "regenerate")
+        _check_holder(access, record.user_id, f"regenerate key {record.token} of user")
         return record
 
     def change(record: KeyRecord) -> None:
         old.append(record.token)
-        before, after = {"token": record.token}, {"token": keys.hash_key(plain)}
+        delegated_by = access.delegation(record.user_id)
+        before: dict[str, str | None] = {"token": record.token}
+        after: dict[str, str | None] = {"token": keys.hash_key(plain)}
+        if delegated_by != record.delegated_by:
+            before["delegated_by"], after["delegated_by"] = record.delegated_by, delegated_by
         entries.append(audit.entry(access.caller, "key.regenerate", audit.key_target(record), before, after))
-        keys.regenerate(runtime.key_cache, record, plain, audit.put(runtime.settings, entries[-1]))
+        keys.regenerate(
+            runtime.key_cache, record, plain, audit.put(runtime.settings, entries[-1]), delegated_by=delegated_by
+        )
 
     try:
         await anyio.to_thread.run_sync(_retrying, runtime.key_cache, find, change)

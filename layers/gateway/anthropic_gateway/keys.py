@@ -82,11 +82,19 @@ def put_new(key_cache: KeyCache, record: KeyRecord, audit: table.Put | None = No
     key_cache.directory.add(record.token)
 
 
-def regenerate(key_cache: KeyCache, record: KeyRecord, new_plain: str, audit: table.Put | None = None) -> KeyRecord:
-    """Give the record the key `new_plain` (storage/key_records.regenerate: KeyExists, Conflict); the old key stops
-    working in the same write, the new one works at once for the runtime whose `key_cache` this is."""
+def regenerate(
+    key_cache: KeyCache,
+    record: KeyRecord,
+    new_plain: str,
+    audit: table.Put | None = None,
+    *,
+    delegated_by: str | None = None,
+) -> KeyRecord:
+    """Give the record the key `new_plain` (storage/key_records.regenerate: KeyExists, Conflict), handed to
+    `delegated_by` (KeyRecord); the old key stops working in the same write, the new one works at once for the
+    runtime whose `key_cache` this is."""
     new_token = hash_key(new_plain)
-    key_records.regenerate(record, new_token, key_name(new_plain), audit)
+    key_records.regenerate(record, new_token, key_name(new_plain), audit, delegated_by=delegated_by)
     key_cache.directory.add(new_token)
     return record
 

@@ -6,7 +6,8 @@ runtime.py holds it) by (pk, sk) for KEY_CACHE_TTL, as key records are, absent o
 `MAX_ENTRIES`: a warm request reads none of them. A cold one reads what is missing, at most the team, the user and
 the membership, in one BatchGetItem, under the request's AWS deadline (auth.py), shared by the requests that need
 the same records at that moment. A change made through this runtime's admin API applies here at once (`forget`);
-one made on another instance within KEY_CACHE_TTL. Budgets do not wait for the cache: every budget hold is
+one made on another instance within KEY_CACHE_TTL. The admin API reads them from the table at each request
+(`load(fresh=True)`, auth.admin_caller). Budgets do not wait for the cache: every budget hold is
 conditional on the record as it is now.
 """
 
@@ -75,12 +76,13 @@ class OwnersCache:
             found[place] = owner
         return _owners(record, found)
 
-    def load(self, record: KeyRecord) -> Owners:
-        """Blocking. The key's owners: what is cached, and what is not read in one BatchGetItem and cached."""
+    def load(self, record: KeyRecord, *, fresh: bool = False) -> Owners:
+        """Blocking. The key's owners: what is cached, and what is not read in one BatchGetItem and cached; with
+        `fresh`, all of them read (the admin API: a change made on any instance applies at once)."""
         found: dict[tuple[str, str], Record | None] = {}
         missing = []
         for place in needed(record):
-            hit, owner = self._cache.get(place)
+            hit, owner = (False, None) if fresh else self._cache.get(place)
             if hit:
                 found[place] = owner
             else:

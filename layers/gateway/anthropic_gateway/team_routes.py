@@ -1,8 +1,9 @@
 """The team API, in LiteLLM proxy's routes and shapes: teams, their members and members' budgets.
 
 Teams are created, changed and deleted by proxy_admin (and the master key); a team's admins (members with role
-"admin") manage its members, within the team's budget; reads take proxy_admin, proxy_admin_viewer or the team's
-admin (access.py). Every change is stored with its audit entry in one transaction (audit.py).
+"admin") manage its members, within the team's budget, and add no user whose role ranks above theirs; reads
+take proxy_admin, proxy_admin_viewer or the team's admin (access.py). Every change is stored with its audit
+entry in one transaction (audit.py).
 
 A team is a budget and limits shared by its keys; a membership is a user's role and own budget in the team.
 Deleting a team deletes its keys and memberships (as LiteLLM does), in bounded steps (org_api.MAX_CASCADE per
@@ -286,6 +287,7 @@ async def member_add(http_request: Request) -> Response:
             raise admin_error(Refused("deleting", "team", team.team_id))
         _check_member_budget(access, team, request.max_budget_in_team)
         joining = _joining(team, added, request.max_budget_in_team, request.budget_duration, now)
+        _check_ranks(access, team, joining)
         added_members = {"members": _joined(joining)}
         entry = audit.entry(access.caller, "team.member_add", _target(team.team_id), None, added_members)
         refuse_unless_done(
@@ -408,6 +410,15 @@ def _check_member_budget(access: Access, team: TeamRecord, budget: Decimal | Non
             f"give a member max_budget_in_team {budget}",
             f"at most team {team.team_id!r}'s max_budget ({team.max_budget}) (proxy_admin)",
         )
+
+
+def _check_ranks(access: Access, team: TeamRecord, joining: list[Joining]) -> None:
+    """A team admin adds no existing user whose role ranks above its own (access.check_outranks)."""
+    if access.is_admin:
+        return
+    for join in joining:
+        if join.new_user is None and (user := users.get(join.membership.user_id)) is not None:
+            access.check_outranks(user.user_id, user.user_role, f"add to team {team.team_id!r} user")
 
 
 def _team(team_id: str) -> TeamRecord:

@@ -77,6 +77,10 @@ class KeyRecord:
     upstreams: list[str] | None = None  # failover order, e.g. ["anthropic", "bedrock"]; None: DEFAULT_UPSTREAMS
     team_id: str | None = None  # the team and the user the key belongs to (key_links.py)
     user_id: str | None = None
+    # Who was handed the plain key for its user, when that was not its user nor a proxy_admin (an audit actor:
+    # a team admin's key or session, or whoever moved the key to this user): such a key has no role on the admin
+    # API (access.py) until its user or a proxy_admin regenerates it. None: the key acts with its user's role.
+    delegated_by: str | None = None
     spend: Decimal = _ZERO  # USD in the current budget period (all time without budget_duration)
     total_spend: Decimal = _ZERO  # all time
     reserved: Decimal = _ZERO  # estimates held by admitted requests that have not settled yet
@@ -297,9 +301,17 @@ def update(
         raise Conflict()
 
 
-def regenerate(record: KeyRecord, new_token: str, new_name: str, audit: table.Put | None = None) -> KeyRecord:
+def regenerate(
+    record: KeyRecord,
+    new_token: str,
+    new_name: str,
+    audit: table.Put | None = None,
+    *,
+    delegated_by: str | None = None,
+) -> KeyRecord:
     """Give the record a new key (its hash and display name); the old one stops opening it in the same transaction.
-    Settings, spend and counters stay where they are (on KEY#<key_id>), so requests in flight settle normally.
+    Settings, spend and counters stay where they are (on KEY#<key_id>), so requests in flight settle normally;
+    `delegated_by` says who the new key was handed to (KeyRecord), None when its user or a proxy_admin.
 
     The old key's pointer item stays (it leads to a record whose token moved on, so it opens nothing): no key
     that was ever used can be chosen again. The record lists those pointers in `retired`, for delete.
@@ -310,6 +322,11 @@ def regenerate(record: KeyRecord, new_token: str, new_name: str, audit: table.Pu
     names = {"#token": "token", "#updated_at": "updated_at"}
     values: dict[str, Any] = {":new": new_token, ":name": new_name, ":now": now, ":old": record.token}
     expression = "SET #token = :new, key_name = :name, #updated_at = :now"
+    if delegated_by is not None:
+        expression += ", delegated_by = :delegated_by"
+        values[":delegated_by"] = delegated_by
+    else:
+        expression += " REMOVE delegated_by"
     if record.token != record.key_id:  # the previous hash was itself a pointer
         expression += " ADD #retired :retired"
         names["#retired"], values[":retired"] = "retired", {record.token}
@@ -325,6 +342,7 @@ def regenerate(record: KeyRecord, new_token: str, new_name: str, audit: table.Pu
     if failed:
         raise Conflict()
     record.token, record.key_name, record.updated_at = new_token, new_name, now
+    record.delegated_by = delegated_by
     return record
 
 
