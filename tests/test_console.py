@@ -188,12 +188,12 @@ def test_console_assets_fit_the_budget():
 def test_wrong_master_key_is_refused_with_a_message(watched, virtual_key):
     page = watched.page
     watched.sign_in("sk-not-the-master-key-0000000000")
-    expect(page.get_by_role("alert")).to_have_text("Wrong master key: the gateway did not accept it.")
+    expect(page.get_by_role("alert")).to_have_text("Wrong key: the gateway did not accept it.")
     assert page.evaluate("sessionStorage.length") == 0
 
     page.get_by_label("Master key").fill(virtual_key)
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("alert")).to_contain_text("That is a virtual key.")
+    expect(page.get_by_role("alert")).to_contain_text("That key has no role on the admin API")
     expect(page.get_by_role("heading", name="Keys")).to_have_count(0)
 
 

@@ -55,7 +55,7 @@ async function route() {
   } catch (error) {
     if (error.status === 401) {  // the master key changed (rotated) since sign-in, or the SSO session ended
       const text = session.sso ? "Your session has ended: sign in again."
-        : "The gateway no longer accepts this master key: sign in again.";
+        : "The gateway no longer accepts this key: sign in again.";
       session.signOut();
       signIn(text);
     } else {
@@ -83,9 +83,10 @@ function signIn(notice) {
   const submit = h("button", { type: "submit", class: "primary" }, "Sign in");
   const form = h("form", { class: "panel sign-in", "aria-label": "Sign in" },
     h("h1", {}, "Sign in"),
-    h("p", { class: "muted" }, "The console manages virtual keys and shows spend with the gateway's master key. "
-      + "It is kept in this tab only, and forgotten when the tab closes."),
-    h("label", { class: "field", for: "master-key" }, h("span", { class: "label" }, "Master key"), input),
+    h("p", { class: "muted" }, "Sign in with the gateway's master key, or with a key of your own whose user has a "
+      + "role on the admin API (it then shows what that role may see and do). The key is kept in this tab only, and "
+      + "forgotten when the tab closes."),
+    h("label", { class: "field", for: "master-key" }, h("span", { class: "label" }, "Master key or your own key"), input),
     problem,
     h("div", { class: "actions" }, submit));
   form.addEventListener("submit", async (event) => {
@@ -95,13 +96,13 @@ function signIn(notice) {
     submit.disabled = true;
     problem.replaceChildren();
     try {
-      await api("/key/list", { query: { size: 1 }, key });  // any admin call: says whether the key is the master key
+      await api("/key/list", { query: { size: 1 }, key });  // any admin call: says whether the key may use the console
       session.signIn(key);
       if (!location.hash || location.hash === "#/") location.hash = "#/keys";
       await route();
     } catch (error) {
-      const text = error.status === 401 ? "Wrong master key: the gateway did not accept it."
-        : error.status === 403 ? "That is a virtual key. The console needs the gateway's master key."
+      const text = error.status === 401 ? "Wrong key: the gateway did not accept it."
+        : error.status === 403 ? `That key has no role on the admin API: ${error.message}`
           : `Could not sign in: ${error.message}`;
       problem.replaceChildren(message("error", text));
       input.select();
@@ -112,7 +113,7 @@ function signIn(notice) {
   main.replaceChildren(form);
   input.focus();
   sso.signInButton().then((button) => {
-    if (button) form.querySelector("h1").after(button, h("p", { class: "muted" }, "or with the master key:"));
+    if (button) form.querySelector("h1").after(button, h("p", { class: "muted" }, "or with the master key or a key of your own:"));
   });
 }
 
