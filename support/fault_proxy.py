@@ -9,23 +9,31 @@
 The mode applies to every request from the moment it is set, on new and already open (pooled) connections:
 bytes a client sends while the proxy stalls are swallowed, and a dropped connection is aborted with RST.
 `forwarded` counts the requests' first bytes that went through (a rough count of calls that reached moto).
+`faulted` counts the requests a fault met (stalled, dropped, or their answers lost) by AWS operation, read from
+their X-Amz-Target header (`proxy.faulted["TransactWriteItems"]`): a test waits on it to know the call it means
+to fail was made while the fault was on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import socket
 import struct
 import threading
+from collections import Counter
 from typing import Literal
 
 Mode = Literal["pass", "stall", "drop", "lose_answers"]
+_OPERATION = re.compile(rb"x-amz-target:[ \t]*[\w.-]*\.(\w+)", re.IGNORECASE)
 
 
 class FaultProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.mode: Mode = "pass"
         self.forwarded = 0
+        self.faulted: Counter[str] = Counter()
         self._tasks: set[asyncio.Future[None]] = set()
         self._target = (target_host, target_port)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -62,6 +70,9 @@ class FaultProxy:
 
     async def _connection(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         if self.mode == "drop":
+            # What the client sends first, to count it; then RST, as if the host went away meanwhile.
+            with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+                self._fault(await asyncio.wait_for(client_reader.read(65536), 1))
             _reset(client_writer)
             return
         upstream_reader: asyncio.StreamReader | None = None
@@ -69,6 +80,8 @@ class FaultProxy:
         try:
             while data := await client_reader.read(65536):
                 mode = self._mode()  # set by the test's thread at any time: read it afresh for every chunk
+                if mode != "pass":
+                    self._fault(data)
                 if mode == "drop":
                     break
                 if mode == "stall":
@@ -87,6 +100,10 @@ class FaultProxy:
             if upstream_writer is not None:
                 upstream_writer.close()
             _reset(client_writer)
+
+    def _fault(self, data: bytes) -> None:
+        if found := _OPERATION.search(data):
+            self.faulted[found.group(1).decode()] += 1
 
     async def _answers(self, upstream: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         try:

@@ -15,6 +15,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import httpx
@@ -22,11 +23,12 @@ import pytest
 
 from anthropic_gateway import keys
 from anthropic_gateway.storage import key_records, table
-from anthropic_gateway.storage.layout import TEAM_SK, USER_SK, member_sk, team_pk, user_pk
+from anthropic_gateway.storage.layout import TAG_SK, TEAM_SK, USER_SK, member_sk, tag_pk, team_pk, user_pk
 from support.fault_proxy import FaultProxy
-from support.orgs import new_key, ok, unique
+from support.orgs import error_of, new_key, ok, unique
 from support.servers import answers, free_port
 from support.waiting import eventually
+from tests.conftest import MASTER_KEY
 from tests.test_governance import HELLO, MODEL, cost, usage_header
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,15 +224,23 @@ def test_secrets_and_keys_keep_serving_stale_through_an_outage(proxy, start_gate
     eventually(lambda: settled_to(key, served), timeout=30, what="spend of the outage recorded")
 
 
-# -- a request of several scopes: its key, team, membership and user, each with a budget -------------------------
+# -- a request of several scopes: its key, team, membership, user and tag, each with a budget ----------------------
 
 
-def budgeted_org_key(admin) -> tuple[str, list[tuple[str, str]]]:
-    """A key with a budget, in a team with a budget, of a user with a budget and one in the team: every admission
-    is one TransactWriteItems of four budget holds, every settle one transaction over the four records. The key and
-    the (pk, sk) of each scope's record."""
-    team_id, user_id = unique("team"), unique("user")
-    ok(admin.post("/team/new", json={"team_id": team_id, "max_budget": 10}))
+class OrgKey(NamedTuple):
+    key: str
+    team_id: str
+    user_id: str
+    records: list[tuple[str, str]]  # the (pk, sk) of each scope's record: key, team, membership, user, tag
+
+
+def budgeted_org_key(admin) -> OrgKey:
+    """A key with a budget, in a team with a budget whose requests all carry a registered tag with a budget (the
+    team's default tags), of a user with a budget and one in the team: every admission is one TransactWriteItems
+    of five budget holds, every settle one transaction over the five records."""
+    team_id, user_id, tag = unique("team"), unique("user"), unique("app:faults")
+    ok(admin.post("/tag/new", json={"name": tag, "max_budget": 10}))
+    ok(admin.post("/team/new", json={"team_id": team_id, "max_budget": 10, "tags": [tag]}))
     ok(admin.post("/user/new", json={"user_id": user_id, "max_budget": 10, "auto_create_key": False}))
     member = {"team_id": team_id, "member": {"user_id": user_id}, "max_budget_in_team": 10}
     ok(admin.post("/team/member_add", json=member))
@@ -240,8 +250,9 @@ def budgeted_org_key(admin) -> tuple[str, list[tuple[str, str]]]:
         (team_pk(team_id), TEAM_SK),
         (team_pk(team_id), member_sk(user_id)),
         (user_pk(user_id), USER_SK),
+        (tag_pk(tag), TAG_SK),
     ]
-    return key, records
+    return OrgKey(key, team_id, user_id, records)
 
 
 def every_scope_settled_to(records: list[tuple[str, str]], served: int) -> bool:
@@ -266,8 +277,8 @@ def test_dynamodb_down_during_a_reservation_across_scopes_is_a_fast_503_holding_
     fault, proxy, start_gateway, admin
 ):
     url = start_gateway()
-    key, records = budgeted_org_key(admin)
-    warm_up(url, key)  # key, team, user and membership cached
+    key, _, _, records = budgeted_org_key(admin)
+    warm_up(url, key)  # key, team, user, membership and registered tags cached
 
     proxy.mode = fault
     refused, took = ask(url, key)
@@ -278,11 +289,13 @@ def test_dynamodb_down_during_a_reservation_across_scopes_is_a_fast_503_holding_
     eventually(lambda: every_scope_settled_to(records, 2), timeout=30, what="each scope counted once, nothing held")
 
 
-def test_dynamodb_losing_answers_during_a_settle_across_scopes_counts_each_scope_once(proxy, start_gateway, admin):
-    """The settle transaction over four records applies, its answer is lost, and it is retried: the operation
-    marker makes every retry find it applied, so no scope counts the request twice."""
+@pytest.mark.parametrize("fault", ["lose_answers", "stall", "drop"])
+def test_dynamodb_failing_during_a_settle_across_scopes_counts_each_scope_once(fault, proxy, start_gateway, admin):
+    """The settle transaction over five records fails (its answer lost after it applied, or it never reaches
+    DynamoDB) and the ledger retries it until DynamoDB answers: the operation marker makes a retry of one that
+    applied change nothing, so each scope counts the request once and holds nothing after."""
     url = start_gateway()
-    key, records = budgeted_org_key(admin)
+    key, _, _, records = budgeted_org_key(admin)
     warm_up(url, key)
 
     slow = {"x-fake-chunks": "6", "x-fake-delay-ms": "150"}
@@ -294,17 +307,96 @@ def test_dynamodb_losing_answers_during_a_settle_across_scopes_counts_each_scope
             json={"model": MODEL, "max_tokens": 20, "messages": HELLO, "stream": True},
         )
         stream = client.send(request, stream=True)  # admitted while AWS answers
-        proxy.mode = "lose_answers"
+        before = proxy.faulted["TransactWriteItems"]
+        proxy.mode = fault
         assert stream.status_code == 200
         stream.read()
         stream.close()
-        before = proxy.forwarded
-        eventually(lambda: proxy.forwarded > before + 1, what="the settle reached DynamoDB, its answer lost")
+        # The settle and a retry of it met the fault (nothing else writes a transaction meanwhile).
+        eventually(lambda: proxy.faulted["TransactWriteItems"] > before + 1, what="the settle failed, and its retry")
 
     proxy.mode = "pass"
     eventually(lambda: every_scope_settled_to(records, 2), timeout=30, what="the retried settle applied once")
     assert ask(url, key)[0].status_code == 200  # a barrier: written after every retry
     eventually(lambda: every_scope_settled_to(records, 3), timeout=30, what="barrier written")
+
+
+# -- cold reads during an outage: a key's team, user and membership; the registered tags ---------------------------
+
+
+def as_master(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30)
+
+
+@pytest.mark.parametrize("fault", ["stall", "drop"])
+def test_dynamodb_down_when_a_keys_team_and_user_are_not_cached_is_a_fast_503_naming_them(
+    fault, proxy, start_gateway, admin
+):
+    # The key and the secrets stay cached for the test: the request's only read is of the team, user, membership.
+    url = start_gateway(KEY_CACHE_TTL="60", SECRETS_MAX_AGE="60")
+    key, team_id, user_id, records = budgeted_org_key(admin)
+    warm_up(url, key)
+    with as_master(url) as here:  # a change made through this instance drops the owners it cached, not the key
+        ok(here.post("/team/update", json={"team_id": team_id, "metadata": {"changed": "here"}}))
+
+    before = proxy.faulted["BatchGetItem"]
+    proxy.mode = fault
+    refused, took = ask(url, key)
+    assert took < BOUND and proxy.faulted["BatchGetItem"] > before  # the read was made, and failed
+    named = f"team {team_id!r}, user {user_id!r} and their membership"
+    assert error_of(refused) == (503, "api_error", f"The gateway cannot read this key's {named} right now; retry.")
+
+    proxy.mode = "pass"
+    eventually(lambda: ask(url, key)[0].status_code == 200, what="recovered by itself")
+    eventually(lambda: every_scope_settled_to(records, 2), timeout=30, what="each scope counted once, nothing held")
+
+
+def test_a_keys_team_and_user_keep_serving_stale_through_an_outage(proxy, start_gateway, admin):
+    """A team and a user (no limits: admission reads nothing) read before the outage keep serving past their
+    KEY_CACHE_TTL, as the key's record does: each request is served, none waits past the bound."""
+    url = start_gateway()
+    team_id, user_id = unique("team"), unique("user")
+    ok(admin.post("/team/new", json={"team_id": team_id}))
+    ok(admin.post("/user/new", json={"user_id": user_id, "teams": [team_id], "auto_create_key": False}))
+    key = new_key(admin, team_id=team_id, user_id=user_id)["key"]
+    warm_up(url, key)
+
+    before = proxy.faulted["GetItem"]
+    proxy.mode = "stall"
+    served, after_the_read = 1, 0
+    # Until the key's record, past its KEY_CACHE_TTL, was read and not answered (it is served as cached): its team,
+    # user and membership, cached with it, have expired too by then, and are served as cached as well.
+    while after_the_read < 2:
+        response, took = ask(url, key)
+        assert response.status_code == 200 and took < BOUND, response.text
+        served += 1
+        after_the_read += proxy.faulted["GetItem"] > before
+    proxy.mode = "pass"
+    eventually(lambda: settled_to(key, served), timeout=30, what="spend of the outage recorded")
+    for pk, sk in ((team_pk(team_id), TEAM_SK), (user_pk(user_id), USER_SK), (team_pk(team_id), member_sk(user_id))):
+        assert table.get(pk, sk)["requests"] == served
+
+
+@pytest.mark.parametrize("fault", ["stall", "drop"])
+def test_dynamodb_down_when_the_registered_tags_were_never_read_is_a_fast_503(fault, proxy, start_gateway, admin):
+    url = start_gateway(KEY_CACHE_TTL="60", SECRETS_MAX_AGE="60")
+    tag = unique("app:cold")
+    ok(admin.post("/tag/new", json={"name": tag, "max_budget": 10}))
+    key = new_key(admin, max_budget=10)["key"]
+    warm_up(url, key)  # without tags: this process has not read the registered tags
+
+    before = proxy.faulted["Query"]
+    proxy.mode = fault
+    refused, took = ask(url, key, **{"x-litellm-tags": tag})
+    assert took < BOUND and proxy.faulted["Query"] > before  # the registry's read was made, and failed
+    message = "The gateway cannot read the registered tags' limits right now; retry."
+    assert error_of(refused) == (503, "api_error", message)
+
+    proxy.mode = "pass"
+    eventually(lambda: ask(url, key, **{"x-litellm-tags": tag})[0].status_code == 200, what="recovered by itself")
+    key_record = (key_records.record_pk(keys.hash_key(key)), "KEY")
+    tag_record = (tag_pk(tag), TAG_SK)
+    eventually(lambda: every_scope_settled_to([key_record], 2) and every_scope_settled_to([tag_record], 1))
 
 
 def test_sigterm_mid_stream_exits_within_the_grace_and_flushes(aws, fake_upstream, make_key):

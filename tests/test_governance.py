@@ -416,7 +416,7 @@ def test_refusals_come_in_the_order_of_the_checks(admin, gateway, make_key, froz
     assert client.models.list().data  # the minute's one request
     update = {"key": key, "max_budget": 0, "max_parallel_requests": 0}
     assert admin.post("/key/update", json=update).status_code == 200
-    with pytest.raises(anthropic.RateLimitError, match="requests per minute"):
+    with pytest.raises(anthropic.RateLimitError, match="1 request per minute"):
         client.models.list()
     frozen_clock[0] += timedelta(minutes=1)
     with pytest.raises(anthropic.APIStatusError) as refused:

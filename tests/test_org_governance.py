@@ -253,6 +253,70 @@ def test_a_team_rpm_limit_counts_the_requests_of_all_its_keys(admin, gateway, fr
     assert ask(gateway, second).status_code == 200
 
 
+def governed_by(admin: httpx.Client, kind: str, **limits: object) -> tuple[str, str, str | None, str]:
+    """Two keys whose requests a scope of `kind` (team, user, tag) with `limits` governs, and nothing else does:
+    the keys, the tags their requests carry to belong to it, and the scope as a refusal names it."""
+    if kind == "team":
+        team_id = team(admin, **limits)
+        return key(admin, team_id=team_id), key(admin, team_id=team_id), None, f"team {team_id!r}"
+    if kind == "user":
+        search = team(admin)
+        ana = user(admin, teams=(search,), **limits)
+        return key(admin, user_id=ana), key(admin, team_id=search, user_id=ana), None, f"user {ana!r}"
+    tag = unique("app:limited")
+    post_exact(admin, "/tag/new", {"name": tag, **limits})
+    return key(admin, team_id=team(admin)), key(admin, team_id=team(admin)), tag, f"tag {tag!r}"
+
+
+def rate_limited(response: httpx.Response) -> str:
+    """The message of a 429 refusal at the start of the frozen minute (retry-after: the whole minute)."""
+    status, kind, message = error_of(response)
+    assert (status, kind) == (429, "rate_limit_error"), message
+    assert response.headers["retry-after"] == "60" and message.endswith(" Retry in 60 s."), message
+    return message
+
+
+@pytest.mark.parametrize("kind", ["user", "tag"])
+def test_a_user_or_tag_rpm_limit_counts_the_requests_of_all_its_keys(admin, gateway, frozen_clock, kind):
+    first, second, tags, named = governed_by(admin, kind, rpm_limit=1)
+    assert ask(gateway, first, tags=tags).status_code == 200
+    message = rate_limited(ask(gateway, second, tags=tags))
+    assert message == f"Rate limit reached: {named} may make 1 request per minute. Retry in 60 s."
+    assert ask(gateway, key(admin)).status_code == 200  # a key outside the scope is not counted
+    if kind == "tag":
+        assert ask(gateway, second).status_code == 200  # without the tag, the key is not in the tag's scope
+
+    frozen_clock[0] += timedelta(minutes=1)
+    assert ask(gateway, second, tags=tags).status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["team", "user", "tag"])
+def test_a_team_user_or_tag_tpm_limit_counts_the_tokens_of_all_its_keys(admin, gateway, frozen_clock, kind):
+    tokens = USAGE["input_tokens"] + USAGE["output_tokens"]  # what each request here uses
+    first, second, tags, named = governed_by(admin, kind, tpm_limit=tokens)
+    assert ask(gateway, first, tags=tags).status_code == 200
+    gateway.drain()  # its tokens count from its settle on
+    message = rate_limited(ask(gateway, second, tags=tags))
+    used = f"may use {tokens} tokens per minute and has used {tokens} in this one"
+    assert message == f"Rate limit reached: {named} {used}. Retry in 60 s."
+    assert ask(gateway, key(admin)).status_code == 200  # a key outside the scope is not counted
+
+    frozen_clock[0] += timedelta(minutes=1)
+    assert ask(gateway, second, tags=tags).status_code == 200
+
+
+def test_a_tags_models_allowlist_applies_to_every_request_that_carries_it(admin, gateway):
+    tag = unique("app:haiku-only")
+    post_exact(admin, "/tag/new", {"name": tag, "models": ["claude-haiku-4-5"]})
+    api_key = key(admin, team_id=team(admin))
+
+    status, kind, message = error_of(ask(gateway, api_key, model="claude-sonnet-4-5", tags=f"other,{tag}"))
+    assert (status, kind) == (403, "permission_error")
+    assert message == f"Tag {tag!r} may not use model 'claude-sonnet-4-5' (model). Allowed models: claude-haiku-4-5."
+    assert ask(gateway, api_key, model="claude-haiku-4-5", tags=tag).status_code == 200
+    assert ask(gateway, api_key, model="claude-sonnet-4-5").status_code == 200  # without the tag: no allowlist
+
+
 def test_a_team_parallel_limit_counts_the_streams_of_all_its_keys(admin, gateway):
     search = team(admin, max_parallel_requests=1)
     first, second = key(admin, team_id=search), key(admin, team_id=search)

@@ -66,3 +66,11 @@ def test_at_most_limit_records_are_kept_the_oldest():
     names.load()
     names.put("fourth")
     assert list(names.snapshot()) == ["first", "second"]
+
+
+def test_without_a_limit_every_record_is_kept():
+    """The registered tags' registry: a tag left out would have its limits skipped."""
+    names = Registry("test", Reads(["first", "second", "third"]), lambda name: name, None, TTL)
+    names.load()
+    names.put("fourth")
+    assert list(names.snapshot()) == ["first", "second", "third", "fourth"]

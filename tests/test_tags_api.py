@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import httpx
 
 from anthropic_gateway import metrics
 from anthropic_gateway.settings import get_settings
-from anthropic_gateway.storage import tags
+from anthropic_gateway.storage import table, tags
 from support.orgs import error_of, exact, new_key, ok, unique
 
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
@@ -88,12 +89,49 @@ def test_tag_refusals(admin):
     assert error_of(admin.post("/tag/info", json={"names": []}))[0] == 400
 
 
-def test_the_registry_is_bounded(admin, monkeypatch):
-    from anthropic_gateway import tag_routes
+def registered_count() -> int:
+    item = table.get(tags.COUNT_PK, tags.COUNT_SK)
+    assert item is not None
+    return int(item["registered"])
 
-    monkeypatch.setattr(tag_routes, "MAX_REGISTERED", len(tags.list_tags()))
-    status, _, text = error_of(admin.post("/tag/new", json={"name": unique("one-too-many")}))
-    assert status == 400 and "registered tags" in text
+
+def test_the_registry_bound_is_exact_under_concurrent_creates(admin, gateway, monkeypatch):
+    """The bound is checked in each create's own transaction: ten creates at once for three free places make
+    three tags, never more, and every tag stored is one the gateway enforces."""
+    ok(admin.post("/tag/new", json={"name": unique("first")}))  # the count exists from here on
+    monkeypatch.setattr(tags, "MAX_REGISTERED", registered_count() + 3)
+    names = [unique("racing") for _ in range(10)]
+
+    def create(name: str) -> int:
+        with httpx.Client(base_url=admin.base_url, headers=admin.headers, timeout=30) as client:
+            response = client.post("/tag/new", json={"name": name, "max_budget": 0})
+        if response.status_code != 200:
+            status, _, text = error_of(response)
+            assert (status, text) == (400, f"At most {tags.MAX_REGISTERED} registered tags; delete some first.")
+        return response.status_code
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = list(pool.map(create, names))
+    assert sorted(statuses) == [200] * 3 + [400] * 7
+    stored = {tag.name for tag in tags.list_tags()}
+    made = [name for name, status in zip(names, statuses, strict=True) if status == 200]
+    assert set(made) <= stored and not (set(names) - set(made)) & stored
+    assert registered_count() == tags.MAX_REGISTERED == len(stored)
+
+    # Each one made is enforced (its budget of 0 refuses), and a delete frees a place.
+    key = new_key(admin)["key"]
+    for name in made:
+        refused = httpx.post(
+            gateway.url + "/anthropic/v1/messages",
+            headers={"x-api-key": key, "x-litellm-tags": name},
+            json=MESSAGE,
+            timeout=30,
+        )
+        assert error_of(refused)[:2] == (402, "billing_error")
+    ok(admin.post("/tag/delete", json={"name": made[0]}))
+    assert registered_count() == tags.MAX_REGISTERED - 1
+    ok(admin.post("/tag/new", json={"name": unique("freed")}))
+    assert error_of(admin.post("/tag/new", json={"name": unique("one-too-many")}))[0] == 400
 
 
 def test_a_registered_tag_is_a_metric_dimension_value_of_its_own(gateway, admin, captured):

@@ -328,6 +328,7 @@ def test_member_update_changes_role_and_budget_keeping_the_headroom_true(admin):
         20,
         4,
     )
+    assert updated["user_email"] == email  # as LiteLLM's answer has it
     assert table.get(team_pk(team["team_id"]), member_sk(user))["budget_headroom"] == 16
     roles = ok(admin.get("/team/info", params={"team_id": team["team_id"]}))["team_info"]["members_with_roles"]
     assert roles == [{"user_id": user, "role": "admin"}]

@@ -17,7 +17,7 @@ from . import keys, sso_session
 from .aws import AwsCalls, Unavailable
 from .errors import GatewayError
 from .keys import KeyCache
-from .owners import Owners, OwnersCache
+from .owners import Owners, OwnersCache, described
 from .secrets import Secrets
 from .settings import Settings
 from .storage import users
@@ -128,7 +128,7 @@ async def _owners_of(runtime: Parts, record: KeyRecord) -> Owners:
         if stale is not None:
             logger.warning("key owners served from the expired cache", extra={"error": type(exc).__name__})
             return stale
-        raise GatewayError(503, "The gateway cannot check this key's team and user right now; retry.") from None
+        raise GatewayError(503, f"The gateway cannot read this key's {described(record)} right now; retry.") from None
 
 
 def _check_owners(record: KeyRecord, found: Owners) -> None:

@@ -253,10 +253,11 @@ def refusal(runtime: Parts, outcome: Refusal | holds.Contended) -> GatewayError:
         if limit == 0:  # paused
             return GatewayError(429, f"Rate limit reached: {who}'s limit is 0.", headers=wait)
         if outcome.limit == "rpm":
-            message = f"Rate limit reached: {who} may make {limit} requests per minute."
+            message = f"Rate limit reached: {who} may make {_count(limit, 'request')} per minute."
         else:
             message = (
-                f"Rate limit reached: {who} may use {limit} tokens per minute and has used {outcome.used} in this one."
+                f"Rate limit reached: {who} may use {_count(limit, 'token')} per minute and has used "
+                f"{outcome.used} in this one."
             )
         return GatewayError(429, f"{message} Retry in {outcome.retry_after} s.", headers=wait)
     if isinstance(outcome, OverBudget):
@@ -278,6 +279,11 @@ def refusal(runtime: Parts, outcome: Refusal | holds.Contended) -> GatewayError:
         state = "is blocked" if isinstance(outcome, Blocked) else "has been deleted"
         return GatewayError(401, f"This key's {scope.kind} {scope.id!r} {state}.")
     return GatewayError(503, f"The limits of {who} kept changing while this request was admitted; retry the request.")
+
+
+def _count(number: int | None, noun: str) -> str:
+    """ "1 request", "3 requests"."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _named(scope: Scope) -> str:

@@ -51,6 +51,14 @@ def needed(record: KeyRecord) -> list[tuple[str, str]]:
     return wanted
 
 
+def described(record: KeyRecord) -> str:
+    """What `needed` reads, as an error names it: "team 'search', user 'ana' and their membership"."""
+    named = [f"{kind} {name!r}" for kind, name in (("team", record.team_id), ("user", record.user_id)) if name]
+    if record.team_id is not None and record.user_id is not None:
+        return f"{named[0]}, {named[1]} and their membership"
+    return " and ".join(named)
+
+
 class OwnersCache:
     """One runtime's teams, users and memberships, as its requests read them (see the module's docstring)."""
 

@@ -36,7 +36,7 @@ from .org_views import fresh_tag, tag_info
 from .storage import tags
 from .storage.audit import Entry
 from .storage.outcomes import Refused
-from .storage.tags import MAX_REGISTERED, TagRecord
+from .storage.tags import TagRecord
 
 router = APIRouter(prefix="/tag", dependencies=[Depends(admin_access)])
 MAX_NAMES = 100  # tags one POST /tag/info asks about
@@ -98,12 +98,11 @@ async def new_tag(http_request: Request) -> Response:
     )
 
     def create() -> Any:
-        # Checked before the write, so concurrent creates can pass the bound by the few in flight: the registry
-        # reads no more than MAX_REGISTERED all the same, so metric dimensions stay bounded.
-        if len(tags.list_tags()) >= MAX_REGISTERED:
-            raise GatewayError(400, f"At most {MAX_REGISTERED} registered tags; delete some first.")
         entry = audit.entry(access.caller, "tag.create", _target(tag.name), None, audit.fields(tag))
-        refuse_unless_done(tags.create(tag, audit.put(runtime.settings, entry)))
+        refused = tags.create(tag, audit.put(runtime.settings, entry))  # the bound is checked in its transaction
+        if refused is not None and refused.reason == "full":
+            raise GatewayError(400, f"At most {tags.MAX_REGISTERED} registered tags; delete some first.")
+        refuse_unless_done(refused)
         runtime.tag_registry.put(tag)
         audit.written(entry)
         return {"message": f"Tag {tag.name} created successfully", "tag": tag_info(tag)}

@@ -44,7 +44,7 @@ from .org_api import (
     refuse_unless_done,
     retrying,
 )
-from .org_views import MemberInfo, fresh_member, keys_under, member_info, team_memberships, team_view, user_info
+from .org_views import fresh_member, keys_under, member_info, team_memberships, team_view, user_info
 from .refusals import admin_error
 from .storage import key_links, members, teams, users
 from .storage.audit import Entry
@@ -331,14 +331,15 @@ async def member_update(http_request: Request) -> Response:
         entries.append(audit.entry(access.caller, "team.member_update", target, before, after))
         return members.update(membership, changes, now.isoformat(), audit.put(runtime.settings, entries[-1]))
 
-    def update() -> MemberInfo:
+    def update() -> dict[str, Any]:
         if "max_budget" in changes:
             _check_member_budget(access, _team(request.team_id), changes["max_budget"])
         user_id = _member_id(request)
         membership = retrying(runtime.owners, lambda: _membership(request.team_id, user_id), change)
         if entries:
             audit.written(entries[-1])
-        return member_info(fresh_member(membership))
+        user = users.get(user_id)  # LiteLLM's answer names the member's email too
+        return {**member_info(fresh_member(membership)).model_dump(), "user_email": user.user_email if user else None}
 
     return answer(await blocking(update))
 

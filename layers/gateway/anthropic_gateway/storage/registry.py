@@ -6,8 +6,9 @@ each).
 in a thread of its own (one paged Query of gsi1) and answers with the copy it has: a record created on another
 instance counts here from the refresh on, within KEY_CACHE_TTL and one read. Records created, changed or deleted
 through this runtime apply here at once (the admin routes `put` and `discard` them after their writes). A refresh
-that fails is tried again after KEY_CACHE_TTL. At most `limit` records
-are kept, the oldest ones: each is a CloudWatch dimension value, so the bound is what an operator can plan for.
+that fails is tried again after KEY_CACHE_TTL. At most `limit` records are kept, the oldest ones (teams: each kept
+one is a CloudWatch dimension value, so the bound is what an operator can plan for); no `limit` keeps every one
+(tags: each one's limits apply to requests, so none may be left out; the table bounds them).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ logger = Logger(child=True)
 
 class Registry[Record]:
     def __init__(
-        self, name: str, read: Callable[[], list[Record]], key: Callable[[Record], str], limit: int, ttl: float
+        self, name: str, read: Callable[[], list[Record]], key: Callable[[Record], str], limit: int | None, ttl: float
     ) -> None:
-        """`read`: every record, oldest first (blocking); `key`: a record's name; `limit`: how many are kept; `ttl`:
-        the age (seconds) past which a snapshot starts a refresh."""
+        """`read`: every record, oldest first (blocking); `key`: a record's name; `limit`: how many are kept (None:
+        all); `ttl`: the age (seconds) past which a snapshot starts a refresh."""
         self.name = name
         self.ttl = ttl
         self.limit = limit
@@ -73,7 +74,7 @@ class Registry[Record]:
         started = time.monotonic()
         with self._lock:
             self._checked_at = started
-        read = {self._key(record): record for record in self._read()[: self.limit]}
+        read = {self._key(record): record for record in self._read()[: self.limit]}  # [:None]: all
         with self._lock:
             if self._loaded_at is not None and started < self._loaded_at:
                 return  # a read that started later already made the copy: this one's is older
@@ -81,7 +82,7 @@ class Registry[Record]:
             for name, (at, record) in self._local.items():
                 if at >= started and record is None:
                     read.pop(name, None)
-                elif at >= started and record is not None and (name in read or len(read) < self.limit):
+                elif at >= started and record is not None and (name in read or self._room(read)):
                     read[name] = record
             self._local = {name: change for name, change in self._local.items() if change[0] >= started}
             self._records = read  # a new dict: snapshots handed out before stay as they were
@@ -91,8 +92,11 @@ class Registry[Record]:
         name = self._key(record)
         with self._lock:
             self._local[name] = (time.monotonic(), record)
-            if name in self._records or len(self._records) < self.limit:
+            if name in self._records or self._room(self._records):
                 self._records = {**self._records, name: record}
+
+    def _room(self, records: Mapping[str, Record]) -> bool:
+        return self.limit is None or len(records) < self.limit
 
     def discard(self, name: str) -> None:
         with self._lock:
