@@ -224,6 +224,19 @@ def message_json(text_bytes: int, usage: dict[str, int] | None) -> bytes:
     return json.dumps(message).encode()
 
 
+def relay(gateway, key: str, request: bytes) -> tuple[str, bool]:
+    """POST `request` to /v1/messages as a client reading the answer as it comes: the gateway's request id, and
+    whether the whole answer arrived (False: the gateway ended it where the upstream broke off)."""
+    client = httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=60)
+    with client, client.stream("POST", "/v1/messages", content=request) as answer:
+        assert answer.status_code == 200
+        try:
+            answer.read()
+        except httpx.RemoteProtocolError:
+            return answer.headers["x-gateway-request-id"], False
+    return answer.headers["x-gateway-request-id"], True
+
+
 USAGE = {"input_tokens": 1200, "output_tokens": 3400, "cache_read_input_tokens": 100}
 BILLED = {**MESSAGE, "model": "claude-sonnet-4-5", "max_tokens": 5000}
 
@@ -265,16 +278,9 @@ def test_a_messages_answer_that_ends_without_its_usage_is_billed_an_upper_bound(
     upstream(lambda request: Reply(head + sent, close=True))
     key = make_key(max_budget=1000)
     request = json.dumps(BILLED).encode()
-    client = httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=60)
-    with client, client.stream("POST", "/v1/messages", content=request) as answer:
-        assert answer.status_code == 200
-        try:
-            received: bytes | None = b"".join(answer.iter_raw())
-        except httpx.RemoteProtocolError:
-            received = None  # the gateway ends the response where the upstream broke off
-    assert (received is None) is cut
-
-    access = captured.for_request(answer.headers["x-gateway-request-id"]).access
+    request_id, whole = relay(gateway, key, request)
+    assert whole is not cut
+    access = captured.for_request(request_id).access
     bound = Usage(input_tokens=len(request), output_tokens=BILLED["max_tokens"])
     assert access["usage_estimated"] is True
     assert (access["input_tokens"], access["output_tokens"]) == (len(request), 5000)
@@ -297,15 +303,9 @@ def test_a_stream_that_ends_before_its_message_start_is_billed_its_input_only_wh
     upstream(lambda request: Reply(head + chunk + (b"" if cut else b"0\r\n\r\n"), close=cut))
     key = make_key(max_budget=1000)
     request = json.dumps({**BILLED, "stream": True}).encode()
-    client = httpx.Client(base_url=gateway.url + "/anthropic", headers={"x-api-key": key}, timeout=30)
-    with client, client.stream("POST", "/v1/messages", content=request) as answer:
-        try:
-            received: bytes | None = b"".join(answer.iter_raw())
-        except httpx.RemoteProtocolError:
-            received = None  # the gateway ends the response where the upstream broke off
-    assert (received is None) is cut
-
-    access = captured.for_request(answer.headers["x-gateway-request-id"]).access
+    request_id, whole = relay(gateway, key, request)
+    assert whole is not cut
+    access = captured.for_request(request_id).access
     spend = Decimal(str(admin.get("/key/info", params={"key": key}).json()["info"]["spend"]))
     if cut:
         assert access["usage_estimated"] is True
