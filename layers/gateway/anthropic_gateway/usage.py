@@ -118,9 +118,8 @@ class UsageTap:
         if self._mode == "sse" and not self.final_usage and (self.seen_usage or self.delta_bytes):
             self._estimate_output()
         if self._mode == "sse" and not self.seen_usage and not self.complete and self.request is not None:
-            self._estimate_input(
-                self.request, _fields(self.request)
-            )  # cut before message_start: its input was read, by how much unknown
+            # Cut before message_start: the upstream read the request's input, by how much is unknown.
+            self._estimate_input(self.request, _fields(self.request))
         if self._mode == "json":
             self._close_json()
         elif self._mode is None and self.request is not None:
