@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import httpx
 from botocore.exceptions import ClientError, ReadTimeoutError
@@ -12,6 +15,7 @@ from anthropic_gateway import metrics
 from anthropic_gateway.settings import get_settings
 from anthropic_gateway.storage import table, tags
 from support.orgs import error_of, exact, new_key, ok, unique
+from tests.conftest import MASTER_KEY
 
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -167,9 +171,10 @@ def test_the_registry_reads_tags_registered_elsewhere_without_io_on_the_request_
     assert registry.snapshot()[name].created_at == record.created_at
 
 
-def test_storage_that_does_not_answer_is_a_503_to_retry_not_a_500(admin, monkeypatch):
+def test_storage_that_does_not_answer_is_a_503_to_retry_not_a_500(gateway, monkeypatch):
     """An admin change whose DynamoDB call times out (or is throttled) is a dependency outage: 503 in Anthropic's
-    shape, saying the change may or may not have been made; a bug of the gateway stays a 500."""
+    shape, saying the change may or may not have been made; a bug of the gateway stays a 500. Neither closes the
+    connection: the client's next request on it gets its answer (a keep-alive client was reset there)."""
 
     def timed_out(*args, **kwargs):
         raise ReadTimeoutError(endpoint_url="http://dynamodb")
@@ -178,10 +183,32 @@ def test_storage_that_does_not_answer_is_a_503_to_retry_not_a_500(admin, monkeyp
         error = {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}
         raise ClientError({**error, "ResponseMetadata": {"HTTPStatusCode": 400}}, "TransactWriteItems")
 
+    def buggy(*args, **kwargs):
+        return 1 / 0
+
+    connection = http.client.HTTPConnection(urlsplit(gateway.url).netloc, timeout=30)
+    connection.connect()
+    one_socket = connection.sock
+
+    def post_tag(name: str) -> tuple[int, dict]:
+        body = json.dumps({"name": unique(name)})
+        headers = {"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"}
+        connection.request("POST", "/tag/new", body=body, headers=headers)
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        assert connection.sock is one_socket  # the same connection, not a new one
+        return response.status, answer
+
     for failure in (timed_out, throttled):
         monkeypatch.setattr(tags, "create", failure)
-        status, kind, text = error_of(admin.post("/tag/new", json={"name": unique("unanswered")}))
-        assert (status, kind) == (503, "api_error") and "may or may not have been made" in text
+        status, answer = post_tag("unanswered")
+        assert (status, answer["error"]["type"]) == (503, "api_error")
+        assert "may or may not have been made" in answer["error"]["message"]
 
-    monkeypatch.setattr(tags, "create", lambda *args, **kwargs: 1 / 0)
-    assert error_of(admin.post("/tag/new", json={"name": unique("buggy")}))[:2] == (500, "api_error")
+    monkeypatch.setattr(tags, "create", buggy)
+    status, answer = post_tag("buggy")
+    assert (status, answer["error"]["type"]) == (500, "api_error")
+
+    monkeypatch.undo()
+    assert post_tag("answered")[0] == 200
+    connection.close()

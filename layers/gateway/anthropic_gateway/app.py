@@ -22,7 +22,7 @@ from typing import IO
 
 from aws_lambda_powertools import Logger
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import forwarding, governance, request_body, routing, tags
 from .auth import authenticate
@@ -161,7 +161,21 @@ class GatewayApp:
                 logger.exception("the admin app failed to load")
                 await error_response(500, "Internal gateway error.")(scope, receive, send)
                 return
-        await admin(scope, receive, send)
+        answered = False
+
+        async def send_answer(message: Message) -> None:
+            nonlocal answered
+            await send(message)
+            answered = message["type"] == "http.response.body" and not message.get("more_body", False)
+
+        try:
+            await admin(scope, receive, send_answer)
+        except Exception:
+            if not answered:
+                raise
+            # Starlette re-raises an error its handler has already answered and logged (admin.py `_unexpected`: a
+            # 503 for a storage outage, a 500 for a bug). Raised on, it would make uvicorn close the connection
+            # under a client that goes on to send its next request there (a reset instead of an answer).
 
     async def _snapstart_hook(self, runtime: Runtime, scope: Scope, send: Send) -> None:
         if scope["method"] != "POST" or not _from_the_adapter(scope):
