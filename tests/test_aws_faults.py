@@ -34,12 +34,14 @@ from tests.test_governance import HELLO, MODEL, cost, usage_header
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 3.0  # the bound for an answer during an outage
 USAGE = {"input_tokens": 100, "output_tokens": 20}
-# Short bounds so the suite stays fast; the defaults are in settings.py.
+# Short bounds so the suite stays fast; the defaults are in settings.py. A request waits for AWS at most
+# AWS_DEADLINE: the rest of BOUND (1.5 s) is for the request itself on a busy 2-CPU machine (with the default
+# 2.5 s, half a second was left, and a request that met a slow moment went past BOUND).
 FAST_FAULTS = {
     "AWS_CONNECT_TIMEOUT": "0.3",
     "AWS_READ_TIMEOUT": "0.5",
     "AWS_MAX_ATTEMPTS": "2",
-    "AWS_DEADLINE": "2.5",
+    "AWS_DEADLINE": "1.5",
     "KEY_CACHE_TTL": "0.3",
     "SECRETS_MAX_AGE": "2",
     "LEDGER_RETRY_SECONDS": "0.2",

@@ -231,7 +231,8 @@ def test_an_unreachable_anthropic_fails_over_to_bedrock(gateway_with, make_key, 
 def test_an_anthropic_that_does_not_answer_in_time_fails_over_to_bedrock(
     gateway_with, make_key, bedrock, fake_upstream, captured
 ):
-    gateway = gateway_with(bedrock_base_url=bedrock.base_url, upstream_read_timeout=0.5)
+    # Bedrock's answer has this read timeout too: 2 s, not less, so a busy machine's fake Bedrock is not cut off.
+    gateway = gateway_with(bedrock_base_url=bedrock.base_url, upstream_read_timeout=2)
     with _http(gateway, make_key(upstreams=["anthropic", "bedrock"]), **{"x-fake-header-delay-ms": "60000"}) as http:
         response = http.post("/v1/messages", json=MESSAGE)
 

@@ -20,6 +20,13 @@ MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "
 
 
 @pytest.fixture
+def gateway(gateway_with):
+    """A gateway of its own that keeps key records for a minute: the session's keeps them 0.5 s, and a burst that a
+    busy machine spreads over more than that reads the key again (a cache expiring, not the reads this is about)."""
+    return gateway_with(key_cache_ttl=60)
+
+
+@pytest.fixture
 def cold(gateway) -> Iterator[None]:
     """The gateway's process as a new instance finds it before its warm-up: no secret, no key record in hand."""
     gateway.app.runtime.secrets.forget()
