@@ -1,6 +1,6 @@
 """Create in a local moto server what `sam local` runs expect: the table and the two secrets of events/env.json.
 
-    moto_server -H 0.0.0.0 -p 5000 &                       # DynamoDB + Secrets Manager on this machine
+    anthropic-gateway moto -H 0.0.0.0 -p 5000 &            # DynamoDB + Secrets Manager on this machine
     python events/seed_moto.py                             # table, upstream key ($ANTHROPIC_API_KEY), master key
     sam build && sam local start-api                       # samconfig.toml passes --env-vars events/env.json
     curl -H "Authorization: Bearer sk-master-test-0123456789abcdef" -X POST localhost:3000/key/generate

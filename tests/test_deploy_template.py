@@ -738,10 +738,14 @@ def test_events_are_http_api_v2_payloads_for_declared_routes(resources):
 
 
 def test_seed_script_prepares_moto_for_sam_local(tmp_path):
-    """events/seed_moto.py against a moto server of its own: the table, and the secrets env.json names."""
+    """events/seed_moto.py against `anthropic-gateway moto` as docs/deploy.md runs them: the table, and the secrets
+    env.json names. That moto behaves as make dev's does (local.behave_like_dynamodb): a counter of $0.0000001
+    steps keeps adding (a plain moto_server writes 2E-7, then cannot read it back)."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "anthropic_gateway", "moto", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
@@ -762,6 +766,17 @@ def test_seed_script_prepares_moto_for_sam_local(tmp_path):
         master = secrets.get_secret_value(SecretId=names["MASTER_KEY_SECRET_NAME"])["SecretString"]
         upstream = secrets.get_secret_value(SecretId=names["UPSTREAM_KEY_SECRET_NAME"])["SecretString"]
         assert (master, upstream) == (MASTER_KEY, "sk-ant-seeded")
+
+        counter = {"pk": {"S": "seed-test"}, "sk": {"S": "COUNTER"}}
+        for _ in range(3):
+            dynamodb.update_item(
+                TableName=names["GATEWAY_TABLE_NAME"],
+                Key=counter,
+                UpdateExpression="ADD spend :step",
+                ExpressionAttributeValues={":step": {"N": "0.0000001"}},
+            )
+        item = dynamodb.get_item(TableName=names["GATEWAY_TABLE_NAME"], Key=counter)["Item"]
+        assert item["spend"]["N"] == "0.0000003"
     finally:
         server.terminate()
         server.wait(10)

@@ -1,6 +1,6 @@
 """`python -m anthropic_gateway serve` runs the gateway locally; `... keys|teams|users|tags <command>` manage
-        "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | audit [filters] | login | key "
-        "(keys --help for the commands)",
+keys, teams, users and registered tags; `audit` reads the audit log; `login` and `key` get a developer's
+personal key through single sign-on; `moto` runs moto's server as `serve` embeds it, for `sam local`.
 
 `anthropic-gateway ...` is the same command, as the console script the package installs
 (pyproject.toml; `make dev` installs it into .venv).
@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
 
         serve()
         return 0
+    if argv[:1] == ["moto"]:  # moto's server as `serve` embeds it, for `sam local` (docs/deploy.md)
+        from .local import serve_moto
+
+        serve_moto(argv[1:])
+        return 0
     if argv[:1] == ["keys"]:
         from .cli import main as keys_main
 
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return login_main(argv)
     print(
         "usage: python -m anthropic_gateway serve | keys|teams|users|tags <command> | audit [filters] | login | key "
-        "(keys --help for the commands)",
+        "| moto [-H host] [-p port] (keys --help for the commands)",
         file=sys.stderr,
     )
     return 2

@@ -80,6 +80,15 @@ def start_moto() -> object:
     return server
 
 
+def serve_moto(argv: list[str]) -> None:
+    """moto's own server (`moto_server`'s options: `-H host`, `-p port`, default 127.0.0.1:5000), behaving like
+    DynamoDB as the one `serve` embeds does: for `sam local`, whose functions reach it from their containers."""
+    import moto.server
+
+    behave_like_dynamodb()
+    moto.server.main(argv or ["--port", "5000"])  # moto reads sys.argv when given nothing
+
+
 def behave_like_dynamodb() -> None:
     """Make moto, in this process, behave as DynamoDB does for the gateway: plain arithmetic and one DynamoDB call at
     a time. `start_moto` calls it; so does a moto server run in a process of its own (`make bench`)."""
