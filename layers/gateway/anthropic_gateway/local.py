@@ -90,8 +90,9 @@ def serve_moto(argv: list[str]) -> None:
 
 
 def behave_like_dynamodb() -> None:
-    """Make moto, in this process, behave as DynamoDB does for the gateway: plain arithmetic and one DynamoDB call at
-    a time. `start_moto` calls it; so does a moto server run in a process of its own (`make bench`)."""
+    """Make moto, in this process, behave as DynamoDB does for the gateway: plain arithmetic, one DynamoDB call at a
+    time, no model instance kept forever, and transactions that cost what their own items cost. `start_moto` calls
+    it; so do the moto servers run in a process of their own (`make bench`, `anthropic-gateway moto`)."""
     _moto_plain_arithmetic()
     _moto_one_dynamodb_call_at_a_time()
     _moto_keeps_no_table_copies()
@@ -129,11 +130,10 @@ class _Untracked(list[Any]):
 
 
 def _moto_keeps_no_table_copies() -> None:
-    """Keep moto from holding on to every DynamoDB table it ever copied. Its TransactWriteItems deep-copies each
-    table it touches (to roll back), and moto tracks every model instance it makes, forever, for its dashboard: a
-    copy of the whole table per transaction, never freed. `make dev` and the test suite grew by gigabytes (a
-    quadratic: more transactions on a bigger table). DynamoDB keeps no such copies; moto's dashboard, which nothing
-    here uses, then lists no DynamoDB models."""
+    """Keep moto from holding on to every DynamoDB model instance it ever made. moto tracks them all, forever, for
+    its dashboard: every item version an update makes, and (before `_moto_transactions_back_up_only_their_items`)
+    a copy of the whole table per transaction. `make dev` and the test suite grew by gigabytes. moto's dashboard,
+    which nothing here uses, then lists no DynamoDB models."""
     import moto.dynamodb.models  # noqa: F401 (registers the DynamoDB models in model_data)
     from moto.core.model_instances import model_data
 
