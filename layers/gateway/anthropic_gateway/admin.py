@@ -13,14 +13,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from . import audit_routes, console, key_routes, spend_routes, sso_routes, tag_routes, team_routes, user_routes
-from .aws import Unavailable
+from .aws import transient
 from .errors import GatewayError, error_response, invalid_request, render
 
 if TYPE_CHECKING:
@@ -62,30 +61,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
 
-# DynamoDB's and Secrets Manager's answers that mean "not now" rather than "never" (besides any 5xx).
-_TRANSIENT_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "TransactionConflictException",
-        "TransactionInProgressException",
-    }
-)
-
-
-def _aws_unavailable(exc: Exception) -> bool:
-    """A storage call that failed for now (no answer in time, no connection, throttled, AWS's own error)."""
-    if isinstance(exc, BotoCoreError | Unavailable):
-        return True
-    if isinstance(exc, ClientError):
-        error, status = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return error.get("Code") in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500)
-    return False
-
-
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    if _aws_unavailable(exc):  # a dependency outage is a 503 the caller may retry, not the gateway's own fault
+    if transient(exc):  # a dependency outage is a 503 the caller may retry, not the gateway's own fault
         logger.warning("storage unavailable", extra={"route": request.url.path, "error": type(exc).__name__})
         return error_response(
             503,

@@ -49,6 +49,31 @@ class Unavailable(Exception):
         self.late = late
 
 
+# DynamoDB's and Secrets Manager's answers that mean "not now" rather than "never" (besides a 5xx and any
+# throttling code).
+_TRANSIENT_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "TransactionConflictException",
+        "TransactionInProgressException",
+        "LimitExceededException",
+    }
+)
+
+
+def transient(exc: Exception) -> bool:
+    """An AWS call that failed for now, not for what it asked: no answer in time, no connection, throttled, a
+    conflict with another write, AWS's own error. The same call may succeed if made again."""
+    if isinstance(exc, BotoCoreError | Unavailable):
+        return True
+    if not isinstance(exc, ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return "Throttl" in code or code in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500)
+
+
 class AwsCalls:
     """The AWS side of one runtime: its client config, the worker threads AWS calls may use at once
     (`AWS_THREADS`), the reads in flight (shared by callers asking for the same thing), calls abandoned at a

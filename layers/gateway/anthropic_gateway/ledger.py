@@ -35,7 +35,7 @@ from functools import partial
 
 from aws_lambda_powertools import Logger
 
-from .aws import AwsCalls
+from .aws import AwsCalls, transient
 from .settings import Settings
 from .storage import holds, spend
 from .storage.table import Number
@@ -214,22 +214,11 @@ def _apply_all(writes: list[Write]) -> list[Write]:
 
 
 def _refused_for_good(exc: Exception) -> bool:
+    """DynamoDB refused the write for what it is: a 400 that is not for now (aws.transient). A cancelled
+    transaction is kept for a retry as well."""
     from botocore.exceptions import ClientError
 
-    if not isinstance(exc, ClientError):
+    if not isinstance(exc, ClientError) or transient(exc):
         return False
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
-    code = exc.response.get("Error", {}).get("Code", "")
-    return status == 400 and "Throttl" not in code and code not in _TRANSIENT_CODES
-
-
-_TRANSIENT_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "TransactionConflictException",
-        "TransactionInProgressException",
-        "LimitExceededException",
-        "TransactionCanceledException",
-    }
-)
+    return status == 400 and exc.response.get("Error", {}).get("Code") != "TransactionCanceledException"
