@@ -149,53 +149,41 @@ def run_cli(gateway, monkeypatch, capsys):
 
 
 @pytest.fixture
-def own_table(monkeypatch):
-    """A fresh table of its own in moto's in-process mock, installed as the one `table.handle()` returns for the test.
-
-    mock_aws shares moto's backends with the session's moto server, so it must neither reset them on start nor
-    wipe them on stop: that would delete the gateway's own table under the other tests.
-    """
+def own_table(aws):
+    """A fresh table of its own on the session's moto server, installed as the one `table.handle()` returns for the
+    test, and deleted after it."""
     import boto3
-    from moto import mock_aws
 
     from anthropic_gateway import keys, local
     from anthropic_gateway.aws import AwsCalls
     from anthropic_gateway.settings import get_settings
     from anthropic_gateway.storage import table
 
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    mock = mock_aws()
-    mock.start(reset=False)
+    name = f"own-table-{keys.new_key()[-8:]}"
+    boto3.client("dynamodb").create_table(TableName=name, **local.TABLE_SCHEMA)
+    opened = table.open_table(name, AwsCalls(get_settings()))
+    replaced = table.install(opened)
     try:
-        name = f"own-table-{keys.new_key()[-8:]}"
-        boto3.resource("dynamodb").create_table(TableName=name, **local.TABLE_SCHEMA)
-        opened = table.open_table(name, AwsCalls(get_settings()))
-        replaced = table.install(opened)
-        try:
-            yield opened
-        finally:
-            table.install(replaced)
-            opened.delete()
+        yield opened
     finally:
-        mock.stop(remove_data=False)
+        table.install(replaced)
+        opened.delete()
 
 
 @pytest.fixture
 def aws_calls(gateway):
-    """AWS calls the gateway makes from now on: (operation, request body), from botocore's before-call events on
-    its Secrets Manager and DynamoDB clients."""
+    """AWS calls the gateway makes from now on: (operation, request body), each attempt as its Secrets Manager and
+    DynamoDB clients send it (their `observers`)."""
     from anthropic_gateway.storage import table
 
     calls: list[tuple[str, bytes]] = []
 
-    def count(model, params, **_) -> None:
-        body = params.get("body") or b""
-        calls.append((model.name, body if isinstance(body, bytes) else str(body).encode()))
+    def count(operation: str, body: bytes) -> None:
+        calls.append((operation, body))
 
     clients = [gateway.app.runtime.secrets.client(), table.handle().client]
     for client in clients:
-        client.meta.events.register("before-call.*.*", count)
+        client.observers.append(count)
     yield calls
     for client in clients:
-        client.meta.events.unregister("before-call.*.*", count)
+        client.observers.remove(count)

@@ -150,7 +150,7 @@ def test_the_start_reads_both_keys_and_makes_the_aws_clients_before_any_request(
         runtime = app.runtime
         assert runtime is not None
         made: list[str] = []
-        runtime.secrets.client().meta.events.register("before-call.*.*", lambda model, **_: made.append(model.name))
+        runtime.secrets.client().observers.append(lambda operation, _: made.append(operation))
         try:
             read = (await runtime.secrets.master_key(), await runtime.secrets.upstream_key())
         finally:

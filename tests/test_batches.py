@@ -221,29 +221,26 @@ class Killed(BaseException):
 
 
 @pytest.fixture
-def die_at_first_write(own_table):
+def die_at_first_write(own_table, monkeypatch):
     """Kill the next write to the table (UpdateItem, PutItem, DeleteItem, TransactWriteItems), before it is sent
     ("before") or once DynamoDB has applied it and before its answer is seen ("after")."""
-    events = own_table.client.meta.events
+    client = own_table.client
+    sent = client.call
     armed: list[str] = []
 
-    def before(**_) -> None:
-        if armed == ["before"]:
+    def call(operation: str, params):
+        writes = operation in ("UpdateItem", "PutItem", "DeleteItem", "TransactWriteItems")
+        if writes and armed == ["before"]:
             armed.clear()
             raise Killed()
-
-    def after(**_) -> None:
-        if armed == ["after"]:
+        answer = sent(operation, params)
+        if writes and armed == ["after"]:
             armed.clear()
             raise Killed()
+        return answer
 
-    for operation in ("UpdateItem", "PutItem", "DeleteItem", "TransactWriteItems"):
-        events.register(f"before-call.dynamodb.{operation}", before)
-        events.register(f"after-call.dynamodb.{operation}", after)
+    monkeypatch.setattr(client, "call", call)
     yield armed.append
-    for operation in ("UpdateItem", "PutItem", "DeleteItem", "TransactWriteItems"):
-        events.unregister(f"before-call.dynamodb.{operation}", before)
-        events.unregister(f"after-call.dynamodb.{operation}", after)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Governance and its storage in isolation: pure rules, and the DynamoDB bookkeeping against moto's mock_aws
-(admission of all a request's holds in one call, settle in one transaction, key records)."""
+"""Governance and its storage in isolation: pure rules, and the DynamoDB bookkeeping against moto, on a table of
+its own (admission of all a request's holds in one call, settle in one transaction, key records)."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_estimate_without_a_readable_body_still_reserves_something():
     assert governance.estimate_cost({"model": "claude-haiku-4-5", "max_tokens": True}, 400, UNKNOWN_MODELS) > 0
 
 
-# -- DynamoDB bookkeeping (mock_aws) ------------------------------------------------------------------------------
+# -- DynamoDB bookkeeping (own table) -----------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -127,16 +127,16 @@ def table(own_table):
 
 @pytest.fixture
 def calls(table):
-    """The DynamoDB operations made from now on (botocore's before-call events on the table's client)."""
+    """The DynamoDB operations made from now on (the table client's observers)."""
     made: list[str] = []
 
-    def count(model, **_) -> None:
-        made.append(model.name)
+    def count(operation: str, _body: bytes) -> None:
+        made.append(operation)
 
-    events = gateway_table.handle().client.meta.events
-    events.register("before-call.dynamodb.*", count)
+    observers = gateway_table.handle().client.observers
+    observers.append(count)
     yield made
-    events.unregister("before-call.dynamodb.*", count)
+    observers.remove(count)
 
 
 def new_record(**settings) -> key_records.KeyRecord:
@@ -388,7 +388,7 @@ def test_regenerate_moves_the_key_not_the_record(table, test_runtime):
 
     key_records.delete(key_records.load(third))
     assert key_records.load(third) is None and key_records.load_by_alias("rotating") is None
-    assert table.client.scan(TableName=table.name)["Items"] == []
+    assert table.client.call("Scan", {"TableName": table.name})["Items"] == []
 
 
 def test_parallel_slots(table, clock, test_runtime):

@@ -14,6 +14,7 @@ from pathlib import Path
 import anthropic
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 
 from anthropic_gateway import pricing
 from anthropic_gateway.usage import Usage
@@ -176,7 +177,7 @@ def test_the_local_dynamodb_keeps_no_copy_of_the_table_per_transaction(aws):
     before = tables()
     for _ in range(20):
         client.transact_write_items(TransactItems=[{"Put": put}])
-        with pytest.raises(client.exceptions.TransactionCanceledException):
+        with pytest.raises(ClientError, match=r"\(TransactionCanceledException\)"):
             client.transact_write_items(
                 TransactItems=[{"Put": {**put, "ConditionExpression": "attribute_not_exists(pk)"}}]
             )
@@ -219,12 +220,12 @@ def test_a_refused_transaction_on_the_local_dynamodb_undoes_its_writes_without_c
         items = [client.get_item(TableName=name, Key=key, ConsistentRead=True).get("Item") for key in (counted, added)]
         return tuple(item["n"]["N"] if item else None for item in items)  # type: ignore[return-value]
 
-    with pytest.raises(client.exceptions.TransactionCanceledException):
+    with pytest.raises(ClientError, match=r"\(TransactionCanceledException\)"):
         client.transact_write_items(TransactItems=[increment, add, refused])
     assert state() == ("1", None)  # undone
     assert tables[name] is moto_table  # from the backups of its items, not from a copy of the table
 
-    with pytest.raises(client.exceptions.ClientError):  # one item twice: refused whole
+    with pytest.raises(ClientError):  # one item twice: refused whole
         client.transact_write_items(TransactItems=[increment, add, {**increment}])
     assert state() == ("1", None)
 

@@ -178,13 +178,17 @@ def test_bad_durations(text):
         table.parse_duration(text)
 
 
-def test_every_runtime_s_aws_clients_share_botocore_s_model_data(aws):
-    """Each runtime has a botocore session of its own (credentials, SnapStart's forget), but the service models and
-    endpoint data botocore reads from its files are read once per process (about 10 MB and 35 ms per session
-    otherwise)."""
+def test_every_runtime_s_aws_clients_share_botocore_s_model_data(aws, monkeypatch, tmp_path):
+    """Where botocore serves (here: credentials from a profile, not where Lambda puts them), each runtime has a
+    botocore session of its own (credentials, SnapStart's forget), but the service models and endpoint data
+    botocore reads from its files are read once per process (about 10 MB and 35 ms per session otherwise)."""
     from anthropic_gateway.aws import AwsCalls
     from anthropic_gateway.settings import get_settings
 
+    (tmp_path / "credentials").write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     first, second = AwsCalls(get_settings()), AwsCalls(get_settings())
     one, other = first.client("dynamodb"), second.client("dynamodb")
     assert one is not other

@@ -1,21 +1,23 @@
-"""Bounded AWS calls: one botocore config for every client, and a deadline per request for the AWS work in it.
+"""Bounded AWS calls: the same bounds for every client, and a deadline per request for the AWS work in it.
 
 botocore's defaults (60 s read timeout, legacy retries with up to 5 attempts) turn a DynamoDB or Secrets Manager
 stall into a minute-long hang that holds a worker thread the whole time. Here:
-  - every client gets `config`: short connect and read timeouts, standard retry mode, few attempts, so one
-    blocking call is bounded by about attempts x (connect + read) seconds;
+  - every client (`client`) gets short connect and read timeouts and few attempts, retried as botocore's standard
+    mode retries, so one blocking call is bounded by about attempts x (connect + read) seconds;
   - `call` runs a blocking AWS function in a worker thread under a limiter of its own (AWS work cannot take every
     thread of anyio's default pool of 40), and stops waiting at the request's deadline (`AWS_DEADLINE` seconds
     after the request's first AWS call). The caller answers 503; the thread finishes within its own bound, and
     `Unavailable.late` is the still-running work, for whoever must see what it did (governance releases what a
     late admission took).
 
-`AwsCalls` holds that state for one runtime (runtime.py), which hands it to whoever makes AWS calls.
+`AwsCalls` holds that state for one runtime (runtime.py), which hands it to whoever makes AWS calls, and makes its
+clients: the gateway's own (aws_client.py) where the AWS set-up is what Lambda provides, botocore's elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -26,6 +28,7 @@ import anyio
 import anyio.to_thread
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import aws_client
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -79,9 +82,10 @@ class AwsCalls:
     (`AWS_THREADS`), the reads in flight (shared by callers asking for the same thing), calls abandoned at a
     deadline, and the moment AWS last failed. One event loop's: a runtime belongs to one app and loop.
 
-    Its clients (Secrets Manager's, and DynamoDB's under the table handle, storage/table.py) come from one botocore
-    session of its own: credentials are resolved and endpoint data loaded once for both. botocore directly, not
-    boto3: boto3's import (s3transfer with it) and its resource layer were a tenth of the streaming door's start.
+    Its clients (Secrets Manager's, and DynamoDB's under the table handle, storage/table.py) share one source of
+    credentials: on Lambda the gateway's own clients (aws_client.py: botocore's import and set-up were a third of
+    the streaming door's start), elsewhere (a profile, SSO, a proxy) botocore's, from one botocore session of its
+    own, not boto3's (boto3's import and its resource layer were a tenth of that start).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -92,18 +96,39 @@ class AwsCalls:
         self._failed_at: float | None = None
         self._on_recovery: list[Callable[[], None]] = []
         self._config: Config | None = None
+        self._credentials: aws_client.CredentialSource | None = None
         self._session: Session | None = None
         self._session_lock = threading.Lock()  # a botocore session is not thread-safe: clients are made under it
 
     @property
     def config(self) -> Config:
-        """The botocore config of every client the gateway creates (DynamoDB, Secrets Manager)."""
+        """The botocore config of the botocore clients the gateway creates (DynamoDB, Secrets Manager)."""
         if self._config is None:
             self._config = client_config(self._settings)
         return self._config
 
     def client(self, service: str) -> Any:
-        """Blocking (call it in a worker thread): a new client of this runtime's session, bounded by `config`."""
+        """Blocking (call it in a worker thread): a new client of `service` ("dynamodb" or "secretsmanager"), with
+        the AWS_CONNECT_TIMEOUT, AWS_READ_TIMEOUT and AWS_MAX_ATTEMPTS bounds: the gateway's own where it can serve
+        the process's AWS set-up (`aws_client.usable`), else (or with AWS_CLIENT=botocore) botocore's."""
+        settings = self._settings
+        if settings.aws_client == "gateway" and aws_client.usable(os.environ, settings.aws_region):
+            with self._session_lock:
+                if self._credentials is None:
+                    self._credentials = aws_client.credentials_from_environment(os.environ)
+                credentials = self._credentials
+            if credentials is not None:
+                spec = aws_client.SERVICES[service]
+                return aws_client.JsonClient(
+                    spec,
+                    region=settings.aws_region,
+                    credentials=credentials,
+                    endpoint=aws_client.endpoint_url(spec, settings.aws_region, os.environ),
+                    connect_timeout=settings.aws_connect_timeout,
+                    read_timeout=settings.aws_read_timeout,
+                    attempts=settings.aws_max_attempts,
+                    max_pool=settings.aws_threads,
+                )
         with self._session_lock:
             if self._session is None:
                 import botocore.session  # deferred: a process that never calls AWS does not pay for it
@@ -113,10 +138,11 @@ class AwsCalls:
             return self._session.create_client(service, config=self.config)
 
     def forget_session(self) -> None:
-        """Drop the session, with the credentials it resolved: the next client is made from a new one (SnapStart:
-        a restored environment gets credentials of its own). Clients made so far keep working for whoever holds
-        them; their owners drop them too."""
+        """Drop the credentials (and botocore's session): the next client resolves them again (SnapStart: a restored
+        environment gets credentials of its own). Clients made so far keep working for whoever holds them; their
+        owners close and drop them too."""
         with self._session_lock:
+            self._credentials = None
             self._session = None
 
     def on_recovery(self, callback: Callable[[], None]) -> None:

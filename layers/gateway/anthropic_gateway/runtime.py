@@ -4,7 +4,7 @@ As with Starlette's `app.state`, the app (app.py) builds one `Runtime` in its li
 init (functions/api/handler.py), and closes it at shutdown. A runtime belongs to one app and its event loop:
 
     settings        the environment, read once (settings.py)
-    aws             bounded AWS calls: the botocore session and client config, worker-thread limiter, reads in
+    aws             bounded AWS calls: the AWS clients' credentials and bounds, worker-thread limiter, reads in
                     flight, failure memory (aws.py)
     table           the DynamoDB table handle, made at start and installed for the storage modules, which reach it
                     through `table.handle()` (storage/table.py)
@@ -177,6 +177,7 @@ class Runtime:
         self.aws.forget_failures()
         self.bedrock.forget_credentials()
         if self.table is not None:
+            self.table.close()
             self.table = None
             table.install(None)
         self.key_cache.forget()

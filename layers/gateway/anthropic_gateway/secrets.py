@@ -49,7 +49,9 @@ class Secrets:
         with self._lock:
             self._fetched_at.clear()
             self._last_good.clear()
-            self._client = None
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()  # its pooled connections
 
     async def upstream_key(self) -> str:
         return await self.get(self._settings.upstream_key_secret)

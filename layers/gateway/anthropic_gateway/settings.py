@@ -3,7 +3,8 @@
 The SAM template sets these for the Lambda functions and `python -m anthropic_gateway serve` sets them for
 local runs. Below the doors no other module of the package reads `os.environ`; the doors do (`local` sets what a
 local run needs, `cli` reads its own MASTER_KEY and GATEWAY_URL), and so do the libraries, for their own settings
-(boto3: credentials and AWS_ENDPOINT_URL; Powertools: POWERTOOLS_* and LOG_LEVEL).
+(the AWS clients, aws_client.py's and botocore's: credentials, AWS_ENDPOINT_URL and the like; Powertools:
+POWERTOOLS_* and LOG_LEVEL).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Settings:
     aws_max_attempts: int
     aws_deadline: float
     aws_threads: int
+    aws_client: str  # "gateway": the gateway's own where it serves (aws_client.py), else botocore; "botocore": always
     stale_seconds: float
     ledger_max_entries: int
     ledger_retry_seconds: float
@@ -123,6 +125,13 @@ def _float(name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw[:40]!r}: expected a number") from None
 
 
+def _aws_client(value: str) -> str:
+    choice = value.strip().lower()
+    if choice not in ("gateway", "botocore"):
+        raise SettingsError(f"AWS_CLIENT={value[:40]!r}: expected gateway or botocore")
+    return choice
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     env = os.environ.get
@@ -174,6 +183,7 @@ def get_settings() -> Settings:
         aws_max_attempts=int(_float("AWS_MAX_ATTEMPTS", 2)),
         aws_deadline=_float("AWS_DEADLINE", 2.5),
         aws_threads=int(_float("AWS_THREADS", 16)),
+        aws_client=_aws_client(env("AWS_CLIENT", "gateway")),
         # How long past its TTL a cached key record or secret keeps serving while AWS cannot be reached.
         stale_seconds=_float("AWS_STALE_SECONDS", 300.0),
         # Counter writes kept for retry while DynamoDB fails (oldest kept, newer ones dropped and logged beyond).

@@ -7,10 +7,11 @@ teams, members, users, tags, key links) build their own keys, expressions and co
   - a failed condition is an answer, not an exception: the actions whose condition failed, each with its item as
     it was (ReturnValuesOnConditionCheckFailure=ALL_OLD), so the caller can tell why without another read.
 
-The handle (`Table`) is a low-level botocore client of the runtime's (aws.py: one botocore session, every call
-bounded by its config: short timeouts, few attempts), made when the runtime starts and installed here; items go in
-and out in python form, converted here (`serialize`, `deserialize`) rather than by boto3's resource layer, whose
-import and setup were a tenth of the streaming door's start (issue 21). Key and filter conditions are expression
+The handle (`Table`) is a low-level DynamoDB client of the runtime's (aws.py: the gateway's own, aws_client.py, or
+botocore's, which take and answer the same; every call bounded: short timeouts, few attempts), made when the
+runtime starts and installed here; items go in and out in python form, converted here (`serialize`,
+`deserialize`) rather than by boto3's resource layer, whose import and setup were a tenth of the streaming door's
+start (issue 21). Key and filter conditions are expression
 strings with `:values`, as DynamoDB takes them.
 
 Numbers are exact Decimal both ways, and go on the wire in plain notation (0.0000001, never 1E-7): DynamoDB reads
@@ -55,7 +56,7 @@ class Conflict(Exception):
 
 
 class Table:
-    """The gateway table: a low-level botocore DynamoDB client and the table's name. Its calls take and answer
+    """The gateway table: a low-level DynamoDB client (aws.py) and the table's name. Its calls take and answer
     items, keys and expression values in python form (numbers as Decimal) and convert them to and from DynamoDB's
     AttributeValues (`serialize`, `deserialize`); the table's name is added to each request."""
 
@@ -79,6 +80,10 @@ class Table:
         answer = self._call(self.client.query, request)
         answer["Items"] = [deserialize_item(item) for item in answer.get("Items", [])]
         return answer
+
+    def close(self) -> None:
+        """Close the client's pooled connections (the handle still works: a call opens a new one)."""
+        self.client.close()
 
     def delete(self) -> None:
         """Delete the table itself (tests' tables of their own)."""
