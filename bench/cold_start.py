@@ -2,9 +2,11 @@
 
 Cold start: from spawning the built ProxyFunction's run.sh (what the Lambda Web Adapter's wrapper execs) to the
 first 200 from GET /health (the adapter's readiness check), in a fresh process each time: Python start, imports of
-uvicorn and the app, binding the port, answering. Median of N runs. Beside it: the import of the app alone
-(inside a fresh process), and the cold start once more with the layer's bytecode removed, which is what a build
-shipping only .py files (SAM's python3.13 build method) runs, since /opt is read-only on Lambda. Lambda's own init
+uvicorn and the app, binding the port, answering. No AWS credentials are given, so the start's warm-up finds none
+(botocore searches its chain and gives up); `first_answer` below times the start as on Lambda, against moto. Median
+of N runs. Beside it: the import of the app alone (inside a fresh process), and the cold start once more with the
+layer's bytecode removed, which is what a build shipping only .py files (SAM's python3.13 build method) runs, since
+/opt is read-only on Lambda. Lambda's own init
 (microVM, runtime, the adapter extension) comes on top and is not measurable here.
 
 Size: the built layer plus both functions, unzipped (Lambda's 250 MB limit counts this) and zipped, for the
