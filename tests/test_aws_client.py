@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import socket
+import ssl
 import threading
 import zlib
 from collections.abc import Callable
@@ -64,10 +65,11 @@ Reply = tuple[int, dict[str, str], bytes]
 
 class ScriptedAws:
     """`with ScriptedAws(replies) as endpoint:` answers each request with the next reply (status, headers, body;
-    the last repeats), keeping HTTP/1.1 connections open unless a reply's headers hold "x-test-close" (the server
-    then closes the connection after answering, without saying so). `seen`: the requests, with the client's port."""
+    the last repeats), over TLS with `tls`, keeping HTTP/1.1 connections open unless a reply's headers hold
+    "x-test-close" (the server then closes the connection after answering, without saying so). `seen`: the
+    requests, with the client's port."""
 
-    def __init__(self, *replies: Reply | Callable[[Seen], Reply]) -> None:
+    def __init__(self, *replies: Reply | Callable[[Seen], Reply], tls: ssl.SSLContext | None = None) -> None:
         self.replies = list(replies)
         self.seen: list[Seen] = []
         self.closed = threading.Event()
@@ -104,7 +106,9 @@ class ScriptedAws:
             do_POST = do_GET = _answer
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.server.server_address[1]}"
 
     def __enter__(self) -> ScriptedAws:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -480,3 +484,29 @@ def test_an_answer_that_is_not_the_service_s_json_is_a_botocore_error():
     with ScriptedAws(page) as endpoint, pytest.raises(BotoCoreError) as caught:
         client_of(endpoint.url).get_item(TableName="t", Key={})
     assert len(endpoint.seen) == 1 and transient(caught.value)
+
+
+@pytest.fixture
+def tls_endpoint(tmp_path):
+    """A ScriptedAws answering over TLS with a certificate of a CA made now (trustme), and that CA's file."""
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with ScriptedAws(ok({"Item": {"pk": {"S": "over TLS"}}}), tls=context) as endpoint:
+        yield endpoint.url, ca_file
+
+
+def test_tls_is_verified_and_aws_ca_bundle_s_ca_is_trusted(tls_endpoint, monkeypatch):
+    url, ca_file = tls_endpoint
+    monkeypatch.setattr(aws_client, "_context", None)  # made once per process: made again for each case here
+    with pytest.raises(EndpointConnectionError):  # a CA that the default bundle (certifi's) does not hold
+        client_of(url, attempts=1).get_item(TableName="t", Key={})
+
+    monkeypatch.setattr(aws_client, "_context", None)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
+    answer = client_of(url, attempts=1).get_item(TableName="t", Key={})
+    assert answer["Item"] == {"pk": {"S": "over TLS"}}

@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import certifi
 from botocore.exceptions import (
     BotoCoreError,
     ChecksumError,
@@ -641,10 +642,11 @@ _context_lock = threading.Lock()
 
 
 def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for the process (loading the CA bundle costs milliseconds): the system's, or
-    AWS_CA_BUNDLE's as botocore reads it."""
+    """One verifying TLS context for the process (loading the CA bundle costs milliseconds), with the CAs botocore
+    trusts: AWS_CA_BUNDLE's, else certifi's (as the upstream client's; Lambda's image may not have the system's
+    where OpenSSL looks)."""
     global _context
     with _context_lock:
         if _context is None:
-            _context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
+            _context = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or certifi.where())
         return _context
