@@ -16,7 +16,6 @@ import threading
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -470,7 +469,7 @@ def test_a_binary_value_decodes_only_where_it_is_an_attribute_value():
             "b": {"B": base64.b64encode(b"\x01").decode()},
             "bs": {"BS": [base64.b64encode(b"\x02").decode()]},
             "m": {"M": {"B": {"S": "text"}, "BS": {"L": []}}},
-            "n": {"N": Decimal("1").__str__()},
+            "n": {"N": "1"},
         }
     }
     with ScriptedAws(ok(payload)) as endpoint:

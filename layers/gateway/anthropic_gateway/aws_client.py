@@ -410,10 +410,10 @@ class JsonClient:
         self._max_pool = max_pool
         parts = urlsplit(endpoint)
         self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname or "", parts.port or (443 if self._https else 80)
+        default_port = 443 if self._https else 80
+        self._host, self._port = parts.hostname or "", parts.port or default_port
         host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 address
-        default_port = parts.port is None or parts.port == (443 if self._https else 80)
-        self._host_header = host if default_port else f"{host}:{parts.port}"
+        self._host_header = host if self._port == default_port else f"{host}:{self._port}"
         self._path = parts.path or "/"
         self._idle: list[http.client.HTTPConnection] = []
         self._pool_lock = threading.Lock()
@@ -630,11 +630,11 @@ def _blob(value: object) -> str:
 
 
 def _new_token() -> str:
-    """A unique idempotency token, from os.urandom (never `random`: restored SnapStart snapshots share its state)."""
-    raw = bytearray(os.urandom(16))
-    raw[6], raw[8] = (raw[6] & 0x0F) | 0x40, (raw[8] & 0x3F) | 0x80  # a version-4 UUID, as botocore's
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    """A unique idempotency token, a version-4 UUID as botocore's: uuid4 draws from os.urandom (never `random`,
+    whose state restored SnapStart snapshots share)."""
+    import uuid  # deferred: only a transaction without a token needs it, never the start
+
+    return str(uuid.uuid4())
 
 
 _context: ssl.SSLContext | None = None
